@@ -1,0 +1,1 @@
+"""One module per ``cohort`` command; each exposes ``command``."""

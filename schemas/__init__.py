@@ -1,0 +1,21 @@
+"""Data contracts: one declaration per source, and versioned code lists."""
+
+from schemas.contracts import (
+    SOURCES,
+    Column,
+    CrossFieldRule,
+    SourceContract,
+    codelist_version,
+    get_contract,
+    load_codelist,
+)
+
+__all__ = [
+    "SOURCES",
+    "Column",
+    "CrossFieldRule",
+    "SourceContract",
+    "codelist_version",
+    "get_contract",
+    "load_codelist",
+]
