@@ -69,10 +69,10 @@ def replace_table_atomically(con: duckdb.DuckDBPyConnection, target: str, select
     con.execute(f"CREATE TABLE {quote_ident(schema + '.' + tmp)} AS {select_sql}")
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DROP TABLE IF EXISTS {quote_ident(target if '.' in target else 'main.' + target)}")
         con.execute(
-            f"ALTER TABLE {quote_ident(schema + '.' + tmp)} RENAME TO {quote_ident(table)}"
+            f"DROP TABLE IF EXISTS {quote_ident(target if '.' in target else 'main.' + target)}"
         )
+        con.execute(f"ALTER TABLE {quote_ident(schema + '.' + tmp)} RENAME TO {quote_ident(table)}")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -289,7 +289,9 @@ POPULATION_REGISTER = SourceContract(
             _before("date_of_birth", "period_start"),
         ),
         CrossFieldRule(
-            "death_after_birth", "death on or after birth", _before("date_of_birth", "date_of_death")
+            "death_after_birth",
+            "death on or after birth",
+            _before("date_of_birth", "date_of_death"),
         ),
     ),
 )
@@ -327,7 +329,9 @@ SCHOOL_CENSUS = SourceContract(
             "Special educational needs provision",
             codelist="special_educational_needs",
         ),
-        Column("sessions_possible", "int", "Half-day sessions possible", min_value=0, max_value=400),
+        Column(
+            "sessions_possible", "int", "Half-day sessions possible", min_value=0, max_value=400
+        ),
         Column(
             "sessions_authorised_absence",
             "int",
@@ -342,7 +346,13 @@ SCHOOL_CENSUS = SourceContract(
             min_value=0,
             max_value=400,
         ),
-        Column("fixed_exclusions", "int", "Fixed-period exclusions that year", min_value=0, max_value=50),
+        Column(
+            "fixed_exclusions",
+            "int",
+            "Fixed-period exclusions that year",
+            min_value=0,
+            max_value=50,
+        ),
         Column("permanent_exclusion", "bool", "Permanently excluded that year"),
     ),
     rules=(
@@ -428,7 +438,12 @@ HOSPITAL_ADMISSIONS = SourceContract(
             nullable=False,
             pattern=ICD10_PATTERN,
         ),
-        Column("secondary_diagnosis", "string", "First secondary diagnosis, ICD-10", pattern=ICD10_PATTERN),
+        Column(
+            "secondary_diagnosis",
+            "string",
+            "First secondary diagnosis, ICD-10",
+            pattern=ICD10_PATTERN,
+        ),
     ),
     rules=(
         CrossFieldRule(
@@ -437,7 +452,9 @@ HOSPITAL_ADMISSIONS = SourceContract(
             _before("admission_date", "discharge_date"),
         ),
         CrossFieldRule(
-            "admission_after_birth", "admission on or after birth", _before("date_of_birth", "admission_date")
+            "admission_after_birth",
+            "admission on or after birth",
+            _before("date_of_birth", "admission_date"),
         ),
     ),
 )
@@ -459,7 +476,9 @@ EMERGENCY_DEPARTMENT = SourceContract(
     ),
     rules=(
         CrossFieldRule(
-            "arrival_after_birth", "arrival on or after birth", _before("date_of_birth", "arrival_date")
+            "arrival_after_birth",
+            "arrival on or after birth",
+            _before("date_of_birth", "arrival_date"),
         ),
     ),
 )
@@ -489,7 +508,12 @@ CARE_SUPPORT_CENSUS = SourceContract(
             min_value=1990,
             max_value=2035,
         ),
-        Column("referral_date", "date", "Date of the referral that opened this episode of need", nullable=False),
+        Column(
+            "referral_date",
+            "date",
+            "Date of the referral that opened this episode of need",
+            nullable=False,
+        ),
         Column("closure_date", "date", "Date the case closed (null: open at census)"),
         Column(
             "category_of_need",
@@ -498,7 +522,12 @@ CARE_SUPPORT_CENSUS = SourceContract(
             nullable=False,
             codelist="categories_of_need",
         ),
-        Column("child_protection_registered", "bool", "On the child-protection register this year", nullable=False),
+        Column(
+            "child_protection_registered",
+            "bool",
+            "On the child-protection register this year",
+            nullable=False,
+        ),
         Column(
             "child_protection_category",
             "string",
@@ -506,7 +535,12 @@ CARE_SUPPORT_CENSUS = SourceContract(
             codelist="child_protection_categories",
         ),
         Column("parent_domestic_abuse", "bool", "Parenting factor: domestic abuse", nullable=False),
-        Column("parent_mental_ill_health", "bool", "Parenting factor: parental mental ill health", nullable=False),
+        Column(
+            "parent_mental_ill_health",
+            "bool",
+            "Parenting factor: parental mental ill health",
+            nullable=False,
+        ),
         Column(
             "parent_substance_misuse",
             "bool",
@@ -519,7 +553,9 @@ CARE_SUPPORT_CENSUS = SourceContract(
             "Parenting factor: parental learning disability",
             nullable=False,
         ),
-        Column("parent_physical_ill_health", "bool", "Parenting factor: parental physical ill health"),
+        Column(
+            "parent_physical_ill_health", "bool", "Parenting factor: parental physical ill health"
+        ),
         Column("disability", "bool", "Child has a disability"),
     ),
     rules=(
@@ -529,7 +565,9 @@ CARE_SUPPORT_CENSUS = SourceContract(
             _before("referral_date", "closure_date"),
         ),
         CrossFieldRule(
-            "referral_after_birth", "referral on or after birth", _before("date_of_birth", "referral_date")
+            "referral_after_birth",
+            "referral on or after birth",
+            _before("date_of_birth", "referral_date"),
         ),
     ),
 )
@@ -549,9 +587,7 @@ LOOKED_AFTER_EPISODES = SourceContract(
         _la_code("Responsible local authority"),
         Column("episode_start", "date", "Episode start date", nullable=False),
         Column("episode_end", "date", "Episode end date (null: open)"),
-        Column(
-            "legal_status", "string", "Legal status", nullable=False, codelist="legal_statuses"
-        ),
+        Column("legal_status", "string", "Legal status", nullable=False, codelist="legal_statuses"),
         Column(
             "placement_type", "string", "Placement type", nullable=False, codelist="placement_types"
         ),
@@ -576,7 +612,9 @@ LOOKED_AFTER_EPISODES = SourceContract(
             _before("episode_start", "episode_end"),
         ),
         CrossFieldRule(
-            "episode_after_birth", "episode starts on or after birth", _before("date_of_birth", "episode_start")
+            "episode_after_birth",
+            "episode starts on or after birth",
+            _before("date_of_birth", "episode_start"),
         ),
     ),
 )
