@@ -23,6 +23,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Linked cohort study pipeline."""
+
+
 # Order shown in --help follows the data flow.
 COMMANDS = ["synth", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
 

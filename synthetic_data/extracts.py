@@ -1,0 +1,604 @@
+"""From the latent world to the seven messy source extracts and the truth folder.
+
+Each source gets only the identifiers it would really carry (its contract's columns), its own
+record ids (sequential after a deterministic sort, never revealing the person), identifier noise
+at scenario rates and data defects at scenario rates. Every noise and defect is logged in truth.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+
+from schemas.contracts import SOURCES, load_codelist
+from synthetic_data.names import (
+    DIACRITIC_FOLD,
+    FIRST_NAMES_F,
+    FIRST_NAMES_M,
+    LA_ID_PREFIX,
+    LA_POSTCODE_AREA,
+    NICKNAMES,
+    first_name_probs,
+    surname_vocabulary,
+)
+from synthetic_data.scenario import Scenario
+from synthetic_data.world import EVENT_KINDS, World, academic_year_of_birth, make_date
+
+log = logging.getLogger(__name__)
+
+LA_CODES = list(load_codelist("local_authorities"))
+ETH_CODES = list(load_codelist("ethnicity"))
+_LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
+
+
+def iso(days: np.ndarray) -> np.ndarray:
+    """ISO date strings; -1 becomes None."""
+    out = np.asarray(days).astype("datetime64[D]").astype(str).astype(object)
+    out[np.asarray(days) < 0] = None
+    return out
+
+
+class Identities:
+    """Person-level identifiers: names, numbers, postcodes of each residence."""
+
+    def __init__(self, w: World, sc: Scenario, rng: np.random.Generator) -> None:
+        n = w.n
+        self.w = w
+        surnames, sp = surname_vocabulary(rng)
+        self.surname = surnames[rng.choice(surnames.size, n, p=sp)]
+        second = surnames[rng.choice(surnames.size, n, p=sp)]
+        self.surname_change = np.where(
+            rng.random(n) < sc.noise.surname_change_people,
+            w.birth + (rng.random(n) * 17 * 365).astype(np.int64),
+            np.iinfo(np.int64).max,
+        )
+        self.surname2 = second
+        f = np.array(FIRST_NAMES_F, dtype=object)
+        m = np.array(FIRST_NAMES_M, dtype=object)
+        fi = rng.choice(f.size, n, p=first_name_probs(f.size))
+        mi = rng.choice(m.size, n, p=first_name_probs(m.size))
+        self.first = np.where(w.sex_male, m[mi], f[fi])
+        perm = rng.permutation(n)
+        self.nhs = np.char.mod("%010d", 4_000_000_000 + perm * 7 + rng.integers(0, 7, n)).astype(
+            object
+        )
+        perm2 = rng.permutation(n)
+        la_num = np.array([int(c[-3:]) for c in LA_CODES])[w.la_birth]
+        self.upn = np.char.add(
+            _LETTERS[rng.integers(0, _LETTERS.size, n)].astype(str),
+            np.char.mod("%012d", la_num * 10**9 + perm2),
+        ).astype(object)
+        # one LA child id per person per authority, a new one after a system change
+        self.la_id_serial = rng.permutation(n) + 10_000_000
+        self.la_id_change = np.where(
+            rng.random(n) < sc.noise.new_la_child_id_people,
+            w.birth + (rng.random(n) * 17 * 365).astype(np.int64),
+            np.iinfo(np.int64).max,
+        )
+        # postcodes per residence
+        r = w.res_la.size
+        area = np.array([LA_POSTCODE_AREA[c] for c in LA_CODES], dtype=object)[w.res_la]
+        district = rng.integers(1, 40, r)
+        unit = np.char.add(
+            _LETTERS[rng.integers(0, _LETTERS.size, r)].astype(str),
+            _LETTERS[rng.integers(0, _LETTERS.size, r)].astype(str),
+        )
+        self.res_postcode = (
+            area.astype(str)
+            + np.char.mod("%d", district)
+            + " "
+            + np.char.mod("%d", rng.integers(0, 10, r))
+            + unit
+        ).astype(object)
+
+    def surname_at(self, person: np.ndarray, when: np.ndarray) -> np.ndarray:
+        return np.where(
+            when >= self.surname_change[person], self.surname2[person], self.surname[person]
+        )
+
+    def la_child_id(self, person: np.ndarray, la: np.ndarray, when: np.ndarray) -> np.ndarray:
+        prefix = np.array([LA_ID_PREFIX[c] for c in LA_CODES], dtype=object)[la]
+        serial = self.la_id_serial[person] + np.where(
+            when >= self.la_id_change[person], 50_000_000, 0
+        )
+        serial = serial + la * 1_000_003 % 9_000_000
+        return (prefix.astype(str) + "-" + np.char.mod("%08d", serial % 100_000_000)).astype(object)
+
+    def postcode_at(self, person: np.ndarray, when: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.w.residence_at(person, when)
+        return idx, self.res_postcode[idx]
+
+
+class NoiseLog:
+    def __init__(self) -> None:
+        self.rows: list[pl.DataFrame] = []
+
+    def add(self, source: str, record_ids: np.ndarray, kind: str) -> None:
+        if record_ids.size:
+            self.rows.append(
+                pl.DataFrame({"source": source, "record_id": record_ids.astype(str), "kind": kind})
+            )
+
+    def frame(self, name: str) -> pl.DataFrame:
+        if not self.rows:
+            return pl.DataFrame(
+                schema={"source": pl.String, "record_id": pl.String, name: pl.String}
+            )
+        return (
+            pl.concat(self.rows)
+            .rename({"kind": name})
+            .unique(maintain_order=True)
+            .sort("source", "record_id", name)
+        )
+
+
+def _typo(s: str, r: float) -> str:
+    if len(s) < 3:
+        return s + "e"
+    i = int(r * (len(s) - 1))
+    op = int(r * 1000) % 3
+    if op == 0:  # transpose
+        return s[:i] + s[i + 1] + s[i] + s[i + 2 :]
+    if op == 1:  # delete
+        return s[:i] + s[i + 1 :]
+    return s[:i] + "aeiouy"[int(r * 997) % 6] + s[i + 1 :]  # substitute
+
+
+def _swap_day_month(iso_dates: np.ndarray) -> np.ndarray:
+    out = iso_dates.copy()
+    for j, d in enumerate(iso_dates):
+        if d is not None and int(d[8:10]) <= 12 and d[5:7] != d[8:10]:
+            out[j] = f"{d[:4]}-{d[8:10]}-{d[5:7]}"
+    return out
+
+
+def apply_name_noise(
+    df: dict[str, np.ndarray], source: str, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+) -> None:
+    """Typos, nicknames, dropped diacritics, day/month swaps and stale postcodes, in place."""
+    nz = sc.noise
+    rid = df["record_id"]
+    m = rid.size
+    if "first_name" in df:
+        nick = rng.random(m) < nz.nickname
+        names = df["first_name"]
+        has_nick = np.array([x in NICKNAMES for x in names]) & nick
+        names[has_nick] = [NICKNAMES[x] for x in names[has_nick]]
+        nlog.add(source, rid[has_nick], "nickname")
+        for col in ("first_name", "surname"):
+            vals = df[col]
+            typo = np.flatnonzero(rng.random(m) < nz.typo / 2)
+            r = rng.random(typo.size)
+            vals[typo] = [_typo(v, x) for v, x in zip(vals[typo], r, strict=True)]
+            nlog.add(source, rid[typo], "typo")
+            folded = np.array([v.translate(DIACRITIC_FOLD) for v in vals], dtype=object)
+            dia = (folded != vals) & (rng.random(m) < nz.diacritics_dropped)
+            vals[dia] = folded[dia]
+            nlog.add(source, rid[dia], "diacritics_dropped")
+    if "date_of_birth" in df:
+        sw = np.flatnonzero(rng.random(m) < nz.day_month_swap)
+        new = _swap_day_month(df["date_of_birth"][sw])
+        changed = new != df["date_of_birth"][sw]
+        df["date_of_birth"][sw] = new
+        nlog.add(source, rid[sw[changed]], "day_month_swap")
+
+
+def _stale_postcode(
+    ids: Identities,
+    person: np.ndarray,
+    when: np.ndarray,
+    source: str,
+    rid: np.ndarray,
+    sc: Scenario,
+    rng: np.random.Generator,
+    nlog: NoiseLog,
+) -> np.ndarray:
+    idx, pc = ids.postcode_at(person, when)
+    stale = (rng.random(person.size) < sc.noise.stale_postcode) & (ids.w.res_seq[idx] > 0)
+    pc = pc.copy()
+    pc[stale] = ids.res_postcode[idx[stale] - 1]
+    nlog.add(source, rid[stale], "stale_postcode")
+    return pc
+
+
+def _record_ids(prefix: str, m: int) -> np.ndarray:
+    return np.char.add(prefix, np.char.mod("%09d", np.arange(1, m + 1))).astype(object)
+
+
+def _bool(x: np.ndarray) -> np.ndarray:
+    return np.where(x, "1", "0").astype(object)
+
+
+def _num(x: np.ndarray) -> np.ndarray:
+    return np.char.mod("%d", x).astype(object)
+
+
+def build_sources(
+    w: World, sc: Scenario, seed: int
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], NoiseLog]:
+    """Return per source: columns (object arrays of text) and the person of each row."""
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(10)]
+    ids = Identities(w, sc, rngs[0])
+    nlog = NoiseLog()
+    cols: dict[str, dict[str, np.ndarray]] = {}
+    owner: dict[str, np.ndarray] = {}
+    window_end = int(np.datetime64(sc.population.window_end, "D").astype(np.int64))
+
+    # population register -------------------------------------------------------------------
+    rng = rngs[1]
+    p = w.res_person
+    order = np.lexsort((p, w.res_start))
+    p, rs, re_, la, area = (a[order] for a in (p, w.res_start, w.res_end, w.res_la, w.res_area))
+    rid = _record_ids("PR", p.size)
+    last = re_ >= w.fu_end[p]
+    end_codes = np.array(["AGE18", "LEFT", "DIED", None], dtype=object)
+    reason = np.where(~last, "MOVED", end_codes[w.fu_end_reason[p]]).astype(object)
+    nhs = ids.nhs[p].copy()
+    miss = rng.random(p.size) < sc.noise.missing_nhs_register
+    nhs[miss] = None
+    nlog.add("population_register", rid[miss], "missing_nhs")
+    pc = ids.res_postcode[order]  # register rows are residences, re-ordered
+    cols["population_register"] = {
+        "record_id": rid,
+        "nhs_number": nhs,
+        "first_name": ids.first[p].copy(),
+        "surname": ids.surname_at(p, rs),
+        "date_of_birth": iso(w.birth[p]),
+        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
+        "postcode": pc,
+        "area_code": np.char.mod("A%07d", area).astype(object),
+        "deprivation_decile": _num(w.decile[p]),
+        "la_code": np.array(LA_CODES, dtype=object)[la],
+        "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[p]],
+        "period_start": iso(rs),
+        "period_end": iso(np.where(last & (w.fu_end_reason[p] == 3), -1, re_)),
+        "end_reason": reason,
+        "date_of_death": iso(np.where(last, w.death[p], -1)),
+    }
+    owner["population_register"] = p
+    apply_name_noise(cols["population_register"], "population_register", sc, rng, nlog)
+
+    # school census ---------------------------------------------------------------------------
+    rng = rngs[2]
+    ay0 = academic_year_of_birth(w.birth)
+    reception = ay0 + 5
+    years = np.arange(12)
+    ay = reception[:, None] + years[None, :]
+    census_day = make_date(ay + 1, 1, 15)
+    ok = (
+        (census_day >= w.fu_start[:, None])
+        & (census_day < w.fu_end[:, None])
+        & (census_day <= window_end)
+    )
+    ok &= ~(rng.random(ok.shape) < 0.01)  # a few missed census returns (home education etc.)
+    person = np.broadcast_to(np.arange(w.n)[:, None], ok.shape)[ok]
+    ayv, cday = ay[ok], census_day[ok]
+    order = np.lexsort((person, ayv))
+    person, ayv, cday = person[order], ayv[order], cday[order]
+    m = person.size
+    rid = _record_ids("SC", m)
+    res = w.residence_at(person, cday)
+    phase = np.where(ayv - reception[person] >= 7, 2, 1)
+    school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
+    in_care = _looked_after_on(w, person, cday)
+    n_adv = ((w.onset[person] >= 0) & (w.onset[person] <= cday[:, None])).sum(axis=1)
+    dep = 10 - w.decile[person]
+    fsm = rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
+    sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
+    sen = np.where(rng.random(m) < sen_p, np.where(rng.random(m) < 0.2, "E", "K"), "N").astype(
+        object
+    )
+    possible = rng.integers(300, 331, m)
+    rate = np.clip(
+        0.04
+        + 0.012 * n_adv
+        + 0.003 * dep
+        + sc.effects.absence_rate_looked_after * in_care
+        + rng.gamma(2.0, 0.01, m),
+        0,
+        0.9,
+    )
+    absent = rng.binomial(possible, rate)
+    unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
+    excl = rng.poisson(0.01 + 0.03 * n_adv * (phase == 2))
+    s_ids = ids.upn[person].copy()
+    cols["school_census"] = {
+        "record_id": rid,
+        "upn": s_ids,
+        "first_name": ids.first[person].copy(),
+        "surname": ids.surname_at(person, cday),
+        "date_of_birth": iso(w.birth[person]),
+        "sex": np.where(w.sex_male[person], "M", "F").astype(object),
+        "postcode": _stale_postcode(ids, person, cday, "school_census", rid, sc, rng, nlog),
+        "area_code": np.char.mod("A%07d", w.res_area[res]).astype(object),
+        "deprivation_decile": _num(w.decile[person]),
+        "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[person]],
+        "academic_year": _num(ayv),
+        "school_id": np.char.mod("S%07d", school).astype(object),
+        "la_code": np.array(LA_CODES, dtype=object)[w.res_la[res]],
+        "free_school_meals": _bool(fsm),
+        "special_needs": sen,
+        "sessions_possible": _num(possible),
+        "sessions_authorised_absence": _num(absent - unauth),
+        "sessions_unauthorised_absence": _num(unauth),
+        "fixed_exclusions": _num(excl),
+        "permanent_exclusion": _bool(rng.random(m) < 0.0005 + 0.002 * n_adv),
+    }
+    owner["school_census"] = person
+    apply_name_noise(cols["school_census"], "school_census", sc, rng, nlog)
+
+    # attainment -------------------------------------------------------------------------------
+    rng = rngs[3]
+    ks2_day = make_date(reception + 7, 6, 1)
+    ks4_day = make_date(ay0 + 16, 6, 1)
+    has2 = (ks2_day >= w.fu_start) & (ks2_day < w.fu_end) & (ks2_day <= window_end)
+    has4 = (ks4_day >= w.fu_start) & (ks4_day < w.fu_end) & (ks4_day <= window_end)
+    has2 &= rng.random(w.n) > 0.01
+    has4 &= rng.random(w.n) > 0.02
+    p2, p4 = np.flatnonzero(has2), np.flatnonzero(has4)
+    ks2_ok = rng.random(p2.size) < 1 / (1 + np.exp(-((w.ks4_y0[p2] - 40) / 7)))
+    score = np.clip(w.ks4_y0[p4] + w.ks4_effect[p4], 0, 90)
+    level2 = rng.random(p4.size) < w.level2_p1[p4]
+    person = np.r_[p2, p4]
+    stage = np.r_[np.full(p2.size, "KS2", dtype=object), np.full(p4.size, "KS4", dtype=object)]
+    year = np.r_[reception[p2] + 6, ay0[p4] + 15]
+    order = np.lexsort((person, stage, year))
+    m = person.size
+    ks2_col = np.r_[_bool(ks2_ok), np.full(p4.size, None, dtype=object)]
+    ks4_col = np.r_[np.full(p2.size, None, dtype=object), np.char.mod("%.1f", score).astype(object)]
+    l2_col = np.r_[np.full(p2.size, None, dtype=object), _bool(level2)]
+    cols["attainment"] = {
+        "record_id": _record_ids("AT", m),
+        "upn": ids.upn[person[order]].copy(),
+        "key_stage": stage[order],
+        "academic_year": _num(year[order]),
+        "ks2_expected_standard": ks2_col[order],
+        "ks4_capped_points": ks4_col[order],
+        "ks4_level2_inclusive": l2_col[order],
+    }
+    owner["attainment"] = person[order]
+
+    # health: admissions and ED -----------------------------------------------------------------
+    rng = rngs[4]
+    kind = np.array(EVENT_KINDS)[w.ev_kind]
+    ev_p, ev_d = w.ev_person, w.ev_day
+    adm_mask = (
+        (kind == "emergency")
+        | (kind == "mental_health")
+        | (kind == "appendicitis")
+        | (kind == "elective")
+        | ((kind == "self_harm") & (rng.random(kind.size) < 0.35))
+    )
+    ed_mask = (
+        (kind == "self_harm")
+        | (kind == "ed_injury")
+        | ((kind == "emergency") & (rng.random(kind.size) < 0.6))
+        | ((kind == "appendicitis") & (rng.random(kind.size) < 0.8))
+    )
+    diag_pool = {
+        "self_harm": ["X60", "X61", "X62", "X64", "X78", "X84"],
+        "emergency": [
+            "S52.5",
+            "S06.0",
+            "T14.9",
+            "J45.9",
+            "J18.9",
+            "A09",
+            "B34.9",
+            "R10.4",
+            "R56.8",
+            "J21.9",
+        ],
+        "mental_health": ["F32.1", "F43.1", "F50.0", "F91.9", "F90.0", "F41.1", "F84.0"],
+        "appendicitis": ["K35.8", "K35.3", "K37"],
+        "ed_injury": ["S00.9", "S01.8", "S52.5", "S93.4", "T14.0", "S60.0"],
+        "elective": ["J35.0", "K40.9", "Z01.8", "H65.3", "N47", "Q53.1"],
+    }
+    diag = np.empty(kind.size, dtype=object)
+    for k, pool in diag_pool.items():
+        sel = kind == k
+        diag[sel] = np.array(pool, dtype=object)[rng.integers(0, len(pool), sel.sum())]
+    # admissions
+    ap, ad, ak, adg = ev_p[adm_mask], ev_d[adm_mask], kind[adm_mask], diag[adm_mask]
+    order = np.lexsort((ap, ad))
+    ap, ad, ak, adg = ap[order], ad[order], ak[order], adg[order]
+    m = ap.size
+    rid = _record_ids("HA", m)
+    method = np.where(
+        ak == "elective",
+        np.array(["11", "12", "13"], dtype=object)[rng.integers(0, 3, m)],
+        np.array(["21", "21", "22", "28"], dtype=object)[rng.integers(0, 4, m)],
+    )
+    method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), "11", method)
+    los = rng.geometric(0.45, m) - 1
+    nhs = ids.nhs[ap].copy()
+    miss = rng.random(m) < sc.noise.missing_nhs_admissions
+    nhs[miss] = None
+    nlog.add("hospital_admissions", rid[miss], "missing_nhs")
+    second = np.full(m, None, dtype=object)
+    second[rng.random(m) < 0.2] = "Z91.8"
+    cols["hospital_admissions"] = {
+        "record_id": rid,
+        "nhs_number": nhs,
+        "date_of_birth": iso(w.birth[ap]),
+        "sex": np.where(w.sex_male[ap], "M", "F").astype(object),
+        "postcode": _stale_postcode(ids, ap, ad, "hospital_admissions", rid, sc, rng, nlog),
+        "admission_date": iso(ad),
+        "discharge_date": iso(ad + los),
+        "admission_method": method.astype(object),
+        "primary_diagnosis": adg,
+        "secondary_diagnosis": second,
+    }
+    owner["hospital_admissions"] = ap
+    apply_name_noise(cols["hospital_admissions"], "hospital_admissions", sc, rng, nlog)
+    # ED
+    ep, ed, edg = ev_p[ed_mask], ev_d[ed_mask], diag[ed_mask]
+    order = np.lexsort((ep, ed))
+    ep, ed, edg = ep[order], ed[order], edg[order]
+    m = ep.size
+    rid = _record_ids("ED", m)
+    nhs = ids.nhs[ep].copy()
+    miss = rng.random(m) < sc.noise.missing_nhs_ed
+    nhs[miss] = None
+    nlog.add("emergency_department", rid[miss], "missing_nhs")
+    cols["emergency_department"] = {
+        "record_id": rid,
+        "nhs_number": nhs,
+        "date_of_birth": iso(w.birth[ep]),
+        "sex": np.where(w.sex_male[ep], "M", "F").astype(object),
+        "postcode": _stale_postcode(ids, ep, ed, "emergency_department", rid, sc, rng, nlog),
+        "arrival_date": iso(ed),
+        "diagnosis": edg,
+    }
+    owner["emergency_department"] = ep
+    apply_name_noise(cols["emergency_department"], "emergency_department", sc, rng, nlog)
+
+    # care-and-support census -------------------------------------------------------------------
+    rng = rngs[5]
+    _care_support(w, ids, sc, rng, nlog, cols, owner, window_end)
+    # looked-after episodes ------------------------------------------------------------------------
+    rng = rngs[6]
+    p = w.ep_person
+    order = np.lexsort((p, w.ep_start))
+    p = p[order]
+    st, en = w.ep_start[order], w.ep_end[order]
+    res = w.residence_at(p, st)
+    la = w.res_la[res]
+    rid = _record_ids("LA", p.size)
+    cols["looked_after_episodes"] = {
+        "record_id": rid,
+        "la_child_id": ids.la_child_id(p, la, st),
+        "date_of_birth": iso(w.birth[p]),
+        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
+        "postcode": _stale_postcode(ids, p, st, "looked_after_episodes", rid, sc, rng, nlog),
+        "la_code": np.array(LA_CODES, dtype=object)[la],
+        "episode_start": iso(st),
+        "episode_end": iso(en),
+        "legal_status": w.ep_legal[order].copy(),
+        "placement_type": w.ep_placement[order].copy(),
+        "reason_episode_started": w.ep_reason_start[order].copy(),
+        "reason_episode_ended": w.ep_reason_end[order].copy(),
+    }
+    owner["looked_after_episodes"] = p
+    apply_name_noise(cols["looked_after_episodes"], "looked_after_episodes", sc, rng, nlog)
+    for name, c in cols.items():
+        assert list(c) == SOURCES[name].column_names, name
+    return cols, owner, nlog
+
+
+def _looked_after_on(w: World, person: np.ndarray, when: np.ndarray) -> np.ndarray:
+    out = np.zeros(person.size, bool)
+    first = np.searchsorted(w.care_person, person, side="left")
+    cnt = np.bincount(w.care_person, minlength=w.n)[person]
+    for j in range(3):
+        sel = cnt > j
+        pos = first[sel] + j
+        out[sel] |= (w.care_start[pos] <= when[sel]) & (when[sel] < w.care_end[pos])
+    return out
+
+
+def _care_support(
+    w: World,
+    ids: Identities,
+    sc: Scenario,
+    rng: np.random.Generator,
+    nlog: NoiseLog,
+    cols: dict[str, dict[str, np.ndarray]],
+    owner: dict[str, np.ndarray],
+    window_end: int,
+) -> None:
+    """One row per child per census year (31 March) in which an episode of need was open."""
+    cp_code = np.array([None, "NEG", "PHY", "SAB", "EMO"], dtype=object)
+    rows_p, rows_y, rows_ref, rows_close, rows_ep = [], [], [], [], []
+    for ep, (ref, close) in enumerate(((w.ref1, w.close1), (w.ref2, w.close2))):
+        has = ref >= 0
+        pp = np.flatnonzero(has)
+        r, c = ref[pp], np.minimum(close[pp], w.fu_end[pp])
+        y_first = (r.astype("datetime64[D]") - np.timedelta64(90, "D")).astype(
+            "datetime64[Y]"
+        ).astype(np.int64) + 1971
+        y_last = (c.astype("datetime64[D]") - np.timedelta64(90, "D")).astype(
+            "datetime64[Y]"
+        ).astype(np.int64) + 1971
+        last_census = int(
+            (np.datetime64(window_end, "D") - np.timedelta64(90, "D"))
+            .astype("datetime64[Y]")
+            .astype(np.int64)
+            + 1970
+        )
+        y_last = np.minimum(y_last, last_census)
+        k = np.maximum(y_last - y_first + 1, 0)
+        rp = np.repeat(pp, k)
+        ry = np.repeat(y_first, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
+        rows_p.append(rp)
+        rows_y.append(ry)
+        rows_ref.append(np.repeat(r, k))
+        rows_close.append(np.repeat(np.where(close[pp] <= window_end, close[pp], -1), k))
+        rows_ep.append(np.full(rp.size, ep))
+    p = np.concatenate(rows_p)
+    y = np.concatenate(rows_y)
+    ref = np.concatenate(rows_ref)
+    close = np.concatenate(rows_close)
+    epi = np.concatenate(rows_ep)
+    census_day = make_date(y, 3, 31)
+    close = np.where(close > census_day, -1, close)  # still open at census: no closure yet
+    order = np.lexsort((p, ref, y))
+    p, y, ref, close, epi, census_day = (a[order] for a in (p, y, ref, close, epi, census_day))
+    m = p.size
+    rid = _record_ids("CS", m)
+    rec = np.where(epi[:, None] == 0, w.recorded1[p], w.recorded2[p])
+    cp = np.where(epi == 0, w.cp1[p], w.cp2[p])
+    res = w.residence_at(p, np.minimum(census_day, w.fu_end[p] - 1))
+    la = w.res_la[res]
+    need = np.where(
+        (cp > 0) | rec[:, 0],
+        "N1",
+        np.where(
+            w.disability[p],
+            "N2",
+            np.array(["N3", "N4", "N5", "N6", "N7", "N8"], dtype=object)[rng.integers(0, 6, m)],
+        ),
+    ).astype(object)
+    need = np.where((need != "N1") & rec[:, 1:4].any(axis=1) & (rng.random(m) < 0.6), "N1", need)
+    upn = ids.upn[p].copy()
+    school_age = census_day >= make_date(academic_year_of_birth(w.birth[p]) + 5, 9, 1)
+    upn[~(school_age & (rng.random(m) < sc.noise.care_census_has_upn))] = None
+    nhs = ids.nhs[p].copy()
+    nhs[~(rng.random(m) < sc.noise.care_census_has_nhs)] = None
+    cols["care_support_census"] = {
+        "record_id": rid,
+        "la_child_id": ids.la_child_id(p, la, np.minimum(ref, census_day)),
+        "upn": upn,
+        "nhs_number": nhs,
+        "first_name": ids.first[p].copy(),
+        "surname": ids.surname_at(p, census_day),
+        "date_of_birth": iso(w.birth[p]),
+        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
+        "postcode": _stale_postcode(
+            ids,
+            p,
+            np.minimum(census_day, w.fu_end[p] - 1),
+            "care_support_census",
+            rid,
+            sc,
+            rng,
+            nlog,
+        ),
+        "la_code": np.array(LA_CODES, dtype=object)[la],
+        "census_year": _num(y),
+        "referral_date": iso(ref),
+        "closure_date": iso(close),
+        "category_of_need": need,
+        "child_protection_registered": _bool(cp > 0),
+        "child_protection_category": cp_code[cp],
+        "parent_domestic_abuse": _bool(rec[:, 3]),
+        "parent_mental_ill_health": _bool(rec[:, 1]),
+        "parent_substance_misuse": _bool(rec[:, 2]),
+        "parent_learning_disability": _bool(rec[:, 4]),
+        "parent_physical_ill_health": _bool(rng.random(m) < 0.06),
+        "disability": _bool(w.disability[p]),
+    }
+    owner["care_support_census"] = p
+    apply_name_noise(cols["care_support_census"], "care_support_census", sc, rng, nlog)

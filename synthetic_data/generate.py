@@ -1,0 +1,380 @@
+"""``generate_world``: the synthetic world, its messy extracts and its truth folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from pipelines.errors import ConfigError
+from schemas.contracts import SOURCES
+from synthetic_data.extracts import NoiseLog, build_sources, iso
+from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
+from synthetic_data.world import ADVERSITIES, World, build_world
+
+log = logging.getLogger(__name__)
+
+FileFormat = Literal["csv", "parquet"]
+Progress = Callable[[str], None]
+
+CODE_DEFECT: dict[str, tuple[str, str]] = {
+    "population_register": ("ethnicity", "ZZZZ"),
+    "school_census": ("special_needs", "Q"),
+    "attainment": ("key_stage", "KS3"),
+    "hospital_admissions": ("admission_method", "99"),
+    "emergency_department": ("diagnosis", "9XX"),
+    "care_support_census": ("category_of_need", "N0"),
+    "looked_after_episodes": ("placement_type", "U9"),
+}
+PLACEHOLDER_COLUMN: dict[str, str] = {
+    "population_register": "date_of_birth",
+    "school_census": "date_of_birth",
+    "hospital_admissions": "admission_date",
+    "emergency_department": "arrival_date",
+    "care_support_census": "referral_date",
+    "looked_after_episodes": "episode_start",
+}
+UNPARSEABLE = np.array(["2015-13-45", "31/02/2015", "unknown", "0000-00-00"], dtype=object)
+
+
+@dataclass
+class SynthSummary:
+    """What was written: rows per source, and where."""
+
+    out_dir: Path
+    scenario: str
+    n_children: int
+    seed: int
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Synthetic world `{self.scenario}`: {self.n_children:,} children, seed {self.seed}",
+            "",
+            "| source | rows |",
+            "|---|---:|",
+        ]
+        lines += [f"| {k} | {v:,} |" for k, v in self.row_counts.items()]
+        return "\n".join(lines)
+
+
+def _inject_defects(
+    source: str,
+    cols: dict[str, np.ndarray],
+    sc: Scenario,
+    rng: np.random.Generator,
+    file_format: FileFormat,
+) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], np.ndarray]:
+    """Apply each defect to a disjoint random set of rows; return columns, defect log, malformed."""
+    d = sc.defects
+    m = cols["record_id"].size
+    perm = rng.permutation(m)
+    used = np.zeros(m, bool)
+    defects: list[tuple[str, str]] = []
+
+    def take(rate: float, eligible: np.ndarray | None = None) -> np.ndarray:
+        """Rows for one defect, disjoint from the rows of every earlier defect."""
+        k = int(rng.binomial(m, rate)) if m else 0
+        cand = perm[~used[perm]]
+        if eligible is not None:
+            cand = cand[eligible[cand]]
+        chosen = np.sort(cand[:k])
+        used[chosen] = True
+        return chosen
+
+    rid = cols["record_id"]
+    if source in PLACEHOLDER_COLUMN:
+        rows = take(d.placeholder_date)
+        cols[PLACEHOLDER_COLUMN[source]][rows] = "1900-01-01"
+        defects += [(r, "placeholder_date") for r in rid[rows]]
+        dates = [c.name for c in SOURCES[source].columns if c.dtype == "date"]
+        rows = take(d.unparseable_date)
+        which = rng.integers(0, len(dates), rows.size)
+        for j, col in enumerate(dates):
+            sel = rows[which == j]
+            cols[col][sel] = UNPARSEABLE[rng.integers(0, UNPARSEABLE.size, sel.size)]
+        defects += [(r, "unparseable_date") for r in rid[rows]]
+    col, bad = CODE_DEFECT[source]
+    rows = take(d.code_outside_list)
+    cols[col][rows] = bad
+    defects += [(r, "code_outside_list") for r in rid[rows]]
+    if "nhs_number" in cols:
+        has = np.array([v is not None for v in cols["nhs_number"]])
+        rows = take(d.nhs_number_wrong_length, has)
+        cols["nhs_number"][rows] = [v + "7" for v in cols["nhs_number"][rows]]
+        defects += [(r, "nhs_number_wrong_length") for r in rid[rows]]
+    if source == "care_support_census":
+        valid_ref = np.array(
+            [
+                v is not None
+                and v[:2] in ("19", "20")
+                and len(v) == 10
+                and v[4] == "-"
+                and v != "1900-01-01"
+                for v in cols["referral_date"]
+            ]
+        )
+        rows = take(d.referral_after_closure, valid_ref)
+        ref = cols["referral_date"][rows].astype("datetime64[D]")
+        cols["closure_date"][rows] = iso(
+            (ref - rng.integers(1, 60, rows.size).astype("timedelta64[D]")).astype(np.int64)
+        )
+        defects += [(r, "referral_after_closure") for r in rid[rows]]
+    malformed = np.zeros(0, np.int64)
+    if file_format == "csv":
+        malformed = take(d.malformed_line)
+        defects += [(r, "malformed_line") for r in rid[malformed]]
+    dup = take(d.duplicate_row)
+    defects += [(r, "duplicate_row") for r in rid[dup]]
+    if dup.size:
+        reps = np.ones(m, np.int64)
+        reps[dup] = 2
+        idx = np.repeat(np.arange(m), reps)
+        cols = {k: v[idx] for k, v in cols.items()}
+        keep_mal = np.zeros(m, bool)
+        keep_mal[malformed] = True
+        malformed = np.flatnonzero(keep_mal[idx] & np.r_[True, idx[1:] != idx[:-1]])
+    return cols, defects, malformed
+
+
+def _frame(cols: dict[str, np.ndarray]) -> pl.DataFrame:
+    return pl.DataFrame({k: pl.Series(k, v.tolist(), dtype=pl.String) for k, v in cols.items()})
+
+
+def _typed_frame(data: dict[str, object]) -> pl.DataFrame:
+    """A frame from numpy arrays; object (text) arrays become String columns."""
+    out = {}
+    for k, v in data.items():
+        arr = np.asarray(v)
+        out[k] = pl.Series(k, arr.tolist(), dtype=pl.String) if arr.dtype == object else arr
+    return pl.DataFrame(out)
+
+
+def _write_extract(
+    df: pl.DataFrame, malformed: np.ndarray, path: Path, file_format: FileFormat
+) -> None:
+    if file_format == "parquet":
+        df.write_parquet(path, compression="zstd", statistics=False)
+        return
+    bad = np.zeros(df.height, bool)
+    bad[malformed] = True
+    good = df.filter(pl.Series(~bad))
+    good.write_csv(path, null_value="", quote_style="necessary", line_terminator="\n")
+    if malformed.size:
+        text = df.filter(pl.Series(bad)).write_csv(
+            include_header=False, null_value="", quote_style="necessary", line_terminator="\n"
+        )
+        with path.open("a", encoding="utf-8", newline="") as fh:
+            for line in text.splitlines():
+                fh.write(line + ',"EXTRA FIELD\n')  # an extra, unterminated field
+
+
+def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
+    first_entry = np.full(w.n, -1, np.int64)
+    firsts = np.r_[True, w.care_person[1:] != w.care_person[:-1]]
+    first_entry[w.care_person[firsts]] = w.care_start[firsts]
+    care_days = np.bincount(w.care_person, weights=w.care_end - w.care_start, minlength=w.n)
+    moves = np.bincount(w.ep_person, weights=np.isin(w.ep_reason_start, ["P", "T"]), minlength=w.n)
+    long_first = np.zeros(w.n, bool)
+    first_len = (w.care_end - w.care_start)[firsts]
+    long_first[w.care_person[firsts]] = first_len >= 365
+    reasons = np.array(["age18", "left_region", "died", "window_end"], dtype=object)
+    data: dict[str, object] = {
+        "person_id": np.arange(w.n),
+        "date_of_birth": w.birth.astype("datetime64[D]"),
+        "sex": np.where(w.sex_male, "M", "F"),
+        "deprivation_decile": w.decile,
+        "family_risk": w.family_risk,
+        "disability": w.disability.astype(np.int8),
+    }
+    for k, a in enumerate(ADVERSITIES):
+        data[f"true_{a}"] = w.adversity[:, k].astype(np.int8)
+        data[f"{a}_onset"] = iso(w.onset[:, k])
+        data[f"recorded_{a}"] = w.recorded1[:, k].astype(np.int8)
+    data |= {
+        "ever_cin": (w.ref1 >= 0).astype(np.int8),
+        "first_cin_date": iso(w.ref1),
+        "ever_looked_after": (first_entry >= 0).astype(np.int8),
+        "first_care_entry": iso(first_entry),
+        "care_days_total": care_days.astype(np.int64),
+        "placement_moves": moves.astype(np.int64),
+        "care_long": long_first.astype(np.int8),
+        "care_days_before_ks4": w.care_days_before_ks4,
+        "moves_before_ks4": w.moves_before_ks4,
+        "ks4_year_start": iso(w.ks4_start),
+        "has_ks4": ks4_has.astype(np.int8),
+        "follow_up_start": iso(w.fu_start),
+        "follow_up_end": iso(w.fu_end),
+        "follow_up_end_reason": reasons[w.fu_end_reason],
+    }
+    return _typed_frame(data)
+
+
+def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
+    """True effects on the scale each estimator targets (ATT among the exposed children)."""
+    e = sc.effects
+    eligible = (w.ref1 >= 0) & ks4_has & (w.ref1 < w.ks4_start)
+    days = w.care_days_before_ks4
+    groups = {
+        "cla_vs_nla": eligible & (days > 0),
+        "long_vs_nla": eligible & (days >= 365),
+        "short_vs_nla": eligible & (days > 0) & (days < 365),
+    }
+    est: list[dict[str, object]] = []
+    for contrast, sel in groups.items():
+        n = int(sel.sum())
+        est.append(
+            {
+                "outcome": "ks4_score",
+                "contrast": contrast,
+                "scale": "mean_difference",
+                "value": float(w.ks4_effect[sel].mean()) if n else 0.0,
+                "description": f"ATT: mean KS4 effect among {n} exposed children (care before year 11)",
+            }
+        )
+        est.append(
+            {
+                "outcome": "ks4_level2_inclusive",
+                "contrast": contrast,
+                "scale": "risk_difference",
+                "value": float((w.level2_p1[sel] - w.level2_p0[sel]).mean()) if n else 0.0,
+                "description": "ATT: mean change in probability of level 2 inclusive",
+            }
+        )
+    est.append(
+        {
+            "outcome": "ks4_score",
+            "contrast": "per_placement_move",
+            "scale": "mean_difference",
+            "value": e.ks4_per_placement_move,
+            "description": "KS4 points per placement move before year 11",
+        }
+    )
+    est.append(
+        {
+            "outcome": "ks4_level2_inclusive",
+            "contrast": "long_vs_nla",
+            "scale": "odds_ratio",
+            "value": float(np.exp(e.level2_log_or_long)),
+            "description": "conditional on the latent KS4 score (not identifiable from data)",
+        }
+    )
+    for outcome, lhr in (
+        ("self_harm", e.log_hr_self_harm),
+        ("emergency_admission", e.log_hr_emergency_admission),
+        ("mental_health_admission", e.log_hr_mental_health_admission),
+        ("appendicitis", 0.0),
+    ):
+        est.append(
+            {
+                "outcome": outcome,
+                "contrast": "cla_vs_nla",
+                "scale": "hazard_ratio",
+                "value": float(np.exp(lhr)),
+                "description": "hazard ratio while looked after (time-varying)",
+            }
+        )
+    return {"scenario": sc.name, "estimands": est}
+
+
+def generate_world(
+    *,
+    n_children: int,
+    seed: int,
+    scenario: str | Path | Scenario = "default",
+    out_dir: str | Path,
+    file_format: FileFormat = "csv",
+    progress: Progress | None = None,
+) -> SynthSummary:
+    """Generate a synthetic world and write its seven extracts and ``truth/`` to ``out_dir``.
+
+    The same ``n_children``, ``seed`` and scenario give byte-identical files.
+    """
+    if n_children < 100:
+        raise ConfigError(f"--children must be at least 100 (got {n_children})")
+    if file_format not in ("csv", "parquet"):
+        raise ConfigError(f"--format must be csv or parquet (got {file_format!r})")
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    step = progress or (lambda msg: log.info("%s", msg))
+    out = Path(out_dir)
+    truth = out / "truth"
+    if truth.exists():
+        shutil.rmtree(truth)
+    truth.mkdir(parents=True, exist_ok=True)
+    step("simulating people, adversity, social services, care, school and health")
+    w = build_world(n_children, sc, seed)
+    step("writing records with identifier noise")
+    cols, owner, nlog = build_sources(w, sc, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    summary = SynthSummary(out, sc.name, n_children, seed)
+    record_person, defect_rows = [], []
+    ks4_has = np.zeros(w.n, bool)
+    at = cols["attainment"]
+    ks4_has[owner["attainment"][at["key_stage"] == "KS4"]] = True
+    for source, contract in SOURCES.items():
+        step(f"writing {source}")
+        record_person.append(
+            pl.DataFrame(
+                {
+                    "source": source,
+                    "record_id": cols[source]["record_id"].astype(str),
+                    "person_id": owner[source],
+                }
+            )
+        )
+        c, defects, malformed = _inject_defects(source, cols[source], sc, rng, file_format)
+        defect_rows += [(source, r, d) for r, d in defects]
+        for other in out.glob(f"{contract.file_stem}.*"):
+            other.unlink()
+        df = _frame(c)
+        _write_extract(df, malformed, out / f"{contract.file_stem}.{file_format}", file_format)
+        summary.row_counts[source] = df.height
+    step("writing truth")
+    pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
+    _persons_truth(w, ks4_has).write_parquet(truth / "persons.parquet", statistics=False)
+    _typed_frame(
+        {
+            "person_id": w.ep_person,
+            "period": w.ep_period,
+            "start": iso(w.ep_start),
+            "end": iso(w.ep_end),
+            "reason_start": w.ep_reason_start,
+            "placement_type": w.ep_placement,
+            "legal_status": w.ep_legal,
+        }
+    ).with_columns(
+        placement_seq=pl.int_range(pl.len()).over("person_id", "period") + 1
+    ).write_parquet(truth / "care_history.parquet", statistics=False)
+    pl.DataFrame(
+        defect_rows,
+        schema={"source": pl.String, "record_id": pl.String, "defect": pl.String},
+        orient="row",
+    ).sort("source", "record_id", "defect").write_parquet(
+        truth / "defects.parquet", statistics=False
+    )
+    _noise_frame(nlog).write_parquet(truth / "identifier_noise.parquet", statistics=False)
+    pl.DataFrame(
+        {
+            "person_id": np.arange(w.n),
+            "ks4_y0": w.ks4_y0,
+            "ks4_effect": w.ks4_effect,
+            "level2_p0": w.level2_p0,
+            "level2_p1": w.level2_p1,
+        }
+    ).write_parquet(truth / "potential_outcomes.parquet", statistics=False)
+    (truth / "scenario.yaml").write_text(scenario_to_yaml(sc), encoding="utf-8")
+    (truth / "effects.json").write_text(
+        json.dumps(_effects(w, sc, ks4_has), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return summary
+
+
+def _noise_frame(nlog: NoiseLog) -> pl.DataFrame:
+    return nlog.frame("noise")

@@ -1,0 +1,578 @@
+"""The latent causal world: people, places, adversity, social services, care, school, health.
+
+Everything is vectorised over people with numpy (no per-person Python loops). Days are integer
+days since 1970-01-01. The causal structure (see ``docs/synthetic_world.md``):
+
+    deprivation -> family risk -> adversity (true, with onset) -> referral -> RECORDED factors
+    recorded factors + deprivation + authority + age -> entry to care (time-varying)
+    true adversity + deprivation (+ care, the effect under study) -> education and health
+
+Care entry depends only on what social services recorded, so adjusting for recorded pre-care
+factors, deprivation, authority and age identifies the effect of care.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.contracts import load_codelist
+from synthetic_data.names import LA_WEIGHTS
+from synthetic_data.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+YEAR = 365.25
+ADVERSITIES = (
+    "physical_abuse",
+    "parental_mental_ill_health",
+    "parental_substance_misuse",
+    "domestic_abuse",
+    "parental_learning_disability",
+)
+MAX_MOVES = 5
+WINDOW_START = int(np.datetime64("2000-01-01", "D").astype(np.int64))
+
+
+def day(iso: str) -> int:
+    return int(np.datetime64(iso, "D").astype(np.int64))
+
+
+def expit(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def add_years(days: np.ndarray, years: int) -> np.ndarray:
+    """Same calendar day ``years`` later (29 February -> 28 February)."""
+    d = days.astype("datetime64[D]")
+    y = d.astype("datetime64[Y]").astype(np.int64) + 1970
+    md = d - d.astype("datetime64[Y]").astype("datetime64[D]")
+    target_year = (y + years - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+    out = target_year + md
+    # Feb 29 overflow into Mar 1 in a non-leap year: step back one day.
+    month_in = d.astype("datetime64[M]").astype(np.int64) % 12
+    month_out = out.astype("datetime64[M]").astype(np.int64) % 12
+    out = np.where(month_out != month_in, out - np.timedelta64(1, "D"), out)
+    return out.astype(np.int64)
+
+
+def academic_year_of_birth(birth: np.ndarray) -> np.ndarray:
+    """Academic year (starting 1 September) in which a child was born."""
+    d = birth.astype("datetime64[D]")
+    y = d.astype("datetime64[Y]").astype(np.int64) + 1970
+    m = d.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    return np.where(m >= 9, y, y - 1)
+
+
+def sept1(year: np.ndarray) -> np.ndarray:
+    return ((year - 1970).astype("datetime64[Y]").astype("datetime64[D]") + 243).astype(
+        np.int64
+    ) + _leap_fix(year)
+
+
+def _leap_fix(year: np.ndarray) -> np.ndarray:
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    return leap.astype(np.int64)
+
+
+def make_date(year: np.ndarray, month: int, dom: int) -> np.ndarray:
+    base = (np.asarray(year) - 1970).astype("datetime64[Y]").astype("datetime64[M]")
+    return (base + np.timedelta64(month - 1, "M")).astype("datetime64[D]").astype(np.int64) + (
+        dom - 1
+    )
+
+
+@dataclass
+class World:
+    """All latent arrays of one synthetic world (index = person)."""
+
+    n: int
+    birth: np.ndarray
+    sex_male: np.ndarray
+    ethnicity: np.ndarray
+    la_birth: np.ndarray
+    decile: np.ndarray
+    family_risk: np.ndarray
+    fu_start: np.ndarray
+    fu_end: np.ndarray
+    fu_end_reason: np.ndarray  # 0 age18, 1 left, 2 died, 3 window end
+    death: np.ndarray  # -1 if none
+    disability: np.ndarray
+    adversity: np.ndarray  # (n, 5) bool, ever before 18
+    onset: np.ndarray  # (n, 5) day, -1 if none
+    # residences: flat arrays sorted by person then start
+    res_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_la: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_area: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # social services
+    ref1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    close1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ref2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    close2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    recorded1: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
+    recorded2: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
+    cp1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cp2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # care periods: flat, sorted by person then start
+    care_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    care_period: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    care_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    care_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # exclusive
+    care_open: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    care_end_reason: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    care_long_plan: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # placements (episodes): flat
+    ep_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ep_period: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ep_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ep_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ep_reason_start: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    ep_reason_end: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    ep_legal: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    ep_placement: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    # education truth
+    ks4_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    care_days_before_ks4: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    moves_before_ks4: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ks4_y0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ks4_effect: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    level2_p0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    level2_p1: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # health events: flat
+    ev_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ev_day: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ev_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def residence_at(self, person: np.ndarray, when: np.ndarray) -> np.ndarray:
+        """Index into the residence arrays of each person's address on a day (clamped)."""
+        keys = self.res_person * 100_000 + (self.res_start - WINDOW_START + 20_000)
+        q = person * 100_000 + (np.asarray(when) - WINDOW_START + 20_000)
+        idx = np.searchsorted(keys, q, side="right") - 1
+        first = np.searchsorted(self.res_person, person, side="left")
+        return np.maximum(idx, first)
+
+
+EVENT_KINDS = ("self_harm", "emergency", "mental_health", "appendicitis", "ed_injury", "elective")
+
+
+def _calibrate_intercept(lp: np.ndarray, target: float) -> float:
+    lo, hi = -20.0, 20.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if expit(mid + lp).mean() > target:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2
+
+
+def build_people(n: int, sc: Scenario, rng: np.random.Generator) -> World:
+    """People, places, follow-up, adversity (with onsets) and disability."""
+    pop = sc.population
+    start = day(f"{pop.first_birth_year}-01-01")
+    stop = day(f"{pop.first_birth_year + pop.birth_years}-01-01")
+    birth = np.sort(rng.integers(start, stop, n))
+    sex_male = rng.random(n) < 0.512
+    eth_codes = list(load_codelist("ethnicity"))
+    eth_p = np.array([0.86, 0.035, 0.035, 0.035, 0.012, 0.013, 0.01])
+    ethnicity = rng.choice(len(eth_codes), n, p=eth_p / eth_p.sum())
+    w = np.array(LA_WEIGHTS, float)
+    la_birth = rng.choice(len(w), n, p=w / w.sum())
+    la_dep_shift = np.random.default_rng(rng.integers(2**32)).normal(0, 1.1, len(w))
+    decile = np.clip(np.round(5.5 + la_dep_shift[la_birth] + rng.normal(0, 2.6, n)), 1, 10)
+    decile = decile.astype(np.int64)
+    dep_z = (5.5 - decile) / 2.87
+    family_risk = sc.adversity.deprivation_loading * dep_z + rng.normal(0, 1, n)
+    # minority-ethnic children slightly more deprived on average is already via area; keep simple
+    in_mig = rng.random(n) < pop.in_migrant_share
+    fu_start = np.where(in_mig, birth + (rng.random(n) * 15 * YEAR).astype(np.int64), birth)
+    age18 = add_years(birth, 18)
+    window_end = day(pop.window_end)
+    leave = fu_start + (rng.exponential(1 / max(pop.leave_region_rate, 1e-9), n) * YEAR).astype(
+        np.int64
+    )
+    death = birth + (rng.exponential(1 / max(pop.death_rate, 1e-9), n) * YEAR).astype(np.int64)
+    ends = np.stack([age18, leave, death, np.full(n, window_end)], axis=1)
+    reason = ends.argmin(axis=1)
+    fu_end = ends.min(axis=1)
+    keep = fu_end > fu_start
+    if not keep.all():  # entered after the window closed: start one day before end
+        fu_start = np.where(keep, fu_start, fu_end - 1)
+    died = np.where(reason == 2, death, -1)
+
+    # adversity: shared family risk, calibrated to scenario prevalences
+    prev = [getattr(sc.adversity, a) for a in ADVERSITIES]
+    loading = sc.adversity.family_risk_loading
+    adversity = np.zeros((n, 5), bool)
+    onset = np.full((n, 5), -1, np.int64)
+    for k, target in enumerate(prev):
+        lp = loading * family_risk
+        a = _calibrate_intercept(lp, target)
+        has = rng.random(n) < expit(a + lp)
+        if ADVERSITIES[k] == "parental_learning_disability":
+            on = birth.copy()
+        else:
+            on = birth + (rng.random(n) * 16 * YEAR).astype(np.int64)
+        adversity[:, k] = has
+        onset[:, k] = np.where(has, on, -1)
+    disability = rng.random(n) < expit(-3.6 + 0.3 * adversity.sum(axis=1))
+    world = World(
+        n=n,
+        birth=birth,
+        sex_male=sex_male,
+        ethnicity=ethnicity,
+        la_birth=la_birth,
+        decile=decile,
+        family_risk=family_risk,
+        fu_start=fu_start,
+        fu_end=fu_end,
+        fu_end_reason=np.where(fu_end >= window_end, 3, reason),
+        death=died,
+        disability=disability,
+        adversity=adversity,
+        onset=onset,
+    )
+    _residences(world, sc, rng)
+    return world
+
+
+def _residences(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """House moves as a Poisson process; each move a new area (same decile), maybe a new LA."""
+    n = w.n
+    years = (w.fu_end - w.fu_start) / YEAR
+    n_moves = np.minimum(rng.poisson(sc.population.house_move_rate * years), MAX_MOVES)
+    n_res = n_moves + 1
+    person = np.repeat(np.arange(n), n_res)
+    seq = np.arange(person.size) - np.repeat(np.cumsum(n_res) - n_res, n_res)
+    span = (w.fu_end - w.fu_start)[person]
+    offs = np.where(seq == 0, 0, (rng.random(person.size) * span).astype(np.int64))
+    starts = w.fu_start[person] + offs
+    order = np.lexsort((starts, person))
+    person, starts = person[order], starts[order]
+    seq = np.arange(person.size) - np.repeat(np.cumsum(n_res) - n_res, n_res)
+    # a move on the same day as the previous start: push by one day
+    nxt = np.r_[starts[1:], 0]
+    last = np.r_[person[1:] != person[:-1], True]
+    ends = np.where(last, w.fu_end[person], nxt - 1)
+    ends = np.maximum(ends, starts)
+    cross = (rng.random(person.size) < sc.population.cross_la_move_share) & (seq > 0)
+    la = w.la_birth[person].copy()
+    new_la = rng.integers(0, len(LA_WEIGHTS), person.size)
+    # carry LA forward: a cross-LA move sets a new LA for that residence and the following ones
+    la = np.where(cross, new_la, -1)
+    la = np.where(seq == 0, w.la_birth[person], la)
+    idx = np.where(la >= 0, np.arange(la.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    la = la[idx]
+    area = (la * 10 + (w.decile[person] - 1)) * 1000 + rng.integers(0, 60, person.size)
+    w.res_person, w.res_start, w.res_end = person, starts, ends
+    w.res_la, w.res_area, w.res_seq = la, area, seq
+
+
+def social_services(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """Referrals (episodes of need), imperfect recording, child protection."""
+    ss = sc.social_services
+    n = w.n
+    cand = np.full((n, 6), np.iinfo(np.int64).max)
+    for k in range(5):
+        trig = w.adversity[:, k] & (rng.random(n) < ss.referral_prob_per_adversity)
+        delay = (rng.exponential(1.0, n) * YEAR).astype(np.int64)
+        cand[:, k] = np.where(trig, np.maximum(w.onset[:, k], w.fu_start) + delay, cand[:, k])
+    bg = w.fu_start + (rng.exponential(1 / ss.background_referral_rate, n) * YEAR).astype(np.int64)
+    cand[:, 5] = bg
+    ref1 = cand.min(axis=1)
+    age17_6 = add_years(w.birth, 18) - 180
+    has = (ref1 < w.fu_end) & (ref1 < age17_6)
+    ref1 = np.where(has, ref1, -1)
+    open_len = (rng.exponential(ss.case_open_years, n) * YEAR).astype(np.int64) + 14
+    close1 = np.where(has, ref1 + open_len, -1)
+    # second episode of need
+    again = has & (rng.random(n) < 0.35)
+    ref2 = np.where(again, close1 + 30 + (rng.exponential(2.0, n) * YEAR).astype(np.int64), -1)
+    again &= (ref2 < w.fu_end) & (ref2 < age17_6)
+    ref2 = np.where(again, ref2, -1)
+    close2 = np.where(
+        again, ref2 + (rng.exponential(ss.case_open_years, n) * YEAR).astype(np.int64) + 14, -1
+    )
+    sens = ss.recording_sensitivity
+    present1 = w.adversity & (w.onset <= ref1[:, None]) & has[:, None]
+    rec1 = present1 & (rng.random((n, 5)) < sens)
+    present2 = w.adversity & (w.onset <= ref2[:, None]) & again[:, None]
+    rec2 = rec1 | (present2 & ~rec1 & (rng.random((n, 5)) < sens))
+    rec2 &= again[:, None]
+    # child protection: physical abuse recorded -> PHY; otherwise some neglect / emotional
+    cp_codes = {"none": 0, "NEG": 1, "PHY": 2, "SAB": 3, "EMO": 4}
+    other = rng.random(n)
+    cp1 = np.where(rec1[:, 0], cp_codes["PHY"], 0)
+    risk = rec1[:, 1:4].sum(axis=1)
+    cp1 = np.where(
+        (cp1 == 0) & has & (other < 0.05 + 0.08 * risk),
+        np.where(other < 0.03 + 0.05 * risk, cp_codes["NEG"], cp_codes["EMO"]),
+        cp1,
+    )
+    cp2 = np.where(rec2[:, 0], cp_codes["PHY"], np.where(again, cp1, 0))
+    w.ref1, w.close1, w.ref2, w.close2 = ref1, close1, ref2, close2
+    w.recorded1, w.recorded2, w.cp1, w.cp2 = rec1, rec2, cp1, cp2
+
+
+def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """Entry to care as a hazard driven by RECORDED factors; periods, placements, re-entry."""
+    ss = sc.social_services
+    n = w.n
+    has = w.ref1 >= 0
+    la_sd = sc.population.la_care_propensity_sd
+    la_eff = np.random.default_rng(rng.integers(2**32)).normal(0, la_sd, len(LA_WEIGHTS))
+    res = w.residence_at(np.arange(n), np.maximum(w.ref1, w.fu_start))
+    la_at_ref = w.res_la[res]
+    age_ref = (w.ref1 - w.birth) / YEAR
+    lp = (
+        ss.care_log_hr_recorded_factor * w.recorded1[:, 1:].sum(axis=1)
+        + ss.care_log_hr_physical_abuse * w.recorded1[:, 0]
+        + ss.care_log_hr_per_deprivation_decile * (10 - w.decile)
+        + la_eff[la_at_ref]
+        - 0.06 * age_ref
+        + 0.5 * (w.cp1 > 0)
+    )
+    rate = ss.care_base_rate * np.exp(lp)
+    t = rng.exponential(1.0, n) / rate
+    same_day = rng.random(n) < 0.1 * (1 - np.exp(-rate))
+    t = np.where(same_day, 0.0, t)
+    entry = w.ref1 + (t * YEAR).astype(np.int64)
+    age18 = add_years(w.birth, 18)
+    enters = has & (entry < w.fu_end) & (entry < age18 - 30)
+    # periods
+    people = np.flatnonzero(enters)
+    long_plan = rng.random(people.size) < ss.long_care_share
+    dur = np.where(
+        long_plan,
+        rng.integers(365, 365 * 9, people.size),
+        rng.integers(14, 365, people.size),
+    )
+    p_start = entry[people]
+    p_end = p_start + dur
+    reentry = (~long_plan | (rng.random(people.size) < 0.3)) & (
+        rng.random(people.size) < ss.re_entry_prob / 0.6
+    )
+    gap = rng.integers(60, 700, people.size)
+    s2 = p_end + gap
+    dur2 = rng.integers(14, 365, people.size)
+    persons = np.r_[people, people[reentry]]
+    period = np.r_[np.ones(people.size, np.int64), np.full(reentry.sum(), 2)]
+    starts = np.r_[p_start, s2[reentry]]
+    ends = np.r_[p_end, s2[reentry] + dur2[reentry]]
+    longp = np.r_[long_plan, np.zeros(reentry.sum(), bool)]
+    limit = np.minimum(w.fu_end[persons], age18[persons])
+    keep = starts < limit - 1
+    persons, period, starts, ends, longp, limit = (
+        a[keep] for a in (persons, period, starts, ends, longp, limit)
+    )
+    open_ = ends >= w.fu_end[persons]  # still looked after at end of follow-up
+    aged_out = ends >= age18[persons]
+    ends = np.minimum(ends, limit)
+    age_end = (ends - w.birth[persons]) / YEAR
+    natural = rng.choice(
+        np.array(["E4A", "E41", "E11", "E8"], dtype=object), persons.size, p=[0.55, 0.2, 0.1, 0.15]
+    )
+    natural = np.where((natural == "E11") & (age_end > 8), "E4A", natural)
+    reason = np.where(aged_out, "E8", np.where(~longp, "E4A", natural))
+    reason = np.where(
+        w.fu_end_reason[persons] == 2, np.where(ends >= w.death[persons], "E2", reason), reason
+    )
+    order = np.lexsort((starts, persons))
+    w.care_person, w.care_period = persons[order], period[order]
+    w.care_start, w.care_end = starts[order], ends[order]
+    w.care_open = (open_ & ~aged_out)[order]
+    w.care_end_reason = reason[order]
+    w.care_long_plan = longp[order]
+    _placements(w, sc, rng)
+    _education_exposure(w)
+
+
+def _placements(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """Split periods into episodes at placement moves (P) and a legal-status change (L).
+
+    A placement move on the day of entry gives a zero-length first episode (start = end), as
+    in real returns.
+    """
+    m = w.care_person.size
+    dur = np.maximum(w.care_end - w.care_start, 1)
+    n_moves = np.minimum(rng.poisson(sc.social_services.placement_move_rate * dur / YEAR), 12)
+    day0 = rng.random(m) < 0.03  # a placement move on the day of entry
+    n_moves = np.where(day0, np.maximum(n_moves, 1), n_moves)
+    k = n_moves + 1
+    idx = np.repeat(np.arange(m), k)
+    seq = np.arange(idx.size) - np.repeat(np.cumsum(k) - k, k)
+    off = np.maximum((rng.random(idx.size) * dur[idx]).astype(np.int64), 1)
+    off = np.where(seq == 0, 0, off)
+    off = np.where((seq == 1) & day0[idx], 0, off)
+    kind = np.where(seq == 0, "S", "P").astype(object)
+    legal_change = w.care_long_plan & (dur > 150)
+    lidx = np.flatnonzero(legal_change)
+    l_off = np.full(m, np.iinfo(np.int64).max)
+    l_off[lidx] = np.minimum(120, dur[lidx] // 2)
+    idx = np.r_[idx, lidx]
+    off = np.r_[off, l_off[lidx]]
+    kind = np.r_[kind, np.full(lidx.size, "L", dtype=object)]
+    order = np.lexsort((kind == "L", kind != "S", off, idx))
+    idx, off, kind = idx[order], off[order], kind[order]
+    start = w.care_start[idx] + off
+    nxt_same = np.r_[idx[1:] == idx[:-1], False]
+    end = np.where(nxt_same, np.r_[start[1:], 0], w.care_end[idx])
+    codes = np.array(["U4", "U6", "U1", "U3", "K2", "R1", "P1", "H5", "Z1"], dtype=object)
+    pp = np.array([0.3, 0.35, 0.06, 0.08, 0.06, 0.03, 0.06, 0.03, 0.03])
+    placement = rng.choice(codes, idx.size, p=pp)
+    prev = np.r_[placement[:1], placement[:-1]]
+    placement = np.where(kind == "L", prev, placement)  # a legal change keeps the placement
+    legal = np.where(w.care_long_plan[idx], "C1", "V2").astype(object)
+    legal = np.where(off >= l_off[idx], "C2", legal)
+    last = ~nxt_same
+    reason_end = np.where(last, w.care_end_reason[idx], "X1").astype(object)
+    is_open = last & w.care_open[idx]
+    reason_end[is_open] = None
+    w.ep_person, w.ep_period = w.care_person[idx], w.care_period[idx]
+    w.ep_start, w.ep_end = start, np.where(is_open, -1, end)
+    w.ep_reason_start, w.ep_reason_end = kind, reason_end
+    w.ep_legal, w.ep_placement = legal, placement
+
+
+def _education_exposure(w: World) -> None:
+    """Care days and placement moves before 1 September of the KS4 year (year 11)."""
+    ay0 = academic_year_of_birth(w.birth)
+    w.ks4_start = sept1(ay0 + 15)
+    cut = w.ks4_start[w.care_person]
+    days = np.clip(np.minimum(w.care_end, cut) - w.care_start, 0, None)
+    w.care_days_before_ks4 = np.bincount(w.care_person, weights=days, minlength=w.n).astype(
+        np.int64
+    )
+    moves = (np.isin(w.ep_reason_start, ["P", "T"])) & (w.ep_start < w.ks4_start[w.ep_person])
+    w.moves_before_ks4 = np.bincount(w.ep_person, weights=moves, minlength=w.n).astype(np.int64)
+
+
+def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """Latent KS4 potential outcomes and their care effects."""
+    o, e = sc.outcomes, sc.effects
+    n = w.n
+    adv16 = (w.adversity & (w.onset < w.ks4_start[:, None])).sum(axis=1)
+    y0 = (
+        o.ks4_intercept
+        + o.ks4_per_deprivation_decile * (10 - w.decile)
+        + o.ks4_per_adversity * adv16
+        + o.ks4_family_risk * np.maximum(w.family_risk, -1)
+        + 3.0 * ~w.sex_male
+        - 8.0 * w.disability
+        + rng.normal(0, o.ks4_noise_sd, n)
+    )
+    days = w.care_days_before_ks4
+    long_ = days >= 365
+    short = (days > 0) & ~long_
+    effect = (
+        e.ks4_long_care * long_
+        + e.ks4_short_care * short
+        + e.ks4_per_placement_move * w.moves_before_ks4
+    )
+    w.ks4_y0 = y0
+    w.ks4_effect = effect
+    logit0 = (y0 - 52.0) / 5.0
+    w.level2_p0 = expit(logit0)
+    w.level2_p1 = expit(logit0 + e.level2_log_or_long * long_ + e.level2_log_or_short * short)
+
+
+def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
+    """Health events as Poisson processes over segments of constant covariates.
+
+    Segments split follow-up at each birthday, each adversity onset and each care boundary, so
+    hazards are exactly piecewise constant: h = base(age) * exp(beta . true adversity(t) +
+    deprivation + gamma * looked_after(t)).
+    """
+    o, e = sc.outcomes, sc.effects
+    n = w.n
+    bdays = np.stack([add_years(w.birth, k) for k in range(1, 18)], axis=1)
+    care_pts = np.full((n, 4), -1, np.int64)
+    first = np.searchsorted(w.care_person, np.arange(n), side="left")
+    cnt = np.bincount(w.care_person, minlength=n)
+    for j in range(2):
+        sel = cnt > j
+        pos = first[sel] + j
+        care_pts[sel, 2 * j] = w.care_start[pos]
+        care_pts[sel, 2 * j + 1] = w.care_end[pos]
+    pts = np.concatenate(
+        [w.fu_start[:, None], bdays, care_pts, w.onset[:, :4], w.fu_end[:, None]], axis=1
+    )
+    pts = np.clip(pts, w.fu_start[:, None], w.fu_end[:, None])
+    pts.sort(axis=1)
+    a, b = pts[:, :-1], pts[:, 1:]
+    valid = b > a
+    person = np.broadcast_to(np.arange(n)[:, None], a.shape)[valid]
+    s, t = a[valid], b[valid]
+    mid = (s + t) // 2
+    age = ((mid - w.birth[person]) / YEAR).astype(np.int64)
+    # looked after during segment?
+    in_care = np.zeros(s.size, bool)
+    for j in range(2):
+        cs, ce = care_pts[person, 2 * j], care_pts[person, 2 * j + 1]
+        in_care |= (cs >= 0) & (mid >= cs) & (mid < ce)
+    adv = (w.onset[person, :4] >= 0) & (w.onset[person, :4] <= mid[:, None])
+    n_adv = adv.sum(axis=1)
+    dep = 10 - w.decile[person]
+    base_lp = o.log_hr_per_adversity * n_adv + o.log_hr_per_deprivation_decile * dep
+    years = (t - s) / YEAR
+    girl = ~w.sex_male[person]
+    profiles = {
+        "self_harm": (
+            o.self_harm_base_rate
+            * np.where(age >= 12, 1.0, np.where(age >= 10, 0.2, 0.0))
+            * np.where(girl, 1.6, 0.6),
+            base_lp + 0.3 * n_adv,
+            e.log_hr_self_harm,
+        ),
+        "emergency": (
+            o.emergency_base_rate * np.where(age == 0, 3.0, np.where(age < 5, 1.5, 1.0)),
+            base_lp,
+            e.log_hr_emergency_admission,
+        ),
+        "mental_health": (
+            o.mental_health_base_rate * np.where(age >= 12, 1.0, np.where(age >= 6, 0.4, 0.0)),
+            base_lp + 0.2 * n_adv,
+            e.log_hr_mental_health_admission,
+        ),
+        "appendicitis": (o.appendicitis_rate * (age >= 4), np.zeros(s.size), 0.0),
+        "ed_injury": (o.ed_injury_rate * np.ones(s.size), base_lp, 0.0),
+        "elective": (o.elective_rate * np.ones(s.size), np.zeros(s.size), 0.0),
+    }
+    ev_p, ev_d, ev_k = [], [], []
+    for k, name in enumerate(EVENT_KINDS):
+        base, lp, gamma = profiles[name]
+        rate = base * np.exp(lp + gamma * in_care)
+        count = rng.poisson(rate * years)
+        seg = np.repeat(np.arange(s.size), count)
+        when = s[seg] + (rng.random(seg.size) * (t[seg] - s[seg])).astype(np.int64)
+        ev_p.append(person[seg])
+        ev_d.append(when)
+        ev_k.append(np.full(seg.size, k))
+    p, d, k_ = np.concatenate(ev_p), np.concatenate(ev_d), np.concatenate(ev_k)
+    order = np.lexsort((k_, d, p))
+    w.ev_person, w.ev_day, w.ev_kind = p[order], d[order], k_[order]
+
+
+def build_world(n: int, sc: Scenario, seed: int) -> World:
+    """Run every causal process in order, each from its own child seed."""
+    seeds = np.random.SeedSequence(seed).spawn(5)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    w = build_people(n, sc, rngs[0])
+    log.info("people and places: %d children", n)
+    social_services(w, sc, rngs[1])
+    care(w, sc, rngs[2])
+    log.info(
+        "social services: %d children in need, %d looked after",
+        int((w.ref1 >= 0).sum()),
+        int(np.unique(w.care_person).size),
+    )
+    education(w, sc, rngs[3])
+    health_events(w, sc, rngs[4])
+    log.info("health: %d events", w.ev_person.size)
+    return w
