@@ -45,6 +45,8 @@ for _name in COMMANDS:
 def main() -> None:
     """Entry point: user errors become a one-line message and a non-zero exit, no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "prefect", "httpx", "splink"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app()
     except CohortError as exc:

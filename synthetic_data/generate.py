@@ -173,7 +173,7 @@ def _write_extract(
         )
         with path.open("a", encoding="utf-8", newline="") as fh:
             for line in text.splitlines():
-                fh.write(line + ',"EXTRA FIELD\n')  # an extra, unterminated field
+                fh.write(line + ",EXTRA\n")  # one field too many
 
 
 def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:

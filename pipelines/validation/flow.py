@@ -1,0 +1,28 @@
+"""Prefect flow of the validation stage: sequencing only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipelines.run_layout import RunLayout
+from pipelines.validation.core import ValidationSettings, ValidationSummary, validate_delivery
+
+
+@task(name="validate-delivery")
+def validate_task(data_dir: str, run_dir: str, settings: ValidationSettings) -> ValidationSummary:
+    return validate_delivery(data_dir=Path(data_dir), layout=RunLayout.at(run_dir), settings=settings)
+
+
+@flow(name="validate")
+def validate_flow(
+    data_dir: str, run_dir: str, settings: ValidationSettings | None = None
+) -> dict[str, int]:
+    """Validate a delivery into the linkage zone; publish counts as a markdown artifact."""
+    summary = validate_task(data_dir, run_dir, settings or ValidationSettings())
+    create_markdown_artifact(
+        key="validation-counts", markdown=summary.to_markdown(), description="rows per source"
+    )
+    return summary.row_counts
