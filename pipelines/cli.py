@@ -52,3 +52,7 @@ def main() -> None:
     except CohortError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

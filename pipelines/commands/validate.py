@@ -9,7 +9,9 @@ import typer
 
 
 def command(
-    data: Annotated[Path, typer.Option("--data", help="Delivery folder with one extract per source.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Delivery folder with one extract per source.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (created if missing).")],
     settings_file: Annotated[
         Path | None, typer.Option("--settings", help="YAML with table-check severities.")
@@ -26,7 +28,9 @@ def command(
     from pipelines.validation import ValidationSettings, validate_delivery
 
     console = Console(stderr=True)
-    settings = ValidationSettings.from_yaml(settings_file) if settings_file else ValidationSettings()
+    settings = (
+        ValidationSettings.from_yaml(settings_file) if settings_file else ValidationSettings()
+    )
     with console.status("validating") as status:
         summary = validate_delivery(
             data_dir=data,

@@ -48,7 +48,7 @@ class ValidationSettings(BaseModel):
         1_000_000, ge=1000, description="rows per source fed to Great Expectations (sampled)"
     )
     run_great_expectations: bool = True
-    duckdb: dict[str, str | int] = Field(default_factory=lambda: {"memory_limit": "6GB"})
+    duckdb_memory_limit: str = Field("6GB", description="DuckDB memory limit for this stage")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ValidationSettings:
@@ -103,7 +103,11 @@ class ValidationSummary:
 
 
 def find_delivery_file(data_dir: Path, contract: SourceContract) -> Path:
-    found = [p for p in (data_dir / f"{contract.file_stem}.{ext}" for ext in ("csv", "parquet")) if p.exists()]
+    found = [
+        p
+        for p in (data_dir / f"{contract.file_stem}.{ext}" for ext in ("csv", "parquet"))
+        if p.exists()
+    ]
     if not found:
         raise InputDataError(
             f"no extract for source `{contract.name}` in {data_dir}: expected "
@@ -160,12 +164,18 @@ def _check_text_file(path: Path, contract: SourceContract) -> tuple[list[str], i
     return header, lines - 1
 
 
-def _check_columns(header: list[str], path: Path, contract: SourceContract, settings: ValidationSettings) -> list[str]:
+def _check_columns(
+    header: list[str], path: Path, contract: SourceContract, settings: ValidationSettings
+) -> list[str]:
     warnings = []
     expected = contract.column_names
     missing = [c for c in expected if c not in header]
     extra = [c for c in header if c not in expected]
-    if missing and extra and len(set(extra) & set(_all_columns_except(contract))) >= len(header) // 2:
+    if (
+        missing
+        and extra
+        and len(set(extra) & set(_all_columns_except(contract))) >= len(header) // 2
+    ):
         guess = _guess_source(header)
         if guess and guess != contract.name:
             raise InputDataError(
@@ -176,7 +186,11 @@ def _check_columns(header: list[str], path: Path, contract: SourceContract, sett
         raise InputDataError(
             f"{path.name} (source `{contract.name}`): column(s) {', '.join(f'`{c}`' for c in missing)} "
             f"missing (expectation expect_table_columns_to_match_set)"
-            + (f"; unexpected column(s) {', '.join(f'`{c}`' for c in extra)} - renamed?" if extra else "")
+            + (
+                f"; unexpected column(s) {', '.join(f'`{c}`' for c in extra)} - renamed?"
+                if extra
+                else ""
+            )
             + f"; expected: {', '.join(expected)}"
         )
     if extra:
@@ -204,7 +218,10 @@ def _guess_source(header: list[str]) -> str | None:
 
 
 def load_raw(
-    con: duckdb.DuckDBPyConnection, path: Path, contract: SourceContract, settings: ValidationSettings
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    contract: SourceContract,
+    settings: ValidationSettings,
 ) -> tuple[int, int | None, list[str]]:
     """Load an extract as text into ``raw.<source>``, malformed lines into ``raw.<source>_rejects``.
 
@@ -219,7 +236,12 @@ def load_raw(
     con.execute("DROP TABLE IF EXISTS rejects_rows")
     con.execute("DROP TABLE IF EXISTS rejects_scans")
     if path.suffix == ".parquet":
-        header = [r[0] for r in con.execute("SELECT name FROM parquet_schema(?) WHERE num_children IS NULL", [str(path)]).fetchall()]
+        header = [
+            r[0]
+            for r in con.execute(
+                "SELECT name FROM parquet_schema(?) WHERE num_children IS NULL", [str(path)]
+            ).fetchall()
+        ]
         warnings += _check_columns(header, path, contract, settings)
         cols = ", ".join(f"CAST({q(c)} AS VARCHAR) AS {q(c)}" for c in names)
         con.execute(
@@ -256,7 +278,10 @@ def load_raw(
 
 
 def check_source(
-    con: duckdb.DuckDBPyConnection, contract: SourceContract, path: Path, settings: ValidationSettings
+    con: duckdb.DuckDBPyConnection,
+    contract: SourceContract,
+    path: Path,
+    settings: ValidationSettings,
 ) -> SourceResult:
     """Type, check and split one loaded source into ``staging.<s>__building`` / quarantine."""
     rows_read, physical, warnings = load_raw(con, path, contract, settings)
@@ -297,7 +322,7 @@ def check_source(
     )
     nulls = ", ".join(f"NULL::VARCHAR AS {q(c)}" for c in contract.column_names[1:])
     con.execute(
-        f"""CREATE OR REPLACE TABLE {quote_ident(f'quarantine.{name}__building')} AS
+        f"""CREATE OR REPLACE TABLE {quote_ident(f"quarantine.{name}__building")} AS
         SELECT {raw_as}, _delivery, _row_number, _reasons, NULL::VARCHAR AS _raw_line
         FROM {quote_ident(checked)} WHERE len(_reasons) > 0
         UNION ALL
@@ -305,7 +330,7 @@ def check_source(
                ? AS _delivery, NULL::BIGINT AS _row_number,
                ['malformed_line:' || lower(replace(error_type, ' ', '_'))]::VARCHAR[] AS _reasons,
                csv_line AS _raw_line
-        FROM {quote_ident(f'raw.{name}_rejects')}
+        FROM {quote_ident(f"raw.{name}_rejects")}
         ORDER BY _row_number NULLS LAST, {q(contract.column_names[0])}""",
         [path.name],
     )
@@ -326,7 +351,10 @@ def check_source(
     result.cleaning = _cleaning_counts(con, contract, checked)
     result.completeness = _completeness(con, contract, f"staging.{name}__building", staged)
     share = quarantined / rows_read if rows_read else 0.0
-    if share > settings.max_failing_share.tolerance and settings.max_failing_share.severity == "error":
+    if (
+        share > settings.max_failing_share.tolerance
+        and settings.max_failing_share.severity == "error"
+    ):
         raise InputDataError(
             f"{path.name} (source `{name}`): {share:.1%} of rows fail row rules, above the "
             f"tolerance {settings.max_failing_share.tolerance:.1%}; commonest reasons: "
@@ -347,7 +375,9 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0])  # type: ignore[index]
 
 
-def _cleaning_counts(con: duckdb.DuckDBPyConnection, contract: SourceContract, checked: str) -> dict[str, int]:
+def _cleaning_counts(
+    con: duckdb.DuckDBPyConnection, contract: SourceContract, checked: str
+) -> dict[str, int]:
     parts = []
     for c in contract.columns:
         raw = q("__raw_" + c.name)
@@ -364,14 +394,18 @@ def _cleaning_counts(con: duckdb.DuckDBPyConnection, contract: SourceContract, c
                 f"count(*) FILTER (WHERE {raw} IS NOT NULL AND {raw} <> TRIM({raw})) "
                 f"AS {q('whitespace_trimmed:' + c.name)}"
             )
-    parts.append("count(*) FILTER (WHERE list_contains(_reasons, 'duplicate_row')) AS duplicate_rows_collapsed")
+    parts.append(
+        "count(*) FILTER (WHERE list_contains(_reasons, 'duplicate_row')) AS duplicate_rows_collapsed"
+    )
     row = con.execute(f"SELECT {', '.join(parts)} FROM {quote_ident(checked)}")
     names = [d[0] for d in row.description]
     values = row.fetchone() or ()
     return {k: int(v) for k, v in zip(names, values, strict=True) if v}
 
 
-def _completeness(con: duckdb.DuckDBPyConnection, contract: SourceContract, table: str, n: int) -> dict[str, float]:
+def _completeness(
+    con: duckdb.DuckDBPyConnection, contract: SourceContract, table: str, n: int
+) -> dict[str, float]:
     ids = [c.name for c in contract.columns if c.linkage_role]
     if not ids or n == 0:
         return {}
@@ -427,7 +461,7 @@ def validate_delivery(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
     db = DuckDBSettings(
-        memory_limit=str(settings.duckdb.get("memory_limit", "6GB")),
+        memory_limit=settings.duckdb_memory_limit,
         temp_directory=str(layout.tmp_dir / "duckdb"),
     )
     con = connect(layout.linkage_db, settings=db)
@@ -454,7 +488,10 @@ def validate_delivery(
         )
         con.executemany(
             "INSERT INTO validation.summary VALUES (?, ?, ?, ?, ?)",
-            [[r.source, r.rows_read, r.rows_staged, r.rows_quarantined, r.conserved] for r in results.values()],
+            [
+                [r.source, r.rows_read, r.rows_staged, r.rows_quarantined, r.conserved]
+                for r in results.values()
+            ],
         )
         con.execute("DROP SCHEMA IF EXISTS raw CASCADE")
         con.execute("DROP SCHEMA IF EXISTS work CASCADE")
@@ -507,7 +544,12 @@ def write_report(summary: ValidationSummary, layout: RunLayout) -> None:
             lines.append(
                 f"Great Expectations: {len(r.expectations) - len(failed)} of {len(r.expectations)} "
                 "expectations met"
-                + (": unmet " + ", ".join(f"{e['expectation']}({e.get('column', '')})" for e in failed) if failed else "")
+                + (
+                    ": unmet "
+                    + ", ".join(f"{e['expectation']}({e.get('column', '')})" for e in failed)
+                    if failed
+                    else ""
+                )
             )
         lines += [f"- warning: {w}" for w in r.warnings] + [""]
     (layout.validation_dir / "dq_report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -13,7 +13,9 @@ from pipelines.validation.core import ValidationSettings, ValidationSummary, val
 
 @task(name="validate-delivery")
 def validate_task(data_dir: str, run_dir: str, settings: ValidationSettings) -> ValidationSummary:
-    return validate_delivery(data_dir=Path(data_dir), layout=RunLayout.at(run_dir), settings=settings)
+    return validate_delivery(
+        data_dir=Path(data_dir), layout=RunLayout.at(run_dir), settings=settings
+    )
 
 
 @flow(name="validate")

@@ -33,20 +33,28 @@ def build_suite(contract: SourceContract) -> Any:
 
     gxe = gx.expectations
     suite = gx.ExpectationSuite(name=f"{contract.name}_suite")
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=contract.column_names, exact_match=False))
+    suite.add_expectation(
+        gxe.ExpectTableColumnsToMatchSet(column_set=contract.column_names, exact_match=False)
+    )
     suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=1))
     for c in contract.columns:
         if not c.nullable:
             suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=c.name))
         if c.pattern:
-            suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column=c.name, regex=c.pattern))
+            suite.add_expectation(
+                gxe.ExpectColumnValuesToMatchRegex(column=c.name, regex=c.pattern)
+            )
         if c.codelist:
             suite.add_expectation(
-                gxe.ExpectColumnValuesToBeInSet(column=c.name, value_set=sorted(load_codelist(c.codelist)))
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=c.name, value_set=sorted(load_codelist(c.codelist))
+                )
             )
         if c.min_value is not None or c.max_value is not None:
             suite.add_expectation(
-                gxe.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min_value, max_value=c.max_value)
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=c.name, min_value=c.min_value, max_value=c.max_value
+                )
             )
     if contract.primary_key:
         suite.add_expectation(
@@ -125,7 +133,7 @@ def run_suites(
                         "column": kwargs.get("column", ""),
                         "success": bool(er.success),
                         "unexpected_count": int(er.result.get("unexpected_count") or 0),
-                        "rows_checked": int(len(df)),
+                        "rows_checked": len(df),
                     }
                 )
         log.info("GX suite %s: %d expectations on %d rows", name, len(result.expectations), len(df))

@@ -78,7 +78,9 @@ def column_checks(col: Column) -> list[tuple[str, str]]:
         if col.dtype in ("int", "float", "bool"):
             checks.append((f"not_{col.dtype}", f"{text} IS NOT NULL AND {typed} IS NULL"))
     if col.pattern:
-        checks.append(("pattern", f"{text} IS NOT NULL AND NOT regexp_full_match({text}, {lit(col.pattern)})"))
+        checks.append(
+            ("pattern", f"{text} IS NOT NULL AND NOT regexp_full_match({text}, {lit(col.pattern)})")
+        )
     if col.codelist:
         codes = ", ".join(lit(c) for c in sorted(load_codelist(col.codelist)))
         checks.append(("code_outside_list", f"{text} IS NOT NULL AND {text} NOT IN ({codes})"))
@@ -103,7 +105,9 @@ def checked_select_sql(contract: SourceContract, raw_table: str) -> str:
         sql = r.sql
         for c in sorted(names, key=len, reverse=True):
             sql = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(c)}(?![A-Za-z0-9_])", q("__t_" + c), sql)
-        cross_items.append(f"CASE WHEN NOT COALESCE(({sql}), TRUE) THEN {lit('rule:' + r.name)} END")
+        cross_items.append(
+            f"CASE WHEN NOT COALESCE(({sql}), TRUE) THEN {lit('rule:' + r.name)} END"
+        )
     raw_cols = ", ".join(q(c) for c in names)
     out_typed = ", ".join(f"{q('__t_' + c)} AS {q(c)}" for c in names)
     out_raw = ", ".join(f"{q(c)} AS {q('__raw_' + c)}" for c in names)

@@ -1,0 +1,196 @@
+"""The synthetic world matches its scenario (calibration, causal structure, noise, determinism)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.errors import ConfigError
+from synthetic_data import generate_world, load_scenario
+from synthetic_data.world import build_world, day
+
+
+def _world_stats(n: int, scenario: str, seed: int = 3) -> dict[str, float]:
+    w = build_world(n, load_scenario(scenario), seed)
+    c = day("2020-03-31")
+    alive = (w.fu_start <= c) & (w.fu_end > c)
+    la_now = np.zeros(w.n, bool)
+    sel = (w.care_start <= c) & (w.care_end > c)
+    la_now[w.care_person[sel]] = True
+    cin_now = ((w.ref1 >= 0) & (w.ref1 <= c) & (w.close1 >= c)) | (
+        (w.ref2 >= 0) & (w.ref2 <= c) & (w.close2 >= c)
+    )
+    ever_la = np.isin(np.arange(w.n), w.care_person)
+    cin = w.ref1 >= 0
+    rate_by_decile = [ever_la[w.decile == d].mean() for d in range(1, 11)]
+    ks4 = w.ks4_y0 + w.ks4_effect
+    long_ = w.care_days_before_ks4 >= 365
+    short = (w.care_days_before_ks4 > 0) & ~long_
+    return {
+        "la_per_10k": 1e4 * la_now[alive].mean(),
+        "cin_per_10k": 1e4 * (cin_now | la_now)[alive].mean(),
+        "recorded_mh_in_cin": w.recorded1[cin, 1].mean(),
+        "recorded_da_in_cin": w.recorded1[cin, 3].mean(),
+        "recorded_sm_in_cin": w.recorded1[cin, 2].mean(),
+        "gradient_1_vs_10": rate_by_decile[0] / rate_by_decile[9],
+        "gradient_step": float(np.exp(np.polyfit(np.arange(10), np.log(rate_by_decile), 1)[0])),
+        "ks4_all": ks4.mean(),
+        "ks4_cin": ks4[cin].mean(),
+        "ks4_long": ks4[long_].mean(),
+        "ks4_short": ks4[short].mean(),
+    }
+
+
+def test_default_world_is_calibrated_at_20k() -> None:
+    s = _world_stats(20_000, "default")
+    assert 85 <= s["la_per_10k"] <= 160, s  # Wales ~115 per 10,000
+    assert 200 <= s["cin_per_10k"] <= 380, s  # ~270 per 10,000
+    for k in ("recorded_mh_in_cin", "recorded_da_in_cin", "recorded_sm_in_cin"):
+        assert 0.1 <= s[k] <= 0.45, (k, s)
+    assert 6 <= s["gradient_1_vs_10"] <= 25, s  # ~16x most vs least deprived
+    assert 1.2 <= 1 / s["gradient_step"] <= 1.5, s  # ~a third per decile
+    assert s["ks4_all"] > s["ks4_cin"] > s["ks4_long"] > s["ks4_short"], s
+
+
+@pytest.mark.slow
+def test_default_world_is_calibrated_at_100k() -> None:
+    s = _world_stats(100_000, "default")
+    assert 95 <= s["la_per_10k"] <= 140, s
+    assert 220 <= s["cin_per_10k"] <= 340, s
+    assert 8 <= s["gradient_1_vs_10"] <= 20, s
+    assert s["ks4_all"] > s["ks4_cin"] > s["ks4_long"] > s["ks4_short"], s
+
+
+def _confounding(scenario: str, n: int = 60_000) -> tuple[float, float, float]:
+    """Naive and truth-adjusted OLS of KS4 on long-term care among children in need."""
+    sc = load_scenario(scenario)
+    w = build_world(n, sc, 11)
+    elig = (w.ref1 >= 0) & (w.ref1 < w.ks4_start)
+    days = w.care_days_before_ks4[elig]
+    long_ = (days >= 365).astype(float)
+    short = ((days > 0) & (days < 365)).astype(float)
+    moves = w.moves_before_ks4[elig].astype(float)
+    y = (w.ks4_y0 + w.ks4_effect)[elig]
+    adv = (w.adversity & (w.onset < w.ks4_start[:, None]))[elig].sum(axis=1)
+    dep = 10 - w.decile[elig]
+    fr = np.maximum(w.family_risk[elig], -1)
+    girl = (~w.sex_male[elig]).astype(float)
+    dis = w.disability[elig].astype(float)
+    one = np.ones(y.size)
+    naive = np.linalg.lstsq(np.c_[one, long_, short, moves], y, rcond=None)[0][1]
+    x = np.c_[one, long_, short, moves, adv, dep, fr, girl, dis]
+    adjusted = np.linalg.lstsq(x, y, rcond=None)[0][1]
+    return naive, adjusted, sc.effects.ks4_long_care
+
+
+def test_naive_estimate_biased_under_default_and_truth_adjusted_recovers_effect() -> None:
+    naive, adjusted, truth = _confounding("default")
+    assert naive < truth - 3, (naive, truth)  # biased away, in the literature's direction
+    assert abs(adjusted - truth) < 1.0, (adjusted, truth)
+
+
+def test_truth_adjusted_estimate_is_null_under_null_effect() -> None:
+    naive, adjusted, truth = _confounding("null_effect")
+    assert truth == 0.0
+    assert naive < -3, naive  # confounding alone makes care look harmful
+    assert abs(adjusted) < 1.0, adjusted
+
+
+def test_hospital_contacts_higher_in_cla_than_nla() -> None:
+    w = build_world(20_000, load_scenario("default"), 5)
+    cin = w.ref1 >= 0
+    la = np.isin(np.arange(w.n), w.care_person)
+    years = (w.fu_end - w.fu_start) / 365.25
+    contacts = np.bincount(w.ev_person, minlength=w.n) / np.maximum(years, 0.1)
+    assert contacts[la].mean() > contacts[cin & ~la].mean() > contacts[~cin].mean()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_same_seed_gives_identical_bytes(tmp_path: Path, fmt: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_world(n_children=1500, seed=9, out_dir=a, file_format=fmt)  # type: ignore[arg-type]
+    generate_world(n_children=1500, seed=9, out_dir=b, file_format=fmt)  # type: ignore[arg-type]
+    ha, hb = _hashes(a), _hashes(b)
+    assert len(ha) == 7 + 8 and ha == hb
+    c = tmp_path / "c"
+    generate_world(n_children=1500, seed=10, out_dir=c, file_format=fmt)  # type: ignore[arg-type]
+    assert _hashes(c) != ha
+
+
+def test_extracts_follow_contracts_and_truth_maps_every_record(small_world: Path) -> None:
+    from schemas.contracts import SOURCES
+
+    rp = pl.read_parquet(small_world / "truth" / "record_person.parquet")
+    for name, contract in SOURCES.items():
+        header = (
+            (small_world / f"{contract.file_stem}.csv").read_text(encoding="utf-8").split("\n")[0]
+        )
+        assert header.split(",") == contract.column_names
+        assert rp.filter(pl.col("source") == name).height > 0
+    assert rp.select(pl.struct("source", "record_id").is_unique().all()).item()
+
+
+def test_noise_and_defect_rates_match_scenario(tmp_path: Path) -> None:
+    sc = load_scenario("messy")
+    generate_world(n_children=6000, seed=2, scenario="messy", out_dir=tmp_path)
+    noise = pl.read_parquet(tmp_path / "truth" / "identifier_noise.parquet")
+    defects = pl.read_parquet(tmp_path / "truth" / "defects.parquet")
+    rp = pl.read_parquet(tmp_path / "truth" / "record_person.parquet")
+    sc_rows = rp.filter(pl.col("source") == "school_census").height
+    ed_rows = rp.filter(pl.col("source") == "emergency_department").height
+
+    def rate(frame: pl.DataFrame, col: str, kind: str, source: str, n: int) -> float:
+        return frame.filter((pl.col(col) == kind) & (pl.col("source") == source)).height / n
+
+    def close(observed: float, expected: float, n: int) -> bool:
+        return abs(observed - expected) <= 4 * np.sqrt(expected * (1 - expected) / n) + 1e-4
+
+    assert close(
+        rate(noise, "noise", "missing_nhs", "emergency_department", ed_rows),
+        sc.noise.missing_nhs_ed,
+        ed_rows,
+    )
+    # stale postcodes only exist for children who have moved: a share of the scenario rate
+    stale = rate(noise, "noise", "stale_postcode", "school_census", sc_rows)
+    assert 0.1 * sc.noise.stale_postcode < stale < sc.noise.stale_postcode
+    assert close(
+        rate(defects, "defect", "duplicate_row", "school_census", sc_rows),
+        sc.defects.duplicate_row,
+        sc_rows,
+    )
+    assert close(
+        rate(defects, "defect", "code_outside_list", "school_census", sc_rows),
+        sc.defects.code_outside_list,
+        sc_rows,
+    )
+    assert close(
+        rate(defects, "defect", "placeholder_date", "emergency_department", ed_rows),
+        sc.defects.placeholder_date,
+        ed_rows,
+    )
+    typos = rate(noise, "noise", "typo", "school_census", sc_rows)
+    assert 0.6 * sc.noise.typo < typos <= sc.noise.typo * 1.1
+
+
+def test_bad_scenario_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("effects:\n  ks4_long_cair: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="ks4_long_cair.*allowed keys here: .*ks4_long_care"):
+        load_scenario(bad)
+    bad.write_text("noise:\n  typo: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="noise.typo"):
+        load_scenario(bad)
+    with pytest.raises(ConfigError, match="shipped scenarios: default, messy, null_effect"):
+        load_scenario("nonsense")
