@@ -15,7 +15,7 @@ import polars as pl
 
 from pipelines.errors import ConfigError
 from schemas.contracts import SOURCES
-from synthetic_data.extracts import NoiseLog, build_sources, iso
+from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
 from synthetic_data.world import ADVERSITIES, World, build_world
 
@@ -190,6 +190,7 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
         "person_id": np.arange(w.n),
         "date_of_birth": w.birth.astype("datetime64[D]"),
         "sex": np.where(w.sex_male, "M", "F"),
+        "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity],
         "deprivation_decile": w.decile,
         "family_risk": w.family_risk,
         "disability": w.disability.astype(np.int8),

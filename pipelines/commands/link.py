@@ -1,0 +1,49 @@
+"""``cohort link``: link the staged records of a run into one pseudonymous person key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    run: Annotated[Path, typer.Option("--run", help="Run folder written by `cohort validate`.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Reuse a trained Splink model JSON (no training)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Match probability to link at.")
+    ] = 0.95,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Allow the built-in demo pseudonymisation key.")
+    ] = False,
+) -> None:
+    """Link all sources: deterministic ids, then Splink; write the analysis zone.
+
+    The pseudonymisation key comes from COHORT_PSEUDONYM_SECRET (never stored).
+    """
+    import os
+
+    from rich.console import Console
+
+    from pipelines.linkage import LinkageSettings, link_run, secret_from_environment
+    from pipelines.run_layout import RunLayout
+
+    console = Console(stderr=True)
+    secret = secret_from_environment(dict(os.environ), demo=demo)
+    if demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"):
+        console.print(
+            "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"
+        )
+    settings = LinkageSettings(match_threshold=threshold, model_path=str(model) if model else None)
+    with console.status("linking") as status:
+        summary = link_run(
+            layout=RunLayout.at(run),
+            settings=settings,
+            secret=secret,
+            progress=lambda m: status.update(m),
+        )
+    console.print(summary.to_markdown())

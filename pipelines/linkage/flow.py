@@ -1,0 +1,39 @@
+"""Prefect flow of the linkage stage: sequencing only."""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipelines.linkage.pipeline import LinkageSummary, link_run
+from pipelines.linkage.pseudonym import secret_from_environment
+from pipelines.linkage.settings import LinkageSettings
+from pipelines.run_layout import RunLayout
+
+
+def _secret(settings: LinkageSettings, demo: bool) -> bytes:
+    if settings.prefect_secret_block:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(settings.prefect_secret_block).get()).encode()
+    return secret_from_environment(dict(os.environ), demo=demo)
+
+
+@task(name="link-records")
+def link_task(run_dir: str, settings: LinkageSettings, secret: bytes) -> LinkageSummary:
+    return link_run(layout=RunLayout.at(run_dir), settings=settings, secret=secret)
+
+
+@flow(name="link")
+def link_flow(
+    run_dir: str, settings: LinkageSettings | None = None, demo: bool = False
+) -> dict[str, int]:
+    """Link the staged records of a run; publish link rates as a markdown artifact."""
+    settings = settings or LinkageSettings()
+    summary = link_task(run_dir, settings, _secret(settings, demo))
+    create_markdown_artifact(
+        key="linkage-rates", markdown=summary.to_markdown(), description="link rates"
+    )
+    return summary.row_counts

@@ -1,0 +1,367 @@
+"""``link_tables``: link two or more tables of people, deterministically then with Splink.
+
+1. Deterministic: records sharing an exact trusted id (health number, pupil number, LA child id,
+   or any id role) are joined into components (connected components over record-id edges).
+2. Each component is reduced to its distinct identity *profiles* (name, date of birth, sex,
+   postcode), which shrinks the probabilistic problem by an order of magnitude.
+3. Splink (DuckDB backend) scores profile pairs: names with Jaro-Winkler, phonetic (Soundex)
+   and term-frequency adjusted levels, dates of birth tolerant of day/month swaps, postcodes,
+   sex; u by random sampling, m by expectation maximisation, no labels.
+4. Profile pairs at or above the threshold join their components; connected components over
+   both kinds of edge give one cluster (person) per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipelines.errors import ConfigError
+from pipelines.linkage.settings import LinkageSettings
+
+log = logging.getLogger(__name__)
+
+PERSON_ROLES = ("first_name", "surname", "date_of_birth", "sex", "postcode")
+ID_ROLES = ("nhs_number", "upn", "la_child_id")
+ALL_ROLES = ("record_id", *PERSON_ROLES, *ID_ROLES)
+
+
+@dataclass
+class LinkResult:
+    """Scored profile pairs, and one cluster per input record.
+
+    ``clusters``: ``table, record_id, cluster_id, component_id, link_method,
+    match_probability``. ``pairs``: ``table_l, record_id_l, table_r, record_id_r,
+    match_probability, match_weight`` (representative records of linked profiles).
+    """
+
+    clusters: pl.DataFrame
+    pairs: pl.DataFrame
+    model_json: dict[str, Any]
+    profile_count: int
+    record_count: int
+
+
+def _soundex(name: str | None) -> str | None:
+    if not name:
+        return None
+    codes = {
+        **dict.fromkeys("bfpv", "1"),
+        **dict.fromkeys("cgjkqsxz", "2"),
+        **dict.fromkeys("dt", "3"),
+        "l": "4",
+        **dict.fromkeys("mn", "5"),
+        "r": "6",
+    }
+    first, out, last = name[0], [], codes.get(name[0], "")
+    for ch in name[1:]:
+        c = codes.get(ch, "")
+        if c and c != last:
+            out.append(c)
+        if ch not in "hw":
+            last = c
+    return (first.upper() + "".join(out) + "000")[:4]
+
+
+def normalise_name(s: str | None) -> str | None:
+    """Lower case, diacritics folded (Siân -> sian), letters only."""
+    if s is None:
+        return None
+    folded = unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode()
+    out = re.sub(r"[^a-z]", "", folded.lower())
+    return out or None
+
+
+def _records(
+    con: duckdb.DuckDBPyConnection,
+    tables: Mapping[str, Any],
+    roles: Mapping[str, Mapping[str, str]],
+) -> None:
+    """Union every input table into ``records`` with one column per role."""
+    parts = []
+    for t, frame in tables.items():
+        r = roles.get(t)
+        if r is None or "record_id" not in r:
+            raise ConfigError(f"table {t!r}: roles must name its record_id column")
+        unknown = set(r) - set(ALL_ROLES)
+        if unknown:
+            raise ConfigError(
+                f"table {t!r}: unknown role(s) {sorted(unknown)}; allowed: {ALL_ROLES}"
+            )
+        name = f"input_{len(parts)}"
+        con.register(name, frame)
+        cols = ["'" + t.replace("'", "''") + "' AS tbl"]
+        for role in ALL_ROLES:
+            c = r.get(role)
+            if c is None:
+                cols.append(f"NULL::{'DATE' if role == 'date_of_birth' else 'VARCHAR'} AS {role}")
+            elif role == "date_of_birth":
+                cols.append(f'TRY_CAST("{c}" AS DATE) AS {role}')
+            else:
+                cols.append(f"NULLIF(TRIM(CAST(\"{c}\" AS VARCHAR)), '') AS {role}")
+        parts.append(f"SELECT {', '.join(cols)} FROM {name}")
+    con.execute("CREATE OR REPLACE TABLE records AS " + " UNION ALL ".join(parts))
+    con.execute(
+        "CREATE OR REPLACE TABLE records AS SELECT row_number() OVER () - 1 AS rec, * FROM records"
+    )
+
+
+def _deterministic_components(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    """Connected components of records joined by any shared exact id."""
+    n = con.execute("SELECT count(*) FROM records").fetchone()[0]  # type: ignore[index]
+    edges = con.execute(
+        " UNION ALL ".join(
+            f"SELECT rec, dense_rank() OVER (ORDER BY {r}) - 1 AS id_node, '{r}' AS kind "
+            f"FROM records WHERE {r} IS NOT NULL"
+            for r in ID_ROLES
+        )
+    ).fetchnumpy()
+    rec = np.asarray(edges["rec"], dtype=np.int64)
+    kind = np.asarray(edges["kind"])
+    node = np.asarray(edges["id_node"], dtype=np.int64)
+    offset = n
+    id_nodes = np.empty_like(node)
+    for r in ID_ROLES:
+        sel = kind == r
+        id_nodes[sel] = node[sel] + offset
+        offset += int(node[sel].max()) + 1 if sel.any() else 0
+    g = coo_matrix((np.ones(rec.size, np.int8), (rec, id_nodes)), shape=(offset, offset))
+    _, labels = connected_components(g, directed=False)
+    return labels[:n]
+
+
+def _dob_comparison() -> Any:
+    import splink.comparison_level_library as cll
+    import splink.comparison_library as cl
+
+    return cl.CustomComparison(
+        output_column_name="date_of_birth",
+        comparison_description="date of birth, tolerant of day/month swaps",
+        comparison_levels=[
+            cll.NullLevel("date_of_birth"),
+            cll.ExactMatchLevel("date_of_birth"),
+            cll.CustomLevel(
+                "strftime(date_of_birth_l, '%Y-%d-%m') = strftime(date_of_birth_r, '%Y-%m-%d')",
+                label_for_charts="day and month swapped",
+            ),
+            cll.LevenshteinLevel("dob_text", 1),
+            cll.AbsoluteDateDifferenceLevel(
+                "date_of_birth", input_is_string=False, threshold=1, metric="year"
+            ),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def splink_settings(threshold_blocking: bool = True) -> Any:
+    """The Splink model: comparisons and blocking rules used for prediction."""
+    import splink.comparison_library as cl
+    from splink import SettingsCreator, block_on
+
+    return SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="profile_id",
+        comparisons=[
+            cl.NameComparison("first_name", dmeta_col_name="first_name_phonetic").configure(
+                term_frequency_adjustments=True
+            ),
+            cl.NameComparison("surname", dmeta_col_name="surname_phonetic").configure(
+                term_frequency_adjustments=True
+            ),
+            _dob_comparison(),
+            cl.PostcodeComparison("postcode"),
+            cl.ExactMatch("sex"),
+        ],
+        blocking_rules_to_generate_predictions=[
+            block_on("date_of_birth", "surname"),
+            block_on("date_of_birth", "first_name"),
+            block_on("date_of_birth", "postcode"),
+            block_on("first_name", "surname", "postcode"),
+            block_on("first_name", "surname", "substr(dob_text, 1, 4)", "sex"),
+        ],
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+    )
+
+
+def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Distinct identity profiles per deterministic component."""
+    prof = con.sql(
+        """SELECT DISTINCT component, first_name, surname, date_of_birth, sex, postcode
+           FROM records_norm
+           WHERE first_name IS NOT NULL OR surname IS NOT NULL OR date_of_birth IS NOT NULL
+           ORDER BY component, first_name NULLS FIRST, surname NULLS FIRST,
+                    date_of_birth NULLS FIRST, sex NULLS FIRST, postcode NULLS FIRST"""
+    ).pl()
+    prof = prof.with_columns(
+        profile_id=pl.int_range(pl.len(), dtype=pl.Int64),
+        dob_text=pl.col("date_of_birth").dt.strftime("%Y%m%d"),
+        first_name_phonetic=pl.col("first_name").map_elements(
+            lambda s: [_soundex(s)], return_dtype=pl.List(pl.String)
+        ),
+        surname_phonetic=pl.col("surname").map_elements(
+            lambda s: [_soundex(s)], return_dtype=pl.List(pl.String)
+        ),
+    )
+    return prof
+
+
+def _train_or_load(linker: Any, settings: LinkageSettings) -> None:
+    from splink import block_on
+
+    if settings.model_path:
+        return
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on("first_name", "surname", "date_of_birth")], recall=settings.prior_recall
+    )
+    linker.training.estimate_u_using_random_sampling(
+        max_pairs=settings.u_max_pairs, seed=settings.seed
+    )
+    linker.training.estimate_parameters_using_expectation_maximisation(
+        block_on("date_of_birth"), max_pairs=settings.em_max_pairs, record_sample_proportion=1.0
+    )
+    linker.training.estimate_parameters_using_expectation_maximisation(
+        block_on("surname", "first_name"),
+        max_pairs=settings.em_max_pairs,
+        record_sample_proportion=1.0,
+    )
+
+
+def link_tables(
+    tables: Mapping[str, Any],
+    roles: Mapping[str, Mapping[str, str]],
+    *,
+    settings: LinkageSettings | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | Path | None = None,
+) -> LinkResult:
+    """Link two or more tables of person records into clusters (one per person).
+
+    Parameters
+    ----------
+    tables
+        ``{table_name: frame}``; a frame is a polars / pandas DataFrame, a pyarrow Table or a
+        DuckDB relation.
+    roles
+        ``{table_name: {role: column}}`` with roles from ``record_id`` (required),
+        ``first_name``, ``surname``, ``date_of_birth``, ``sex``, ``postcode``, and the exact ids
+        ``nhs_number``, ``upn``, ``la_child_id``.
+    settings
+        Thresholds and training limits; ``settings.model_path`` reuses a saved Splink model.
+
+    Returns
+    -------
+    LinkResult
+        ``clusters`` (one row per input record) and ``pairs`` (scored profile pairs).
+    """
+    from splink import DuckDBAPI, Linker
+
+    settings = settings or LinkageSettings()
+    if len(tables) < 1:
+        raise ConfigError("link_tables needs at least one table")
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit or settings.duckdb_memory_limit}'")
+    con.execute("SET threads = 2")
+    if temp_directory:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.execute("SET temp_directory = ?", [str(temp_directory)])
+    _records(con, tables, roles)
+    labels = _deterministic_components(con)
+    con.register(
+        "component_labels", pl.DataFrame({"rec": np.arange(labels.size), "component": labels})
+    )
+    con.create_function("norm_name", normalise_name, ["VARCHAR"], "VARCHAR", side_effects=False)
+    con.execute(
+        """CREATE OR REPLACE TABLE records_norm AS
+        SELECT r.rec, r.tbl, r.record_id, c.component,
+               norm_name(r.first_name) AS first_name, norm_name(r.surname) AS surname,
+               r.date_of_birth, upper(r.sex) AS sex, upper(trim(r.postcode)) AS postcode
+        FROM records r JOIN component_labels c USING (rec)"""
+    )
+    prof = _profiles(con)
+    log.info(
+        "linkage: %d records, %d components, %d profiles",
+        labels.size,
+        int(np.unique(labels).size),
+        prof.height,
+    )
+    db_api = DuckDBAPI(con)
+    sdf = db_api.register(prof, dataset_display_name="profiles")
+    model: Any = settings.model_path if settings.model_path else splink_settings()
+    linker = Linker(sdf, model, log_level=logging.WARNING)
+    _train_or_load(linker, settings)
+    predictions = linker.inference.predict(
+        threshold_match_probability=min(0.5, settings.match_threshold)
+    )
+    pairs = con.sql(
+        f"SELECT profile_id_l, profile_id_r, match_probability, match_weight FROM {predictions.physical_name}"
+    ).pl()
+    model_json = linker.misc.save_model_to_json()
+    comp_of = prof["component"].to_numpy()
+    pl_ = pairs["profile_id_l"].to_numpy()
+    pr_ = pairs["profile_id_r"].to_numpy()
+    prob = pairs["match_probability"].to_numpy()
+    keep = (prob >= settings.match_threshold) & (comp_of[pl_] != comp_of[pr_])
+    # components joined by probabilistic edges
+    n_comp = int(labels.max()) + 1 if labels.size else 0
+    g = coo_matrix(
+        (np.ones(int(keep.sum()), np.int8), (comp_of[pl_[keep]], comp_of[pr_[keep]])),
+        shape=(n_comp, n_comp),
+    )
+    _, cluster_of_comp = connected_components(g, directed=False)
+    best = np.zeros(n_comp)
+    np.maximum.at(best, comp_of[pl_[keep]], prob[keep])
+    np.maximum.at(best, comp_of[pr_[keep]], prob[keep])
+    rec = con.sql("SELECT rec, tbl, record_id, component FROM records_norm ORDER BY rec").pl()
+    comp = rec["component"].to_numpy()
+    cluster = cluster_of_comp[comp]
+    cluster_size = np.bincount(cluster)[cluster]
+    comp_size = np.bincount(comp)[comp]
+    method = np.where(
+        best[comp] > 0, "probabilistic", np.where(comp_size > 1, "deterministic", "unlinked")
+    )
+    method = np.where(cluster_size == 1, "unlinked", method)
+    match_p = np.where(
+        method == "probabilistic", best[comp], np.where(method == "deterministic", 1.0, np.nan)
+    )
+    clusters = rec.select(
+        pl.col("tbl").alias("table"), "record_id", pl.col("component").alias("component_id")
+    ).with_columns(
+        cluster_id=pl.Series(cluster, dtype=pl.Int64),
+        link_method=pl.Series(method),
+        match_probability=pl.Series(match_p).fill_nan(None),
+    )
+    rep = con.sql(
+        "SELECT component, min(tbl || '|' || record_id) AS rep FROM records_norm GROUP BY component"
+    ).pl()
+    rep_map = dict(zip(rep["component"].to_list(), rep["rep"].to_list(), strict=True))
+    pair_frame = (
+        pl.DataFrame(
+            {
+                "rep_l": [rep_map[c] for c in comp_of[pl_]],
+                "rep_r": [rep_map[c] for c in comp_of[pr_]],
+                "match_probability": prob,
+                "match_weight": pairs["match_weight"].to_numpy(),
+            }
+        )
+        .with_columns(
+            table_l=pl.col("rep_l").str.split("|").list.first(),
+            record_id_l=pl.col("rep_l").str.split("|").list.last(),
+            table_r=pl.col("rep_r").str.split("|").list.first(),
+            record_id_r=pl.col("rep_r").str.split("|").list.last(),
+        )
+        .drop("rep_l", "rep_r")
+    )
+    con.close()
+    return LinkResult(clusters, pair_frame, model_json, prof.height, labels.size)

@@ -1,0 +1,28 @@
+"""Typed linkage settings; saved with every run."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LinkageSettings(BaseModel):
+    """Thresholds and limits of the linkage stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    match_threshold: float = Field(
+        0.95, gt=0, lt=1, description="match probability at or above which two profiles link"
+    )
+    high_quality_threshold: float = Field(
+        0.99, gt=0, le=1, description="records linked below this are flagged low quality"
+    )
+    model_path: str | None = Field(
+        None, description="reuse a trained Splink model JSON instead of training"
+    )
+    em_max_pairs: float = Field(2e6, gt=0, description="cap on pairs per EM session")
+    u_max_pairs: float = Field(2e6, gt=0, description="pairs sampled to estimate u")
+    seed: int = 42
+    prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
+    duckdb_memory_limit: str = "8GB"
+    prefect_secret_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding the pseudonymisation key"
+    )
