@@ -17,7 +17,8 @@ def _secret(settings: LinkageSettings, demo: bool) -> bytes:
     if settings.prefect_secret_block:
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(settings.prefect_secret_block).get()).encode()
+        block = Secret.load(settings.prefect_secret_block)
+        return str(block.get()).encode()  # type: ignore[union-attr]
     return secret_from_environment(dict(os.environ), demo=demo)
 
 

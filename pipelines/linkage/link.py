@@ -89,7 +89,7 @@ def _records(
     roles: Mapping[str, Mapping[str, str]],
 ) -> None:
     """Union every input table into ``records`` with one column per role."""
-    parts = []
+    parts: list[str] = []
     for t, frame in tables.items():
         r = roles.get(t)
         if r is None or "record_id" not in r:
