@@ -32,3 +32,16 @@ def validated_run(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -
     run = tmp_path_factory.mktemp("run_small")
     validate_delivery(data_dir=small_world, layout=RunLayout.at(run))
     return run
+
+
+TEST_SECRET = b"test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def linked_run(validated_run: Path) -> Path:
+    """The small validated run, linked (analysis zone written)."""
+    from pipelines.linkage import link_run
+    from pipelines.run_layout import RunLayout
+
+    link_run(layout=RunLayout.at(validated_run), secret=TEST_SECRET)
+    return validated_run
