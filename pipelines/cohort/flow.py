@@ -1,0 +1,27 @@
+"""Prefect flow of the cohort stage: sequencing only."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipelines.cohort.build import CohortSummary, build_cohort
+from pipelines.cohort.config import load_study_config
+from pipelines.run_layout import RunLayout
+
+
+@task(name="build-cohort")
+def build_task(run_dir: str, config_path: str | None) -> CohortSummary:
+    return build_cohort(layout=RunLayout.at(run_dir), config=load_study_config(config_path))
+
+
+@flow(name="build")
+def build_flow(run_dir: str, config_path: str | None = None) -> dict[str, int]:
+    """Derive the cohort tables; publish the attrition table as a markdown artifact."""
+    config = load_study_config(config_path)  # validate before any work starts
+    del config
+    summary = build_task(run_dir, config_path)
+    create_markdown_artifact(
+        key="cohort-attrition", markdown=summary.to_markdown(), description="attrition"
+    )
+    return summary.row_counts
