@@ -273,3 +273,17 @@ def test_linkage_quality_at_100k(tmp_path: Path, scenario: str, floor: float) ->
         {k: ev[k] for k in ("pair_precision", "pair_recall", "recall_gap_most_vs_least_deprived")},
     )
     assert ev["pair_precision"] >= floor and ev["pair_recall"] >= floor
+
+
+def test_cohort_agrees_with_truth_for_correctly_linked_children(
+    small_world: Path, linked_run: Path
+) -> None:
+    from pipelines.cohort import build_cohort
+    from pipelines.cohort.truth_check import cohort_truth_agreement
+
+    layout = RunLayout.at(linked_run)
+    build_cohort(layout=layout)
+    agreement = cohort_truth_agreement(layout=layout, truth_dir=small_world / "truth")
+    assert agreement["children_checked"] > 200
+    for k in ("care_entry", "recorded_adversity", "index_date", "ks4_care_days"):
+        assert agreement[k] >= 0.99, agreement
