@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +282,7 @@ def test_attrition_counts_add_up(tmp_path: Path) -> None:
         "SELECT step, n_remaining, n_excluded FROM cohort.attrition ORDER BY step"
     ).fetchall()
     con.close()
-    for (_, prev, _), (_, n, excluded) in zip(rows, rows[1:], strict=False):
+    for (_, prev, _), (_, n, excluded) in itertools.pairwise(rows):
         assert prev - n == excluded
 
 
