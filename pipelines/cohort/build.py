@@ -73,6 +73,7 @@ WITH idx AS (
     FROM analysis.looked_after_episodes GROUP BY person_key
 )
 SELECT i.person_key, i.index_date, p.week_of_birth, p.sex, p.ethnicity,
+       p.deprivation_decile AS person_deprivation_decile,
        p.link_quality_min, p.high_quality_links,
        year(p.week_of_birth + INTERVAL 3 DAY) AS birth_cohort,
        datediff('day', p.week_of_birth, i.index_date) / 365.25 AS age_at_index,
@@ -216,7 +217,8 @@ SELECT e.person_key,
        e.age_at_index,
        datediff('day', e.week_of_birth, c.care_entry_date) / 365.25 AS age_at_entry,
        e.birth_cohort, e.sex, e.ethnicity,
-       d.deprivation_decile, CAST((d.deprivation_decile + 1) // 2 AS INTEGER) AS deprivation_quintile,
+       coalesce(d.deprivation_decile, e.person_deprivation_decile) AS deprivation_decile,
+       CAST((coalesce(d.deprivation_decile, e.person_deprivation_decile) + 1) // 2 AS INTEGER) AS deprivation_quintile,
        i.la_code,
        coalesce(i.physical_abuse, 0) AS physical_abuse,
        coalesce(i.parental_mental_ill_health, 0) AS parental_mental_ill_health,

@@ -1,0 +1,24 @@
+"""Prefect flow of the model stage: sequencing only."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from models.stage import ModelSettings, ModelSummary, run_models
+from pipelines.run_layout import RunLayout
+
+
+@task(name="fit-models")
+def model_task(run_dir: str, settings: ModelSettings) -> ModelSummary:
+    return run_models(layout=RunLayout.at(run_dir), settings=settings)
+
+
+@flow(name="model")
+def model_flow(run_dir: str, settings: ModelSettings | None = None) -> dict[str, int]:
+    """Fit the outcome models; publish the main estimates (no personal rows) as an artifact."""
+    summary = model_task(run_dir, settings or ModelSettings())
+    create_markdown_artifact(
+        key="main-estimates", markdown=summary.to_markdown(), description="main estimates"
+    )
+    return summary.row_counts

@@ -1,0 +1,664 @@
+"""The model stage of a run: every estimate, diagnostic, figure and release table."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.disclosure import DisclosureSettings, control_counts, control_estimates
+from models.effects import Estimate, ExposureEffectFitter, e_value
+from models.propensity import PropensityScoreFitter, design_matrix
+from models.survival import (
+    PiecewisePoissonFitter,
+    TimeVaryingCoxFitter,
+    age_month_intervals,
+    kaplan_meier_by_group,
+)
+from pipelines.db import connect
+from pipelines.errors import RunStateError
+from pipelines.run_layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+ADVERSITIES = [
+    "physical_abuse",
+    "parental_mental_ill_health",
+    "parental_substance_misuse",
+    "domestic_abuse",
+]
+
+
+class ModelSettings(BaseModel):
+    """What to adjust for and how; saved with every run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    covariates: list[str] = Field(
+        default_factory=lambda: [
+            *ADVERSITIES,
+            "parental_learning_disability",
+            "disability",
+            "deprivation_decile",
+            "sex",
+            "birth_cohort",
+            "age_at_index",
+            "age_at_index_sq",
+            "la_code",
+            "prior_ks2_expected",
+            "prior_ks2_missing",
+            "prior_emergency_admissions",
+        ]
+    )
+    categorical: list[str] = Field(default_factory=lambda: ["sex", "la_code"])
+    survival_covariates: list[str] = Field(
+        default_factory=lambda: [
+            *ADVERSITIES,
+            "parental_learning_disability",
+            "disability",
+            "deprivation_decile",
+            "sex_male",
+            "birth_cohort",
+        ]
+    )
+    weight_truncation_percentile: float | None = 99.5
+    trim: float = 0.0
+    balance_threshold: float = 0.1
+    disclosure: DisclosureSettings = DisclosureSettings()
+
+
+@dataclass
+class ModelSummary:
+    estimates: pd.DataFrame
+    warnings: list[str]
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        main = self.estimates[
+            self.estimates["method"].isin(["aipw", "cox_tv"])
+            & (self.estimates["contrast"] == "cla_vs_nla")
+        ]
+        lines = ["| outcome | method | scale | estimate | 95% CI |", "|---|---|---|---:|---|"]
+        lines += [
+            f"| {r.outcome} | {r.method} | {r.scale} | {r.estimate:.3f} | {r.ci_low:.3f} to {r.ci_high:.3f} |"
+            for r in main.itertuples()
+        ]
+        if self.warnings:
+            lines += ["", f"{len(self.warnings)} warning(s): see results/diagnostics.csv"]
+        return "\n".join(lines)
+
+
+def _load(layout: RunLayout) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    if not layout.analysis_db.exists():
+        raise RunStateError(f"{layout.analysis_db} not found: run `cohort build` first")
+    con = connect(layout.analysis_db, read_only=True)
+    try:
+        children = con.sql("SELECT * FROM cohort.children ORDER BY person_key").df()
+        pt = con.sql(
+            "SELECT * FROM cohort.person_time ORDER BY person_key, outcome, start_day"
+        ).df()
+        sy = con.sql("SELECT * FROM cohort.school_years ORDER BY person_key, academic_year").df()
+    except Exception as exc:
+        raise RunStateError(
+            f"cohort tables missing in {layout.analysis_db}: run `cohort build` ({exc})"
+        ) from None
+    finally:
+        con.close()
+    children["age_at_index_sq"] = (children["age_at_index"] - 9) ** 2
+    children["sex_male"] = (children["sex"] == "M").astype(float)
+    return children, pt, sy
+
+
+def _savefig(fig: Any, path: os.PathLike[str] | str) -> None:
+    fig.savefig(path, dpi=90, metadata={"Software": None}, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def education_estimates(
+    children: pd.DataFrame,
+    s: ModelSettings,
+    diag: list[dict[str, Any]],
+    balance: list[pd.DataFrame],
+) -> tuple[list[Estimate], dict[str, PropensityScoreFitter]]:
+    """KS4 score and level 2 inclusive: CLA-vs-NLA contrasts by four methods."""
+    ed = children[children["ks4_score"].notna()].reset_index(drop=True)
+    out: list[Estimate] = []
+    fitted: dict[str, PropensityScoreFitter] = {}
+    contrasts = {
+        "cla_vs_nla": ("long", "short"),
+        "long_vs_nla": ("long",),
+        "short_vs_nla": ("short",),
+    }
+    for contrast, exposed in contrasts.items():
+        sub = ed[ed["ks4_care_group"].isin([*exposed, "none"])].reset_index(drop=True)
+        t = sub["ks4_care_group"].isin(exposed).to_numpy().astype(int)
+        if t.sum() < 2 or (1 - t).sum() < 2:
+            diag.append(
+                {
+                    "analysis": contrast,
+                    "item": "skipped",
+                    "value": float(t.sum()),
+                    "warning": "too few exposed or unexposed children",
+                }
+            )
+            continue
+        x = design_matrix(sub, s.covariates, s.categorical)
+        dropped = set(s.covariates) - {
+            c.split("_")[0] if c not in sub.columns else c for c in x.columns
+        }
+        ps = PropensityScoreFitter(
+            "ATT",
+            trim=s.trim,
+            truncate=s.weight_truncation_percentile,
+            balance_threshold=s.balance_threshold,
+        ).fit(x, t)
+        fitted[contrast] = ps
+        for r in ps.summary.itertuples():
+            diag.append(
+                {
+                    "analysis": f"propensity:{contrast}",
+                    "item": r.metric,
+                    "value": float(r.value),
+                    "warning": "",
+                }
+            )
+        for w in ps.warnings_:
+            diag.append(
+                {
+                    "analysis": f"propensity:{contrast}",
+                    "item": "warning",
+                    "value": np.nan,
+                    "warning": w,
+                }
+            )
+        if dropped:
+            log.debug("constant covariates dropped: %s", dropped)
+        balance.append(ps.balance_.assign(contrast=contrast))
+        for outcome, binary, scale in (
+            ("ks4_score", False, "mean_difference"),
+            ("ks4_level2_inclusive", True, "risk_difference"),
+        ):
+            y = sub[outcome].to_numpy(float)
+            for method in ("unadjusted", "regression", "ipw", "aipw"):
+                try:
+                    f = ExposureEffectFitter(method, binary=binary).fit(y, t, x, ps.weights_)  # type: ignore[arg-type]
+                except Exception as exc:
+                    out.append(
+                        Estimate(
+                            outcome,
+                            contrast,
+                            method,
+                            scale,
+                            np.nan,
+                            np.nan,
+                            np.nan,
+                            np.nan,
+                            int(t.sum()),
+                            int((1 - t).sum()),
+                            f"failed: {type(exc).__name__}: {exc}",
+                        )
+                    )
+                    continue
+                est = f.result(outcome, contrast, scale)
+                est.warning = "; ".join(
+                    filter(
+                        None, [est.warning, *(ps.warnings_ if method in ("ipw", "aipw") else [])]
+                    )
+                )
+                out.append(est)
+                if binary and method == "regression":
+                    lo, hi = f.odds_ratio_ci_
+                    out.append(
+                        Estimate(
+                            outcome,
+                            contrast,
+                            "regression",
+                            "odds_ratio",
+                            f.odds_ratio_,
+                            lo,
+                            hi,
+                            f.odds_ratio_p_,
+                            int(t.sum()),
+                            int((1 - t).sum()),
+                            est.warning,
+                        )
+                    )
+    return out, fitted
+
+
+def care_characteristics(children: pd.DataFrame, s: ModelSettings) -> list[Estimate]:
+    """Placement moves and age at entry among children looked after before year 11."""
+    import statsmodels.api as sm
+
+    cla = children[
+        children["ks4_score"].notna() & children["ks4_care_group"].isin(["long", "short"])
+    ].reset_index(drop=True)
+    out: list[Estimate] = []
+    if len(cla) < 20:
+        return out
+    x = design_matrix(cla, s.covariates, s.categorical)
+    for term, contrast in (
+        ("ks4_placement_moves", "per_placement_move"),
+        ("age_at_entry", "per_year_age_at_entry"),
+    ):
+        design = pd.concat(
+            [
+                cla[[term]].astype(float),
+                (cla["ks4_care_group"] == "long").astype(float).rename("long"),
+                x,
+            ],
+            axis=1,
+        )
+        design = sm.add_constant(design.loc[:, design.std() > 0], has_constant="add")
+        res = sm.OLS(cla["ks4_score"].astype(float), design).fit(cov_type="HC1")
+        b, se = float(res.params[term]), float(res.bse[term])
+        out.append(
+            Estimate(
+                "ks4_score",
+                contrast,
+                "regression",
+                "mean_difference",
+                b,
+                b - 1.96 * se,
+                b + 1.96 * se,
+                float(res.pvalues[term]),
+                len(cla),
+                0,
+            )
+        )
+    return out
+
+
+def effect_modification(children: pd.DataFrame, s: ModelSettings) -> list[Estimate]:
+    """Does each adversity's association with KS4 differ between CLA and NLA?"""
+    import statsmodels.api as sm
+
+    ed = children[children["ks4_score"].notna()].reset_index(drop=True)
+    t = ed["ks4_care_group"].isin(["long", "short"]).astype(float)
+    out: list[Estimate] = []
+    for adv in ADVERSITIES:
+        others = [c for c in s.covariates if c != adv]
+        x = design_matrix(ed, others, s.categorical)
+        inter = (t * ed[adv]).rename("interaction")
+        design = sm.add_constant(
+            pd.concat([t.rename("cla"), ed[adv].astype(float), inter, x], axis=1),
+            has_constant="add",
+        )
+        design = design.loc[:, (design.std() > 0) | (design.columns == "const")]
+        if "interaction" not in design:
+            continue
+        res = sm.OLS(ed["ks4_score"].astype(float), design).fit(cov_type="HC1")
+        b, se = float(res.params["interaction"]), float(res.bse["interaction"])
+        out.append(
+            Estimate(
+                "ks4_score",
+                f"{adv}_x_cla",
+                "regression",
+                "mean_difference",
+                b,
+                b - 1.96 * se,
+                b + 1.96 * se,
+                float(res.pvalues["interaction"]),
+                int(t.sum()),
+                int((1 - t).sum()),
+            )
+        )
+        for label, sel in (("cla", t == 1), ("nla", t == 0)):
+            sub = ed[sel.to_numpy()].reset_index(drop=True)
+            xs = design_matrix(sub, others, s.categorical)
+            d = sm.add_constant(
+                pd.concat([sub[[adv]].astype(float), xs], axis=1), has_constant="add"
+            )
+            d = d.loc[:, (d.std() > 0) | (d.columns == "const")]
+            if adv not in d or len(sub) < 20:
+                continue
+            r = sm.OLS(sub["ks4_score"].astype(float), d).fit(cov_type="HC1")
+            b, se = float(r.params[adv]), float(r.bse[adv])
+            out.append(
+                Estimate(
+                    "ks4_score",
+                    f"{adv}_in_{label}",
+                    "regression",
+                    "mean_difference",
+                    b,
+                    b - 1.96 * se,
+                    b + 1.96 * se,
+                    float(r.pvalues[adv]),
+                    int(sub[adv].sum()),
+                    int((1 - sub[adv]).sum()),
+                )
+            )
+    return out
+
+
+def absence_gee(children: pd.DataFrame, sy: pd.DataFrame, s: ModelSettings) -> list[Estimate]:
+    """Absence across school years, looked-after years vs other years (GEE, child clusters)."""
+    import statsmodels.api as sm
+
+    if sy.empty:
+        return []
+    covs = ["deprivation_decile", *ADVERSITIES, "disability", "sex_male"]
+    d = sy.merge(children[["person_key", *covs]], on="person_key").dropna(subset=["absence_rate"])
+    d = d[d["years_from_index"].between(-3, 6)].reset_index(drop=True)
+    if d["looked_after_this_year"].nunique() < 2:
+        return []
+    x = sm.add_constant(
+        pd.concat(
+            [
+                d[["looked_after_this_year", "years_from_index", "age"]].astype(float),
+                d[covs].astype(float),
+            ],
+            axis=1,
+        ),
+        has_constant="add",
+    )
+    res = sm.GEE(
+        d["absence_rate"].astype(float),
+        x,
+        groups=d["person_key"],
+        family=sm.families.Gaussian(),
+        cov_struct=sm.cov_struct.Exchangeable(),
+    ).fit()
+    b, se = float(res.params["looked_after_this_year"]), float(res.bse["looked_after_this_year"])
+    n_exp = int(d.loc[d["looked_after_this_year"] == 1, "person_key"].nunique())
+    return [
+        Estimate(
+            "absence_rate",
+            "looked_after_year",
+            "gee",
+            "mean_difference",
+            b,
+            b - 1.96 * se,
+            b + 1.96 * se,
+            float(res.pvalues["looked_after_this_year"]),
+            n_exp,
+            int(d["person_key"].nunique()) - n_exp,
+        )
+    ]
+
+
+def survival_estimates(
+    children: pd.DataFrame,
+    pt: pd.DataFrame,
+    s: ModelSettings,
+    diag: list[dict[str, Any]],
+    restrict: pd.Series | None = None,
+    suffix: str = "",
+) -> list[Estimate]:
+    """Time-varying Cox (adjusted, unadjusted) and piecewise Poisson, per outcome."""
+    out: list[Estimate] = []
+    kids = children if restrict is None else children[restrict]
+    covs = s.survival_covariates
+    for outcome in sorted(pt["outcome"].unique()):
+        rows = age_month_intervals(
+            pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
+        )
+        rows = rows.merge(kids[["person_key", *covs]], on="person_key")
+        n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
+        n_unexp = int(rows["person_key"].nunique()) - n_exp
+        specs: list[tuple[str, list[str], Any]] = [("cox_tv", covs, TimeVaryingCoxFitter)]
+        if not suffix:
+            specs += [
+                ("cox_tv_unadjusted", [], TimeVaryingCoxFitter),
+                ("poisson_pw", covs, PiecewisePoissonFitter),
+            ]
+        for method, cv, cls in specs:
+            try:
+                f = cls().fit(rows, cv)
+                out.append(
+                    Estimate(
+                        outcome,
+                        "cla_vs_nla",
+                        method + suffix,
+                        "hazard_ratio",
+                        f.hazard_ratio_,
+                        f.ci_[0],
+                        f.ci_[1],
+                        f.p_value_,
+                        n_exp,
+                        n_unexp,
+                        "; ".join(f.warnings_),
+                    )
+                )
+            except Exception as exc:
+                out.append(
+                    Estimate(
+                        outcome,
+                        "cla_vs_nla",
+                        method + suffix,
+                        "hazard_ratio",
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        n_exp,
+                        n_unexp,
+                        f"failed: {type(exc).__name__}: {exc}",
+                    )
+                )
+        if not suffix:
+            diag.append(_ph_check(rows, covs, outcome))
+    return out
+
+
+def _ph_check(rows: pd.DataFrame, covs: list[str], outcome: str) -> dict[str, Any]:
+    """Proportional hazards for care: add looked_after x log(age) and test it (Wald)."""
+    r = rows.assign(la_x_logage=rows["looked_after"] * np.log1p(rows["start"] / 12.0))
+    try:
+        f = TimeVaryingCoxFitter().fit(r, [*covs, "la_x_logage"])
+        p = float(f.summary.loc["la_x_logage", "p"])
+        warn = "proportional hazards for care rejected at 0.01" if p < 0.01 else ""
+    except Exception as exc:
+        p, warn = float("nan"), f"PH check failed: {type(exc).__name__}"
+    return {
+        "analysis": f"proportional_hazards:{outcome}",
+        "item": "p_looked_after_x_log_age",
+        "value": p,
+        "warning": warn,
+    }
+
+
+def table_one(children: pd.DataFrame, weights: np.ndarray | None) -> pd.DataFrame:
+    """Baseline characteristics by group: counts and percentages, weighted percentages."""
+    rows = []
+    cla = (children["group"] == "CLA").to_numpy()
+    items: list[tuple[str, np.ndarray]] = [
+        (a, children[a].to_numpy(float))
+        for a in [*ADVERSITIES, "parental_learning_disability", "disability"]
+    ]
+    items += [("female", (children["sex"] == "F").to_numpy(float))]
+    items += [
+        (f"deprivation_quintile_{q}", (children["deprivation_quintile"] == q).to_numpy(float))
+        for q in range(1, 6)
+    ]
+    for name, v in items:
+        row: dict[str, Any] = {"characteristic": name}
+        for label, sel in (("CLA", cla), ("NLA", ~cla)):
+            row[f"n_{label}"] = int(v[sel].sum())
+            row[f"pct_{label}"] = round(100 * float(v[sel].mean()), 1) if sel.any() else np.nan
+            if weights is not None:
+                row[f"weighted_pct_{label}"] = (
+                    round(100 * float(np.average(v[sel], weights=weights[sel])), 1)
+                    if weights[sel].sum() > 0
+                    else np.nan
+                )
+        rows.append(row)
+    rows.append({"characteristic": "children", "n_CLA": int(cla.sum()), "n_NLA": int((~cla).sum())})
+    return pd.DataFrame(rows)
+
+
+def run_models(
+    *,
+    layout: RunLayout,
+    settings: ModelSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ModelSummary:
+    """Fit every model on the run's cohort tables; write results/, figures and release/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = settings or ModelSettings()
+    step = progress or (lambda m: log.info("%s", m))
+    layout.ensure()
+    children, pt, sy = _load(layout)
+    if children.empty:
+        raise RunStateError("cohort.children is empty: nothing to model")
+    diag: list[dict[str, Any]] = []
+    balance: list[pd.DataFrame] = []
+    step("education outcomes: propensity, weights, regression, IPW, AIPW")
+    est, _ = education_estimates(children, s, diag, balance)
+    step("care characteristics and effect modification")
+    est += care_characteristics(children, s)
+    est += effect_modification(children, s)
+    step("absence across school years (GEE)")
+    est += absence_gee(children, sy, s)
+    step("time-varying Cox and piecewise Poisson")
+    est += survival_estimates(children, pt, s, diag)
+    step("sensitivity: high-quality links only")
+    hq = children["high_quality_links"] == 1
+    if hq.sum() < len(children):
+        est += survival_estimates(children, pt, s, diag, restrict=hq, suffix="_high_quality_links")
+        e2, _ = education_estimates(children[hq].reset_index(drop=True), s, [], [])
+        est += [
+            e.__class__(**{**e.row(), "method": e.method + "_high_quality_links"})
+            for e in e2
+            if e.method == "aipw"
+        ]
+    else:
+        diag.append(
+            {
+                "analysis": "sensitivity",
+                "item": "high_quality_links",
+                "value": float(len(children)),
+                "warning": "all links high quality: restriction changes nothing",
+            }
+        )
+    estimates = pd.DataFrame([e.row() for e in est])
+    sd_ks4 = float(children["ks4_score"].std()) if children["ks4_score"].notna().any() else None
+    sens = estimates[estimates["method"].isin(["aipw", "cox_tv", "regression"])].copy()
+    sens["e_value"] = [
+        e_value(r.estimate, r.ci_low, r.ci_high, r.scale, sd_ks4) for r in sens.itertuples()
+    ]
+    warnings_list = [
+        f"{r.outcome}/{r.contrast}/{r.method}: {r.warning}"
+        for r in estimates.itertuples()
+        if r.warning
+    ]
+    warnings_list += [f"{d['analysis']}: {d['warning']}" for d in diag if d["warning"]]
+    step("writing results, figures and release tables")
+    res = layout.results_dir
+    estimates.to_csv(res / "estimates.csv", index=False, float_format="%.6g")
+    sens[["outcome", "contrast", "method", "scale", "estimate", "e_value"]].to_csv(
+        res / "sensitivity.csv", index=False, float_format="%.6g"
+    )
+    pd.concat(balance).to_csv(
+        res / "balance.csv", index=False, float_format="%.6g"
+    ) if balance else None
+    pd.DataFrame(diag, columns=["analysis", "item", "value", "warning"]).to_csv(
+        res / "diagnostics.csv", index=False, float_format="%.6g"
+    )
+    # overall CLA-vs-NLA propensity for table 1 and weighted KM
+    x_all = design_matrix(children, s.covariates, s.categorical)
+    t_all = (children["group"] == "CLA").to_numpy().astype(int)
+    w_all = None
+    if 0 < t_all.sum() < len(t_all):
+        ps_all = PropensityScoreFitter("ATT", truncate=s.weight_truncation_percentile).fit(
+            x_all, t_all
+        )
+        w_all = ps_all.weights_
+        _savefig(ps_all.plot().figure, layout.figures_dir / "propensity_overlap.png")
+        _savefig(ps_all.plot_balance().figure, layout.figures_dir / "love_plot.png")
+    t1 = table_one(children, w_all)
+    t1.to_csv(res / "table1.csv", index=False)
+    _figures(layout, children, pt, estimates, w_all, plt)
+    _release(layout, estimates, t1, s)
+    counts = {"results.estimates": len(estimates)}
+    return ModelSummary(estimates, warnings_list, counts)
+
+
+def _figures(
+    layout: RunLayout,
+    children: pd.DataFrame,
+    pt: pd.DataFrame,
+    estimates: pd.DataFrame,
+    w_all: np.ndarray | None,
+    plt: Any,
+) -> None:
+    main = estimates[
+        (estimates["contrast"] == "cla_vs_nla")
+        & estimates["method"].isin(
+            ["unadjusted", "ipw", "aipw", "cox_tv_unadjusted", "cox_tv", "poisson_pw"]
+        )
+    ].dropna(subset=["estimate"])
+    for scale, fname in (
+        ("hazard_ratio", "forest_hazard_ratios.png"),
+        ("mean_difference", "forest_ks4.png"),
+        ("risk_difference", "forest_level2.png"),
+    ):
+        m = main[main["scale"] == scale]
+        if m.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(m) + 1.2))
+        y = np.arange(len(m))
+        ax.errorbar(
+            m["estimate"],
+            y,
+            xerr=[m["estimate"] - m["ci_low"], m["ci_high"] - m["estimate"]],
+            fmt="o",
+        )
+        ax.axvline(1.0 if scale == "hazard_ratio" else 0.0, color="grey", linestyle="--")
+        if scale == "hazard_ratio":
+            ax.set_xscale("log")
+        ax.set_yticks(y, [f"{r.outcome} ({r.method})" for r in m.itertuples()], fontsize=8)
+        ax.set_title(f"CLA vs NLA: {scale.replace('_', ' ')}")
+        _savefig(fig, layout.figures_dir / fname)
+    ev = pt[pt["event"] == 1][["person_key", "outcome", "stop_day"]].merge(
+        children[["person_key", "index_date"]], on="person_key"
+    )
+    ev["event_date"] = pd.to_datetime(ev["index_date"]) + pd.to_timedelta(
+        ev["stop_day"] - 1, unit="D"
+    )
+    for outcome in ("self_harm", "emergency_admission"):
+        e = ev[ev["outcome"] == outcome][["person_key", "event_date"]]
+        fig, axes = plt.subplots(1, 2 if w_all is not None else 1, figsize=(10, 4), squeeze=False)
+        kaplan_meier_by_group(children, e, None, axes[0][0], f"{outcome}: Kaplan-Meier")
+        if w_all is not None:
+            kaplan_meier_by_group(children, e, w_all, axes[0][1], f"{outcome}: weighted")
+        _savefig(fig, layout.figures_dir / f"km_{outcome}.png")
+
+
+def _release(
+    layout: RunLayout, estimates: pd.DataFrame, t1: pd.DataFrame, s: ModelSettings
+) -> None:
+    rel = layout.release_dir
+    control_estimates(estimates, s.disclosure).to_csv(
+        rel / "estimates.csv", index=False, float_format="%.4g"
+    )
+    t1c = control_counts(
+        t1[["characteristic", "n_CLA", "n_NLA"]].fillna(0), ["n_CLA", "n_NLA"], s.disclosure
+    )
+    t1c.to_csv(rel / "table1_counts.csv", index=False)
+    con = connect(layout.analysis_db, read_only=True)
+    try:
+        att = con.sql("SELECT * FROM cohort.attrition ORDER BY step").df()
+    finally:
+        con.close()
+    attc = control_counts(att, ["n_remaining", "n_excluded"], s.disclosure, total_column=None)
+    attc.to_csv(rel / "attrition.csv", index=False)
+    (rel / "README.txt").write_text(
+        "Disclosure-controlled outputs. "
+        + t1c.attrs["disclosure_control"]
+        + ". Estimates resting on "
+        f"fewer than {s.disclosure.threshold} children are withheld; group sizes rounded to "
+        f"{s.disclosure.rounding}.\n",
+        encoding="utf-8",
+    )

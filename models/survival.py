@@ -1,0 +1,178 @@
+"""Time-to-event models with care as a time-varying exposure.
+
+Time scale: age in months, with delayed entry at the index date. The synthetic world's (and the
+real world's) hazards of self-harm and admission depend strongly on age, so age is the natural
+clock; months keep the number of distinct event times small (at most 216), which is what makes
+lifelines' ``CoxTimeVaryingFitter`` fast (STACK.md: 856 s with continuous times, 3 s monthly).
+For very large cohorts the piecewise-exponential Poisson model on person-time aggregated by
+age year is the scalable equivalent; ``tests/test_models.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+
+MONTH = 30.4375
+
+
+def age_month_intervals(person_time: pd.DataFrame, children: pd.DataFrame) -> pd.DataFrame:
+    """Counting-process rows on the age-in-months scale.
+
+    Boundaries are rounded to whole months; rows that become empty are dropped and an event on a
+    dropped row moves to the person's previous row (the same month).
+    """
+    pt = person_time.merge(children[["person_key", "age_at_index"]], on="person_key")
+    base = pt["age_at_index"].to_numpy() * 365.25
+    start = np.floor((base + pt["start_day"].to_numpy()) / MONTH).astype(int)
+    stop = np.floor((base + pt["stop_day"].to_numpy()) / MONTH).astype(int)
+    pt = pt.assign(start=start, stop=stop)
+    empty = pt["stop"] <= pt["start"]
+    moved = pt[empty & (pt["event"] == 1)]
+    pt = pt[~empty].copy()
+    if len(moved):
+        last = pt.groupby("person_key")["stop"].transform("max") == pt["stop"]
+        flag = pt["person_key"].isin(moved["person_key"]) & last
+        pt.loc[flag, "event"] = 1
+    return pt
+
+
+class TimeVaryingCoxFitter:
+    """Cox model with looked-after status as a time-varying covariate (lifelines)."""
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        if penalizer < 0:
+            raise ValueError("penalizer must be >= 0")
+        self.penalizer = penalizer
+        self.warnings_: list[str] = []
+
+    def fit(
+        self, rows: pd.DataFrame, covariates: list[str], exposure: str = "looked_after"
+    ) -> TimeVaryingCoxFitter:
+        from lifelines import CoxTimeVaryingFitter
+
+        if rows["event"].sum() == 0:
+            raise ValueError("no events")
+        by_group = rows.groupby(exposure)["event"].sum()
+        if (by_group == 0).any():
+            self.warnings_.append(
+                "no events while "
+                + ("looked after" if by_group.get(1, 0) == 0 else "not looked after")
+            )
+        cols = [exposure, *covariates]
+        data = rows[["person_key", "start", "stop", "event", *cols]].copy()
+        const = [c for c in covariates if data[c].std() == 0]
+        if const:
+            self.warnings_.append(f"constant covariates dropped: {', '.join(const)}")
+            data = data.drop(columns=const)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ctv = CoxTimeVaryingFitter(penalizer=self.penalizer)
+            ctv.fit(
+                data,
+                id_col="person_key",
+                start_col="start",
+                stop_col="stop",
+                event_col="event",
+                show_progress=False,
+            )
+        for w in caught:
+            if "converg" in str(w.message).lower():
+                self.warnings_.append("Cox: " + str(w.message).split("\n")[0])
+        self.model_ = ctv
+        s = ctv.summary
+        self.hazard_ratio_ = float(np.exp(s.loc[exposure, "coef"]))
+        self.ci_ = (
+            float(np.exp(s.loc[exposure, "coef lower 95%"])),
+            float(np.exp(s.loc[exposure, "coef upper 95%"])),
+        )
+        self.p_value_ = float(s.loc[exposure, "p"])
+        self.summary = s
+        return self
+
+    def print_summary(self) -> str:
+        return self.summary.to_string()
+
+    def plot(self, ax: Any = None) -> Any:
+        return self.model_.plot(ax=ax)
+
+
+class PiecewisePoissonFitter:
+    """Piecewise-exponential model: Poisson GLM on person-time by age year, offset log(time)."""
+
+    def __init__(self) -> None:
+        self.warnings_: list[str] = []
+
+    def fit(
+        self, rows: pd.DataFrame, covariates: list[str], exposure: str = "looked_after"
+    ) -> PiecewisePoissonFitter:
+        band = (rows["start"] // 12).clip(upper=17).astype(int)
+        agg = (
+            rows.assign(band=band, time=rows["stop"] - rows["start"])
+            .groupby(["band", exposure, *covariates], observed=True)[["event", "time"]]
+            .sum()
+            .reset_index()
+        )
+        agg = agg[agg["time"] > 0]
+        bands = pd.get_dummies(agg["band"], prefix="age", drop_first=True, dtype=float)
+        x = pd.concat([agg[[exposure, *covariates]].astype(float), bands], axis=1)
+        x = x.loc[:, x.std() > 0] if len(x) > 1 else x
+        x = sm.add_constant(x, has_constant="add")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = sm.GLM(
+                agg["event"], x, family=sm.families.Poisson(), offset=np.log(agg["time"])
+            ).fit()
+        for w in caught:
+            if "converg" in str(w.message).lower():
+                self.warnings_.append("Poisson: " + str(w.message).split("\n")[0])
+        self.result_ = res
+        self.rows_aggregated_ = len(agg)
+        b, se = float(res.params[exposure]), float(res.bse[exposure])
+        self.hazard_ratio_ = float(np.exp(b))
+        self.ci_ = (float(np.exp(b - 1.96 * se)), float(np.exp(b + 1.96 * se)))
+        self.p_value_ = float(res.pvalues[exposure])
+        return self
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.result_.summary2().tables[1]
+
+
+def kaplan_meier_by_group(
+    children: pd.DataFrame,
+    first_events: pd.DataFrame,
+    weights: np.ndarray | None,
+    ax: Any,
+    title: str,
+) -> Any:
+    """Descriptive Kaplan-Meier curves from the index date by ever-looked-after group."""
+    from lifelines import KaplanMeierFitter
+
+    df = children[["person_key", "group", "index_date", "followup_end"]].merge(
+        first_events, on="person_key", how="left"
+    )
+    t_end = (pd.to_datetime(df["followup_end"]) - pd.to_datetime(df["index_date"])).dt.days + 1
+    t_ev = (pd.to_datetime(df["event_date"]) - pd.to_datetime(df["index_date"])).dt.days + 1
+    duration = np.where(t_ev.notna(), t_ev, t_end) / 365.25
+    event = t_ev.notna().to_numpy()
+    for g in ("CLA", "NLA"):
+        sel = (df["group"] == g).to_numpy()
+        if sel.sum() == 0:
+            continue
+        kmf = KaplanMeierFitter()
+        kmf.fit(
+            duration[sel],
+            event[sel],
+            weights=None if weights is None else weights[sel],
+            label=f"{g}{' (weighted)' if weights is not None else ''}",
+        )
+        kmf.plot_cumulative_density(ax=ax, ci_show=weights is None)
+    ax.set_xlabel("years from first social-services contact")
+    ax.set_ylabel("cumulative incidence")
+    ax.set_title(title)
+    return ax
