@@ -165,12 +165,14 @@ def kaplan_meier_by_group(
         if sel.sum() == 0:
             continue
         kmf = KaplanMeierFitter()
-        kmf.fit(
-            duration[sel],
-            event[sel],
-            weights=None if weights is None else weights[sel],
-            label=f"{g}{' (weighted)' if weights is not None else ''}",
-        )
+        with warnings.catch_warnings():  # weighted KM: curves only, no variance claimed
+            warnings.simplefilter("ignore")
+            kmf.fit(
+                duration[sel],
+                event[sel],
+                weights=None if weights is None else weights[sel],
+                label=f"{g}{' (weighted)' if weights is not None else ''}",
+            )
         kmf.plot_cumulative_density(ax=ax, ci_show=weights is None)
     ax.set_xlabel("years from first social-services contact")
     ax.set_ylabel("cumulative incidence")

@@ -337,6 +337,20 @@ def generate_world(
         df = _frame(c)
         _write_extract(df, malformed, out / f"{contract.file_stem}.{file_format}", file_format)
         summary.row_counts[source] = df.height
+    (out / "delivery.json").write_text(
+        json.dumps(
+            {
+                "generator": "synthetic_data",
+                "scenario": sc.name,
+                "seed": seed,
+                "n_children": n_children,
+                "format": file_format,
+            },
+            sort_keys=True,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     step("writing truth")
     pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
     _persons_truth(w, ks4_has).write_parquet(truth / "persons.parquet", statistics=False)

@@ -123,7 +123,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, fmt: str) -> None:
     generate_world(n_children=1500, seed=9, out_dir=a, file_format=fmt)  # type: ignore[arg-type]
     generate_world(n_children=1500, seed=9, out_dir=b, file_format=fmt)  # type: ignore[arg-type]
     ha, hb = _hashes(a), _hashes(b)
-    assert len(ha) == 7 + 8 and ha == hb
+    assert len(ha) == 7 + 1 + 8 and ha == hb
     c = tmp_path / "c"
     generate_world(n_children=1500, seed=10, out_dir=c, file_format=fmt)  # type: ignore[arg-type]
     assert _hashes(c) != ha

@@ -1,0 +1,57 @@
+"""``cohort run``: the whole pipeline as one Prefect flow, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    data: Annotated[Path, typer.Option("--data", help="Delivery folder (one extract per source).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder; rerunning resumes it.")],
+    config: Annotated[Path | None, typer.Option("--config", help="Study config YAML.")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Allow the built-in demo pseudonymisation key.")
+    ] = False,
+) -> None:
+    """Validate, link, build the cohort, fit the models and write report.html.
+
+    Stages already completed with the same inputs are skipped, so an interrupted run resumes.
+    Writes RUN/manifest.json for `cohort reproduce`.
+    """
+    import logging
+    import os
+
+    from rich.console import Console
+
+    from pipelines.orchestration.env import prefect_defaults
+
+    prefect_defaults()
+    from pipelines.linkage.pseudonym import secret_from_environment
+    from pipelines.orchestration.flow import study_flow
+
+    console = Console(stderr=True)
+    secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
+    if demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"):
+        console.print(
+            "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"
+        )
+
+    class _StatusHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            status.update(record.getMessage())
+
+    handler = _StatusHandler(level=logging.INFO)
+    with console.status("starting Prefect (ephemeral mode)") as status:
+        for name in ("pipelines", "models"):
+            logging.getLogger(name).addHandler(handler)
+        try:
+            result = study_flow(str(data), str(out), str(config) if config else None, demo)
+        finally:
+            for name in ("pipelines", "models"):
+                logging.getLogger(name).removeHandler(handler)
+    console.print(f"stages run: {', '.join(result['ran']) or 'none (all complete)'}")
+    console.print(f"report: {result['report']}")
+    console.print(f"manifest: {result['manifest']}")

@@ -1,0 +1,1 @@
+"""Orchestration: the parent flow, run lock and markers, manifest, report, reproduce."""

@@ -1,0 +1,130 @@
+"""``RUN/manifest.json``: everything needed to reproduce a run, and hashes of its outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from pipelines.orchestration.state import sha256_file
+from pipelines.run_layout import RunLayout
+from schemas.contracts import SOURCES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = (
+    "duckdb",
+    "polars",
+    "pandas",
+    "numpy",
+    "scipy",
+    "splink",
+    "great-expectations",
+    "prefect",
+    "lifelines",
+    "statsmodels",
+    "scikit-learn",
+    "matplotlib",
+    "pydantic",
+)
+# outputs compared by `cohort reproduce`; GX Data Docs carry run timestamps and are excluded
+OUTPUT_GLOBS = (
+    "validation/dq_report.json",
+    "linkage/model.json",
+    "linkage/linkage_report.json",
+    "cohort/study_config.yaml",
+    "results/*.csv",
+    "results/figures/*.png",
+    "release/*",
+    "report.html",
+)
+HASHED_TABLES = {
+    "linkage": ("linkage.record_person",),
+    "analysis": (
+        "analysis.persons",
+        "cohort.children",
+        "cohort.person_time",
+        "cohort.school_years",
+        "cohort.attrition",
+    ),
+}
+
+
+def code_version() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(status)}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def input_hashes(data_dir: Path) -> dict[str, str]:
+    out = {}
+    for c in SOURCES.values():
+        for ext in ("csv", "parquet"):
+            p = data_dir / f"{c.file_stem}.{ext}"
+            if p.exists():
+                out[p.name] = sha256_file(p)
+    return out
+
+
+def table_hash(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """Order-independent content hash of a table (row count, XOR and sum of row hashes)."""
+    n, x, s = con.execute(
+        f"SELECT count(*), bit_xor(hash(t)), sum(hash(t)::HUGEINT) FROM {table} t"
+    ).fetchone()  # type: ignore[misc]
+    return f"{n}:{x}:{s}"
+
+
+def output_hashes(layout: RunLayout) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pattern in OUTPUT_GLOBS:
+        for p in sorted(layout.root.glob(pattern)):
+            if p.is_file():
+                out[str(p.relative_to(layout.root))] = sha256_file(p)
+    for db, tables in (
+        ("linkage", HASHED_TABLES["linkage"]),
+        ("analysis", HASHED_TABLES["analysis"]),
+    ):
+        path = layout.linkage_db if db == "linkage" else layout.analysis_db
+        if not path.exists():
+            continue
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            for t in tables:
+                try:
+                    out[f"{path.name}:{t}"] = table_hash(con, t)
+                except duckdb.Error:
+                    pass
+        finally:
+            con.close()
+    return out
+
+
+def write_manifest(layout: RunLayout, manifest: dict[str, Any]) -> None:
+    tmp = layout.manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(layout.manifest)
+
+
+def lock_hash() -> str:
+    p = PROJECT_ROOT / "uv.lock"
+    return sha256_file(p) if p.exists() else "no uv.lock"
