@@ -296,6 +296,10 @@ def link_tables(
         int(np.unique(labels).size),
         prof.height,
     )
+    if settings.deterministic:
+        # one thread: floating-point sums in EM and prediction happen in a fixed order, so the
+        # trained model and the match probabilities are byte-identical on a rerun
+        con.execute("SET threads = 1")
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
     model: Any = settings.model_path if settings.model_path else splink_settings()

@@ -21,6 +21,9 @@ class LinkageSettings(BaseModel):
     em_max_pairs: float = Field(2e6, gt=0, description="cap on pairs per EM session")
     u_max_pairs: float = Field(2e6, gt=0, description="pairs sampled to estimate u")
     seed: int = 42
+    deterministic: bool = Field(
+        True, description="train and predict on one DuckDB thread so reruns are byte-identical"
+    )
     prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
     duckdb_memory_limit: str = "8GB"
     prefect_secret_block: str | None = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from importlib import metadata
@@ -110,10 +111,8 @@ def output_hashes(layout: RunLayout) -> dict[str, str]:
         con = duckdb.connect(str(path), read_only=True)
         try:
             for t in tables:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     out[f"{path.name}:{t}"] = table_hash(con, t)
-                except duckdb.Error:
-                    pass
         finally:
             con.close()
     return out
