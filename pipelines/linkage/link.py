@@ -312,6 +312,7 @@ def link_tables(
         f"SELECT profile_id_l, profile_id_r, match_probability, match_weight FROM {predictions.physical_name}"
     ).pl()
     model_json = linker.misc.save_model_to_json()
+    model_json.pop("linker_uid", None)  # random per session; dropped so reruns are byte-identical
     comp_of = prof["component"].to_numpy()
     pl_ = pairs["profile_id_l"].to_numpy()
     pr_ = pairs["profile_id_r"].to_numpy()

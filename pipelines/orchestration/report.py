@@ -199,7 +199,7 @@ def build_report(layout: RunLayout) -> Path:
     page = (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>CLA vs NLA cohort study</title>"
         f"<style>{CSS}</style></head><body><h1>Children looked after vs children in need: study report</h1>"
-        f"<p>Run folder: {html.escape(layout.root.name)}. Tables marked full precision stay inside the "
+        f"<p>Tables marked full precision stay inside the "
         f"secure environment; only release/ leaves it.</p>{body}</body></html>"
     )
     tmp = layout.report.with_suffix(".tmp")
