@@ -47,15 +47,14 @@ class ModelSettings(BaseModel):
             "deprivation_decile",
             "sex",
             "birth_cohort",
-            "age_at_index",
-            "age_at_index_sq",
+            "age_band_at_index",
             "la_code",
             "prior_ks2_expected",
             "prior_ks2_missing",
             "prior_emergency_admissions",
         ]
     )
-    categorical: list[str] = Field(default_factory=lambda: ["sex", "la_code"])
+    categorical: list[str] = Field(default_factory=lambda: ["sex", "la_code", "age_band_at_index"])
     survival_covariates: list[str] = Field(
         default_factory=lambda: [
             *ADVERSITIES,
@@ -64,6 +63,7 @@ class ModelSettings(BaseModel):
             "deprivation_decile",
             "sex_male",
             "birth_cohort",
+            "age_at_index",
         ]
     )
     weight_truncation_percentile: float | None = 99.5
@@ -109,7 +109,9 @@ def _load(layout: RunLayout) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         ) from None
     finally:
         con.close()
-    children["age_at_index_sq"] = (children["age_at_index"] - 9) ** 2
+    # care before year 11 depends on the time left between the index date and year 11, which is
+    # not linear in age: a categorical year of age at index lets the propensity model follow it
+    children["age_band_at_index"] = np.floor(children["age_at_index"]).clip(0, 17).astype(int)
     children["sex_male"] = (children["sex"] == "M").astype(float)
     return children, pt, sy
 
@@ -400,7 +402,9 @@ def survival_estimates(
         rows = age_month_intervals(
             pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
         )
-        rows = rows.merge(kids[["person_key", *covs]], on="person_key")
+        rows = rows.drop(columns=["age_at_index"]).merge(
+            kids[["person_key", *covs]], on="person_key"
+        )
         n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
         n_unexp = int(rows["person_key"].nunique()) - n_exp
         specs: list[tuple[str, list[str], Any]] = [("cox_tv", covs, TimeVaryingCoxFitter)]
