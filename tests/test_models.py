@@ -23,7 +23,9 @@ from models import (
 )
 
 
-def confounded(n: int, seed: int, effect: float = 2.0) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def confounded(
+    n: int, seed: int, effect: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     x1 = rng.binomial(1, 0.3, n)
     x2 = rng.normal(0, 1, n)
@@ -50,7 +52,11 @@ def test_adjusted_estimators_recover_known_effect_unadjusted_does_not() -> None:
     ps = PropensityScoreFitter("ATT", truncate=None).fit(x, t)
     assert ps.balance_["balanced"].all() and not (ps.balance_["smd_before"].abs() < 0.1).all()
     for method in ("regression", "ipw", "aipw"):
-        r = ExposureEffectFitter(method).fit(y, t, x, ps.weights_).result("y", "t", "mean_difference")  # type: ignore[arg-type]
+        r = (
+            ExposureEffectFitter(method)
+            .fit(y, t, x, ps.weights_)
+            .result("y", "t", "mean_difference")
+        )  # type: ignore[arg-type]
         assert r.ci_low <= 2.0 <= r.ci_high, (method, r)
     u = ExposureEffectFitter("unadjusted").fit(y, t).result("y", "t", "mean_difference")
     assert not u.ci_low <= 2.0 <= u.ci_high
@@ -110,7 +116,16 @@ def test_cox_pinned_to_lifelines_coxph_without_time_varying_rows() -> None:
     t = rng.exponential(1 / (0.05 * np.exp(0.6 * la + 0.3 * x)))
     stop = np.minimum(np.ceil(t), 40).astype(int)
     event = (t <= 40).astype(int)
-    rows = pd.DataFrame({"person_key": range(n), "start": 0, "stop": stop, "event": event, "looked_after": la, "x": x})
+    rows = pd.DataFrame(
+        {
+            "person_key": range(n),
+            "start": 0,
+            "stop": stop,
+            "event": event,
+            "looked_after": la,
+            "x": x,
+        }
+    )
     mine = TimeVaryingCoxFitter().fit(rows, ["x"])
     ref = CoxPHFitter().fit(rows[["stop", "event", "looked_after", "x"]], "stop", "event")
     assert mine.hazard_ratio_ == pytest.approx(float(np.exp(ref.params_["looked_after"])), rel=1e-4)
@@ -146,10 +161,15 @@ def test_e_value() -> None:
     assert np.isnan(e_value(0.1, 0, 0.2, "risk_difference"))
 
 
-@given(st.lists(st.lists(st.integers(0, 400), min_size=2, max_size=5), min_size=1, max_size=8),
-       st.integers(2, 20), st.sampled_from([1, 5, 10]))
+@given(
+    st.lists(st.lists(st.integers(0, 400), min_size=2, max_size=5), min_size=1, max_size=8),
+    st.integers(2, 20),
+    st.sampled_from([1, 5, 10]),
+)
 @settings(max_examples=200, deadline=None)
-def test_disclosure_control_properties(cells: list[list[int]], threshold: int, rounding: int) -> None:
+def test_disclosure_control_properties(
+    cells: list[list[int]], threshold: int, rounding: int
+) -> None:
     width = min(len(r) for r in cells)
     table = pd.DataFrame([r[:width] for r in cells], columns=[f"c{j}" for j in range(width)])
     s = DisclosureSettings(threshold=threshold, rounding=rounding)
@@ -164,7 +184,9 @@ def test_disclosure_control_properties(cells: list[list[int]], threshold: int, r
                 assert int(v) % rounding == 0
         assert sum(suppressed) != 1  # a lone suppressed cell could be recovered from the total
         total = out.loc[i, "total"]
-        assert int(total.rstrip("+")) == sum(int(v) for v, sup in zip(released, suppressed, strict=True) if not sup)
+        assert int(total.rstrip("+")) == sum(
+            int(v) for v, sup in zip(released, suppressed, strict=True) if not sup
+        )
 
 
 def test_model_stage_on_a_pipeline_run(linked_run: Path) -> None:
@@ -176,13 +198,34 @@ def test_model_stage_on_a_pipeline_run(linked_run: Path) -> None:
     build_cohort(layout=layout)
     run_models(layout=layout)
     est = pd.read_csv(layout.results_dir / "estimates.csv")
-    assert list(est.columns) == ["outcome", "contrast", "method", "scale", "estimate", "ci_low", "ci_high",
-                                 "p_value", "n_exposed", "n_unexposed", "warning"]
-    for outcome, method in (("ks4_score", "aipw"), ("self_harm", "cox_tv"), ("appendicitis", "cox_tv"),
-                            ("absence_rate", "gee"), ("ks4_score", "regression")):
+    assert list(est.columns) == [
+        "outcome",
+        "contrast",
+        "method",
+        "scale",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n_exposed",
+        "n_unexposed",
+        "warning",
+    ]
+    for outcome, method in (
+        ("ks4_score", "aipw"),
+        ("self_harm", "cox_tv"),
+        ("appendicitis", "cox_tv"),
+        ("absence_rate", "gee"),
+        ("ks4_score", "regression"),
+    ):
         assert ((est["outcome"] == outcome) & (est["method"] == method)).any(), (outcome, method)
     assert est["contrast"].str.endswith("_x_cla").any()
-    for f in ("forest_hazard_ratios.png", "km_self_harm.png", "love_plot.png", "propensity_overlap.png"):
+    for f in (
+        "forest_hazard_ratios.png",
+        "km_self_harm.png",
+        "love_plot.png",
+        "propensity_overlap.png",
+    ):
         assert (layout.figures_dir / f).stat().st_size > 1000
     released = pd.read_csv(layout.release_dir / "table1_counts.csv", dtype=str)
     for v in released[["n_CLA", "n_NLA"]].to_numpy().ravel():

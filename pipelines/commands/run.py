@@ -33,7 +33,11 @@ def command(
     from pipelines.orchestration.flow import study_flow
 
     console = Console(stderr=True)
+    from pipelines.orchestration.state import RunLock
+
     secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
+    with RunLock(out):  # a second run on the same folder is refused here, before Prefect starts
+        pass
     if demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"):
         console.print(
             "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"

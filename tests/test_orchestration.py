@@ -1,0 +1,218 @@
+"""End to end: `cohort run`, resume after a kill, the run lock, `cohort reproduce`, the report
+rendered in headless Chromium, and the real Prefect server path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "orchestration-test-secret-0123456789"
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "COHORT_PSEUDONYM_SECRET": SECRET,
+            "PREFECT_HOME": str(tmp / "prefect_home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _cohort(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from synthetic_data import generate_world
+
+    out = tmp_path_factory.mktemp("e2e_world")
+    generate_world(n_children=2500, seed=13, out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("e2e")
+    r = _cohort("run", "--data", str(world), "--out", str(tmp / "run"), env=_env(tmp), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "run"
+
+
+def _hashes(run: Path) -> dict[str, str]:
+    return json.loads((run / "manifest.json").read_text())["output_hashes"]
+
+
+def test_run_writes_everything_and_resumes_without_redoing(
+    full_run: Path, world: Path, tmp_path: Path
+) -> None:
+    m = json.loads((full_run / "manifest.json").read_text())
+    for key in (
+        "input_hashes",
+        "study_config",
+        "code_version",
+        "lock_file_sha256",
+        "package_versions",
+        "seeds",
+        "row_counts",
+        "timings_seconds",
+        "output_hashes",
+    ):
+        assert m[key], key
+    assert set(m["timings_seconds"]) == {"validate", "link", "build", "model", "report"}
+    assert m["delivery_metadata"]["seed"] == 13
+    r = _cohort(
+        "run", "--data", str(world), "--out", str(full_run), env=_env(tmp_path), timeout=600
+    )
+    assert r.returncode == 0 and "none (all complete)" in r.stderr
+
+
+def test_killed_run_resumes_and_equals_uninterrupted_run(
+    full_run: Path, world: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "killed"
+    env = _env(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(world), "--out", str(run)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "linkage" / "linkage_settings.yaml").exists():
+        time.sleep(0.2)
+    assert (run / ".stages" / "validate.json").exists(), "link stage never started"
+    time.sleep(2)  # mid-linkage
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / ".stages" / "link.json").exists()
+    r = _cohort("run", "--data", str(world), "--out", str(run), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stages run: link, build, model, report" in r.stderr
+    assert _hashes(run) == _hashes(full_run)
+
+
+def test_second_run_on_same_folder_is_refused(world: Path, tmp_path: Path) -> None:
+    from pipelines.errors import RunStateError
+    from pipelines.orchestration.state import RunLock
+
+    with RunLock(tmp_path), pytest.raises(RunStateError, match="in use by pid"):
+        with RunLock(tmp_path):
+            pass
+    # the CLI says so without a traceback
+    run = tmp_path / "locked"
+    run.mkdir()
+    with RunLock(run):
+        r = _cohort("run", "--data", str(world), "--out", str(run), env=_env(tmp_path), timeout=300)
+    assert r.returncode == 2 and "in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reproduce_gives_byte_identical_outputs(full_run: Path, tmp_path: Path) -> None:
+    r = _cohort(
+        "reproduce",
+        str(full_run),
+        "--out",
+        str(tmp_path / "again"),
+        env=_env(tmp_path),
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "all outputs byte-identical" in r.stdout
+
+
+def test_missing_secret_fails_before_any_work(world: Path, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    env.pop("COHORT_PSEUDONYM_SECRET")
+    r = _cohort(
+        "run", "--data", str(world), "--out", str(tmp_path / "nosecret"), env=env, timeout=300
+    )
+    assert r.returncode == 2 and "COHORT_PSEUDONYM_SECRET" in r.stderr
+    assert not (tmp_path / "nosecret" / "linkage_zone.duckdb").exists()
+
+
+def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chr'}",
+            "--dump-dom",
+            (full_run / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for section in (
+        "data-quality",
+        "linkage",
+        "attrition",
+        "table1",
+        "estimates",
+        "km",
+        "diagnostics",
+        "sensitivity",
+        "disclosure",
+    ):
+        assert f'id="{section}"' in dom, section
+    assert dom.count("data:image/png;base64,") >= 5
+    assert "http://" not in dom.replace("http://www.w3.org", "") and "https://" not in dom
+
+
+def test_prefect_server_deploy_worker_run(world: Path, tmp_path: Path) -> None:
+    """The real path: server on 127.0.0.1, process pool, deploy, worker, run, stop by pid."""
+    env = _env(tmp_path)
+    env["PREFECT_HOME"] = str(tmp_path / "server_home")
+    r = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "prefect_server_demo.sh"),
+            str(world),
+            str(tmp_path / "srv_run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "COMPLETED" in r.stdout
+    assert (tmp_path / "srv_run" / "linkage_zone.duckdb").exists()
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"PREFECT_HOME={env['PREFECT_HOME']}"], capture_output=True
+    )
+    assert leftover.returncode != 0
