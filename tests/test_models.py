@@ -138,7 +138,7 @@ def test_degenerate_data_warns_not_crashes() -> None:
     cox = TimeVaryingCoxFitter().fit(rows, ["x", "constant"])
     assert any("no events while looked after" in w for w in cox.warnings_)
     assert any("constant covariates dropped" in w for w in cox.warnings_)
-    y, t, x = confounded(400, 6)
+    _y, t, x = confounded(400, 6)
     yb = (t == 1).astype(float)  # perfect separation by exposure
     f = ExposureEffectFitter("regression", binary=True).fit(yb, t, x)
     assert f.warnings_ and np.isfinite(f.estimate_)
@@ -149,7 +149,7 @@ def test_degenerate_data_warns_not_crashes() -> None:
 
 
 def test_extreme_weights_are_reported() -> None:
-    y, t, x = confounded(2000, 7)
+    _y, t, x = confounded(2000, 7)
     x = x.assign(x3=np.where(t == 1, 3.0, 0.0) + np.random.default_rng(1).normal(0, 0.3, len(t)))
     ps = PropensityScoreFitter("ATT", truncate=99).fit(x, t)
     assert any("truncated" in w for w in ps.warnings_)

@@ -120,9 +120,8 @@ def test_second_run_on_same_folder_is_refused(world: Path, tmp_path: Path) -> No
     from pipelines.errors import RunStateError
     from pipelines.orchestration.state import RunLock
 
-    with RunLock(tmp_path), pytest.raises(RunStateError, match="in use by pid"):
-        with RunLock(tmp_path):
-            pass
+    with RunLock(tmp_path), pytest.raises(RunStateError, match="in use by pid"), RunLock(tmp_path):
+        pass
     # the CLI says so without a traceback
     run = tmp_path / "locked"
     run.mkdir()
