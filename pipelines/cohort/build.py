@@ -121,7 +121,7 @@ def care_sql(cfg: StudyConfig) -> str:
     """Periods of care (episodes grouped at each 'S' start) on or after the index date."""
     return f"""
 CREATE OR REPLACE TEMP TABLE episodes AS
-SELECT e.person_key, e.episode_start, e.episode_end, e.placement_type, e.reason_episode_started,
+SELECT e.person_key, e.record_id, e.episode_start, e.episode_end, e.placement_type, e.reason_episode_started,
        sum(CASE WHEN e.reason_episode_started = 'S' THEN 1 ELSE 0 END)
            OVER (PARTITION BY e.person_key ORDER BY e.episode_start, e.record_id
                  ROWS UNBOUNDED PRECEDING) AS period
@@ -134,7 +134,7 @@ SELECT p.person_key, p.period, p.period_start,
 FROM (
     SELECT person_key, period, min(episode_start) AS period_start,
            CASE WHEN bool_or(episode_end IS NULL) THEN NULL ELSE max(episode_end) END AS period_end,
-           arg_min(placement_type, episode_start) AS first_placement,
+           first(placement_type ORDER BY episode_start, record_id) AS first_placement,
            sum(CASE WHEN reason_episode_started IN ('P', 'T') THEN 1 ELSE 0 END) AS moves
     FROM episodes GROUP BY person_key, period
 ) p JOIN eligible el USING (person_key);
@@ -166,7 +166,7 @@ SELECT c.person_key,
        max(CAST(c.parent_learning_disability AS INTEGER)) AS parental_learning_disability,
        max(CASE WHEN c.child_protection_category = 'PHY' THEN 1 ELSE 0 END) AS physical_abuse,
        max(CAST(coalesce(c.disability, FALSE) AS INTEGER)) AS disability,
-       arg_min(c.la_code, c.census_year) AS la_code
+       first(c.la_code ORDER BY c.census_year, c.record_id) AS la_code
 FROM analysis.care_support_census c JOIN eligible e USING (person_key)
 WHERE c.referral_date <= e.index_date
 GROUP BY c.person_key;

@@ -174,12 +174,14 @@ def write_analysis_zone(
                 ) s USING (source, record_id)
                 GROUP BY ALL
             ), best AS (
-                SELECT person_key, arg_max(date_of_birth, n) AS date_of_birth,
-                       arg_max(sex, n) AS sex FROM dob GROUP BY person_key
+                SELECT person_key,
+                       first(date_of_birth ORDER BY n DESC, date_of_birth) AS date_of_birth,
+                       first(sex ORDER BY n DESC, sex) AS sex FROM dob GROUP BY person_key
             ), reg AS (
-                SELECT rp.person_key, arg_min(s.area_code, s.period_start) AS area_code,
-                       arg_min(s.deprivation_decile, s.period_start) AS deprivation_decile,
-                       mode(s.ethnicity) AS ethnicity
+                SELECT rp.person_key,
+                       first(s.area_code ORDER BY s.period_start, s.area_code) AS area_code,
+                       first(s.deprivation_decile ORDER BY s.period_start, s.area_code) AS deprivation_decile,
+                       first(s.ethnicity ORDER BY s.period_start, s.ethnicity) AS ethnicity
                 FROM staging.population_register s
                 JOIN linkage.record_person rp ON rp.source = 'population_register' AND rp.record_id = s.record_id
                 GROUP BY rp.person_key
