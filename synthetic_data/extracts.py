@@ -8,6 +8,7 @@ at scenario rates and data defects at scenario rates. Every noise and defect is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -33,10 +34,23 @@ ETH_CODES = list(load_codelist("ethnicity"))
 _LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
 
 
+def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> np.ndarray:
+    """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives, in
+    vectorised polars rather than numpy's per-element string formatting)."""
+    s = pl.Series(np.asarray(x, dtype=np.int64)).cast(pl.String)
+    if width:
+        s = s.str.zfill(width)
+    if prefix:
+        s = prefix + s
+    return s.to_numpy().astype(object)
+
+
 def iso(days: np.ndarray) -> np.ndarray:
     """ISO date strings; -1 becomes None."""
-    out = np.asarray(days).astype("datetime64[D]").astype(str).astype(object)
-    out[np.asarray(days) < 0] = None
+    d = np.asarray(days, dtype=np.int64)
+    text = pl.Series(np.where(d < 0, 0, d)).cast(pl.Int32).cast(pl.Date).cast(pl.String)
+    out = text.to_numpy().astype(object)
+    out[d < 0] = None
     return out
 
 
@@ -61,14 +75,12 @@ class Identities:
         mi = rng.choice(m.size, n, p=first_name_probs(m.size))
         self.first = np.where(w.sex_male, m[mi], f[fi])
         perm = rng.permutation(n)
-        self.nhs = np.char.mod("%010d", 4_000_000_000 + perm * 7 + rng.integers(0, 7, n)).astype(
-            object
-        )
+        self.nhs = fmt_int(4_000_000_000 + perm * 7 + rng.integers(0, 7, n), 10)
         perm2 = rng.permutation(n)
         la_num = np.array([int(c[-3:]) for c in LA_CODES])[w.la_birth]
         self.upn = np.char.add(
             _LETTERS[rng.integers(0, _LETTERS.size, n)].astype(str),
-            np.char.mod("%012d", la_num * 10**9 + perm2),
+            fmt_int(la_num * 10**9 + perm2, 12).astype(str),
         ).astype(object)
         # one LA child id per person per authority, a new one after a system change
         self.la_id_serial = rng.permutation(n) + 10_000_000
@@ -87,9 +99,9 @@ class Identities:
         )
         self.res_postcode = (
             area.astype(str)
-            + np.char.mod("%d", district)
+            + fmt_int(district).astype(str)
             + " "
-            + np.char.mod("%d", rng.integers(0, 10, r))
+            + fmt_int(rng.integers(0, 10, r)).astype(str)
             + unit
         ).astype(object)
 
@@ -104,7 +116,9 @@ class Identities:
             when >= self.la_id_change[person], 50_000_000, 0
         )
         serial = serial + la * 1_000_003 % 9_000_000
-        return (prefix.astype(str) + "-" + np.char.mod("%08d", serial % 100_000_000)).astype(object)
+        return (prefix.astype(str) + "-" + fmt_int(serial % 100_000_000, 8).astype(str)).astype(
+            object
+        )
 
     def postcode_at(self, person: np.ndarray, when: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = self.w.residence_at(person, when)
@@ -154,6 +168,15 @@ def _swap_day_month(iso_dates: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fold_diacritics(vals: np.ndarray) -> np.ndarray:
+    """Each name with its diacritics folded (Siân -> Sian); translated once per distinct name."""
+    series = pl.Series(vals.tolist(), dtype=pl.String)
+    changed = {v: f for v in series.unique().to_list() if (f := v.translate(DIACRITIC_FOLD)) != v}
+    if not changed:
+        return vals.copy()
+    return series.replace(changed).to_numpy().astype(object)
+
+
 def apply_name_noise(
     df: dict[str, np.ndarray], source: str, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
 ) -> None:
@@ -164,7 +187,8 @@ def apply_name_noise(
     if "first_name" in df:
         nick = rng.random(m) < nz.nickname
         names = df["first_name"]
-        has_nick = np.array([x in NICKNAMES for x in names]) & nick
+        has_nick = pl.Series(names.tolist(), dtype=pl.String).is_in(list(NICKNAMES)).to_numpy()
+        has_nick &= nick
         names[has_nick] = [NICKNAMES[x] for x in names[has_nick]]
         nlog.add(source, rid[has_nick], "nickname")
         for col in ("first_name", "surname"):
@@ -173,7 +197,7 @@ def apply_name_noise(
             r = rng.random(typo.size)
             vals[typo] = [_typo(v, x) for v, x in zip(vals[typo], r, strict=True)]
             nlog.add(source, rid[typo], "typo")
-            folded = np.array([v.translate(DIACRITIC_FOLD) for v in vals], dtype=object)
+            folded = _fold_diacritics(vals)
             dia = (folded != vals) & (rng.random(m) < nz.diacritics_dropped)
             vals[dia] = folded[dia]
             nlog.add(source, rid[dia], "diacritics_dropped")
@@ -204,7 +228,7 @@ def _stale_postcode(
 
 
 def _record_ids(prefix: str, m: int) -> np.ndarray:
-    return np.char.add(prefix, np.char.mod("%09d", np.arange(1, m + 1))).astype(object)
+    return fmt_int(np.arange(1, m + 1), 9, prefix)
 
 
 def _bool(x: np.ndarray) -> np.ndarray:
@@ -212,18 +236,25 @@ def _bool(x: np.ndarray) -> np.ndarray:
 
 
 def _num(x: np.ndarray) -> np.ndarray:
-    return np.char.mod("%d", x).astype(object)
+    return fmt_int(x)
 
 
-def build_sources(
-    w: World, sc: Scenario, seed: int
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], NoiseLog]:
-    """Return per source: columns (object arrays of text) and the person of each row."""
+SourceRows = tuple[str, dict[str, np.ndarray], np.ndarray]
+
+
+def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator[SourceRows]:
+    """Yield, source by source in contract order: its name, its columns (object arrays of
+    text) and the person of each row. One source at a time, so the caller can write it and
+    free it before the next is built (peak memory is one source, not seven)."""
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(10)]
     ids = Identities(w, sc, rngs[0])
-    nlog = NoiseLog()
     cols: dict[str, dict[str, np.ndarray]] = {}
     owner: dict[str, np.ndarray] = {}
+
+    def emit(name: str) -> SourceRows:
+        assert list(cols[name]) == SOURCES[name].column_names, name
+        return name, cols.pop(name), owner.pop(name)
+
     window_end = int(np.datetime64(sc.population.window_end, "D").astype(np.int64))
 
     # population register -------------------------------------------------------------------
@@ -248,7 +279,7 @@ def build_sources(
         "date_of_birth": iso(w.birth[p]),
         "sex": np.where(w.sex_male[p], "M", "F").astype(object),
         "postcode": pc,
-        "area_code": np.char.mod("A%07d", area).astype(object),
+        "area_code": fmt_int(area, 7, "A"),
         "deprivation_decile": _num(w.decile[p]),
         "la_code": np.array(LA_CODES, dtype=object)[la],
         "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[p]],
@@ -259,6 +290,7 @@ def build_sources(
     }
     owner["population_register"] = p
     apply_name_noise(cols["population_register"], "population_register", sc, rng, nlog)
+    yield emit("population_register")
 
     # school census ---------------------------------------------------------------------------
     rng = rngs[2]
@@ -312,11 +344,11 @@ def build_sources(
         "date_of_birth": iso(w.birth[person]),
         "sex": np.where(w.sex_male[person], "M", "F").astype(object),
         "postcode": _stale_postcode(ids, person, cday, "school_census", rid, sc, rng, nlog),
-        "area_code": np.char.mod("A%07d", w.res_area[res]).astype(object),
+        "area_code": fmt_int(w.res_area[res], 7, "A"),
         "deprivation_decile": _num(w.decile[person]),
         "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[person]],
         "academic_year": _num(ayv),
-        "school_id": np.char.mod("S%07d", school).astype(object),
+        "school_id": fmt_int(school, 7, "S"),
         "la_code": np.array(LA_CODES, dtype=object)[w.res_la[res]],
         "free_school_meals": _bool(fsm),
         "special_needs": sen,
@@ -328,6 +360,7 @@ def build_sources(
     }
     owner["school_census"] = person
     apply_name_noise(cols["school_census"], "school_census", sc, rng, nlog)
+    yield emit("school_census")
 
     # attainment -------------------------------------------------------------------------------
     rng = rngs[3]
@@ -359,6 +392,7 @@ def build_sources(
         "ks4_level2_inclusive": l2_col[order],
     }
     owner["attainment"] = person[order]
+    yield emit("attainment")
 
     # health: admissions and ED -----------------------------------------------------------------
     rng = rngs[4]
@@ -433,6 +467,7 @@ def build_sources(
     }
     owner["hospital_admissions"] = ap
     apply_name_noise(cols["hospital_admissions"], "hospital_admissions", sc, rng, nlog)
+    yield emit("hospital_admissions")
     # ED
     ep, ed, edg = ev_p[ed_mask], ev_d[ed_mask], diag[ed_mask]
     order = np.lexsort((ep, ed))
@@ -454,10 +489,12 @@ def build_sources(
     }
     owner["emergency_department"] = ep
     apply_name_noise(cols["emergency_department"], "emergency_department", sc, rng, nlog)
+    yield emit("emergency_department")
 
     # care-and-support census -------------------------------------------------------------------
     rng = rngs[5]
     _care_support(w, ids, sc, rng, nlog, cols, owner, window_end)
+    yield emit("care_support_census")
     # looked-after episodes ------------------------------------------------------------------------
     rng = rngs[6]
     p = w.ep_person
@@ -483,9 +520,7 @@ def build_sources(
     }
     owner["looked_after_episodes"] = p
     apply_name_noise(cols["looked_after_episodes"], "looked_after_episodes", sc, rng, nlog)
-    for name, c in cols.items():
-        assert list(c) == SOURCES[name].column_names, name
-    return cols, owner, nlog
+    yield emit("looked_after_episodes")
 
 
 def _looked_after_on(w: World, person: np.ndarray, when: np.ndarray) -> np.ndarray:

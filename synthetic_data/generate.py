@@ -312,31 +312,35 @@ def generate_world(
     step("simulating people, adversity, social services, care, school and health")
     w = build_world(n_children, sc, seed)
     step("writing records with identifier noise")
-    cols, owner, nlog = build_sources(w, sc, seed)
+    nlog = NoiseLog()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     summary = SynthSummary(out, sc.name, n_children, seed)
     record_person, defect_rows = [], []
     ks4_has = np.zeros(w.n, bool)
-    at = cols["attainment"]
-    ks4_has[owner["attainment"][at["key_stage"] == "KS4"]] = True
-    for source, contract in SOURCES.items():
+    for source, source_cols, owner in build_sources(w, sc, seed, nlog):
+        contract = SOURCES[source]
         step(f"writing {source}")
+        if source == "attainment":
+            ks4_has[owner[source_cols["key_stage"] == "KS4"]] = True
         record_person.append(
             pl.DataFrame(
                 {
                     "source": source,
-                    "record_id": cols[source]["record_id"].astype(str),
-                    "person_id": owner[source],
+                    "record_id": source_cols["record_id"].astype(str),
+                    "person_id": owner,
                 }
             )
         )
-        c, defects, malformed = _inject_defects(source, cols[source], sc, rng, file_format)
+        c, defects, malformed = _inject_defects(source, source_cols, sc, rng, file_format)
+        del source_cols
         defect_rows += [(source, r, d) for r, d in defects]
         for other in out.glob(f"{contract.file_stem}.*"):
             other.unlink()
         df = _frame(c)
+        del c
         _write_extract(df, malformed, out / f"{contract.file_stem}.{file_format}", file_format)
         summary.row_counts[source] = df.height
+        del df
     (out / "delivery.json").write_text(
         json.dumps(
             {

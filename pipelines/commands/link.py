@@ -17,6 +17,16 @@ def command(
     threshold: Annotated[
         float, typer.Option("--threshold", help="Match probability to link at.")
     ] = 0.95,
+    backend: Annotated[
+        str,
+        typer.Option("--backend", help="Where Splink scores pairs: duckdb (default) or spark."),
+    ] = "duckdb",
+    spark_master: Annotated[
+        str,
+        typer.Option(
+            "--spark-master", help="Spark master URL for --backend spark (local[2], yarn, ...)."
+        ),
+    ] = "local[2]",
     demo: Annotated[
         bool, typer.Option("--demo", help="Allow the built-in demo pseudonymisation key.")
     ] = False,
@@ -38,7 +48,16 @@ def command(
         console.print(
             "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"
         )
-    settings = LinkageSettings(match_threshold=threshold, model_path=str(model) if model else None)
+    from pipelines.errors import ConfigError
+
+    if backend not in ("duckdb", "spark"):
+        raise ConfigError(f"--backend {backend!r}: allowed values are duckdb, spark")
+    settings = LinkageSettings(
+        match_threshold=threshold,
+        model_path=str(model) if model else None,
+        backend=backend,  # type: ignore[arg-type]
+        spark_master=spark_master,
+    )
     with console.status("linking") as status:
         summary = link_run(
             layout=RunLayout.at(run),

@@ -151,9 +151,9 @@ def _dob_comparison() -> Any:
         comparison_levels=[
             cll.NullLevel("date_of_birth"),
             cll.ExactMatchLevel("date_of_birth"),
+            # dialect-neutral SQL, so the same model runs on DuckDB and on Spark
             cll.CustomLevel(
-                "strftime(date_of_birth_l, '%Y-%d-%m') = strftime(date_of_birth_r, '%Y-%m-%d')",
-                label_for_charts="day and month swapped",
+                "dob_swapped_text_l = dob_text_r", label_for_charts="day and month swapped"
             ),
             cll.LevenshteinLevel("dob_text", 1),
             cll.AbsoluteDateDifferenceLevel(
@@ -207,6 +207,7 @@ def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     prof = prof.with_columns(
         profile_id=pl.int_range(pl.len(), dtype=pl.Int64),
         dob_text=pl.col("date_of_birth").dt.strftime("%Y%m%d"),
+        dob_swapped_text=pl.col("date_of_birth").dt.strftime("%Y%d%m"),
         first_name_phonetic=pl.col("first_name").map_elements(
             lambda s: [_soundex(s)], return_dtype=pl.List(pl.String)
         ),
@@ -238,6 +239,143 @@ def _train_or_load(linker: Any, settings: LinkageSettings) -> None:
     )
 
 
+def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
+    """A saved Splink model, expressed in ``dialect`` ("duckdb" or "spark").
+
+    A model trained on one backend carries that backend's SQL. The comparisons are this
+    module's (``splink_settings``), so the same trained parameters (m and u per level, the
+    prior) are copied onto the comparisons rendered for the other backend.
+    """
+    import json
+
+    from splink import SettingsCreator
+
+    try:
+        source = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"linkage model {path}: cannot read a Splink model JSON ({e})") from e
+    if source.get("sql_dialect") == dialect:
+        return dict(source)
+    creator = splink_settings()
+    assert isinstance(creator, SettingsCreator)
+    target = creator.get_settings(dialect).as_dict()
+    src_comps, dst_comps = source.get("comparisons", []), target["comparisons"]
+    shape_src = [len(c["comparison_levels"]) for c in src_comps]
+    shape_dst = [len(c["comparison_levels"]) for c in dst_comps]
+    if shape_src != shape_dst:
+        raise ConfigError(
+            f"linkage model {path}: its comparisons (levels {shape_src}) are not this "
+            f"pipeline's (levels {shape_dst}); retrain without model_path"
+        )
+    for src, dst in zip(src_comps, dst_comps, strict=True):
+        for ls, ld in zip(src["comparison_levels"], dst["comparison_levels"], strict=True):
+            for key in ("m_probability", "u_probability"):
+                if key in ls:
+                    ld[key] = ls[key]
+    target["probability_two_random_records_match"] = source["probability_two_random_records_match"]
+    return dict(target)
+
+
+def _score_on_duckdb(
+    con: duckdb.DuckDBPyConnection, prof: pl.DataFrame, settings: LinkageSettings
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Train (or load) the Splink model and score profile pairs on DuckDB."""
+    from splink import DuckDBAPI, Linker
+
+    if settings.deterministic:
+        # one thread: floating-point sums in EM and prediction happen in a fixed order, so the
+        # trained model and the match probabilities are byte-identical on a rerun
+        con.execute("SET threads = 1")
+    db_api = DuckDBAPI(con)
+    sdf = db_api.register(prof, dataset_display_name="profiles")
+    model: Any = load_model(settings.model_path, "duckdb") if settings.model_path else None
+    linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
+    _train_or_load(linker, settings)
+    predictions = linker.inference.predict(
+        threshold_match_probability=min(0.5, settings.match_threshold)
+    )
+    pairs = con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+        f"FROM {predictions.physical_name} ORDER BY profile_id_l, profile_id_r"
+    ).pl()
+    model_json = linker.misc.save_model_to_json()
+    model_json.pop("linker_uid", None)  # random per session; dropped so reruns are byte-identical
+    return pairs, model_json
+
+
+def spark_session(settings: LinkageSettings, temp_directory: str | Path | None = None) -> Any:
+    """The Spark session Splink runs on: the active one (spark-submit, a cluster notebook) or a
+    new one at ``settings.spark_master`` with Splink's similarity-function jar."""
+    try:
+        from pyspark.sql import SparkSession
+        from splink.backends.spark import similarity_jar_location
+    except ImportError as e:
+        raise ConfigError(
+            "linkage backend 'spark' needs pyspark: install the extra with "
+            "`uv sync --extra spark` (and Java 17+)"
+        ) from e
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    import tempfile
+
+    local = str(Path(temp_directory or tempfile.mkdtemp(prefix="cohort-spark-")) / "spark")
+    builder = (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("cohort-linkage")
+        .config("spark.jars", similarity_jar_location())
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.default.parallelism", str(settings.spark_shuffle_partitions))
+        .config("spark.local.dir", local)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+    )
+    if settings.spark_master.startswith("local"):
+        builder = builder.config("spark.driver.host", "127.0.0.1")
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # Java missing, master unreachable
+        raise ConfigError(
+            f"could not start Spark at {settings.spark_master!r} ({e}); Spark needs Java 17+"
+        ) from e
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setCheckpointDir(str(Path(local) / "checkpoints"))
+    return spark
+
+
+def _score_on_spark(
+    prof: pl.DataFrame, settings: LinkageSettings, temp_directory: str | Path | None
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Train (or load) the same Splink model and score profile pairs on Spark."""
+    from splink import Linker
+    from splink.backends.spark import SparkAPI
+
+    spark = spark_session(settings, temp_directory)
+    db_api = SparkAPI(
+        spark_session=spark, num_partitions_on_repartition=settings.spark_shuffle_partitions
+    )
+    frame = spark.createDataFrame(prof.to_arrow())
+    sdf = db_api.register(frame, dataset_display_name="profiles")
+    model: Any = load_model(settings.model_path, "spark") if settings.model_path else None
+    linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
+    _train_or_load(linker, settings)
+    predictions = linker.inference.predict(
+        threshold_match_probability=min(0.5, settings.match_threshold)
+    )
+    table = (
+        predictions.as_spark_dataframe()
+        .select("profile_id_l", "profile_id_r", "match_probability", "match_weight")
+        .orderBy("profile_id_l", "profile_id_r")
+        .toArrow()
+    )
+    pairs = pl.from_arrow(table)
+    assert isinstance(pairs, pl.DataFrame)
+    model_json = linker.misc.save_model_to_json()
+    model_json.pop("linker_uid", None)
+    return pairs, model_json
+
+
 def link_tables(
     tables: Mapping[str, Any],
     roles: Mapping[str, Mapping[str, str]],
@@ -265,8 +403,6 @@ def link_tables(
     LinkResult
         ``clusters`` (one row per input record) and ``pairs`` (scored profile pairs).
     """
-    from splink import DuckDBAPI, Linker
-
     settings = settings or LinkageSettings()
     if len(tables) < 1:
         raise ConfigError("link_tables needs at least one table")
@@ -296,23 +432,10 @@ def link_tables(
         int(np.unique(labels).size),
         prof.height,
     )
-    if settings.deterministic:
-        # one thread: floating-point sums in EM and prediction happen in a fixed order, so the
-        # trained model and the match probabilities are byte-identical on a rerun
-        con.execute("SET threads = 1")
-    db_api = DuckDBAPI(con)
-    sdf = db_api.register(prof, dataset_display_name="profiles")
-    model: Any = settings.model_path if settings.model_path else splink_settings()
-    linker = Linker(sdf, model, log_level=logging.WARNING)
-    _train_or_load(linker, settings)
-    predictions = linker.inference.predict(
-        threshold_match_probability=min(0.5, settings.match_threshold)
-    )
-    pairs = con.sql(
-        f"SELECT profile_id_l, profile_id_r, match_probability, match_weight FROM {predictions.physical_name}"
-    ).pl()
-    model_json = linker.misc.save_model_to_json()
-    model_json.pop("linker_uid", None)  # random per session; dropped so reruns are byte-identical
+    if settings.backend == "spark":
+        pairs, model_json = _score_on_spark(prof, settings, temp_directory)
+    else:
+        pairs, model_json = _score_on_duckdb(con, prof, settings)
     comp_of = prof["component"].to_numpy()
     pl_ = pairs["profile_id_l"].to_numpy()
     pr_ = pairs["profile_id_r"].to_numpy()

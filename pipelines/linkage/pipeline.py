@@ -62,6 +62,19 @@ def source_roles() -> dict[str, dict[str, str]]:
     return out
 
 
+def staged_identifiers(
+    con: duckdb.DuckDBPyConnection, roles: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The identifier columns of every staged source, as Arrow tables for ``link_tables``."""
+    tables: dict[str, Any] = {}
+    for name, r in (roles or source_roles()).items():
+        cols = ", ".join(quote_ident(c) for c in dict.fromkeys(r.values()))
+        tables[name] = con.sql(
+            f"SELECT {cols} FROM {quote_ident('staging.' + name)}"
+        ).to_arrow_table()
+    return tables
+
+
 def link_run(
     *,
     layout: RunLayout,
@@ -85,12 +98,7 @@ def link_run(
     try:
         roles = source_roles()
         step("reading identifiers from staging")
-        tables = {}
-        for name, r in roles.items():
-            cols = ", ".join(quote_ident(c) for c in dict.fromkeys(r.values()))
-            tables[name] = con.sql(
-                f"SELECT {cols} FROM {quote_ident('staging.' + name)}"
-            ).to_arrow_table()
+        tables = staged_identifiers(con, roles)
         step("linking: deterministic ids, then Splink on identity profiles")
         result = link_tables(
             tables, roles, settings=settings, temp_directory=layout.tmp_dir / "duckdb_link"

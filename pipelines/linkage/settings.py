@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -26,6 +28,16 @@ class LinkageSettings(BaseModel):
     )
     prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
     duckdb_memory_limit: str = "8GB"
+    backend: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="where Splink scores pairs: DuckDB in process, or Spark"
+    )
+    spark_master: str = Field(
+        "local[2]", description="Spark master URL (local[N], spark://host:7077, yarn)"
+    )
+    spark_driver_memory: str = "4g"
+    spark_shuffle_partitions: int = Field(
+        8, gt=0, description="shuffle partitions; a few per core locally, more on a cluster"
+    )
     prefect_secret_block: str | None = Field(
         None, description="name of a Prefect Secret block holding the pseudonymisation key"
     )
