@@ -48,9 +48,10 @@ test-slow: sync
 test-spark: uv
 	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --locked --extra spark && $$UV run --locked --extra spark pytest -q -m spark
 
-## make bench: every stage's benchmark at scale (not part of make test).
+## make bench: every stage and the end-to-end run at 100k, 300k and 1M children; tables into README.
+BENCH_SIZES ?= 100000,300000,1000000
 bench: sync
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked python benchmarks/run_all.py
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked python benchmarks/run_all.py --sizes $(BENCH_SIZES) --readme
 
 clean:
 	rm -rf data runs .prefect .pytest_cache .mypy_cache .ruff_cache

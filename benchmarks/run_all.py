@@ -1,10 +1,14 @@
-"""Stage benchmarks: wall seconds and peak memory per stage at a given size (not a test).
+"""Stage and end-to-end benchmarks: wall seconds, peak memory and rows per second (not a test).
 
-    uv run --locked python benchmarks/run_all.py [--children 1000000] [--out bench_out]
+    uv run --locked python benchmarks/run_all.py                      # 1,000,000 children
+    uv run --locked python benchmarks/run_all.py --sizes 100000,300000,1000000 --readme
 
-Each stage runs as its own `cohort` subprocess under /usr/bin/time-style accounting
-(resource.getrusage of children), so peak RSS is per stage. Prints a markdown table and writes
-bench_out/bench.json.
+For each size: generate the world (`cohort synth`), then run every stage as its own `cohort`
+subprocess (validate, link, build, model) and finally the whole pipeline as one `cohort run`
+on a fresh run folder. Peak memory is each subprocess's own maximum resident set size (from
+``os.wait4``), so stages are measured separately. Writes ``bench_out/bench_<n>.json``, prints
+Markdown tables, and with ``--readme`` replaces the block between the ``bench:start`` /
+``bench:end`` markers in README.md.
 """
 
 from __future__ import annotations
@@ -12,57 +16,194 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import duckdb
 
-def run_stage(name: str, args: list[str], env: dict[str, str]) -> dict[str, object]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {  # issue targets: (wall seconds, peak GiB) at 1,000,000 children
+    "synth": (60, 6),
+    "validate": (180, 8),
+    "link": (600, 12),
+    "build": (120, 8),
+    "model": (300, 8),
+    "end_to_end": (1200, 12),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def run_stage(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> dict[str, object]:
+    """Run one `cohort` command; its own wall time and peak RSS (``os.wait4``)."""
+    log = log_dir / f"{name}.log"
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], env=env, capture_output=True, text=True
-    )
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *args], env=env, stdout=fh, stderr=fh
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if r.returncode != 0:
-        print(r.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"stage {name} failed")
-    return {
-        "stage": name,
-        "wall_seconds": round(wall, 1),
-        "peak_gib_upper_bound": round(max(peak_kib, before) / 2**20, 2),
+    if proc.returncode != 0:
+        print(log.read_text()[-3000:], file=sys.stderr)
+        raise SystemExit(f"stage {name} failed; log: {log}")
+    print(f"  {name}: {wall:.1f} s, {usage.ru_maxrss / 2**20:.2f} GiB", flush=True)
+    return {"stage": name, "wall_seconds": round(wall, 1), "peak_gib": usage.ru_maxrss / 2**20}
+
+
+def _count(db: Path, sql: str) -> int:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return int(con.execute(sql).fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
+
+
+def bench_size(n: int, out: Path, env: dict[str, str]) -> dict[str, object]:
+    data, run, e2e = out / f"world_{n}", out / f"run_{n}", out / f"e2e_{n}"
+    logs = out / f"logs_{n}"
+    for p in (run, e2e, logs):
+        shutil.rmtree(p, ignore_errors=True)
+    logs.mkdir(parents=True)
+    print(f"{n:,} children", flush=True)
+    stages = [
+        run_stage(
+            "synth", ["synth", "--children", str(n), "--seed", "1", "--out", str(data)], env, logs
+        )
+    ]
+    stages.append(
+        run_stage("validate", ["validate", "--data", str(data), "--out", str(run)], env, logs)
+    )
+    report = json.loads((run / "validation" / "dq_report.json").read_text())
+    records = sum(int(s["rows_read"]) for s in report.values())
+    staged = sum(int(s["rows_staged"]) for s in report.values())
+    stages.append(run_stage("link", ["link", "--run", str(run)], env, logs))
+    stages.append(run_stage("build", ["build", "--run", str(run)], env, logs))
+    cohort = _count(run / "analysis_zone.duckdb", "SELECT count(*) FROM cohort.children")
+    person_time = _count(run / "analysis_zone.duckdb", "SELECT count(*) FROM cohort.person_time")
+    stages.append(run_stage("model", ["model", "--run", str(run)], env, logs))
+    stages.append(
+        run_stage("end_to_end", ["run", "--data", str(data), "--out", str(e2e)], env, logs)
+    )
+    rows = {
+        "synth": records,
+        "validate": records,
+        "link": staged,
+        "build": staged,
+        "model": person_time,
+        "end_to_end": records,
     }
+    for s in stages:
+        s["rows"] = rows[str(s["stage"])]
+        s["rows_per_second"] = round(int(s["rows"]) / max(float(s["wall_seconds"]), 0.1))  # type: ignore[arg-type]
+    result = {
+        "children": n,
+        "records": records,
+        "cohort_children": cohort,
+        "person_time_rows": person_time,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "stages": stages,
+    }
+    (out / f"bench_{n}.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(run / "tmp", ignore_errors=True)
+    shutil.rmtree(e2e / "tmp", ignore_errors=True)
+    return result
+
+
+def stage_table(r: dict[str, object]) -> str:
+    lines = [
+        f"{int(r['children']):,} children ({int(r['records']):,} source records, "  # type: ignore[call-overload]
+        f"{int(r['cohort_children']):,} in the cohort); {r['machine']}; {r['date']}.",  # type: ignore[call-overload]
+        "",
+        "| stage | rows | wall s | peak GiB | rows/s | target (1M) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for s in r["stages"]:  # type: ignore[attr-defined]
+        t_wall, t_mem = TARGETS[s["stage"]]
+        ok = s["wall_seconds"] <= t_wall and s["peak_gib"] <= t_mem
+        verdict = f"{t_wall} s / {t_mem} GiB: {'met' if ok else 'NOT met'}"
+        lines.append(
+            f"| {s['stage']} | {s['rows']:,} | {s['wall_seconds']:.0f} | {s['peak_gib']:.1f} | "
+            f"{s['rows_per_second']:,} | {verdict if r['children'] == 1_000_000 else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_table(results: list[dict[str, object]]) -> str:
+    sizes = [int(r["children"]) for r in results]  # type: ignore[call-overload]
+    head = "| stage | " + " | ".join(f"{n:,}: s / GiB" for n in sizes)
+    head += " | growth exponent (time) |"
+    lines = [head, "|---|" + "---:|" * (len(sizes) + 1)]
+    import math
+
+    for i, s in enumerate(results[0]["stages"]):  # type: ignore[attr-defined]
+        cells = [
+            f"{r['stages'][i]['wall_seconds']:.0f} / {r['stages'][i]['peak_gib']:.1f}"  # type: ignore[index]
+            for r in results
+        ]
+        t0 = float(results[0]["stages"][i]["wall_seconds"])  # type: ignore[index]
+        t1 = float(results[-1]["stages"][i]["wall_seconds"])  # type: ignore[index]
+        slope = math.log(t1 / t0) / math.log(sizes[-1] / sizes[0]) if len(sizes) > 1 else 1.0
+        lines.append(f"| {s['stage']} | " + " | ".join(cells) + f" | {slope:.2f} |")
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in body or end not in body:
+        raise SystemExit("README.md has no bench:start / bench:end markers")
+    head, rest = body.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--children", type=int, default=1_000_000)
+    p.add_argument("--sizes", default="1000000", help="comma-separated numbers of children")
     p.add_argument("--out", default="bench_out")
+    p.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    p.add_argument(
+        "--from-json", action="store_true", help="only rebuild the tables from bench_out/*.json"
+    )
     a = p.parse_args()
     out = Path(a.out)
-    data, run = out / f"world_{a.children}", out / f"run_{a.children}"
+    out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("COHORT_PSEUDONYM_SECRET", "benchmark-secret-0123456789abcdef")
-    rows = [
-        run_stage(
-            "synth",
-            ["synth", "--children", str(a.children), "--seed", "1", "--out", str(data)],
-            env,
-        ),
-        run_stage("validate", ["validate", "--data", str(data), "--out", str(run)], env),
-        run_stage("link", ["link", "--run", str(run)], env),
-        run_stage("build", ["build", "--run", str(run)], env),
-        run_stage("model", ["model", "--run", str(run)], env),
-    ]
-    print("| stage | children | wall s | peak GiB (max so far) |\n|---|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['stage']} | {a.children:,} | {r['wall_seconds']} | {r['peak_gib_upper_bound']} |"
-        )
-    (out / "bench.json").write_text(json.dumps({"children": a.children, "stages": rows}, indent=2))
+    sizes = [int(s) for s in a.sizes.split(",")]
+    results = []
+    for n in sizes:
+        cached = out / f"bench_{n}.json"
+        if a.from_json:
+            results.append(json.loads(cached.read_text()))
+        else:
+            results.append(bench_size(n, out, env))
+    text = "\n\n".join(stage_table(r) for r in results[-1:])
+    if len(results) > 1:
+        text += "\n\nScaling (wall seconds / peak GiB; exponent b in time ~ n^b):\n\n"
+        text += scaling_table(results)
+    print(text)
+    if a.readme:
+        update_readme(text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -283,14 +284,17 @@ def _score_on_duckdb(
     from splink import DuckDBAPI, Linker
 
     if settings.deterministic:
-        # one thread: floating-point sums in EM and prediction happen in a fixed order, so the
-        # trained model and the match probabilities are byte-identical on a rerun
+        # one thread while training: floating-point sums in EM happen in a fixed order, so the
+        # trained model is byte-identical on a rerun
         con.execute("SET threads = 1")
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
     model: Any = load_model(settings.model_path, "duckdb") if settings.model_path else None
     linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
     _train_or_load(linker, settings)
+    # scoring is per pair (no floating-point sums across rows), so it may use every core and
+    # still give identical probabilities; the output is sorted below
+    con.execute(f"SET threads = {settings.duckdb_threads or os.cpu_count() or 1}")
     predictions = linker.inference.predict(
         threshold_match_probability=min(0.5, settings.match_threshold)
     )

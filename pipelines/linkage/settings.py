@@ -24,10 +24,13 @@ class LinkageSettings(BaseModel):
     u_max_pairs: float = Field(2e6, gt=0, description="pairs sampled to estimate u")
     seed: int = 42
     deterministic: bool = Field(
-        True, description="train and predict on one DuckDB thread so reruns are byte-identical"
+        True, description="train on one DuckDB thread so reruns are byte-identical"
     )
     prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
     duckdb_memory_limit: str = "8GB"
+    duckdb_threads: int | None = Field(
+        None, ge=1, description="DuckDB threads for scoring pairs (default: every core)"
+    )
     backend: Literal["duckdb", "spark"] = Field(
         "duckdb", description="where Splink scores pairs: DuckDB in process, or Spark"
     )
