@@ -28,6 +28,7 @@ from pipelines.orchestration.manifest import (
     write_manifest,
 )
 from pipelines.orchestration.report import build_report
+from pipelines.orchestration.resources import PeakMemory, process_peak_gib
 from pipelines.orchestration.state import (
     STAGES,
     RunLock,
@@ -98,6 +99,7 @@ def study_flow(
         previous = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
         timings: dict[str, float] = dict(previous.get("timings_seconds", {}))
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))
+        peak_memory: dict[str, float] = dict(previous.get("peak_memory_gib", {}))
         ran: list[str] = []
         for stage in STAGES:
             marker = read_marker(layout.root, stage)
@@ -107,17 +109,21 @@ def study_flow(
             clear_markers_from(layout.root, stage)
             log.info("stage %s: running", stage)
             t0 = time.perf_counter()
-            result = stages[stage]()
+            with PeakMemory() as mem:
+                result = stages[stage]()
             timings[stage] = round(time.perf_counter() - t0, 2)
+            peak_memory[stage] = mem.peak_gib
             counts[stage] = result
             write_marker(layout.root, stage, {"fingerprint": fingerprints[stage], "stage": stage})
             ran.append(stage)
         manifest = _manifest(layout, data, config_path, demo, counts, timings)
+        manifest["peak_memory_gib"] = peak_memory
+        manifest["process_peak_memory_gib"] = process_peak_gib()
         write_manifest(layout, manifest)
         create_markdown_artifact(
             key="run-summary",
-            markdown="| stage | seconds |\n|---|---:|\n"
-            + "\n".join(f"| {k} | {v} |" for k, v in timings.items()),
+            markdown="| stage | seconds | peak GiB |\n|---|---:|---:|\n"
+            + "\n".join(f"| {k} | {v} | {peak_memory.get(k, '')} |" for k, v in timings.items()),
             description="stage timings",
         )
     return {"ran": ran, "report": str(layout.report), "manifest": str(layout.manifest)}
