@@ -15,6 +15,14 @@ def command(
     demo: Annotated[
         bool, typer.Option("--demo", help="Allow the built-in demo pseudonymisation key.")
     ] = False,
+    secret_block: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-block",
+            help="Prefect Secret block holding the pseudonymisation key (instead of the "
+            "COHORT_PSEUDONYM_SECRET environment variable).",
+        ),
+    ] = None,
 ) -> None:
     """Validate, link, build the cohort, fit the models and write report.html.
 
@@ -35,7 +43,8 @@ def command(
     console = Console(stderr=True)
     from pipelines.orchestration.state import RunLock
 
-    secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
+    if not secret_block:
+        secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
     with RunLock(out):  # a second run on the same folder is refused here, before Prefect starts
         pass
     if demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"):
@@ -52,7 +61,9 @@ def command(
         for name in ("pipelines", "models"):
             logging.getLogger(name).addHandler(handler)
         try:
-            result = study_flow(str(data), str(out), str(config) if config else None, demo)
+            result = study_flow(
+                str(data), str(out), str(config) if config else None, demo, secret_block
+            )
         finally:
             for name in ("pipelines", "models"):
                 logging.getLogger(name).removeHandler(handler)

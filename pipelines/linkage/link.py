@@ -75,6 +75,10 @@ def _soundex(name: str | None) -> str | None:
     return (first.upper() + "".join(out) + "000")[:4]
 
 
+# the same normalisation in DuckDB SQL (ligatures such as "ﬁ" are dropped, not expanded)
+NORMALISE_NAME_SQL = "NULLIF(regexp_replace(lower(strip_accents({})), '[^a-z]', '', 'g'), '')"
+
+
 def normalise_name(s: str | None) -> str | None:
     """Lower case, diacritics folded (Siân -> sian), letters only."""
     if s is None:
@@ -101,7 +105,11 @@ def _records(
                 f"table {t!r}: unknown role(s) {sorted(unknown)}; allowed: {ALL_ROLES}"
             )
         name = f"input_{len(parts)}"
-        con.register(name, frame)
+        if isinstance(frame, str | Path):  # a Parquet file, read by DuckDB without Python copies
+            path = str(frame).replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        else:
+            con.register(name, frame)
         cols = ["'" + t.replace("'", "''") + "' AS tbl"]
         for role in ALL_ROLES:
             c = r.get(role)
@@ -205,21 +213,47 @@ def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
            ORDER BY component, first_name NULLS FIRST, surname NULLS FIRST,
                     date_of_birth NULLS FIRST, sex NULLS FIRST, postcode NULLS FIRST"""
     ).pl()
-    prof = prof.with_columns(
-        profile_id=pl.int_range(pl.len(), dtype=pl.Int64),
-        dob_text=pl.col("date_of_birth").dt.strftime("%Y%m%d"),
-        dob_swapped_text=pl.col("date_of_birth").dt.strftime("%Y%d%m"),
-        first_name_phonetic=pl.col("first_name").map_elements(
-            lambda s: [_soundex(s)], return_dtype=pl.List(pl.String)
-        ),
-        surname_phonetic=pl.col("surname").map_elements(
-            lambda s: [_soundex(s)], return_dtype=pl.List(pl.String)
-        ),
+    # phonetic codes computed once per distinct name, not once per profile
+    names = pl.concat([prof["first_name"], prof["surname"]]).drop_nulls().unique().sort()
+    codes = pl.DataFrame(
+        {"name": names, "code": [[_soundex(n)] for n in names.to_list()]},
+        schema={"name": pl.String, "code": pl.List(pl.String)},
     )
-    return prof
+    prof = (
+        prof.join(
+            codes.rename({"name": "first_name", "code": "first_name_phonetic"}),
+            on="first_name",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            codes.rename({"name": "surname", "code": "surname_phonetic"}),
+            on="surname",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(
+            profile_id=pl.int_range(pl.len(), dtype=pl.Int64),
+            dob_text=pl.col("date_of_birth").dt.strftime("%Y%m%d"),
+            dob_swapped_text=pl.col("date_of_birth").dt.strftime("%Y%d%m"),
+        )
+    )
+    return prof.select(
+        "component",
+        "first_name",
+        "surname",
+        "date_of_birth",
+        "sex",
+        "postcode",
+        "profile_id",
+        "dob_text",
+        "dob_swapped_text",
+        "first_name_phonetic",
+        "surname_phonetic",
+    )
 
 
-def _train_or_load(linker: Any, settings: LinkageSettings) -> None:
+def _train_or_load(linker: Any, settings: LinkageSettings, n_profiles: int) -> None:
     from splink import block_on
 
     if settings.model_path:
@@ -230,13 +264,17 @@ def _train_or_load(linker: Any, settings: LinkageSettings) -> None:
     linker.training.estimate_u_using_random_sampling(
         max_pairs=settings.u_max_pairs, seed=settings.seed
     )
+    # EM's blocked pairs grow with the square of the profiles per date of birth (3 billion pairs
+    # at a million children), so Splink samples them down to em_max_pairs; the probe that
+    # estimates the full count sees every profile on small data and a sample on large data
+    probe = min(1.0, settings.em_probe_profiles / max(n_profiles, 1))
     linker.training.estimate_parameters_using_expectation_maximisation(
-        block_on("date_of_birth"), max_pairs=settings.em_max_pairs, record_sample_proportion=1.0
+        block_on("date_of_birth"), max_pairs=settings.em_max_pairs, record_sample_proportion=probe
     )
     linker.training.estimate_parameters_using_expectation_maximisation(
         block_on("surname", "first_name"),
         max_pairs=settings.em_max_pairs,
-        record_sample_proportion=1.0,
+        record_sample_proportion=probe,
     )
 
 
@@ -291,7 +329,7 @@ def _score_on_duckdb(
     sdf = db_api.register(prof, dataset_display_name="profiles")
     model: Any = load_model(settings.model_path, "duckdb") if settings.model_path else None
     linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
-    _train_or_load(linker, settings)
+    _train_or_load(linker, settings, prof.height)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
     # still give identical probabilities; the output is sorted below
     con.execute(f"SET threads = {settings.duckdb_threads or os.cpu_count() or 1}")
@@ -363,7 +401,7 @@ def _score_on_spark(
     sdf = db_api.register(frame, dataset_display_name="profiles")
     model: Any = load_model(settings.model_path, "spark") if settings.model_path else None
     linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
-    _train_or_load(linker, settings)
+    _train_or_load(linker, settings, prof.height)
     predictions = linker.inference.predict(
         threshold_match_probability=min(0.5, settings.match_threshold)
     )
@@ -393,8 +431,8 @@ def link_tables(
     Parameters
     ----------
     tables
-        ``{table_name: frame}``; a frame is a polars / pandas DataFrame, a pyarrow Table or a
-        DuckDB relation.
+        ``{table_name: frame}``; a frame is a polars / pandas DataFrame, a pyarrow Table, a
+        DuckDB relation, or the path of a Parquet file (read by DuckDB, the least memory).
     roles
         ``{table_name: {role: column}}`` with roles from ``record_id`` (required),
         ``first_name``, ``surname``, ``date_of_birth``, ``sex``, ``postcode``, and the exact ids
@@ -421,14 +459,17 @@ def link_tables(
     con.register(
         "component_labels", pl.DataFrame({"rec": np.arange(labels.size), "component": labels})
     )
-    con.create_function("norm_name", normalise_name, ["VARCHAR"], "VARCHAR", side_effects=False)
     con.execute(
-        """CREATE OR REPLACE TABLE records_norm AS
+        f"""CREATE OR REPLACE TABLE records_norm AS
         SELECT r.rec, r.tbl, r.record_id, c.component,
-               norm_name(r.first_name) AS first_name, norm_name(r.surname) AS surname,
+               {NORMALISE_NAME_SQL.format("r.first_name")} AS first_name,
+               {NORMALISE_NAME_SQL.format("r.surname")} AS surname,
                r.date_of_birth, upper(r.sex) AS sex, upper(trim(r.postcode)) AS postcode
-        FROM records r JOIN component_labels c USING (rec)"""
+        FROM records r JOIN component_labels c USING (rec)
+        ORDER BY r.rec"""
     )
+    con.execute("DROP TABLE records")
+    con.unregister("component_labels")
     prof = _profiles(con)
     log.info(
         "linkage: %d records, %d components, %d profiles",
@@ -474,26 +515,25 @@ def link_tables(
         link_method=pl.Series(method),
         match_probability=pl.Series(match_p).fill_nan(None),
     )
+    # each pair is reported by one representative record of each side's component
     rep = con.sql(
-        "SELECT component, min(tbl || '|' || record_id) AS rep FROM records_norm GROUP BY component"
+        "SELECT component, min(tbl || '|' || record_id) AS rep FROM records_norm "
+        "GROUP BY component ORDER BY component"
     ).pl()
-    rep_map = dict(zip(rep["component"].to_list(), rep["rep"].to_list(), strict=True))
-    pair_frame = (
-        pl.DataFrame(
-            {
-                "rep_l": [rep_map[c] for c in comp_of[pl_]],
-                "rep_r": [rep_map[c] for c in comp_of[pr_]],
-                "match_probability": prob,
-                "match_weight": pairs["match_weight"].to_numpy(),
-            }
-        )
-        .with_columns(
-            table_l=pl.col("rep_l").str.split("|").list.first(),
-            record_id_l=pl.col("rep_l").str.split("|").list.last(),
-            table_r=pl.col("rep_r").str.split("|").list.first(),
-            record_id_r=pl.col("rep_r").str.split("|").list.last(),
-        )
-        .drop("rep_l", "rep_r")
+    rep_of = pl.Series("rep", [None] * n_comp, dtype=pl.String).scatter(
+        rep["component"].to_numpy(), rep["rep"]
+    )
+    left = rep_of.gather(comp_of[pl_]).str.splitn("|", 2)
+    right = rep_of.gather(comp_of[pr_]).str.splitn("|", 2)
+    pair_frame = pl.DataFrame(
+        {
+            "match_probability": prob,
+            "match_weight": pairs["match_weight"].to_numpy(),
+            "table_l": left.struct.field("field_0"),
+            "record_id_l": left.struct.field("field_1"),
+            "table_r": right.struct.field("field_0"),
+            "record_id_r": right.struct.field("field_1"),
+        }
     )
     con.close()
     return LinkResult(clusters, pair_frame, model_json, prof.height, labels.size)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -75,6 +77,25 @@ def staged_identifiers(
     return tables
 
 
+def staged_identifier_files(
+    con: duckdb.DuckDBPyConnection, roles: dict[str, dict[str, str]], folder: Path
+) -> dict[str, Any]:
+    """The identifier columns of every staged source, written to Parquet files (DuckDB streams
+    them; nothing is held in Python) inside the run's tmp folder, for ``link_tables``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    for name, r in roles.items():
+        cols = ", ".join(quote_ident(c) for c in dict.fromkeys(r.values()))
+        path = folder / f"{name}.parquet"
+        target = str(path).replace("'", "''")
+        con.execute(
+            f"COPY (SELECT {cols} FROM {quote_ident('staging.' + name)}) "
+            f"TO '{target}' (FORMAT parquet)"
+        )
+        files[name] = path
+    return files
+
+
 def link_run(
     *,
     layout: RunLayout,
@@ -94,16 +115,22 @@ def link_run(
     db = DuckDBSettings(
         memory_limit=settings.duckdb_memory_limit, temp_directory=str(layout.tmp_dir / "duckdb")
     )
+    roles = source_roles()
+    step("reading identifiers from staging")
     con = connect(layout.linkage_db, settings=db)
     try:
-        roles = source_roles()
-        step("reading identifiers from staging")
-        tables = staged_identifiers(con, roles)
-        step("linking: deterministic ids, then Splink on identity profiles")
+        tables = staged_identifier_files(con, roles, layout.tmp_dir / "identifiers")
+    finally:
+        con.close()  # its buffer pool is released while linking uses the memory
+    step("linking: deterministic ids, then Splink on identity profiles")
+    try:
         result = link_tables(
             tables, roles, settings=settings, temp_directory=layout.tmp_dir / "duckdb_link"
         )
-        del tables
+    finally:
+        shutil.rmtree(layout.tmp_dir / "identifiers", ignore_errors=True)  # identifiers
+    con = connect(layout.linkage_db, settings=db)
+    try:
         (layout.linkage_dir / "model.json").write_text(
             json.dumps(result.model_json, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )

@@ -21,6 +21,11 @@ class LinkageSettings(BaseModel):
         None, description="reuse a trained Splink model JSON instead of training"
     )
     em_max_pairs: float = Field(2e6, gt=0, description="cap on pairs per EM session")
+    em_probe_profiles: int = Field(
+        300_000,
+        gt=0,
+        description="profiles per side in the probe that sizes EM's pair sample (all if fewer)",
+    )
     u_max_pairs: float = Field(2e6, gt=0, description="pairs sampled to estimate u")
     seed: int = 42
     deterministic: bool = Field(

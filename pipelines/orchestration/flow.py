@@ -49,16 +49,18 @@ def report_task(run_dir: str) -> str:
 
 
 def _stage_functions(
-    data_dir: str, run_dir: str, config_path: str | None, demo: bool
+    data_dir: str, run_dir: str, config_path: str | None, demo: bool, secret_block: str | None
 ) -> dict[str, Callable[[], Any]]:
     from models.flow import model_flow
     from pipelines.cohort.flow import build_flow
     from pipelines.linkage.flow import link_flow
+    from pipelines.linkage.settings import LinkageSettings
     from pipelines.validation.flow import validate_flow
 
+    linkage = LinkageSettings(prefect_secret_block=secret_block) if secret_block else None
     return {
         "validate": lambda: validate_flow(data_dir, run_dir),
-        "link": lambda: link_flow(run_dir, demo=demo),
+        "link": lambda: link_flow(run_dir, settings=linkage, demo=demo),
         "build": lambda: build_flow(run_dir, config_path),
         "model": lambda: model_flow(run_dir),
         "report": lambda: {"report": report_task(run_dir)},
@@ -71,7 +73,8 @@ def _fingerprints(data_dir: Path, config_path: str | None) -> dict[str, str]:
 
     inputs = json.dumps(input_hashes(data_dir), sort_keys=True)
     cfg = config_to_yaml(load_study_config(config_path))
-    code = code_version()["git_commit"] + lock_hash()
+    version = code_version()
+    code = version["git_commit"] + version.get("diff_sha256", "") + lock_hash()
     fp: dict[str, str] = {}
     prev = sha256_text(inputs + code)
     for stage, own in (
@@ -88,14 +91,21 @@ def _fingerprints(data_dir: Path, config_path: str | None) -> dict[str, str]:
 
 @flow(name="cohort-study", log_prints=False)
 def study_flow(
-    data_dir: str, run_dir: str, config_path: str | None = None, demo: bool = False
+    data_dir: str,
+    run_dir: str,
+    config_path: str | None = None,
+    demo: bool = False,
+    secret_block: str | None = None,
 ) -> dict[str, Any]:
-    """Validate, link, build, model and report, resuming from the last completed stage."""
+    """Validate, link, build, model and report, resuming from the last completed stage.
+
+    The pseudonymisation key comes from ``COHORT_PSEUDONYM_SECRET``, or from the Prefect
+    Secret block named ``secret_block`` (a deployment parameter)."""
     layout = RunLayout.at(run_dir).ensure()
     data = Path(data_dir)
     with RunLock(layout.root):
         fingerprints = _fingerprints(data, config_path)
-        stages = _stage_functions(str(data), str(layout.root), config_path, demo)
+        stages = _stage_functions(str(data), str(layout.root), config_path, demo, secret_block)
         previous = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
         timings: dict[str, float] = dict(previous.get("timings_seconds", {}))
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))

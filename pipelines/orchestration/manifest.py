@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import subprocess
 from importlib import metadata
@@ -64,7 +65,14 @@ def code_version() -> dict[str, Any]:
             return ""
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(status)}
+    out: dict[str, Any] = {
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(status),
+    }
+    if status:  # uncommitted changes: their hash, so a resumed run notices edited code
+        diff = git("diff", "HEAD", "--", "pipelines", "models", "schemas", "synthetic_data")
+        out["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return out
 
 
 def package_versions() -> dict[str, str]:
