@@ -125,7 +125,7 @@ def codelist_version() -> str:
 
 # Shared column builders ---------------------------------------------------------------------
 
-ICD10_PATTERN = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,2})?$"
+ICD10_PATTERN = r"^[A-Z][0-9]{2}(?:\.?[0-9A-Z]{1,2})?$"
 NHS_PATTERN = r"^[0-9]{10}$"
 UPN_PATTERN = r"^[A-Z][0-9]{12}$"
 POSTCODE_PATTERN = r"^[A-Z]{1,2}[0-9][0-9A-Z]? ?[0-9][A-Z]{2}$"
