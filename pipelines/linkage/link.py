@@ -173,10 +173,22 @@ def _dob_comparison() -> Any:
     )
 
 
+def _across_components(*keys: str) -> str:
+    """A blocking rule (SQL both DuckDB and Spark read): equal keys, different components."""
+    parts = []
+    for k in keys:
+        if "(" in k:  # substr(dob_text, 1, 4) -> substr(l.dob_text, 1, 4)
+            fn, rest = k.split("(", 1)
+            parts.append(f"{fn}(l.{rest} = {fn}(r.{rest}")
+        else:
+            parts.append(f"l.{k} = r.{k}")
+    return " AND ".join([*parts, "l.component <> r.component"])
+
+
 def splink_settings(threshold_blocking: bool = True) -> Any:
     """The Splink model: comparisons and blocking rules used for prediction."""
     import splink.comparison_library as cl
-    from splink import SettingsCreator, block_on
+    from splink import SettingsCreator
 
     return SettingsCreator(
         link_type="dedupe_only",
@@ -192,12 +204,13 @@ def splink_settings(threshold_blocking: bool = True) -> Any:
             cl.PostcodeComparison("postcode"),
             cl.ExactMatch("sex"),
         ],
+        # pairs inside one deterministic component are already linked: never scored
         blocking_rules_to_generate_predictions=[
-            block_on("date_of_birth", "surname"),
-            block_on("date_of_birth", "first_name"),
-            block_on("date_of_birth", "postcode"),
-            block_on("first_name", "surname", "postcode"),
-            block_on("first_name", "surname", "substr(dob_text, 1, 4)", "sex"),
+            _across_components("date_of_birth", "surname"),
+            _across_components("date_of_birth", "first_name"),
+            _across_components("date_of_birth", "postcode"),
+            _across_components("first_name", "surname", "postcode"),
+            _across_components("first_name", "surname", "substr(dob_text, 1, 4)", "sex"),
         ],
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
