@@ -173,8 +173,10 @@ def _dob_comparison() -> Any:
     )
 
 
-def _across_components(*keys: str) -> str:
+def _across_components(*keys: str) -> Any:
     """A blocking rule (SQL both DuckDB and Spark read): equal keys, different components."""
+    from splink.blocking_rule_library import CustomRule
+
     parts = []
     for k in keys:
         if "(" in k:  # substr(dob_text, 1, 4) -> substr(l.dob_text, 1, 4)
@@ -182,7 +184,7 @@ def _across_components(*keys: str) -> str:
             parts.append(f"{fn}(l.{rest} = {fn}(r.{rest}")
         else:
             parts.append(f"l.{k} = r.{k}")
-    return " AND ".join([*parts, "l.component <> r.component"])
+    return CustomRule(" AND ".join([*parts, "l.component <> r.component"]))
 
 
 def splink_settings(threshold_blocking: bool = True) -> Any:

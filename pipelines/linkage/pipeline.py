@@ -135,34 +135,35 @@ def link_run(
             json.dumps(result.model_json, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         step("assigning pseudonymous keys")
-        clusters = result.clusters.rename({"table": "source"})
-        # a stable internal person id: the smallest record key in the cluster
-        clusters = clusters.with_columns(
-            person_id=pl.concat_str("source", pl.lit("|"), "record_id").min().over("cluster_id")
-        )
-        ids = clusters["person_id"].unique().sort()
-        keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
-        clusters = clusters.join(keys, on="person_id", how="left")
-        con.execute("CREATE SCHEMA IF NOT EXISTS linkage")
-        con.register(
-            "clusters_frame",
-            clusters.select(
-                "source",
-                "record_id",
-                "person_id",
-                "person_key",
-                "component_id",
-                "link_method",
-                "match_probability",
-            ),
-        )
+        # a stable internal person id: the smallest record key in the cluster (in DuckDB, which
+        # spills to disk, rather than as Python copies of 19 million rows at national scale)
+        con.register("clusters_frame", result.clusters)
         con.execute(
-            "CREATE OR REPLACE TABLE linkage.record_person AS SELECT * FROM clusters_frame ORDER BY source, record_id"
+            """CREATE OR REPLACE TEMP TABLE cluster_person AS
+            SELECT cluster_id, min("table" || '|' || record_id) AS person_id
+            FROM clusters_frame GROUP BY cluster_id"""
         )
+        ids = con.sql("SELECT person_id FROM cluster_person ORDER BY person_id").pl()["person_id"]
+        keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
+        del ids
+        con.register("keys_frame", keys)
+        con.execute("CREATE SCHEMA IF NOT EXISTS linkage")
+        con.execute(
+            """CREATE OR REPLACE TABLE linkage.record_person AS
+            SELECT c."table" AS source, c.record_id, p.person_id, k.person_key, c.component_id,
+                   c.link_method, c.match_probability
+            FROM clusters_frame c
+            JOIN cluster_person p USING (cluster_id)
+            JOIN keys_frame k USING (person_id)
+            ORDER BY source, record_id"""
+        )
+        con.unregister("keys_frame")
+        con.execute("DROP TABLE cluster_person")
         con.register("pairs_frame", result.pairs)
         con.execute("CREATE OR REPLACE TABLE linkage.scored_pairs AS SELECT * FROM pairs_frame")
         con.unregister("clusters_frame")
         con.unregister("pairs_frame")
+        result.clusters = result.clusters.clear()  # written; free the memory
         step("writing the analysis zone")
         write_analysis_zone(con, layout, settings)
         step("writing the linkage report")

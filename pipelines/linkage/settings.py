@@ -32,7 +32,9 @@ class LinkageSettings(BaseModel):
         True, description="train on one DuckDB thread so reruns are byte-identical"
     )
     prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
-    duckdb_memory_limit: str = "8GB"
+    duckdb_memory_limit: str = Field(
+        "6GB", description="DuckDB memory limit (spills to RUN/tmp beyond it)"
+    )
     duckdb_threads: int | None = Field(
         None, ge=1, description="DuckDB threads for scoring pairs (default: every core)"
     )
