@@ -34,10 +34,8 @@ ETH_CODES = list(load_codelist("ethnicity"))
 _LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
 
 
-def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> np.ndarray:
-    """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives, in
-    vectorised polars rather than numpy's per-element string formatting)."""
-    s = pl.Series(np.asarray(x, dtype=np.int64)).cast(pl.String)
+def _format_ints(x: np.ndarray, width: int, prefix: str) -> np.ndarray:
+    s = pl.Series(x).cast(pl.String)
     if width:
         s = s.str.zfill(width)
     if prefix:
@@ -45,13 +43,32 @@ def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> np.ndarray:
     return s.to_numpy().astype(object)
 
 
+def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> np.ndarray:
+    """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives, in
+    vectorised polars rather than numpy's per-element string formatting).
+
+    Where the values span a small range (years, counts, codes) every row shares one string
+    object per distinct value, so ten million rows cost pointers, not ten million strings."""
+    x = np.asarray(x, dtype=np.int64)
+    if x.size > 10_000:
+        lo, hi = int(x.min()), int(x.max())
+        if hi - lo < x.size // 10:
+            table = _format_ints(np.arange(lo, hi + 1, dtype=np.int64), width, prefix)
+            return table[x - lo]
+    return _format_ints(x, width, prefix)
+
+
 def iso(days: np.ndarray) -> np.ndarray:
-    """ISO date strings; -1 becomes None."""
+    """ISO date strings; -1 (or any negative day) becomes None. One string object per
+    distinct date, shared by every row with that date."""
     d = np.asarray(days, dtype=np.int64)
-    text = pl.Series(np.where(d < 0, 0, d)).cast(pl.Int32).cast(pl.Date).cast(pl.String)
-    out = text.to_numpy().astype(object)
-    out[d < 0] = None
-    return out
+    distinct, row_of = np.unique(d, return_inverse=True)
+    text = (
+        pl.Series(np.where(distinct < 0, 0, distinct)).cast(pl.Int32).cast(pl.Date).cast(pl.String)
+    )
+    table = text.to_numpy().astype(object)
+    table[distinct < 0] = None
+    return table[row_of.reshape(-1)]
 
 
 class Identities:

@@ -137,7 +137,8 @@ def _inject_defects(
         reps = np.ones(m, np.int64)
         reps[dup] = 2
         idx = np.repeat(np.arange(m), reps)
-        cols = {k: v[idx] for k, v in cols.items()}
+        for k in list(cols):  # one column at a time, so only one extra copy is alive
+            cols[k] = cols[k][idx]
         keep_mal = np.zeros(m, bool)
         keep_mal[malformed] = True
         malformed = np.flatnonzero(keep_mal[idx] & np.r_[True, idx[1:] != idx[:-1]])
@@ -145,7 +146,11 @@ def _inject_defects(
 
 
 def _frame(cols: dict[str, np.ndarray]) -> pl.DataFrame:
-    return pl.DataFrame({k: pl.Series(k, v.tolist(), dtype=pl.String) for k, v in cols.items()})
+    """Text columns as a polars frame; each object array is released once converted."""
+    series = []
+    for k in list(cols):
+        series.append(pl.Series(k, cols.pop(k).tolist(), dtype=pl.String))
+    return pl.DataFrame(series)
 
 
 def _typed_frame(data: dict[str, object]) -> pl.DataFrame:
