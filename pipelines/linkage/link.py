@@ -279,18 +279,22 @@ def _train_or_load(linker: Any, settings: LinkageSettings, n_profiles: int) -> N
     linker.training.estimate_u_using_random_sampling(
         max_pairs=settings.u_max_pairs, seed=settings.seed
     )
-    # EM's blocked pairs grow with the square of the profiles per date of birth (3 billion pairs
-    # at a million children), so Splink samples them down to em_max_pairs; the probe that
-    # estimates the full count sees every profile on small data and a sample on large data
+    # EM needs blocked pairs among which true matches are common. On a date of birth alone (or
+    # a full name alone) matches are ~1% of pairs at 100k children and ~0.1% at a million, where
+    # EM settled on a wrong solution (date-of-birth agreement m = 0.003 at 1M). Two fields per
+    # rule keep the share of matches high at any scale; three sessions estimate every
+    # comparison (Splink averages a comparison's m over the sessions that estimate it).
+    # Blocked pairs are sampled down to em_max_pairs; the probe sizing the sample sees every
+    # profile on small data and a sample on large data.
     probe = min(1.0, settings.em_probe_profiles / max(n_profiles, 1))
-    linker.training.estimate_parameters_using_expectation_maximisation(
-        block_on("date_of_birth"), max_pairs=settings.em_max_pairs, record_sample_proportion=probe
-    )
-    linker.training.estimate_parameters_using_expectation_maximisation(
-        block_on("surname", "first_name"),
-        max_pairs=settings.em_max_pairs,
-        record_sample_proportion=probe,
-    )
+    for rule in (
+        block_on("date_of_birth", "first_name"),  # estimates surname, postcode, sex
+        block_on("date_of_birth", "surname"),  # first name, postcode, sex
+        block_on("first_name", "surname", "substr(postcode, 1, 3)"),  # date of birth, sex
+    ):
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            rule, max_pairs=settings.em_max_pairs, record_sample_proportion=probe
+        )
 
 
 def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
