@@ -28,7 +28,7 @@ from pipelines.orchestration.manifest import (
     write_manifest,
 )
 from pipelines.orchestration.report import build_report
-from pipelines.orchestration.resources import PeakMemory, process_peak_gib
+from pipelines.orchestration.resources import PeakMemory, process_peak_gib, release_memory
 from pipelines.orchestration.state import (
     STAGES,
     RunLock,
@@ -119,6 +119,7 @@ def study_flow(
             clear_markers_from(layout.root, stage)
             log.info("stage %s: running", stage)
             t0 = time.perf_counter()
+            release_memory()
             with PeakMemory() as mem:
                 result = stages[stage]()
             timings[stage] = round(time.perf_counter() - t0, 2)

@@ -59,3 +59,18 @@ class PeakMemory:
 def process_peak_gib() -> float:
     """Peak RSS of this whole process so far (``ru_maxrss``)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the operating system between stages (glibc's malloc_trim).
+
+    Python and the libraries it loads keep freed memory for reuse; after a stage that held
+    large frames (validation's Great Expectations batches) that would add to the next stage's
+    peak. A no-op where glibc is absent."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
