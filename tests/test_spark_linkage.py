@@ -100,9 +100,14 @@ def test_spark_and_duckdb_give_the_same_clusters(staged_20k: Path, tmp_path: Pat
     # pair by pair the probabilities agree, except where the two backends' Jaro-Winkler
     # functions put a name pair in different levels: Splink's Scala UDF scores strings of
     # different lengths lower than DuckDB's (kinson/kison: 0.876 vs 0.902, across the 0.88 level)
+    # several profile pairs can join the same two components (same representative records):
+    # compare the strongest evidence per pair of components
     key = ["table_l", "record_id_l", "table_r", "record_id_r"]
-    pairs = on_duckdb.pairs.join(on_spark.pairs, on=key, suffix="_spark", how="inner")
-    assert pairs.height >= 0.99 * on_duckdb.pairs.height
+    best = [
+        r.pairs.group_by(key).agg(pl.col("match_probability").max()) for r in (on_duckdb, on_spark)
+    ]
+    pairs = best[0].join(best[1], on=key, suffix="_spark", how="inner")
+    assert pairs.height >= 0.99 * best[0].height
     gap = (pairs["match_probability"] - pairs["match_probability_spark"]).abs()
     share_pairs = float((gap > 1e-6).mean())  # type: ignore[arg-type]
     print(f"pairs whose probability differs: {share_pairs:.4%} of {pairs.height}")
