@@ -1,14 +1,20 @@
 """Effects of an exposure on an education outcome: unadjusted, regression, IPW and AIPW.
 
 Every method targets the average effect in the exposed (ATT), the estimand the synthetic truth
-reports. Confidence intervals: robust (HC1) sandwich for regression and weighted regression,
-influence-function standard errors for AIPW and g-computation (nuisance models treated as
-fixed), all Wald 95%.
+reports. ``regression`` is regression imputation for the ATT (an outcome model fitted in the
+unexposed predicts each exposed child's untreated outcome; Imbens & Wooldridge 2009, s. 5.3), not
+the exposure coefficient of one model with a common effect: when the effect differs between
+children (long vs short care, placement moves) that coefficient is a variance-weighted average
+of the effects, which is not the ATT. Confidence intervals: robust (HC1) sandwich for weighted
+regression; for regression imputation the sampling variance of the exposed plus the
+outcome-model coefficients' (HC1 or model-based) covariance by the delta method;
+influence-function standard errors for AIPW (nuisance models treated as fixed); all Wald 95%.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -51,8 +57,9 @@ class ExposureEffectFitter:
     Parameters
     ----------
     method
-        ``unadjusted``, ``regression`` (OLS, or logistic g-computation for binary outcomes),
-        ``ipw`` (ATT-weighted difference) or ``aipw`` (doubly robust ATT).
+        ``unadjusted``, ``regression`` (regression imputation: OLS, or logistic for binary
+        outcomes, fitted in the unexposed), ``ipw`` (ATT-weighted difference) or ``aipw``
+        (doubly robust ATT).
     binary
         Outcome is 0/1: the effect is a risk difference.
     """
@@ -70,7 +77,12 @@ class ExposureEffectFitter:
         t: np.ndarray,
         x: pd.DataFrame | None = None,
         weights: np.ndarray | None = None,
+        balanced_on: pd.DataFrame | None = None,
     ) -> ExposureEffectFitter:
+        """Fit. ``weights``: ATT weights for ``ipw`` and ``aipw``. ``balanced_on``: the design
+        the weights balance exactly (``PropensityScoreFitter(method="balancing")``); for
+        ``ipw`` the standard error then accounts for estimating the weights (stacked
+        M-estimation sandwich) instead of treating them as fixed."""
         y = np.asarray(y, float)
         t = np.asarray(t, int)
         n1, n0 = int(t.sum()), int((1 - t).sum())
@@ -84,16 +96,17 @@ class ExposureEffectFitter:
         xm = x.to_numpy(float) if x is not None else np.zeros((len(y), 0))
         if self.method == "unadjusted":
             self._ols(y, np.c_[np.ones_like(y), t])
-        elif self.method == "regression" and not self.binary:
-            self._ols(y, np.c_[np.ones_like(y), t, xm])
         elif self.method == "regression":
-            self._gcomp(y, t, xm)
+            self._regression_att(y, t, xm)
         elif self.method == "ipw":
             if weights is None:
                 raise ValueError("ipw needs weights")
             w = np.asarray(weights, float)
             keep = w > 0
             self._ols(y[keep], np.c_[np.ones(keep.sum()), t[keep]], w[keep])
+            if balanced_on is not None:
+                zb = balanced_on.to_numpy(float)
+                self.se_ = _balancing_ipw_se(y[keep], t[keep], w[keep], zb[keep])
         else:
             if weights is None:
                 raise ValueError("aipw needs weights (propensity-based)")
@@ -106,10 +119,10 @@ class ExposureEffectFitter:
         self.estimate_ = float(res.params[1])
         self.se_ = float(res.bse[1])
 
-    def _outcome_model(self, y: np.ndarray, xm: np.ndarray) -> Any:
+    def _outcome_model(self, y: np.ndarray, xm: np.ndarray, robust: bool = False) -> Any:
         design = np.c_[np.ones(len(y)), xm]
         if not self.binary:
-            return sm.OLS(y, design).fit()
+            return sm.OLS(y, design).fit(cov_type="HC1") if robust else sm.OLS(y, design).fit()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -128,36 +141,41 @@ class ExposureEffectFitter:
     def _predict(self, res: Any, xm: np.ndarray) -> np.ndarray:
         return np.asarray(res.predict(np.c_[np.ones(len(xm)), xm]))
 
-    def _gcomp(self, y: np.ndarray, t: np.ndarray, xm: np.ndarray) -> None:
-        """Logistic g-computation: ATT = mean over exposed of p(1, x) - p(0, x)."""
-        res = self._outcome_model(y, np.c_[t, xm])
-        x1 = np.c_[np.ones(len(y)), xm][t == 1]
-        p1 = self._predict(res, np.c_[np.ones(len(x1)), x1[:, 1:]])
-        p0 = self._predict(res, np.c_[np.zeros(len(x1)), x1[:, 1:]])
-        self.estimate_ = float(np.mean(p1 - p0))
-        self.odds_ratio_ = float(np.exp(res.params[1]))
-        try:
-            se_b = float(res.bse[1])
-            self.odds_ratio_ci_ = (
-                float(np.exp(res.params[1] - Z * se_b)),
-                float(np.exp(res.params[1] + Z * se_b)),
-            )
-            self.odds_ratio_p_ = float(res.pvalues[1])
-        except Exception:
-            self.odds_ratio_ci_ = (float("nan"), float("nan"))
-            self.odds_ratio_p_ = float("nan")
-        # delta method over all outcome-model coefficients + sampling of the exposed's covariates
-        d1 = np.c_[np.ones(len(x1)), np.ones(len(x1)), x1[:, 1:]]
-        d0 = np.c_[np.ones(len(x1)), np.zeros(len(x1)), x1[:, 1:]]
-        grad = (d1 * (p1 * (1 - p1))[:, None] - d0 * (p0 * (1 - p0))[:, None]).mean(axis=0)
+    def _regression_att(self, y: np.ndarray, t: np.ndarray, xm: np.ndarray) -> None:
+        """Regression imputation: ATT = mean over the exposed of y - m0(x), with m0 the outcome
+        model (OLS or logistic) fitted in the unexposed. For a binary outcome the conditional
+        odds ratio of a logistic model with the exposure as a covariate is kept as well."""
+        res = self._outcome_model(y[t == 0], xm[t == 0], robust=True)
+        d1 = np.c_[np.ones(int(t.sum())), xm[t == 1]]
+        m1 = self._predict(res, xm[t == 1])
+        self.estimate_ = float(np.mean(y[t == 1] - m1))
+        # delta method over the outcome-model coefficients + sampling of the exposed
+        grad = (d1 * (m1 * (1 - m1))[:, None]).mean(axis=0) if self.binary else d1.mean(axis=0)
         try:
             cov = np.asarray(res.cov_params())
             var_coef = float(grad @ cov @ grad)
         except Exception:
             var_coef = float("nan")
             self.warnings_.append("outcome-model covariance unavailable")
-        var_mean = np.var(p1 - p0, ddof=1) / max(len(p1), 1)
+        var_mean = np.var(y[t == 1] - m1, ddof=1) / max(len(m1), 1)
         self.se_ = float(np.sqrt(var_mean + var_coef))
+        if self.binary:
+            self._conditional_odds_ratio(y, t, xm)
+
+    def _conditional_odds_ratio(self, y: np.ndarray, t: np.ndarray, xm: np.ndarray) -> None:
+        res = self._outcome_model(y, np.c_[t, xm])
+        self.odds_ratio_ = float(np.exp(res.params[1]))
+        try:
+            se_b = float(res.bse[1])
+            with np.errstate(over="ignore"):
+                self.odds_ratio_ci_ = (
+                    float(np.exp(res.params[1] - Z * se_b)),
+                    float(np.exp(res.params[1] + Z * se_b)),
+                )
+            self.odds_ratio_p_ = float(res.pvalues[1])
+        except Exception:
+            self.odds_ratio_ci_ = (float("nan"), float("nan"))
+            self.odds_ratio_p_ = float("nan")
 
     def _aipw(self, y: np.ndarray, t: np.ndarray, xm: np.ndarray, w: np.ndarray) -> None:
         """Doubly robust ATT (Moodie et al.): outcome model fitted in the unexposed."""
@@ -225,3 +243,156 @@ def e_value(
         return float("nan")
     rr = rr if rr >= 1 else 1 / rr
     return float(rr + np.sqrt(rr * (rr - 1)))
+
+
+def _balancing_ipw_se(y: np.ndarray, t: np.ndarray, w: np.ndarray, x: np.ndarray) -> float:
+    """Sandwich SE of the weighted ATT when the unexposed weights are exp(lam . x) chosen to
+    balance the means of ``x`` exactly (entropy balancing / ATT-CBPS).
+
+    Stacked estimating equations per child (m: exposed means of x; mu1, mu0: exposed mean and
+    weighted unexposed mean of y): t (x - m); (1 - t) e (x - m); (1 - t) e (y - mu0);
+    t (y - mu1), with e = exp(lam . x) (any constant multiple: the sandwich is invariant).
+    """
+    n, p = x.shape
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    e = np.where(t == 0, w, 0.0)
+    e = e * n / max(e.sum(), 1e-300)
+    t1 = t.astype(float)
+    m = x[t == 1].mean(axis=0)
+    mu1 = float(y[t == 1].mean())
+    mu0 = float(np.sum(e * y) / np.sum(e))
+    xc = x - m
+    g = np.c_[t1[:, None] * xc, e[:, None] * xc, e * (y - mu0), t1 * (y - mu1)]
+    k = 2 * p + 2
+    a = np.zeros((k, k))
+    a[:p, :p] = -np.eye(p) * t1.mean()
+    a[p : 2 * p, :p] = -np.eye(p) * e.mean()
+    a[p : 2 * p, p : 2 * p] = (e[:, None] * xc).T @ x / n
+    a[2 * p, p : 2 * p] = (e * (y - mu0)) @ x / n
+    a[2 * p, 2 * p] = -e.mean()
+    a[2 * p + 1, 2 * p + 1] = -t1.mean()
+    b = g.T @ g / n
+    try:
+        a_inv = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        a_inv = np.linalg.pinv(a)
+    c = np.zeros(k)
+    c[2 * p + 1], c[2 * p] = 1.0, -1.0
+    v = c @ a_inv
+    return float(np.sqrt(max(v @ b @ v, 0.0) / n))
+
+
+def _ipw_point(y: np.ndarray, t: np.ndarray, w: np.ndarray) -> float:
+    return float(y[t == 1].mean() - np.sum(w[t == 0] * y[t == 0]) / np.sum(w[t == 0]))
+
+
+def _untreated_prediction(y: np.ndarray, t: np.ndarray, xm: np.ndarray, binary: bool) -> np.ndarray:
+    """m0(x) for every row: OLS (normal equations) or logistic regression (a 1e-4 ridge, as
+    the propensity model) fitted in the unexposed; a lighter twin of the fitter's outcome
+    model for bootstrap replicates."""
+    from models.propensity import _inverse_link, fit_binary_glm
+
+    sd = xm.std(axis=0)
+    z = (xm - xm.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    if binary:
+        # predictions settle long before the coefficients of sparse, separated columns do
+        b, _ = fit_binary_glm(z[t == 0], y[t == 0], "logit", max_iter=25, tol=1e-6)
+        return _inverse_link(b[0] + z @ b[1:], "logit")
+    d = np.c_[np.ones(int((t == 0).sum())), z[t == 0]]
+    gram = d.T @ d
+    gram[np.diag_indices_from(gram)] += 1e-8 * len(d)
+    b = np.linalg.solve(gram, d.T @ y[t == 0])
+    return np.asarray(b[0] + z @ b[1:])
+
+
+def _aipw_point(y: np.ndarray, t: np.ndarray, m0: np.ndarray, w: np.ndarray) -> float:
+    r = y - m0
+    return float((np.sum(t * r) - np.sum((1 - t) * w * r)) / t.sum())
+
+
+def bootstrap_weighting_se(
+    t: np.ndarray,
+    refit_weights: Callable[[np.ndarray], np.ndarray],
+    outcomes: dict[str, tuple[np.ndarray, pd.DataFrame, bool]],
+    replicates: int = 200,
+    seed: int = 0,
+) -> dict[tuple[str, str], float]:
+    """Bootstrap standard errors of the ``ipw`` and ``aipw`` ATT estimates.
+
+    Children are resampled within exposure groups (the numbers exposed and unexposed stay
+    fixed); in each replicate the weights are re-estimated (``refit_weights(rows)``, e.g.
+    :meth:`PropensityScoreFitter.refit_weights`) and so is each outcome's untreated-outcome
+    model. ``outcomes``: name -> (y, outcome design, binary). Returns (name, method) -> SE.
+
+    Why not only the analytic standard errors: where a few unexposed children carry large
+    weights (near-violations of positivity) the sandwich and influence-function variances are
+    estimated from those few children and are too small in the samples where they are
+    under-represented, the same samples where the estimate is furthest off.
+    """
+    rng = np.random.default_rng(seed)
+    idx1, idx0 = np.flatnonzero(t == 1), np.flatnonzero(t == 0)
+    draws: dict[tuple[str, str], list[float]] = {
+        (name, m): [] for name in outcomes for m in ("ipw", "aipw")
+    }
+    arrays = {name: (y, x.to_numpy(float), b) for name, (y, x, b) in outcomes.items()}
+    for _ in range(replicates):
+        rows = np.r_[rng.choice(idx1, idx1.size), rng.choice(idx0, idx0.size)]
+        tb = t[rows]
+        wb = refit_weights(rows)
+        if not np.all(np.isfinite(wb)) or wb[tb == 0].sum() <= 0:
+            continue
+        for name, (y, xm, binary) in arrays.items():
+            yb = y[rows]
+            draws[(name, "ipw")].append(_ipw_point(yb, tb, wb))
+            m0 = _untreated_prediction(yb, tb, xm[rows], binary)
+            draws[(name, "aipw")].append(_aipw_point(yb, tb, m0, wb))
+    return {
+        k: float(np.std(v, ddof=1)) if len(v) >= max(20, replicates // 2) else float("nan")
+        for k, v in draws.items()
+    }
+
+
+def select_outcome_design(
+    designs: dict[str, pd.DataFrame],
+    y: np.ndarray,
+    t: np.ndarray,
+    binary: bool = False,
+    folds: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cross-validated prediction error of the untreated-outcome model, per candidate design.
+
+    Fitted and scored in the unexposed only (the model that regression imputation and AIPW
+    use): mean squared error for a continuous outcome, binomial deviance per child for a binary
+    one. Returns ``design``, ``n_columns``, ``cv_error``, ``selected`` (smallest error; ties to
+    the earlier, simpler design).
+    """
+    from models.propensity import _inverse_link, fit_binary_glm
+
+    y0 = np.asarray(y, float)[np.asarray(t) == 0]
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(y0)) % folds
+    rows = []
+    for name, x in designs.items():
+        xv = x.to_numpy(float)[np.asarray(t) == 0]
+        err = 0.0
+        for f in range(folds):
+            tr, te = fold != f, fold == f
+            m, s = xv[tr].mean(axis=0), xv[tr].std(axis=0)
+            s = np.where(s > 0, s, 1.0)
+            ztr, zte = (xv[tr] - m) / s, (xv[te] - m) / s
+            if binary:
+                b, _ = fit_binary_glm(ztr, y0[tr], "logit")
+                mu = np.clip(_inverse_link(b[0] + zte @ b[1:], "logit"), 1e-12, 1 - 1e-12)
+                err += -2.0 * float(np.sum(y0[te] * np.log(mu) + (1 - y0[te]) * np.log1p(-mu)))
+            else:
+                d = np.c_[np.ones(tr.sum()), ztr]
+                gram = d.T @ d
+                gram[np.diag_indices_from(gram)] += 1e-8 * len(d)  # guards collinear columns
+                b = np.linalg.solve(gram, d.T @ y0[tr])
+                err += float(np.sum((y0[te] - b[0] - zte @ b[1:]) ** 2))
+        rows.append({"design": name, "n_columns": x.shape[1], "cv_error": err / len(y0)})
+    out = pd.DataFrame(rows)
+    out["selected"] = np.arange(len(out)) == int(np.nanargmin(out["cv_error"].to_numpy()))
+    return out

@@ -1,14 +1,35 @@
-"""Propensity score, weights and covariate balance, in lifelines' fit / summary / plot style."""
+"""Propensity score, weights and covariate balance, in lifelines' fit / summary / plot style.
+
+The propensity model is a binary GLM (logit or complementary log-log link) fitted by penalised
+IRLS on standardised covariates. Which design and link to use is chosen from a declared ladder
+of candidates by K-fold cross-validated binomial deviance (:func:`select_propensity_model`), a
+rule that uses the exposure only (never the outcome) and so cannot be steered towards a wanted
+effect. The complementary log-log link is on the ladder because "looked after before year 11" is
+a grouped time-to-event: with a care-entry hazard proportional in the covariates,
+``P(entered before year 11 | x) = 1 - exp(-H0(t) exp(x b))``, which is linear on the cloglog
+scale and not on the logit scale. Splines of continuous covariates (age at the index date, which
+fixes the time left before year 11, and deprivation), a count of recorded adversities and
+interactions with age let the linear predictor bend.
+"""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+
+Link = Literal["logit", "cloglog"]
+LINKS: tuple[Link, ...] = ("logit", "cloglog")
+# Harrell (Regression Modeling Strategies, 2nd ed., table 2.3): knot quantiles by number of knots
+MAX_LOG_WEIGHT_RANGE = 60.0  # entropy balancing gives up when weights would differ by e^60
+RCS_QUANTILES = {
+    3: (0.10, 0.50, 0.90),
+    4: (0.05, 0.35, 0.65, 0.95),
+    5: (0.05, 0.275, 0.50, 0.725, 0.95),
+    6: (0.05, 0.23, 0.41, 0.59, 0.77, 0.95),
+}
 
 
 def design_matrix(df: pd.DataFrame, covariates: list[str], categorical: list[str]) -> pd.DataFrame:
@@ -30,6 +51,289 @@ def design_matrix(df: pd.DataFrame, covariates: list[str], categorical: list[str
             parts.append(col)
     x = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=df.index)
     return x.loc[:, x.std(ddof=0) > 0]
+
+
+def restricted_cubic_spline(x: pd.Series | np.ndarray, n_knots: int, name: str) -> pd.DataFrame:
+    """Nonlinear columns of a restricted (natural) cubic spline, Harrell's parameterisation.
+
+    Knots at the quantiles of :data:`RCS_QUANTILES` (fewer if ``x`` has few distinct values);
+    the ``n_knots - 2`` returned columns are added to the linear term, which the caller keeps.
+    Scaled by the squared knot range so the columns are on the scale of ``x``.
+    """
+    if n_knots not in RCS_QUANTILES:
+        raise ValueError(f"n_knots must be one of {sorted(RCS_QUANTILES)}, got {n_knots}")
+    v = np.asarray(x, dtype=float)
+    index = x.index if isinstance(x, pd.Series) else None
+    fill = np.nanmean(v) if np.isfinite(v).any() else 0.0
+    v = np.where(np.isfinite(v), v, fill)
+    knots = np.unique(np.quantile(v, RCS_QUANTILES[n_knots]))
+    if knots.size < 3:
+        return pd.DataFrame(index=index if index is not None else pd.RangeIndex(len(v)))
+    k = knots
+    scale = (k[-1] - k[0]) ** 2
+    cols = {}
+    for j in range(k.size - 2):
+        term = (
+            np.clip(v - k[j], 0, None) ** 3
+            - np.clip(v - k[-2], 0, None) ** 3 * (k[-1] - k[j]) / (k[-1] - k[-2])
+            + np.clip(v - k[-1], 0, None) ** 3 * (k[-2] - k[j]) / (k[-1] - k[-2])
+        )
+        cols[f"{name}_rcs{j + 1}"] = term / scale
+    return pd.DataFrame(cols, index=index)
+
+
+def flexible_design(
+    df: pd.DataFrame,
+    base: pd.DataFrame,
+    *,
+    splines: dict[str, int],
+    count_of: list[str],
+    count_name: str = "n_recorded_adversities",
+    count_cap: int = 3,
+    interact_with: str | None = None,
+    interaction_terms: list[str] | None = None,
+) -> pd.DataFrame:
+    """``base`` plus restricted cubic splines, dummies of a capped count and interactions.
+
+    * each column of ``splines`` (name -> number of knots) enters linearly (if ``base`` lacks
+      it) plus its spline terms;
+    * ``count_name``: dummies for 2, ..., ``count_cap``+ of the sum of the ``count_of`` flags (one
+      flag is the sum's linear part, already in ``base``);
+    * ``interact_with`` (standardised) times each of ``interaction_terms`` (the count is
+      available as ``count_name``).
+    Constant columns are dropped.
+    """
+    parts = [base]
+    for col, knots in splines.items():
+        if col not in df:
+            continue
+        v = df[col].astype(float)
+        if col not in base:
+            parts.append(v.fillna(v.mean()).rename(col).to_frame())
+        parts.append(restricted_cubic_spline(v, knots, col))
+    present = [c for c in count_of if c in df]
+    count = (
+        df[present].astype(float).fillna(0).sum(axis=1)
+        if present
+        else pd.Series(0.0, index=df.index)
+    )
+    if present:
+        for level in range(2, count_cap + 1):
+            hit = count >= level if level == count_cap else count == level
+            parts.append(hit.astype(float).rename(f"{count_name}_{level}").to_frame())
+    if interact_with is not None and interact_with in df:
+        a = df[interact_with].astype(float)
+        a = (a - a.mean()) / (a.std() if a.std() > 0 else 1.0)
+        for term in interaction_terms or []:
+            other = count if term == count_name else df[term].astype(float) if term in df else None
+            if other is None:
+                continue
+            other = other.fillna(other.mean())
+            parts.append((a * other).rename(f"{interact_with}_x_{term}").to_frame())
+    x = pd.concat(parts, axis=1)
+    x = x.loc[:, ~x.columns.duplicated()]
+    return x.loc[:, x.std(ddof=0) > 0]
+
+
+def _inverse_link(eta: np.ndarray, link: Link) -> np.ndarray:
+    eta = np.clip(eta, -30, 30)
+    if link == "logit":
+        return 1.0 / (1.0 + np.exp(-eta))
+    return -np.expm1(-np.exp(eta))
+
+
+def _mu_eta(eta: np.ndarray, link: Link) -> np.ndarray:
+    """d mu / d eta."""
+    eta = np.clip(eta, -30, 30)
+    if link == "logit":
+        p = 1.0 / (1.0 + np.exp(-eta))
+        return p * (1 - p)
+    return np.exp(eta - np.exp(eta))
+
+
+def fit_binary_glm(
+    z: np.ndarray,
+    t: np.ndarray,
+    link: Link = "logit",
+    l2: float = 1e-4,
+    max_iter: int = 100,
+    tol: float = 1e-8,
+) -> tuple[np.ndarray, bool]:
+    """Penalised maximum likelihood for a binary GLM by Fisher scoring with step halving.
+
+    ``z`` excludes the intercept (added here, unpenalised); ``l2`` is the ridge penalty
+    ``l2 / 2 * |b|^2`` on the slopes, relative to the summed log-likelihood (``l2 = 1e-4`` is
+    scikit-learn's ``C = 1e4``). Returns the coefficients (intercept first) and whether the fit
+    converged.
+    """
+    n, p = z.shape
+    design = np.c_[np.ones(n), z]
+    pen = np.full(p + 1, l2)
+    pen[0] = 0.0
+    prev = float(np.clip(t.mean(), 1e-4, 1 - 1e-4))
+    b = np.zeros(p + 1)
+    b[0] = np.log(prev / (1 - prev)) if link == "logit" else np.log(-np.log1p(-prev))
+
+    def objective(beta: np.ndarray) -> float:
+        mu = np.clip(_inverse_link(design @ beta, link), 1e-12, 1 - 1e-12)
+        ll = np.sum(t * np.log(mu) + (1 - t) * np.log1p(-mu))
+        return float(-ll + 0.5 * np.sum(pen * beta**2))
+
+    obj = objective(b)
+    converged = False
+    for _ in range(max_iter):
+        eta = design @ b
+        mu = np.clip(_inverse_link(eta, link), 1e-12, 1 - 1e-12)
+        d = _mu_eta(eta, link)
+        var = mu * (1 - mu)
+        score = design.T @ ((t - mu) * d / var) - pen * b
+        info = (design * (d**2 / var)[:, None]).T @ design + np.diag(pen)
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(info, score, rcond=None)[0]
+        for _half in range(30):
+            cand = b + step
+            new = objective(cand)
+            if np.isfinite(new) and new <= obj + 1e-10 * abs(obj):
+                break
+            step = step / 2
+        else:
+            break
+        b, old = cand, obj
+        obj = new
+        if abs(old - obj) < tol * (abs(obj) + 1.0):
+            converged = True
+            break
+    return b, converged
+
+
+def entropy_balance(
+    z: np.ndarray,
+    t: np.ndarray,
+    max_iter: int = 200,
+    tol: float = 1e-8,
+    base: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """Entropy balancing for the ATT (Hainmueller 2012): unexposed weights ``exp(z0 . lam)``,
+    normalised, whose weighted means of ``z`` equal the exposed means, with the least
+    Kullback-Leibler divergence from uniform weights.
+
+    Newton's method on the convex dual ``log sum exp((z0 - zbar1) . lam)``. Returns ``lam`` and the
+    largest remaining absolute imbalance (in the units of ``z``): 0 up to ``tol`` when the
+    constraints are feasible, clearly above it when they are not (no unexposed weighting can
+    reach the exposed means). Equivalent to a logistic propensity score with slopes ``lam``
+    fitted by the just-identified covariate-balancing (CBPS) conditions for the ATT (Imai &
+    Ratkovic 2014; Zhao & Percival 2017).
+
+    ``base``: positive base weights of the unexposed (e.g. the odds of a fitted propensity
+    score); the weights become ``base * exp(z0 . lam)``, as close to ``base`` as balance allows
+    (calibration weighting, Deville & Sarndal 1992).
+    """
+    d = z[t == 0] - z[t == 1].mean(axis=0)
+    # a target outside the range of the unexposed values (e.g. a category with exposed but no
+    # unexposed children) cannot be met by any positive weights
+    outside = (d.max(axis=0) < -tol) | (d.min(axis=0) > tol)
+    if outside.any():
+        return np.zeros(z.shape[1]), float(np.abs(d).min(axis=0)[outside].max())
+    lam = np.zeros(z.shape[1])
+    offset = np.zeros(len(d)) if base is None else np.log(np.clip(base, 1e-300, None))
+
+    def dual(v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        a = d @ v + offset
+        top = a.max()
+        q = np.exp(a - top)
+        total = q.sum()
+        return float(np.log(total) + top), q / total, a
+
+    f, q, _ = dual(lam)
+    gap = float(np.abs(q @ d).max())
+    for _ in range(max_iter):
+        g = q @ d
+        gap = float(np.abs(g).max())
+        if gap < tol:
+            break
+        hess = (d * q[:, None]).T @ d - np.outer(g, g)
+        hess[np.diag_indices_from(hess)] += 1e-10
+        try:
+            step = np.linalg.solve(hess, g)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(hess, g, rcond=None)[0]
+        size, f_old = 1.0, f
+        for _half in range(50):
+            cand = lam - size * step
+            f_new, q_new, _ = dual(cand)
+            if np.isfinite(f_new) and f_new <= f:
+                break
+            size /= 2
+        else:
+            break
+        lam, f, q = cand, f_new, q_new
+        a = d @ lam
+        if f_old - f < 1e-15 * max(1.0, abs(f)) or a.max() - a.min() > MAX_LOG_WEIGHT_RANGE:
+            # stalled, or weights already e^60 apart: the constraints are (practically)
+            # infeasible and the dual is running off to infinity
+            gap = float(np.abs(q @ d).max())
+            break
+    return lam, gap
+
+
+def _standardise(xv: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    return (xv - mean) / np.where(sd > 0, sd, 1)
+
+
+def cross_validated_deviance(
+    x: pd.DataFrame, treatment: np.ndarray, link: Link, folds: int = 5, seed: int = 0
+) -> float:
+    """Binomial deviance of held-out exposure over ``folds`` folds (stratified, seeded)."""
+    t = np.asarray(treatment, dtype=float)
+    xv = x.to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(t), dtype=int)
+    for g in (0, 1):  # stratified: each fold gets its share of exposed and unexposed
+        idx = np.flatnonzero(t == g)
+        fold[rng.permutation(idx)] = np.arange(idx.size) % folds
+    dev = 0.0
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        m, s = xv[tr].mean(axis=0), xv[tr].std(axis=0)
+        b, _ = fit_binary_glm(_standardise(xv[tr], m, s), t[tr], link)
+        eta = b[0] + _standardise(xv[te], m, s) @ b[1:]
+        mu = np.clip(_inverse_link(eta, link), 1e-12, 1 - 1e-12)
+        dev += -2.0 * float(np.sum(t[te] * np.log(mu) + (1 - t[te]) * np.log1p(-mu)))
+    return dev
+
+
+def select_propensity_model(
+    designs: dict[str, pd.DataFrame],
+    treatment: np.ndarray | pd.Series,
+    links: tuple[Link, ...] | list[Link] = LINKS,
+    folds: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cross-validated deviance of every (design, link) candidate; the smallest is selected.
+
+    Returns one row per candidate (``design``, ``link``, ``n_columns``, ``cv_deviance``,
+    ``selected``), ordered as given. Ties go to the earlier (simpler) candidate.
+    """
+    t = np.asarray(treatment, dtype=int)
+    rows = []
+    for name, x in designs.items():
+        for link in links:
+            if link not in LINKS:
+                raise ValueError(f"unknown link {link!r}; expected one of {LINKS}")
+            rows.append(
+                {
+                    "design": name,
+                    "link": link,
+                    "n_columns": x.shape[1],
+                    "cv_deviance": cross_validated_deviance(x, t, link, folds, seed),
+                }
+            )
+    out = pd.DataFrame(rows)
+    best = int(np.nanargmin(out["cv_deviance"].to_numpy()))
+    out["selected"] = np.arange(len(out)) == best
+    return out
 
 
 def smd(x: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> float:
@@ -55,6 +359,15 @@ class PropensityScoreFitter:
         Truncate weights at this upper percentile (e.g. 99; None = no truncation).
     balance_threshold
         Absolute SMD above which a covariate fails balance (0.1).
+    link
+        ``"logit"`` (logistic regression) or ``"cloglog"`` (complementary log-log); for
+        ``method="likelihood"``.
+    method
+        ``"likelihood"``: the GLM fitted by (penalised) maximum likelihood. ``"balancing"`` (ATT
+        only): a logistic propensity whose coefficients make the weighted unexposed means of
+        every design column equal the exposed means exactly (entropy balancing, see
+        :func:`entropy_balance`); falls back to maximum likelihood, with a warning, when exact
+        balance is infeasible.
     """
 
     def __init__(
@@ -63,6 +376,8 @@ class PropensityScoreFitter:
         trim: float = 0.0,
         truncate: float | None = 99.5,
         balance_threshold: float = 0.1,
+        link: Link = "logit",
+        method: Literal["likelihood", "balancing"] = "likelihood",
     ) -> None:
         if estimand not in ("ATT", "ATE"):
             raise ValueError(f"estimand must be 'ATT' or 'ATE', got {estimand!r}")
@@ -70,36 +385,80 @@ class PropensityScoreFitter:
             raise ValueError(f"trim must be in [0, 0.5), got {trim}")
         if truncate is not None and not 50 < truncate <= 100:
             raise ValueError(f"truncate must be a percentile in (50, 100], got {truncate}")
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+        if method not in ("likelihood", "balancing"):
+            raise ValueError(f"method must be 'likelihood' or 'balancing', got {method!r}")
+        if method == "balancing" and estimand != "ATT":
+            raise ValueError("method='balancing' targets the ATT; use estimand='ATT'")
         self.estimand = estimand
         self.trim = trim
         self.truncate = truncate
         self.balance_threshold = balance_threshold
+        self.link = link
+        self.method = method
         self.warnings_: list[str] = []
 
-    def fit(self, x: pd.DataFrame, treatment: np.ndarray | pd.Series) -> PropensityScoreFitter:
+    def fit(
+        self,
+        x: pd.DataFrame,
+        treatment: np.ndarray | pd.Series,
+        balance_covariates: pd.DataFrame | None = None,
+    ) -> PropensityScoreFitter:
+        """Fit on the design ``x``; balance is reported on ``balance_covariates`` (default
+        ``x``), e.g. the original covariates when ``x`` holds spline and interaction terms."""
         t = np.asarray(treatment, dtype=int)
         if t.min() == t.max():
             raise ValueError("treatment has one value only: nothing to compare")
         self.columns_ = list(x.columns)
         xv = x.to_numpy(dtype=float)
         self.mean_, self.sd_ = xv.mean(axis=0), xv.std(axis=0)
-        z = (xv - self.mean_) / np.where(self.sd_ > 0, self.sd_, 1)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.model_ = LogisticRegression(C=1e4, max_iter=2000).fit(z, t)
-        if any("converge" in str(w.message).lower() for w in caught):
-            self.warnings_.append("propensity model did not converge")
-        ps = self.model_.predict_proba(z)[:, 1]
+        z = _standardise(xv, self.mean_, self.sd_)
+        self.method_ = self.method
+        self.link_: Link = self.link
+        if self.method == "balancing":
+            lam, gap = entropy_balance(z, t)
+            self.balance_gap_ = gap
+            if gap < 1e-6:
+                self.link_ = "logit"
+                # intercept: the implied propensities sum to the number exposed
+                eta = z @ lam
+                lo, hi = -50.0 - eta.max(), 50.0 - eta.min()
+                for _ in range(200):
+                    mid = (lo + hi) / 2
+                    lo, hi = (
+                        (mid, hi)
+                        if _inverse_link(mid + eta, "logit").sum() < t.sum()
+                        else (lo, mid)
+                    )
+                self.params_ = np.r_[(lo + hi) / 2, lam]
+            else:
+                self.method_ = "likelihood"
+                self.warnings_.append(
+                    f"exact covariate balance infeasible (imbalance {gap:.2g} SD): propensity "
+                    "fitted by maximum likelihood instead"
+                )
+        if self.method_ == "likelihood":
+            self.params_, converged = fit_binary_glm(z, t.astype(float), self.link_)
+            if not converged:
+                self.warnings_.append("propensity model did not converge")
+        ps = _inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
         self.auc_ = float(roc_auc_score(t, ps))
         p = t.mean()
+        ps_c = np.clip(ps, 1e-6, 1 - 1e-6)
         # preference score (Walker et al.): propensity adjusted for the exposure prevalence
-        logit = np.log(ps / (1 - ps)) - np.log(p / (1 - p))
+        logit = np.log(ps_c / (1 - ps_c)) - np.log(p / (1 - p))
         self.preference_ = 1 / (1 + np.exp(-logit))
         self.equipoise_ = float(np.mean((self.preference_ >= 0.3) & (self.preference_ <= 0.7)))
         keep = (ps >= self.trim) & (ps <= 1 - self.trim) if self.trim > 0 else np.ones_like(t, bool)
         self.kept_ = keep
-        ps = np.clip(ps, 1e-6, 1 - 1e-6)
-        if self.estimand == "ATT":
+        ps = ps_c
+        if self.estimand == "ATT" and self.method_ == "balancing":
+            # exp(z . lam) directly: ps / (1 - ps) in floating point loses the exact balance
+            odds = np.exp(np.clip(z @ self.params_[1:] - (z @ self.params_[1:]).max(), -700, 0))
+            w = np.where(t == 1, 1.0, odds)
+            w[t == 0] *= t[keep].sum() / max(w[(t == 0) & keep].sum(), 1e-300)
+        elif self.estimand == "ATT":
             w = np.where(t == 1, 1.0, ps / (1 - ps))
             w[t == 0] *= t[keep].sum() / max(w[(t == 0) & keep].sum(), 1e-12)
         else:
@@ -118,11 +477,13 @@ class PropensityScoreFitter:
         ess = w[t == 0].sum() ** 2 / max((w[t == 0] ** 2).sum(), 1e-12)
         self.effective_sample_size_unexposed_ = float(ess)
         self.propensity_, self.weights_, self.treatment_ = ps, w, t
+        bx = x if balance_covariates is None else balance_covariates
+        bv = bx.to_numpy(dtype=float)
         self.balance_ = pd.DataFrame(
             {
-                "covariate": self.columns_,
-                "smd_before": [smd(xv[:, j], t) for j in range(xv.shape[1])],
-                "smd_after": [smd(xv[keep, j], t[keep], w[keep]) for j in range(xv.shape[1])],
+                "covariate": list(bx.columns),
+                "smd_before": [smd(bv[:, j], t) for j in range(bv.shape[1])],
+                "smd_after": [smd(bv[keep, j], t[keep], w[keep]) for j in range(bv.shape[1])],
             }
         )
         self.balance_["balanced"] = self.balance_["smd_after"].abs() < self.balance_threshold
@@ -132,6 +493,40 @@ class PropensityScoreFitter:
                 f"covariate imbalance after weighting (|SMD| >= {self.balance_threshold}): {bad}"
             )
         return self
+
+    def refit_weights(self, x: pd.DataFrame, treatment: np.ndarray) -> np.ndarray:
+        """Weights from refitting this model (same options) on other data, without the
+        diagnostics: what a bootstrap replicate needs. Trimming is not applied."""
+        t = np.asarray(treatment, dtype=int)
+        xv = x.to_numpy(dtype=float)
+        z = _standardise(xv, xv.mean(axis=0), xv.std(axis=0))
+        w = np.ones(len(t))
+        if self.method == "balancing":
+            lam, gap = entropy_balance(z, t)
+            if gap < 1e-6:
+                a = z[t == 0] @ lam
+                e = np.exp(a - a.max())
+                w[t == 0] = e * t.sum() / e.sum()
+                return self._truncated(w)
+        b, _ = fit_binary_glm(z, t.astype(float), self.link)
+        ps = np.clip(_inverse_link(b[0] + z @ b[1:], self.link), 1e-6, 1 - 1e-6)
+        if self.estimand == "ATT":
+            w = np.where(t == 1, 1.0, ps / (1 - ps))
+            w[t == 0] *= t.sum() / max(w[t == 0].sum(), 1e-12)
+        else:
+            p = t.mean()
+            w = np.where(t == 1, p / ps, (1 - p) / (1 - ps))
+        return self._truncated(w)
+
+    def _truncated(self, w: np.ndarray) -> np.ndarray:
+        if self.truncate is None:
+            return w
+        return np.minimum(w, np.percentile(w, self.truncate))
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        """Propensity for new rows of the same design."""
+        z = _standardise(x[self.columns_].to_numpy(dtype=float), self.mean_, self.sd_)
+        return _inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
 
     @property
     def summary(self) -> pd.DataFrame:

@@ -6,15 +6,27 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.disclosure import DisclosureSettings, control_counts, control_estimates
-from models.effects import Estimate, ExposureEffectFitter, e_value
-from models.propensity import PropensityScoreFitter, design_matrix
+from models.effects import (
+    Estimate,
+    ExposureEffectFitter,
+    bootstrap_weighting_se,
+    e_value,
+    select_outcome_design,
+)
+from models.propensity import (
+    Link,
+    PropensityScoreFitter,
+    design_matrix,
+    flexible_design,
+    select_propensity_model,
+)
 from models.survival import (
     PiecewisePoissonFitter,
     TimeVaryingCoxFitter,
@@ -27,6 +39,7 @@ from pipelines.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
+Design = Literal["main", "splines", "splines_interactions"]
 ADVERSITIES = [
     "physical_abuse",
     "parental_mental_ill_health",
@@ -66,9 +79,47 @@ class ModelSettings(BaseModel):
             "age_at_index",
         ]
     )
-    weight_truncation_percentile: float | None = 99.5
+    # No truncation by default: where the exposure is near-certain for some children (young at
+    # the index date, several recorded adversities) the ATT weights of their few unexposed
+    # look-alikes are large, and capping them biases the ATT towards the unadjusted contrast.
+    # Extreme weights and the effective sample size are reported instead.
+    weight_truncation_percentile: float | None = None
     trim: float = 0.0
     balance_threshold: float = 0.1
+    # Propensity and outcome designs: candidates, chosen by cross-validation (see
+    # models/propensity.py). "main" is `covariates` as given; "splines" adds restricted cubic
+    # splines (`spline_knots`), the capped count of recorded adversities (`count_of`);
+    # "splines_interactions" adds `interaction_with` x each of `interaction_terms`.
+    # "balancing": logistic propensity fitted so the weighted unexposed means of the
+    # `balancing_design` columns equal the exposed means exactly (entropy balancing, ATT-CBPS);
+    # "likelihood": the (design, link) with the smallest cross-validated deviance among
+    # `propensity_designs` x `propensity_links`, fitted by maximum likelihood.
+    propensity_method: Literal["balancing", "likelihood"] = "balancing"
+    balancing_design: Design = "main"
+    propensity_designs: tuple[Design, ...] = ("main", "splines", "splines_interactions")
+    propensity_links: tuple[Link, ...] = ("logit", "cloglog")
+    outcome_designs: tuple[Design, ...] = ("main", "splines", "splines_interactions")
+    spline_knots: dict[str, int] = Field(
+        default_factory=lambda: {"age_at_index": 5, "deprivation_decile": 4}
+    )
+    count_of: list[str] = Field(
+        default_factory=lambda: [*ADVERSITIES, "parental_learning_disability"]
+    )
+    interaction_with: str | None = "age_at_index"
+    interaction_terms: list[str] = Field(
+        default_factory=lambda: [
+            "n_recorded_adversities",
+            "deprivation_decile",
+            "physical_abuse",
+            "prior_ks2_missing",
+        ]
+    )
+    cv_folds: int = Field(5, ge=2, le=20)
+    cv_seed: int = 20240601
+    # Standard errors of the IPW and AIPW estimates: bootstrap (children resampled within
+    # exposure groups, weights and outcome models refitted) with this many replicates; 0 = the
+    # analytic ones (stacked sandwich for balancing IPW, influence function for AIPW).
+    bootstrap_replicates: int = Field(200, ge=0)
     disclosure: DisclosureSettings = DisclosureSettings()
 
 
@@ -123,6 +174,80 @@ def _savefig(fig: Any, path: os.PathLike[str] | str) -> None:
     plt.close(fig)
 
 
+def candidate_designs(df: pd.DataFrame, s: ModelSettings) -> dict[str, pd.DataFrame]:
+    """The ladder of designs the propensity and outcome models choose from."""
+    main = design_matrix(df, s.covariates, s.categorical)
+    flex = {
+        "splines": dict(splines=s.spline_knots, count_of=s.count_of),
+        "splines_interactions": dict(
+            splines=s.spline_knots,
+            count_of=s.count_of,
+            interact_with=s.interaction_with,
+            interaction_terms=s.interaction_terms,
+        ),
+    }
+    out = {"main": main}
+    for name, kw in flex.items():
+        out[name] = flexible_design(df, main, **kw)  # type: ignore[arg-type]
+    return out
+
+
+def fit_propensity(
+    df: pd.DataFrame,
+    t: np.ndarray,
+    s: ModelSettings,
+    diag: list[dict[str, Any]],
+    analysis: str,
+) -> tuple[PropensityScoreFitter, dict[str, pd.DataFrame], str]:
+    """Fit the propensity model the settings ask for; return it, the candidate designs and the
+    name of the design it was fitted on.
+
+    Balance is reported on the richest design (main covariates plus spline, count and
+    interaction terms), so a balancing fit, exact on the main covariates by construction, is
+    still checked on their non-linear functions.
+    """
+    designs = candidate_designs(df, s)
+    design: str = s.balancing_design
+    link: Link = "logit"
+    if s.propensity_method == "likelihood":
+        sel = select_propensity_model(
+            {k: designs[k] for k in s.propensity_designs},
+            t,
+            s.propensity_links,
+            s.cv_folds,
+            s.cv_seed,
+        )
+        best = sel[sel["selected"]].iloc[0]
+        design, link = str(best["design"]), "cloglog" if best["link"] == "cloglog" else "logit"
+        for r in sel.itertuples():
+            diag.append(
+                {
+                    "analysis": analysis,
+                    "item": f"cv_deviance:{r.design}:{r.link}"
+                    + (":selected" if r.selected else ""),
+                    "value": float(r.cv_deviance),
+                    "warning": "",
+                }
+            )
+    ps = PropensityScoreFitter(
+        "ATT",
+        trim=s.trim,
+        truncate=s.weight_truncation_percentile,
+        balance_threshold=s.balance_threshold,
+        link=link,
+        method=s.propensity_method,
+    ).fit(designs[design], t, balance_covariates=designs["splines_interactions"])
+    diag.append(
+        {
+            "analysis": analysis,
+            "item": f"fitted:{ps.method_}:{design}:{ps.link_}",
+            "value": float(designs[design].shape[1]),
+            "warning": "",
+        }
+    )
+    return ps, designs, design
+
+
 def education_estimates(
     children: pd.DataFrame,
     s: ModelSettings,
@@ -138,6 +263,33 @@ def education_estimates(
         "long_vs_nla": ("long",),
         "short_vs_nla": ("short",),
     }
+    # the untreated-outcome model is fitted in the same unexposed children for every contrast:
+    # choose its design once per outcome
+    outcome_design: dict[str, str] = {}
+    t_any = ed["ks4_care_group"].isin(["long", "short"]).to_numpy().astype(int)
+    ed_designs = candidate_designs(ed, s)
+    for outcome, binary in (("ks4_score", False), ("ks4_level2_inclusive", True)):
+        if t_any.sum() == len(t_any) or ed.empty:
+            outcome_design[outcome] = "main"
+            continue
+        osel = select_outcome_design(
+            {k: ed_designs[k] for k in s.outcome_designs},
+            ed[outcome].to_numpy(float),
+            t_any,
+            binary,
+            s.cv_folds,
+            s.cv_seed,
+        )
+        outcome_design[outcome] = str(osel.loc[osel["selected"], "design"].iloc[0])
+        for r in osel.itertuples():
+            diag.append(
+                {
+                    "analysis": f"outcome_model:{outcome}",
+                    "item": f"cv_error:{r.design}" + (":selected" if r.selected else ""),
+                    "value": float(r.cv_error),
+                    "warning": "",
+                }
+            )
     for contrast, exposed in contrasts.items():
         sub = ed[ed["ks4_care_group"].isin([*exposed, "none"])].reset_index(drop=True)
         t = sub["ks4_care_group"].isin(exposed).to_numpy().astype(int)
@@ -151,16 +303,12 @@ def education_estimates(
                 }
             )
             continue
-        x = design_matrix(sub, s.covariates, s.categorical)
+        ps, designs, ps_design = fit_propensity(sub, t, s, diag, f"propensity:{contrast}")
+        exact = ps.method_ == "balancing" and s.weight_truncation_percentile is None
+        x = designs["main"]
         dropped = set(s.covariates) - {
             c.split("_")[0] if c not in sub.columns else c for c in x.columns
         }
-        ps = PropensityScoreFitter(
-            "ATT",
-            trim=s.trim,
-            truncate=s.weight_truncation_percentile,
-            balance_threshold=s.balance_threshold,
-        ).fit(x, t)
         fitted[contrast] = ps
         for r in ps.summary.itertuples():
             diag.append(
@@ -183,14 +331,45 @@ def education_estimates(
         if dropped:
             log.debug("constant covariates dropped: %s", dropped)
         balance.append(ps.balance_.assign(contrast=contrast))
-        for outcome, binary, scale in (
+        education_outcomes = (
             ("ks4_score", False, "mean_difference"),
             ("ks4_level2_inclusive", True, "risk_difference"),
-        ):
+        )
+        boot: dict[tuple[str, str], float] = {}
+        if s.bootstrap_replicates > 0:
+            x_ps = designs[ps_design]
+            boot = bootstrap_weighting_se(
+                t,
+                lambda rows: ps.refit_weights(x_ps.iloc[rows], t[rows]),  # noqa: B023
+                {
+                    o: (sub[o].to_numpy(float), designs[outcome_design[o]], b)
+                    for o, b, _scale in education_outcomes
+                },
+                s.bootstrap_replicates,
+                s.cv_seed,
+            )
+            diag.append(
+                {
+                    "analysis": f"propensity:{contrast}",
+                    "item": "bootstrap_replicates",
+                    "value": float(s.bootstrap_replicates),
+                    "warning": ""
+                    if all(np.isfinite(v) for v in boot.values())
+                    else "too few usable bootstrap replicates: analytic standard errors kept",
+                }
+            )
+        for outcome, binary, scale in education_outcomes:
             y = sub[outcome].to_numpy(float)
+            x_out = designs[outcome_design[outcome]]
             for method in ("unadjusted", "regression", "ipw", "aipw"):
                 try:
-                    f = ExposureEffectFitter(method, binary=binary).fit(y, t, x, ps.weights_)  # type: ignore[arg-type]
+                    f = ExposureEffectFitter(method, binary=binary).fit(  # type: ignore[arg-type]
+                        y,
+                        t,
+                        x_out,
+                        ps.weights_,
+                        balanced_on=designs[ps_design] if exact and method == "ipw" else None,
+                    )
                 except Exception as exc:
                     out.append(
                         Estimate(
@@ -208,6 +387,8 @@ def education_estimates(
                         )
                     )
                     continue
+                if np.isfinite(boot.get((outcome, method), np.nan)):
+                    f.se_ = boot[(outcome, method)]
                 est = f.result(outcome, contrast, scale)
                 est.warning = "; ".join(
                     filter(
@@ -571,13 +752,10 @@ def run_models(
         res / "diagnostics.csv", index=False, float_format="%.6g"
     )
     # overall CLA-vs-NLA propensity for table 1 and weighted KM
-    x_all = design_matrix(children, s.covariates, s.categorical)
     t_all = (children["group"] == "CLA").to_numpy().astype(int)
     w_all = None
     if 0 < t_all.sum() < len(t_all):
-        ps_all = PropensityScoreFitter("ATT", truncate=s.weight_truncation_percentile).fit(
-            x_all, t_all
-        )
+        ps_all, _, _ = fit_propensity(children, t_all, s, [], "propensity:ever_looked_after")
         w_all = ps_all.weights_
         _savefig(ps_all.plot().figure, layout.figures_dir / "propensity_overlap.png")
         _savefig(ps_all.plot_balance().figure, layout.figures_dir / "love_plot.png")

@@ -85,11 +85,12 @@ class TimeVaryingCoxFitter:
                 self.warnings_.append("Cox: " + str(w.message).split("\n")[0])
         self.model_ = ctv
         s = ctv.summary
-        self.hazard_ratio_ = float(np.exp(s.loc[exposure, "coef"]))
-        self.ci_ = (
-            float(np.exp(s.loc[exposure, "coef lower 95%"])),
-            float(np.exp(s.loc[exposure, "coef upper 95%"])),
-        )
+        with np.errstate(over="ignore"):  # a degenerate fit gives an infinite upper limit
+            self.hazard_ratio_ = float(np.exp(s.loc[exposure, "coef"]))
+            self.ci_ = (
+                float(np.exp(s.loc[exposure, "coef lower 95%"])),
+                float(np.exp(s.loc[exposure, "coef upper 95%"])),
+            )
         self.p_value_ = float(s.loc[exposure, "p"])
         self.summary = s
         return self
@@ -101,8 +102,27 @@ class TimeVaryingCoxFitter:
         return self.model_.plot(ax=ax)
 
 
+def split_at_age_years(rows: pd.DataFrame) -> pd.DataFrame:
+    """Split counting-process rows (``start``, ``stop`` in months of age) at every birthday, so
+    each piece lies within one year of age; an event stays on the row's last piece."""
+    start = rows["start"].to_numpy(dtype=np.int64)
+    stop = rows["stop"].to_numpy(dtype=np.int64)
+    first = start // 12
+    n = np.maximum((stop - 1) // 12 - first + 1, 1)
+    idx = np.repeat(np.arange(len(rows)), n)
+    j = np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n)
+    year = first[idx] + j
+    out = rows.iloc[idx].reset_index(drop=True)
+    out["start"] = np.maximum(start[idx], 12 * year)
+    out["stop"] = np.minimum(stop[idx], 12 * (year + 1))
+    last = j == n[idx] - 1
+    out["event"] = np.where(last, out["event"].to_numpy(), 0)
+    return out
+
+
 class PiecewisePoissonFitter:
-    """Piecewise-exponential model: Poisson GLM on person-time by age year, offset log(time)."""
+    """Piecewise-exponential model: Poisson GLM on person-time by year of age (rows split at
+    birthdays), offset log(time)."""
 
     def __init__(self) -> None:
         self.warnings_: list[str] = []
@@ -110,9 +130,10 @@ class PiecewisePoissonFitter:
     def fit(
         self, rows: pd.DataFrame, covariates: list[str], exposure: str = "looked_after"
     ) -> PiecewisePoissonFitter:
-        band = (rows["start"] // 12).clip(upper=17).astype(int)
+        pieces = split_at_age_years(rows)
+        band = (pieces["start"] // 12).clip(upper=17).astype(int)
         agg = (
-            rows.assign(band=band, time=rows["stop"] - rows["start"])
+            pieces.assign(band=band, time=pieces["stop"] - pieces["start"])
             .groupby(["band", exposure, *covariates], observed=True)[["event", "time"]]
             .sum()
             .reset_index()

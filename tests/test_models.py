@@ -37,14 +37,149 @@ def confounded(
 
 def test_regression_and_ipw_pinned_to_statsmodels() -> None:
     y, t, x = confounded(3000, 1)
+    # regression imputation: OLS in the unexposed, ATT = mean over the exposed of y - m0(x)
     f = ExposureEffectFitter("regression").fit(y, t, x)
-    ref = sm.OLS(y, sm.add_constant(np.c_[t, x.to_numpy()])).fit(cov_type="HC1")
-    assert f.estimate_ == pytest.approx(ref.params[1], rel=1e-10)
-    assert f.se_ == pytest.approx(ref.bse[1], rel=1e-10)
+    d = sm.add_constant(x.to_numpy())
+    ref = sm.OLS(y[t == 0], d[t == 0]).fit(cov_type="HC1")
+    resid1 = y[t == 1] - d[t == 1] @ ref.params
+    assert f.estimate_ == pytest.approx(resid1.mean(), rel=1e-10)
+    g1 = d[t == 1].mean(axis=0)
+    se = np.sqrt(resid1.var(ddof=1) / (t == 1).sum() + g1 @ ref.cov_params() @ g1)
+    assert f.se_ == pytest.approx(se, rel=1e-10)
     ps = PropensityScoreFitter("ATT", truncate=None).fit(x, t)
     g = ExposureEffectFitter("ipw").fit(y, t, x, ps.weights_)
     ref_w = sm.WLS(y, sm.add_constant(t.astype(float)), weights=ps.weights_).fit(cov_type="HC1")
     assert g.estimate_ == pytest.approx(ref_w.params[1], rel=1e-10)
+    assert g.se_ == pytest.approx(ref_w.bse[1], rel=1e-10)
+
+
+def test_propensity_glm_pinned_to_statsmodels_and_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from models.propensity import fit_binary_glm
+
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(3000, 4))
+    t = (rng.random(3000) < -np.expm1(-np.exp(z @ [0.8, -0.4, 0.0, 0.3] - 0.7))).astype(float)
+    b, ok = fit_binary_glm(z, t, "cloglog", l2=0.0)
+    ref = sm.GLM(
+        t, sm.add_constant(z), family=sm.families.Binomial(link=sm.families.links.CLogLog())
+    ).fit()
+    assert ok and np.allclose(b, ref.params, atol=1e-6)
+    b, ok = fit_binary_glm(z, t, "logit", l2=1e-4)
+    sk = LogisticRegression(C=1e4, tol=1e-10, max_iter=10_000).fit(z, t)
+    assert ok and np.allclose(b, np.r_[sk.intercept_, sk.coef_[0]], atol=1e-4)
+
+
+def test_link_selection_by_cross_validation_follows_the_exposure_process() -> None:
+    """'Entered care before a deadline' under a proportional entry hazard is cloglog-linear;
+    cross-validated deviance prefers cloglog there and logit for a logistic exposure."""
+    from models.propensity import select_propensity_model
+
+    rng = np.random.default_rng(12)
+    n = 6000
+    x = pd.DataFrame({"risk": rng.normal(size=n), "log_time_left": np.log(rng.uniform(1, 15, n))})
+    lp = -2.5 + 1.2 * x["risk"] + x["log_time_left"]
+    t_grouped = (rng.random(n) < -np.expm1(-np.exp(lp))).astype(int)
+    t_logistic = (rng.random(n) < 1 / (1 + np.exp(-lp))).astype(int)
+    for t, want in ((t_grouped, "cloglog"), (t_logistic, "logit")):
+        sel = select_propensity_model({"main": x}, t, folds=5, seed=1)
+        assert sel.loc[sel["selected"], "link"].item() == want, sel
+    assert list(sel.columns) == ["design", "link", "n_columns", "cv_deviance", "selected"]
+
+
+def test_restricted_cubic_spline_is_linear_beyond_the_outer_knots() -> None:
+    from models.propensity import flexible_design, restricted_cubic_spline
+
+    v = pd.Series(np.linspace(0, 17, 400))
+    basis = restricted_cubic_spline(v, 5, "age")
+    assert list(basis.columns) == ["age_rcs1", "age_rcs2", "age_rcs3"]
+    q = np.quantile(v, [0.05, 0.95])
+    for col in basis:
+        for region in (v < q[0], v > q[1]):
+            second = np.diff(basis.loc[region, col].to_numpy(), 2)
+            assert np.allclose(second, 0, atol=1e-9)
+    assert restricted_cubic_spline(pd.Series([1.0, 2.0] * 10), 4, "two").shape[1] == 0
+    df = pd.DataFrame(
+        {"age": v, "a": (v > 5).astype(float), "b": (v > 9).astype(float), "dep": v % 10}
+    )
+    x = flexible_design(
+        df,
+        df[["a", "b", "dep"]],
+        splines={"age": 4, "dep": 3},
+        count_of=["a", "b"],
+        count_cap=2,
+        interact_with="age",
+        interaction_terms=["n_recorded_adversities", "dep"],
+    )
+    assert {"age", "age_rcs1", "age_rcs2", "dep_rcs1", "n_recorded_adversities_2"} <= set(x)
+    assert {"age_x_n_recorded_adversities", "age_x_dep"} <= set(x)
+
+
+def test_entropy_balancing_gives_exact_balance_and_logistic_weights() -> None:
+    _y, t, x = confounded(3000, 13)
+    x = x.assign(x1_x2=x["x1"] * x["x2"])
+    ps = PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t)
+    assert ps.method_ == "balancing" and not ps.warnings_
+    w = ps.weights_
+    for c in x:
+        v = x[c].to_numpy()
+        assert np.average(v[t == 0], weights=w[t == 0]) == pytest.approx(v[t == 1].mean(), abs=1e-8)
+    assert w[t == 0].sum() == pytest.approx(t.sum())
+    assert np.all(w[t == 1] == 1.0)
+    # the weights are the odds of a logistic propensity score, which sums to the number exposed
+    p = ps.propensity_
+    odds = p[t == 0] / (1 - p[t == 0])
+    assert np.allclose(odds / odds.sum(), w[t == 0] / w[t == 0].sum(), rtol=1e-6)
+    assert p.sum() == pytest.approx(t.sum(), rel=1e-6)
+    with pytest.raises(ValueError, match="ATT"):
+        PropensityScoreFitter("ATE", method="balancing")
+
+
+def test_infeasible_balance_falls_back_to_likelihood_with_a_warning() -> None:
+    _y, t, x = confounded(1000, 14)
+    x = x.assign(only_exposed=np.where(t == 1, 1.0, 0.0) * (np.arange(len(t)) % 2))
+    ps = PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t)
+    assert ps.method_ == "likelihood"
+    assert any("infeasible" in w for w in ps.warnings_)
+
+
+def test_balancing_ipw_standard_error_matches_its_sampling_spread() -> None:
+    """The stacked-sandwich SE of IPW with balancing weights against 150 replications; the
+    fixed-weight HC1 SE overstates it."""
+    est, se, se_fixed = [], [], []
+    for seed in range(150):
+        y, t, x = confounded(1500, 1000 + seed)
+        ps = PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t)
+        f = ExposureEffectFitter("ipw").fit(y, t, x, ps.weights_, balanced_on=x)
+        est.append(f.estimate_)
+        se.append(f.se_)
+        se_fixed.append(ExposureEffectFitter("ipw").fit(y, t, x, ps.weights_).se_)
+    sd = float(np.std(est, ddof=1))
+    assert abs(np.mean(est) - 2.0) < 3 * sd / np.sqrt(150)
+    assert 0.85 < np.mean(se) / sd < 1.15, (np.mean(se), sd)
+    assert np.mean(se_fixed) > np.mean(se)
+
+
+def test_heterogeneous_effect_regression_targets_att_not_the_common_coefficient() -> None:
+    """Effect 0 for x1 = 0 and 6 for x1 = 1, exposure more likely when x1 = 1: the ATT is far
+    from the variance-weighted coefficient of OLS on exposure + covariates."""
+    rng = np.random.default_rng(15)
+    n = 20_000
+    x1 = rng.binomial(1, 0.3, n)
+    x2 = rng.normal(0, 1, n)
+    t = rng.binomial(1, 1 / (1 + np.exp(-(-2.0 + 3.0 * x1 + 0.5 * x2))))
+    y = 30 - 8 * x1 - 4 * x2 + 6.0 * x1 * t + rng.normal(0, 5, n)
+    x = pd.DataFrame({"x1": x1.astype(float), "x2": x2})
+    att = 6.0 * x1[t == 1].mean()
+    ps = PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t)
+    for method in ("regression", "ipw", "aipw"):
+        balanced_on = x if method == "ipw" else None
+        f = ExposureEffectFitter(method).fit(y, t, x, ps.weights_, balanced_on=balanced_on)  # type: ignore[arg-type]
+        r = f.result("y", "t", "mean_difference")
+        assert r.ci_low <= att <= r.ci_high, (method, r.estimate, att)
+    common = sm.OLS(y, sm.add_constant(np.c_[t, x.to_numpy()])).fit(cov_type="HC1")
+    assert not common.conf_int()[1][0] <= att <= common.conf_int()[1][1]
 
 
 def test_adjusted_estimators_recover_known_effect_unadjusted_does_not() -> None:
@@ -104,6 +239,49 @@ def test_time_varying_cox_recovers_hr_and_poisson_agrees() -> None:
     assert cox.ci_[0] <= 1.8 <= cox.ci_[1]
     assert pois.ci_[0] <= 1.8 <= pois.ci_[1]
     assert abs(np.log(cox.hazard_ratio_) - np.log(pois.hazard_ratio_)) < 0.1
+
+
+def test_poisson_splits_rows_at_birthdays_and_agrees_with_cox_on_age_dependent_hazard() -> None:
+    """Rows spanning several years of age: the hazard is zero before age 10 and high after 12,
+    so a piecewise model that put a whole row in its starting year would be badly biased."""
+    from models.survival import split_at_age_years
+
+    rows = pd.DataFrame(
+        {"person_key": [1, 1, 2], "start": [5, 30, 24], "stop": [30, 40, 36], "event": [0, 1, 1]}
+    )
+    pieces = split_at_age_years(rows)
+    assert pieces[["start", "stop", "event"]].values.tolist() == [
+        [5, 12, 0],
+        [12, 24, 0],
+        [24, 30, 0],
+        [30, 36, 0],
+        [36, 40, 1],
+        [24, 36, 1],
+    ]
+    rng = np.random.default_rng(16)
+    n, hr = 6000, 1.6
+    recs = []
+    for i in range(n):
+        start = int(rng.integers(24, 150))
+        switch = int(rng.integers(start, 230))
+        x = rng.binomial(1, 0.4)
+        for a, b, la in ((start, min(switch, 216), 0), (min(switch, 216), 216, 1)):
+            if b <= a:
+                continue
+            # monthly hazard by age: 0 before 120 months, 0.002 to 144, 0.01 after
+            months = np.arange(a, b)
+            h = np.where(months < 120, 0, np.where(months < 144, 0.002, 0.01))
+            h = h * np.exp(0.5 * x) * (hr if la else 1.0)
+            hit = np.flatnonzero(rng.random(months.size) < h)
+            if hit.size:
+                recs.append((i, a, int(months[hit[0]]) + 1, la, 1, x))
+                break
+            recs.append((i, a, b, la, 0, x))
+    tv = pd.DataFrame(recs, columns=["person_key", "start", "stop", "looked_after", "event", "x"])
+    cox = TimeVaryingCoxFitter().fit(tv, ["x"])
+    pois = PiecewisePoissonFitter().fit(tv, ["x"])
+    assert abs(np.log(cox.hazard_ratio_) - np.log(pois.hazard_ratio_)) < 0.05
+    assert pois.ci_[0] <= hr <= pois.ci_[1]
 
 
 def test_cox_pinned_to_lifelines_coxph_without_time_varying_rows() -> None:
