@@ -7,7 +7,7 @@ the exposure coefficient of one model with a common effect: when the effect diff
 children (long vs short care, placement moves) that coefficient is a variance-weighted average
 of the effects, which is not the ATT. Confidence intervals: robust (HC1) sandwich for weighted
 regression; for regression imputation the sampling variance of the exposed plus the
-outcome-model coefficients' (HC1 or model-based) covariance by the delta method;
+outcome-model coefficients' (HC3 or model-based) covariance by the delta method;
 influence-function standard errors for AIPW (nuisance models treated as fixed); all Wald 95%.
 """
 
@@ -122,7 +122,9 @@ class ExposureEffectFitter:
     def _outcome_model(self, y: np.ndarray, xm: np.ndarray, robust: bool = False) -> Any:
         design = np.c_[np.ones(len(y)), xm]
         if not self.binary:
-            return sm.OLS(y, design).fit(cov_type="HC1") if robust else sm.OLS(y, design).fit()
+            # HC3 for the imputation model: its predictions for the exposed lean on
+            # high-leverage unexposed children, where HC1 understates the variance
+            return sm.OLS(y, design).fit(cov_type="HC3") if robust else sm.OLS(y, design).fit()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:

@@ -77,6 +77,12 @@ class ModelSettings(BaseModel):
             "sex_male",
             "birth_cohort",
             "age_at_index",
+            # DOMAIN.md's adjustment set also names the local authority and prior attainment /
+            # prior health-service use measured before care: as in the education models
+            "la_code",
+            "prior_ks2_expected",
+            "prior_ks2_missing",
+            "prior_emergency_admissions",
         ]
     )
     # No truncation by default: where the exposure is near-certain for some children (young at
@@ -248,6 +254,34 @@ def fit_propensity(
     return ps, designs, design
 
 
+def choose_outcome_design(
+    designs: dict[str, pd.DataFrame],
+    y: np.ndarray,
+    t: np.ndarray,
+    binary: bool,
+    s: ModelSettings,
+    diag: list[dict[str, Any]] | None = None,
+    outcome: str = "",
+) -> str:
+    """Name of the design (among ``s.outcome_designs``) whose untreated-outcome model has the
+    smallest cross-validated prediction error in the unexposed (see
+    :func:`models.effects.select_outcome_design`); the candidates go to ``diag``."""
+    osel = select_outcome_design(
+        {k: designs[k] for k in s.outcome_designs}, y, t, binary, s.cv_folds, s.cv_seed
+    )
+    for r in osel.itertuples():
+        if diag is not None:
+            diag.append(
+                {
+                    "analysis": f"outcome_model:{outcome}",
+                    "item": f"cv_error:{r.design}" + (":selected" if r.selected else ""),
+                    "value": float(r.cv_error),
+                    "warning": "",
+                }
+            )
+    return str(osel.loc[osel["selected"], "design"].iloc[0])
+
+
 def education_estimates(
     children: pd.DataFrame,
     s: ModelSettings,
@@ -272,24 +306,9 @@ def education_estimates(
         if t_any.sum() == len(t_any) or ed.empty:
             outcome_design[outcome] = "main"
             continue
-        osel = select_outcome_design(
-            {k: ed_designs[k] for k in s.outcome_designs},
-            ed[outcome].to_numpy(float),
-            t_any,
-            binary,
-            s.cv_folds,
-            s.cv_seed,
+        outcome_design[outcome] = choose_outcome_design(
+            ed_designs, ed[outcome].to_numpy(float), t_any, binary, s, diag, outcome
         )
-        outcome_design[outcome] = str(osel.loc[osel["selected"], "design"].iloc[0])
-        for r in osel.itertuples():
-            diag.append(
-                {
-                    "analysis": f"outcome_model:{outcome}",
-                    "item": f"cv_error:{r.design}" + (":selected" if r.selected else ""),
-                    "value": float(r.cv_error),
-                    "warning": "",
-                }
-            )
     for contrast, exposed in contrasts.items():
         sub = ed[ed["ks4_care_group"].isin([*exposed, "none"])].reset_index(drop=True)
         t = sub["ks4_care_group"].isin(exposed).to_numpy().astype(int)
@@ -577,15 +596,18 @@ def survival_estimates(
 ) -> list[Estimate]:
     """Time-varying Cox (adjusted, unadjusted) and piecewise Poisson, per outcome."""
     out: list[Estimate] = []
-    kids = children if restrict is None else children[restrict]
-    covs = s.survival_covariates
+    kids = (children if restrict is None else children[restrict]).reset_index(drop=True)
+    # categorical covariates (the local authority) as dummies, first level dropped
+    x = design_matrix(
+        kids, s.survival_covariates, [c for c in s.categorical if c in s.survival_covariates]
+    )
+    covs = list(x.columns)
+    kids_x = pd.concat([kids[["person_key"]], x], axis=1)
     for outcome in sorted(pt["outcome"].unique()):
         rows = age_month_intervals(
             pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
         )
-        rows = rows.drop(columns=["age_at_index"]).merge(
-            kids[["person_key", *covs]], on="person_key"
-        )
+        rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
         n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
         n_unexp = int(rows["person_key"].nunique()) - n_exp
         specs: list[tuple[str, list[str], Any]] = [("cox_tv", covs, TimeVaryingCoxFitter)]
