@@ -7,6 +7,10 @@ Rules (thresholds in :class:`DisclosureSettings`):
 3. totals are recomputed from the rounded, unsuppressed cells (never released unrounded);
 4. secondary suppression: where a row has exactly one suppressed cell, the next smallest cell
    in that row is also suppressed, so the suppressed value cannot be recovered from the total.
+
+Primary and secondary suppressions are shown with the same mark, ``[c]`` (confidential, as the
+ONS does), so a reader cannot tell which cell was the small one; a secondary cell is not small,
+and labelling it ``<10`` would be false.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-SUPPRESSED = "<{t}"
+SUPPRESSED = "[c]"
 
 
 class DisclosureSettings(BaseModel):
@@ -48,8 +52,7 @@ def control_counts(
     out = table.copy()
     for j, c in enumerate(count_columns):
         out[c] = [
-            SUPPRESSED.format(t=s.threshold) if suppressed[i, j] else str(rounded[i, j])
-            for i in range(counts.shape[0])
+            SUPPRESSED if suppressed[i, j] else str(rounded[i, j]) for i in range(counts.shape[0])
         ]
     if total_column:
         out[total_column] = [
@@ -57,8 +60,9 @@ def control_counts(
             for i in range(counts.shape[0])
         ]
     out.attrs["disclosure_control"] = (
-        f"counts < {s.threshold} suppressed (with secondary suppression), others rounded to "
-        f"{s.rounding}; totals recomputed from released cells"
+        f"[c]: suppressed (a count from 1 to {s.threshold - 1}, or a second cell suppressed so "
+        f"that one cannot be recovered from the total); other counts rounded to the nearest "
+        f"{s.rounding}; totals recomputed from the released cells, '+' where a cell is [c]"
     )
     return out
 
@@ -67,10 +71,14 @@ def control_estimates(
     estimates: pd.DataFrame, settings: DisclosureSettings | None = None
 ) -> pd.DataFrame:
     """Estimates keep their values; group sizes are rounded, and estimates resting on fewer
-    than ``threshold`` exposed or unexposed children are withheld."""
+    than ``threshold`` exposed or unexposed children are withheld.
+
+    A contrast within the exposed (per placement move, per year of age at entry) has no
+    unexposed group (``n_unexposed`` 0); only its exposed count is checked."""
     s = settings or DisclosureSettings()
     out = estimates.copy()
-    small = (out["n_exposed"] < s.threshold) | (out["n_unexposed"] < s.threshold)
+    n_unexp = out["n_unexposed"]
+    small = (out["n_exposed"] < s.threshold) | ((n_unexp > 0) & (n_unexp < s.threshold))
     for c in ("estimate", "ci_low", "ci_high", "p_value"):
         out[c] = out[c].astype(object)
         out.loc[small, c] = "withheld"

@@ -158,13 +158,15 @@ def fit_binary_glm(
     l2: float = 1e-4,
     max_iter: int = 100,
     tol: float = 1e-8,
+    init: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Penalised maximum likelihood for a binary GLM by Fisher scoring with step halving.
 
     ``z`` excludes the intercept (added here, unpenalised); ``l2`` is the ridge penalty
     ``l2 / 2 * |b|^2`` on the slopes, relative to the summed log-likelihood (``l2 = 1e-4`` is
     scikit-learn's ``C = 1e4``). Returns the coefficients (intercept first) and whether the fit
-    converged.
+    converged. ``init``: a starting point (e.g. the full-sample fit, for a bootstrap
+    replicate), used when its objective beats the intercept-only start.
     """
     n, p = z.shape
     design = np.c_[np.ones(n), z]
@@ -180,6 +182,10 @@ def fit_binary_glm(
         return float(-ll + 0.5 * np.sum(pen * beta**2))
 
     obj = objective(b)
+    if init is not None and init.shape == b.shape:
+        start = objective(init)
+        if np.isfinite(start) and start < obj:
+            b, obj = init.astype(float).copy(), start
     converged = False
     for _ in range(max_iter):
         eta = design @ b
@@ -214,6 +220,7 @@ def entropy_balance(
     max_iter: int = 200,
     tol: float = 1e-8,
     base: np.ndarray | None = None,
+    init: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Entropy balancing for the ATT (Hainmueller 2012): unexposed weights ``exp(z0 . lam)``,
     normalised, whose weighted means of ``z`` equal the exposed means, with the least
@@ -228,7 +235,9 @@ def entropy_balance(
 
     ``base``: positive base weights of the unexposed (e.g. the odds of a fitted propensity
     score); the weights become ``base * exp(z0 . lam)``, as close to ``base`` as balance allows
-    (calibration weighting, Deville & Sarndal 1992).
+    (calibration weighting, Deville & Sarndal 1992). ``init``: a starting ``lam`` (e.g. the
+    full-sample solution, for a bootstrap replicate); the dual is convex, so only the number
+    of Newton steps depends on it.
     """
     d = z[t == 0] - z[t == 1].mean(axis=0)
     # a target outside the range of the unexposed values (e.g. a category with exposed but no
@@ -238,6 +247,8 @@ def entropy_balance(
         return np.zeros(z.shape[1]), float(np.abs(d).min(axis=0)[outside].max())
     lam = np.zeros(z.shape[1])
     offset = np.zeros(len(d)) if base is None else np.log(np.clip(base, 1e-300, None))
+    if init is not None and init.shape == lam.shape and np.all(np.isfinite(init)):
+        lam = init.astype(float).copy()
 
     def dual(v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         a = d @ v + offset
@@ -496,20 +507,22 @@ class PropensityScoreFitter:
 
     def refit_weights(self, x: pd.DataFrame, treatment: np.ndarray) -> np.ndarray:
         """Weights from refitting this model (same options) on other data, without the
-        diagnostics: what a bootstrap replicate needs. Trimming is not applied."""
+        diagnostics: what a bootstrap replicate needs. Trimming is not applied. The method and
+        link are the ones the full-sample fit ended with (``method_``, ``link_``): where exact
+        balance was infeasible there, every replicate uses maximum likelihood too."""
         t = np.asarray(treatment, dtype=int)
         xv = x.to_numpy(dtype=float)
         z = _standardise(xv, xv.mean(axis=0), xv.std(axis=0))
         w = np.ones(len(t))
-        if self.method == "balancing":
-            lam, gap = entropy_balance(z, t)
+        if self.method_ == "balancing":
+            lam, gap = entropy_balance(z, t, init=self.params_[1:])
             if gap < 1e-6:
                 a = z[t == 0] @ lam
                 e = np.exp(a - a.max())
                 w[t == 0] = e * t.sum() / e.sum()
                 return self._truncated(w)
-        b, _ = fit_binary_glm(z, t.astype(float), self.link)
-        ps = np.clip(_inverse_link(b[0] + z @ b[1:], self.link), 1e-6, 1 - 1e-6)
+        b, _ = fit_binary_glm(z, t.astype(float), self.link_, init=self.params_)
+        ps = np.clip(_inverse_link(b[0] + z @ b[1:], self.link_), 1e-6, 1 - 1e-6)
         if self.estimand == "ATT":
             w = np.where(t == 1, 1.0, ps / (1 - ps))
             w[t == 0] *= t.sum() / max(w[t == 0].sum(), 1e-12)

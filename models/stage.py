@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -323,7 +324,8 @@ def education_estimates(
             )
             continue
         ps, designs, ps_design = fit_propensity(sub, t, s, diag, f"propensity:{contrast}")
-        exact = ps.method_ == "balancing" and s.weight_truncation_percentile is None
+        # exact balance (the stacked sandwich's premise) survives neither truncation nor trimming
+        exact = ps.method_ == "balancing" and s.weight_truncation_percentile is None and s.trim == 0
         x = designs["main"]
         dropped = set(s.covariates) - {
             c.split("_")[0] if c not in sub.columns else c for c in x.columns
@@ -597,12 +599,13 @@ def survival_estimates(
     """Time-varying Cox (adjusted, unadjusted) and piecewise Poisson, per outcome."""
     out: list[Estimate] = []
     kids = (children if restrict is None else children[restrict]).reset_index(drop=True)
-    # categorical covariates (the local authority) as dummies, first level dropped
-    x = design_matrix(
-        kids, s.survival_covariates, [c for c in s.categorical if c in s.survival_covariates]
-    )
+    # categorical covariates (the local authority): strata of the Cox model (own baseline
+    # hazard per level), dummies (first level dropped) in the Poisson model
+    strata = [c for c in s.categorical if c in s.survival_covariates]
+    x = design_matrix(kids, s.survival_covariates, strata)
     covs = list(x.columns)
-    kids_x = pd.concat([kids[["person_key"]], x], axis=1)
+    cox_covs = [c for c in s.survival_covariates if c not in strata]
+    kids_x = pd.concat([kids[["person_key", *strata]], x], axis=1)
     for outcome in sorted(pt["outcome"].unique()):
         rows = age_month_intervals(
             pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
@@ -610,15 +613,17 @@ def survival_estimates(
         rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
         n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
         n_unexp = int(rows["person_key"].nunique()) - n_exp
-        specs: list[tuple[str, list[str], Any]] = [("cox_tv", covs, TimeVaryingCoxFitter)]
+        specs: list[tuple[str, Callable[[], Any]]] = [
+            ("cox_tv", lambda: TimeVaryingCoxFitter().fit(rows, cox_covs, strata=strata))  # noqa: B023
+        ]
         if not suffix:
             specs += [
-                ("cox_tv_unadjusted", [], TimeVaryingCoxFitter),
-                ("poisson_pw", covs, PiecewisePoissonFitter),
+                ("cox_tv_unadjusted", lambda: TimeVaryingCoxFitter().fit(rows, [])),  # noqa: B023
+                ("poisson_pw", lambda: PiecewisePoissonFitter().fit(rows, covs)),  # noqa: B023
             ]
-        for method, cv, cls in specs:
+        for method, fit in specs:
             try:
-                f = cls().fit(rows, cv)
+                f = fit()
                 out.append(
                     Estimate(
                         outcome,
@@ -651,15 +656,17 @@ def survival_estimates(
                     )
                 )
         if not suffix:
-            diag.append(_ph_check(rows, covs, outcome))
+            diag.append(_ph_check(rows, cox_covs, outcome, strata))
     return out
 
 
-def _ph_check(rows: pd.DataFrame, covs: list[str], outcome: str) -> dict[str, Any]:
+def _ph_check(
+    rows: pd.DataFrame, covs: list[str], outcome: str, strata: list[str] | None = None
+) -> dict[str, Any]:
     """Proportional hazards for care: add looked_after x log(age) and test it (Wald)."""
     r = rows.assign(la_x_logage=rows["looked_after"] * np.log1p(rows["start"] / 12.0))
     try:
-        f = TimeVaryingCoxFitter().fit(r, [*covs, "la_x_logage"])
+        f = TimeVaryingCoxFitter().fit(r, [*covs, "la_x_logage"], strata=strata)
         p = float(f.summary.loc["la_x_logage", "p"])
         warn = "proportional hazards for care rejected at 0.01" if p < 0.01 else ""
     except Exception as exc:
@@ -714,7 +721,18 @@ def run_models(
     import matplotlib.pyplot as plt
 
     s = settings or ModelSettings()
-    step = progress or (lambda m: log.info("%s", m))
+    report = progress or (lambda m: log.info("%s", m))
+    clock: dict[str, Any] = {"name": "", "t0": time.perf_counter()}
+
+    def step(name: str) -> None:
+        """Announce a step; log how long the previous one took (the log, never results/)."""
+        now = time.perf_counter()
+        if clock["name"]:
+            log.info("model step done in %.1f s: %s", now - float(clock["t0"]), clock["name"])
+        clock.update(name=name, t0=now)
+        if name:
+            report(name)
+
     layout.ensure()
     children, pt, sy = _load(layout)
     if children.empty:
@@ -734,7 +752,10 @@ def run_models(
     hq = children["high_quality_links"] == 1
     if hq.sum() < len(children):
         est += survival_estimates(children, pt, s, diag, restrict=hq, suffix="_high_quality_links")
-        e2, _ = education_estimates(children[hq].reset_index(drop=True), s, [], [])
+        # analytic standard errors here: the restriction is read for its point estimates,
+        # and a second bootstrap would double the stage's cost at national size
+        no_boot = s.model_copy(update={"bootstrap_replicates": 0})
+        e2, _ = education_estimates(children[hq].reset_index(drop=True), no_boot, [], [])
         est += [
             e.__class__(**{**e.row(), "method": e.method + "_high_quality_links"})
             for e in e2
@@ -785,6 +806,7 @@ def run_models(
     t1.to_csv(res / "table1.csv", index=False)
     _figures(layout, children, pt, estimates, w_all, plt)
     _release(layout, estimates, t1, s)
+    step("")
     counts = {"results.estimates": len(estimates)}
     return ModelSummary(estimates, warnings_list, counts)
 

@@ -7,20 +7,27 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.cohort.build import CohortSummary, build_cohort
 from pipelines.cohort.config import load_study_config
+from pipelines.orchestration.isolation import call_stage
 from pipelines.run_layout import RunLayout
 
 
 @task(name="build-cohort")
-def build_task(run_dir: str, config_path: str | None) -> CohortSummary:
-    return build_cohort(layout=RunLayout.at(run_dir), config=load_study_config(config_path))
+def build_task(run_dir: str, config_path: str | None, isolate: bool = False) -> CohortSummary:
+    return call_stage(
+        build_cohort, isolate, layout=RunLayout.at(run_dir), config=load_study_config(config_path)
+    )
 
 
 @flow(name="build")
-def build_flow(run_dir: str, config_path: str | None = None) -> dict[str, int]:
-    """Derive the cohort tables; publish the attrition table as a markdown artifact."""
+def build_flow(
+    run_dir: str, config_path: str | None = None, isolate: bool = False
+) -> dict[str, int]:
+    """Derive the cohort tables; publish the attrition table as a markdown artifact.
+
+    ``isolate`` runs the work in a child process (see :mod:`pipelines.orchestration.isolation`)."""
     config = load_study_config(config_path)  # validate before any work starts
     del config
-    summary = build_task(run_dir, config_path)
+    summary = build_task(run_dir, config_path, isolate)
     create_markdown_artifact(
         key="cohort-attrition", markdown=summary.to_markdown(), description="attrition"
     )

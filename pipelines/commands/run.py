@@ -23,6 +23,14 @@ def command(
             "COHORT_PSEUDONYM_SECRET environment variable).",
         ),
     ] = None,
+    isolate_stages: Annotated[
+        bool,
+        typer.Option(
+            "--isolate-stages/--in-process",
+            help="Run each stage in its own child process (default: memory one stage leaves "
+            "behind does not add to the next one's peak) or all in this process.",
+        ),
+    ] = True,
 ) -> None:
     """Validate, link, build the cohort, fit the models and write report.html.
 
@@ -62,7 +70,12 @@ def command(
             logging.getLogger(name).addHandler(handler)
         try:
             result = study_flow(
-                str(data), str(out), str(config) if config else None, demo, secret_block
+                str(data),
+                str(out),
+                str(config) if config else None,
+                demo,
+                secret_block,
+                isolate_stages,
             )
         finally:
             for name in ("pipelines", "models"):

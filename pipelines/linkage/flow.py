@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from pipelines.linkage.pipeline import LinkageSummary, link_run
 from pipelines.linkage.pseudonym import secret_from_environment
 from pipelines.linkage.settings import LinkageSettings
+from pipelines.orchestration.isolation import call_stage
 from pipelines.run_layout import RunLayout
 
 
@@ -23,17 +24,26 @@ def _secret(settings: LinkageSettings, demo: bool) -> bytes:
 
 
 @task(name="link-records")
-def link_task(run_dir: str, settings: LinkageSettings, secret: bytes) -> LinkageSummary:
-    return link_run(layout=RunLayout.at(run_dir), settings=settings, secret=secret)
+def link_task(
+    run_dir: str, settings: LinkageSettings, secret: bytes, isolate: bool = False
+) -> LinkageSummary:
+    return call_stage(
+        link_run, isolate, layout=RunLayout.at(run_dir), settings=settings, secret=secret
+    )
 
 
 @flow(name="link")
 def link_flow(
-    run_dir: str, settings: LinkageSettings | None = None, demo: bool = False
+    run_dir: str,
+    settings: LinkageSettings | None = None,
+    demo: bool = False,
+    isolate: bool = False,
 ) -> dict[str, int]:
-    """Link the staged records of a run; publish link rates as a markdown artifact."""
+    """Link the staged records of a run; publish link rates as a markdown artifact.
+
+    ``isolate`` runs the work in a child process (see :mod:`pipelines.orchestration.isolation`)."""
     settings = settings or LinkageSettings()
-    summary = link_task(run_dir, settings, _secret(settings, demo))
+    summary = link_task(run_dir, settings, _secret(settings, demo), isolate)
     create_markdown_artifact(
         key="linkage-rates", markdown=summary.to_markdown(), description="link rates"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,12 @@ def report_task(run_dir: str) -> str:
 
 
 def _stage_functions(
-    data_dir: str, run_dir: str, config_path: str | None, demo: bool, secret_block: str | None
+    data_dir: str,
+    run_dir: str,
+    config_path: str | None,
+    demo: bool,
+    secret_block: str | None,
+    isolate: bool,
 ) -> dict[str, Callable[[], Any]]:
     from models.flow import model_flow
     from pipelines.cohort.flow import build_flow
@@ -59,10 +65,10 @@ def _stage_functions(
 
     linkage = LinkageSettings(prefect_secret_block=secret_block) if secret_block else None
     return {
-        "validate": lambda: validate_flow(data_dir, run_dir),
-        "link": lambda: link_flow(run_dir, settings=linkage, demo=demo),
-        "build": lambda: build_flow(run_dir, config_path),
-        "model": lambda: model_flow(run_dir),
+        "validate": lambda: validate_flow(data_dir, run_dir, isolate=isolate),
+        "link": lambda: link_flow(run_dir, settings=linkage, demo=demo, isolate=isolate),
+        "build": lambda: build_flow(run_dir, config_path, isolate=isolate),
+        "model": lambda: model_flow(run_dir, isolate=isolate),
         "report": lambda: {"report": report_task(run_dir)},
     }
 
@@ -96,16 +102,21 @@ def study_flow(
     config_path: str | None = None,
     demo: bool = False,
     secret_block: str | None = None,
+    isolate_stages: bool = True,
 ) -> dict[str, Any]:
     """Validate, link, build, model and report, resuming from the last completed stage.
 
     The pseudonymisation key comes from ``COHORT_PSEUDONYM_SECRET``, or from the Prefect
-    Secret block named ``secret_block`` (a deployment parameter)."""
+    Secret block named ``secret_block`` (a deployment parameter). With ``isolate_stages``
+    (the default) each stage's work runs in its own child process, so memory one stage leaves
+    behind does not add to the next one's peak; peaks are measured over the process tree."""
     layout = RunLayout.at(run_dir).ensure()
     data = Path(data_dir)
     with RunLock(layout.root):
         fingerprints = _fingerprints(data, config_path)
-        stages = _stage_functions(str(data), str(layout.root), config_path, demo, secret_block)
+        stages = _stage_functions(
+            str(data), str(layout.root), config_path, demo, secret_block, isolate_stages
+        )
         previous = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
         timings: dict[str, float] = dict(previous.get("timings_seconds", {}))
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))
@@ -130,6 +141,7 @@ def study_flow(
         manifest = _manifest(layout, data, config_path, demo, counts, timings)
         manifest["peak_memory_gib"] = peak_memory
         manifest["process_peak_memory_gib"] = process_peak_gib()
+        manifest["stage_process_peak_memory_gib"] = process_peak_gib(resource.RUSAGE_CHILDREN)
         write_manifest(layout, manifest)
         create_markdown_artifact(
             key="run-summary",

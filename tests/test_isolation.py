@@ -1,0 +1,112 @@
+"""Stages in child processes: results, errors, logs and memory come back; no orphans."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.errors import InputDataError
+from pipelines.orchestration.isolation import (
+    StageProcessError,
+    call_stage,
+    run_in_child_process,
+)
+from pipelines.orchestration.resources import PeakMemory, tree_rss_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_and_log(a: int, b: int) -> dict[str, int]:
+    logging.getLogger("pipelines.test_child").info("child says %d + %d, pid %d", a, b, os.getpid())
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+def bad_input(path: str) -> None:
+    raise InputDataError(f"school_census: column 'upn' missing in {path}; re-export the file")
+
+
+def internal_bug() -> None:
+    {}["no such key"]
+
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_memory(mib: int, seconds: float) -> int:
+    block = bytearray(mib * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    time.sleep(seconds)
+    return len(block)
+
+
+def test_result_and_logs_come_back_from_the_child(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pipelines"):
+        out = run_in_child_process(add_and_log, a=2, b=3)
+    assert out["sum"] == 5 and out["pid"] != os.getpid()
+    assert any("child says 2 + 3" in r.getMessage() for r in caplog.records)
+    # in-process when not isolated: same answer, this pid
+    assert call_stage(add_and_log, False, a=2, b=3) == {"sum": 5, "pid": os.getpid()}
+
+
+def test_user_error_is_reraised_as_itself_and_bugs_keep_their_traceback() -> None:
+    with pytest.raises(InputDataError, match="column 'upn' missing in /data/x.csv"):
+        run_in_child_process(bad_input, path="/data/x.csv")
+    with pytest.raises(StageProcessError, match=r"KeyError[\s\S]*internal_bug"):
+        run_in_child_process(internal_bug)
+
+
+def test_a_killed_stage_process_is_a_clear_error() -> None:
+    with pytest.raises(StageProcessError, match="exited with code -9.*rerun the same command"):
+        run_in_child_process(killed)
+
+
+def test_peak_memory_counts_the_stage_process() -> None:
+    base = tree_rss_bytes()
+    with PeakMemory(interval=0.05) as mem:
+        run_in_child_process(hold_memory, mib=400, seconds=1.0)
+    assert mem.peak_bytes - base > 350 * 2**20, (mem.peak_bytes, base)
+
+
+def test_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """Killing only the parent (not its process group) must not leave the stage running."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import sys, os, time\n"
+        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+        "from pipelines.orchestration.isolation import run_in_child_process\n"
+        "from test_isolation import write_pid_and_sleep\n"
+        f"run_in_child_process(write_pid_and_sleep, path={str(pid_file)!r})\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not pid_file.exists():
+        time.sleep(0.1)
+    assert pid_file.exists(), "child never started"
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child), "the stage process outlived its parent"
+
+
+def write_pid_and_sleep(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
