@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.disclosure import DisclosureSettings, control_counts, control_estimates
@@ -734,6 +735,9 @@ def run_models(
             report(name)
 
     layout.ensure()
+    (layout.results_dir / "model_settings.yaml").write_text(
+        yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
     children, pt, sy = _load(layout)
     if children.empty:
         raise RunStateError("cohort.children is empty: nothing to model")

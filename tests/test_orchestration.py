@@ -116,6 +116,39 @@ def test_killed_run_resumes_and_equals_uninterrupted_run(
     assert _hashes(run) == _hashes(full_run)
 
 
+def test_run_settings_reach_their_stage_and_rerun_only_from_there(
+    full_run: Path, world: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "resettled"
+    shutil.copytree(full_run, run)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "model:\n  bootstrap_replicates: 0\n  disclosure: {threshold: 12, rounding: 10}\n"
+        "build:\n  duckdb_memory_limit: 2GB\n",
+        encoding="utf-8",
+    )
+    r = _cohort(
+        "run", "--data", str(world), "--out", str(run), "--settings", str(settings),
+        env=_env(tmp_path), timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    # validate and link settings unchanged: only the stages from `build` on rerun
+    assert "stages run: build, model, report" in r.stderr
+    used = (run / "results" / "model_settings.yaml").read_text(encoding="utf-8")
+    assert "bootstrap_replicates: 0" in used and "threshold: 12" in used
+    m = json.loads((run / "manifest.json").read_text())
+    assert "duckdb_memory_limit: 2GB" in m["run_settings"]
+    assert "rounded to the nearest 10" in (run / "release" / "README.txt").read_text()
+    # a misspelt key is a clear error naming it, before any work
+    settings.write_text("model:\n  bootstrap_replicatez: 0\n", encoding="utf-8")
+    r = _cohort(
+        "run", "--data", str(world), "--out", str(run), "--settings", str(settings),
+        env=_env(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "model.bootstrap_replicatez" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_second_run_on_same_folder_is_refused(world: Path, tmp_path: Path) -> None:
     from pipelines.errors import RunStateError
     from pipelines.orchestration.state import RunLock

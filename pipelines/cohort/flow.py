@@ -12,22 +12,31 @@ from pipelines.run_layout import RunLayout
 
 
 @task(name="build-cohort")
-def build_task(run_dir: str, config_path: str | None, isolate: bool = False) -> CohortSummary:
+def build_task(
+    run_dir: str, config_path: str | None, isolate: bool = False, memory_limit: str = "6GB"
+) -> CohortSummary:
     return call_stage(
-        build_cohort, isolate, layout=RunLayout.at(run_dir), config=load_study_config(config_path)
+        build_cohort,
+        isolate,
+        layout=RunLayout.at(run_dir),
+        config=load_study_config(config_path),
+        memory_limit=memory_limit,
     )
 
 
 @flow(name="build")
 def build_flow(
-    run_dir: str, config_path: str | None = None, isolate: bool = False
+    run_dir: str,
+    config_path: str | None = None,
+    isolate: bool = False,
+    memory_limit: str = "6GB",
 ) -> dict[str, int]:
     """Derive the cohort tables; publish the attrition table as a markdown artifact.
 
     ``isolate`` runs the work in a child process (see :mod:`pipelines.orchestration.isolation`)."""
     config = load_study_config(config_path)  # validate before any work starts
     del config
-    summary = build_task(run_dir, config_path, isolate)
+    summary = build_task(run_dir, config_path, isolate, memory_limit)
     create_markdown_artifact(
         key="cohort-attrition", markdown=summary.to_markdown(), description="attrition"
     )

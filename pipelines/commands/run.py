@@ -23,6 +23,14 @@ def command(
             "COHORT_PSEUDONYM_SECRET environment variable).",
         ),
     ] = None,
+    settings: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="Run settings YAML: sections validation, linkage, build, model (see "
+            "docs/operations.md); defaults when omitted.",
+        ),
+    ] = None,
     isolate_stages: Annotated[
         bool,
         typer.Option(
@@ -49,9 +57,11 @@ def command(
     from pipelines.orchestration.flow import study_flow
 
     console = Console(stderr=True)
+    from pipelines.orchestration.settings import load_run_settings
     from pipelines.orchestration.state import RunLock
 
-    if not secret_block:
+    run_settings = load_run_settings(settings)  # a bad file fails here, before Prefect starts
+    if not (secret_block or run_settings.linkage.prefect_secret_block):
         secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
     with RunLock(out):  # a second run on the same folder is refused here, before Prefect starts
         pass
@@ -76,6 +86,7 @@ def command(
                 demo,
                 secret_block,
                 isolate_stages,
+                str(settings) if settings else None,
             )
         finally:
             for name in ("pipelines", "models"):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -30,6 +31,7 @@ from pipelines.orchestration.manifest import (
 )
 from pipelines.orchestration.report import build_report
 from pipelines.orchestration.resources import PeakMemory, process_peak_gib, release_memory
+from pipelines.orchestration.settings import RunSettings, load_run_settings
 from pipelines.orchestration.state import (
     STAGES,
     RunLock,
@@ -56,25 +58,38 @@ def _stage_functions(
     demo: bool,
     secret_block: str | None,
     isolate: bool,
+    settings: RunSettings,
 ) -> dict[str, Callable[[], Any]]:
     from models.flow import model_flow
     from pipelines.cohort.flow import build_flow
     from pipelines.linkage.flow import link_flow
-    from pipelines.linkage.settings import LinkageSettings
     from pipelines.validation.flow import validate_flow
 
-    linkage = LinkageSettings(prefect_secret_block=secret_block) if secret_block else None
+    linkage = settings.linkage
+    if secret_block:
+        linkage = linkage.model_copy(update={"prefect_secret_block": secret_block})
+    memory = settings.build.duckdb_memory_limit
     return {
-        "validate": lambda: validate_flow(data_dir, run_dir, isolate=isolate),
+        "validate": lambda: validate_flow(
+            data_dir, run_dir, settings=settings.validation, isolate=isolate
+        ),
         "link": lambda: link_flow(run_dir, settings=linkage, demo=demo, isolate=isolate),
-        "build": lambda: build_flow(run_dir, config_path, isolate=isolate),
-        "model": lambda: model_flow(run_dir, isolate=isolate),
+        "build": lambda: build_flow(run_dir, config_path, isolate=isolate, memory_limit=memory),
+        "model": lambda: model_flow(run_dir, settings=settings.model, isolate=isolate),
         "report": lambda: {"report": report_task(run_dir)},
     }
 
 
-def _fingerprints(data_dir: Path, config_path: str | None) -> dict[str, str]:
-    """Per stage, a hash of everything it depends on (chained through earlier stages)."""
+def _linkage_fingerprint(settings: RunSettings) -> str:
+    """Linkage settings that change results (not where the key comes from)."""
+    return yaml.safe_dump(
+        settings.linkage.model_dump(mode="json", exclude={"prefect_secret_block"}), sort_keys=True
+    )
+
+
+def _fingerprints(data_dir: Path, config_path: str | None, settings: RunSettings) -> dict[str, str]:
+    """Per stage, a hash of everything it depends on (chained through earlier stages): the
+    inputs and code, the study config from `build` on, and each stage's own settings."""
     from pipelines.cohort.config import config_to_yaml, load_study_config
 
     inputs = json.dumps(input_hashes(data_dir), sort_keys=True)
@@ -84,10 +99,10 @@ def _fingerprints(data_dir: Path, config_path: str | None) -> dict[str, str]:
     fp: dict[str, str] = {}
     prev = sha256_text(inputs + code)
     for stage, own in (
-        ("validate", ""),
-        ("link", ""),
-        ("build", cfg),
-        ("model", ""),
+        ("validate", settings.stage_yaml("validation")),
+        ("link", _linkage_fingerprint(settings)),
+        ("build", cfg + settings.stage_yaml("build")),
+        ("model", settings.stage_yaml("model")),
         ("report", ""),
     ):
         prev = sha256_text(prev + stage + own)
@@ -103,19 +118,22 @@ def study_flow(
     demo: bool = False,
     secret_block: str | None = None,
     isolate_stages: bool = True,
+    settings_path: str | None = None,
 ) -> dict[str, Any]:
     """Validate, link, build, model and report, resuming from the last completed stage.
 
     The pseudonymisation key comes from ``COHORT_PSEUDONYM_SECRET``, or from the Prefect
     Secret block named ``secret_block`` (a deployment parameter). With ``isolate_stages``
     (the default) each stage's work runs in its own child process, so memory one stage leaves
-    behind does not add to the next one's peak; peaks are measured over the process tree."""
+    behind does not add to the next one's peak; peaks are measured over the process tree.
+    ``settings_path``: a run-settings YAML (:mod:`pipelines.orchestration.settings`)."""
     layout = RunLayout.at(run_dir).ensure()
     data = Path(data_dir)
+    settings = load_run_settings(settings_path)
     with RunLock(layout.root):
-        fingerprints = _fingerprints(data, config_path)
+        fingerprints = _fingerprints(data, config_path, settings)
         stages = _stage_functions(
-            str(data), str(layout.root), config_path, demo, secret_block, isolate_stages
+            str(data), str(layout.root), config_path, demo, secret_block, isolate_stages, settings
         )
         previous = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
         timings: dict[str, float] = dict(previous.get("timings_seconds", {}))
@@ -139,6 +157,14 @@ def study_flow(
             write_marker(layout.root, stage, {"fingerprint": fingerprints[stage], "stage": stage})
             ran.append(stage)
         manifest = _manifest(layout, data, config_path, demo, counts, timings)
+        manifest["run_settings"] = settings.to_yaml()
+        manifest["seeds"] = {
+            "linkage_u_sampling": settings.linkage.seed,
+            "model_cv_and_bootstrap": settings.model.cv_seed,
+        }
+        manifest["run_settings_path"] = (
+            str(Path(settings_path).resolve()) if settings_path else None
+        )
         manifest["peak_memory_gib"] = peak_memory
         manifest["process_peak_memory_gib"] = process_peak_gib()
         manifest["stage_process_peak_memory_gib"] = process_peak_gib(resource.RUSAGE_CHILDREN)
@@ -161,7 +187,6 @@ def _manifest(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     from pipelines.cohort.config import config_to_yaml, load_study_config
-    from pipelines.linkage.settings import LinkageSettings
 
     delivery = data / "delivery.json"
     return {
@@ -174,7 +199,7 @@ def _manifest(
         "code_version": code_version(),
         "lock_file_sha256": lock_hash(),
         "package_versions": package_versions(),
-        "seeds": {"linkage_u_sampling": LinkageSettings().seed},
+        "seeds": {},  # filled in by the flow from the run settings
         "row_counts": counts,
         "timings_seconds": timings,
         "output_hashes": output_hashes(layout),

@@ -32,7 +32,18 @@ def reproduce(run: Path, out: Path, *, demo: bool = False) -> dict[str, Any]:
         tmp = Path(tempfile.mkdtemp()) / "study_config.yaml"
         tmp.write_text(manifest["study_config"], encoding="utf-8")
         config_path = str(tmp)
-    study_flow(str(data), str(out), config_path, demo or bool(manifest.get("demo_secret")))
+    settings_path = None
+    if manifest.get("run_settings"):  # the settings the run used, whatever file they came from
+        tmp_settings = Path(tempfile.mkdtemp()) / "run_settings.yaml"
+        tmp_settings.write_text(manifest["run_settings"], encoding="utf-8")
+        settings_path = str(tmp_settings)
+    study_flow(
+        str(data),
+        str(out),
+        config_path,
+        demo or bool(manifest.get("demo_secret")),
+        settings_path=settings_path,
+    )
     new = json.loads(RunLayout.at(out).manifest.read_text(encoding="utf-8"))
     old_h, new_h = manifest["output_hashes"], new["output_hashes"]
     outputs = {}

@@ -1,0 +1,80 @@
+"""How each stage of ``cohort run`` runs: one YAML file, one typed section per stage.
+
+The study config (``--config``, :mod:`pipelines.cohort.config`) says what the study is (window,
+exposure, outcomes); these settings say how the stages run (table-check severities, linkage
+thresholds and backend, DuckDB memory limits, model designs, disclosure thresholds). Every
+section is optional and every key has a default, so an empty file means the defaults::
+
+    validation:            # pipelines.validation.core.ValidationSettings
+      duckdb_memory_limit: 4GB
+    linkage:               # pipelines.linkage.settings.LinkageSettings
+      match_threshold: 0.95
+    build:
+      duckdb_memory_limit: 4GB
+    model:                 # models.stage.ModelSettings
+      bootstrap_replicates: 100
+      disclosure: {threshold: 10, rounding: 5}
+
+Unknown keys are errors (with the key's path), never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.stage import ModelSettings
+from pipelines.errors import ConfigError
+from pipelines.linkage.settings import LinkageSettings
+from pipelines.validation.core import ValidationSettings
+
+
+class BuildSettings(BaseModel):
+    """Resources of the cohort build (what it derives is the study config's business)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    duckdb_memory_limit: str = Field("6GB", description="DuckDB memory limit for the build")
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    linkage: LinkageSettings = Field(default_factory=LinkageSettings)
+    build: BuildSettings = Field(default_factory=BuildSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    def stage_yaml(self, stage: str) -> str:
+        """The section a stage runs with, as canonical YAML (for fingerprints and manifests)."""
+        section = getattr(self, stage, None)
+        if section is None:
+            return ""
+        return yaml.safe_dump(section.model_dump(mode="json"), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_settings(path: str | Path | None) -> RunSettings:
+    """The settings in ``path`` (defaults when None); a clear :class:`ConfigError` otherwise."""
+    if path is None:
+        return RunSettings()
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"settings file {p} not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"settings file {p}: expected a mapping with sections validation, linkage, build, model"
+        )
+    try:
+        return RunSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"settings file {p}: {problems}") from None
