@@ -10,6 +10,8 @@ contrast and scale) is scored: does its 95% interval cover the truth, and by how
 miss. Prints a markdown table per (outcome, contrast, method): coverage, mean bias, mean
 interval width; writes ``OUT/coverage_<scenario>_<children>.json`` with every per-seed row.
 Seeds already scored in that JSON are not run again (resume after an interruption).
+``--retruth`` re-scores the stored estimates against the truth the current generator writes
+(after a change to an estimand's definition), without rerunning the pipeline.
 
 :func:`run_seed` and :func:`coverage_table` are what ``tests/test_truth_coverage.py`` uses.
 """
@@ -140,6 +142,23 @@ def rescore_kept(workdir: Path, scenario: str, children: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def retruth(rows: pd.DataFrame, scenario: str, children: int) -> pd.DataFrame:
+    """Score stored estimates against the truth the current generator writes for each seed
+    (after a change to how ``truth/effects.json`` defines an estimand; the estimates stand)."""
+    from synthetic_data import generate_world
+
+    out = []
+    for seed, est in rows.groupby("seed", sort=True):
+        with tempfile.TemporaryDirectory(prefix=f"retruth_{scenario}_{seed}_") as tmp:
+            generate_world(n_children=children, seed=int(seed), scenario=scenario, out_dir=tmp)
+            truth = truth_table(Path(tmp) / "truth")
+        cols = ["outcome", "contrast", "method", "scale", "estimate", "ci_low", "ci_high"]
+        scored = score(est[cols], truth)
+        out.append(scored.assign(seed=seed, children=children, scenario=scenario))
+        sys.stderr.write(f"new truth for seed {seed}\n")
+    return pd.concat(out, ignore_index=True)
+
+
 def coverage_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per estimator: seeds, mean truth, coverage, mean bias, SD of the bias (the spread the
     interval should reflect) and mean interval width; bias, SD and width on the log scale for
@@ -188,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only re-run the model stage on the runs kept in --workdir (needs --keep earlier)",
     )
+    p.add_argument(
+        "--retruth",
+        action="store_true",
+        help="re-score the stored estimates against the current generator's truth (no rerun)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(a.out)
@@ -210,8 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             encoding="utf-8",
         )
         have = {r["seed"] for r in done}
+    if a.retruth:
+        if not done:
+            raise SystemExit(f"--retruth: no stored estimates in {path}")
+        path = out / f"coverage_{a.scenario}_{a.children}_retruth.json"
+        done = retruth(pd.DataFrame(done), a.scenario, a.children).to_dict("records")
+        path.write_text(
+            json.dumps({"scenario": a.scenario, "children": a.children, "rows": done}, indent=1),
+            encoding="utf-8",
+        )
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        if seed in have or a.rescore:
+        if seed in have or a.rescore or a.retruth:
             continue
         t0 = time.perf_counter()
         rows = run_seed(
@@ -244,7 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         f"seeds {a.first_seed}..{a.first_seed + a.seeds - 1}\n\n" + to_markdown(table) + "\n"
     )
     (
-        out / f"coverage_table_{a.scenario}_{a.children}{'_rescored' if a.rescore else ''}.json"
+        out
+        / (
+            f"coverage_table_{a.scenario}_{a.children}"
+            f"{'_rescored' if a.rescore else ''}{'_retruth' if a.retruth else ''}.json"
+        )
     ).write_text(table.to_json(orient="records", indent=1), encoding="utf-8")
 
 

@@ -25,7 +25,13 @@ from synthetic_data.names import (
     surname_vocabulary,
 )
 from synthetic_data.scenario import Scenario
-from synthetic_data.world import EVENT_KINDS, World, academic_year_of_birth, make_date
+from synthetic_data.world import (
+    EVENT_KINDS,
+    World,
+    academic_year_of_birth,
+    make_date,
+    observed_ks4,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +395,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     has4 &= rng.random(w.n) > 0.02
     p2, p4 = np.flatnonzero(has2), np.flatnonzero(has4)
     ks2_ok = rng.random(p2.size) < 1 / (1 + np.exp(-((w.ks4_y0[p2] - 40) / 7)))
-    score = np.clip(w.ks4_y0[p4] + w.ks4_effect[p4], 0, 90)
+    score = observed_ks4(w.ks4_y0[p4] + w.ks4_effect[p4])
     level2 = rng.random(p4.size) < w.level2_p1[p4]
     person = np.r_[p2, p4]
     stage = np.r_[np.full(p2.size, "KS2", dtype=object), np.full(p4.size, "KS4", dtype=object)]

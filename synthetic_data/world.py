@@ -453,6 +453,14 @@ def _education_exposure(w: World) -> None:
     w.moves_before_ks4 = np.bincount(w.ep_person, weights=moves, minlength=w.n).astype(np.int64)
 
 
+KS4_POINTS_RANGE = (0.0, 90.0)  # the released capped points score is the latent one clipped
+
+
+def observed_ks4(latent: np.ndarray) -> np.ndarray:
+    """The KS4 capped points score as released: the latent score clipped to its range."""
+    return np.clip(latent, *KS4_POINTS_RANGE)
+
+
 def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     """Latent KS4 potential outcomes and their care effects."""
     o, e = sc.outcomes, sc.effects

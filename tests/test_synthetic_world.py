@@ -100,6 +100,27 @@ def test_truth_adjusted_estimate_is_null_under_null_effect() -> None:
     assert abs(adjusted) < 1.0, adjusted
 
 
+def test_true_ks4_effect_is_on_the_released_score_scale() -> None:
+    """The released score is clipped to 0-90, so a child at the floor cannot lose points: the
+    truth an estimator on the data can recover is the effect on the clipped score, which is
+    smaller than the latent one wherever care pushes scores below zero."""
+    from synthetic_data.generate import _effects
+    from synthetic_data.world import observed_ks4
+
+    w = build_world(20_000, load_scenario("default"), 5)
+    ks4_has = np.ones(w.n, dtype=bool)
+    eff = {
+        (r["outcome"], r["contrast"]): r
+        for r in _effects(w, load_scenario("default"), ks4_has)["estimands"]
+    }
+    row = eff[("ks4_score", "cla_vs_nla")]
+    sel = (w.ref1 >= 0) & (w.ref1 < w.ks4_start) & (w.care_days_before_ks4 > 0)
+    expected = (observed_ks4(w.ks4_y0 + w.ks4_effect) - observed_ks4(w.ks4_y0))[sel].mean()
+    assert row["value"] == pytest.approx(expected)
+    assert row["latent_value"] == pytest.approx(w.ks4_effect[sel].mean())
+    assert row["latent_value"] < row["value"] < 0  # clipping shrinks the harm, never flips it
+
+
 def test_hospital_contacts_higher_in_cla_than_nla() -> None:
     w = build_world(20_000, load_scenario("default"), 5)
     cin = w.ref1 >= 0
