@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.config_files import read_yaml_mapping
 from pipelines.errors import ConfigError
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -195,14 +196,7 @@ def load_scenario(name_or_file: str | Path) -> Scenario:
                 f"unknown scenario {str(name_or_file)!r}; shipped scenarios: {shipped}, "
                 "or give a path to a .yaml file"
             )
-    if not path.exists():
-        raise ConfigError(f"scenario file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"scenario file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"scenario file {path} must be a mapping of keys to values")
+    data = read_yaml_mapping(path, "scenario file")
     data.setdefault("name", path.stem)
     try:
         return Scenario.model_validate(data)

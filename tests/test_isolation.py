@@ -110,3 +110,27 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_run_settings_files_fail_clearly(tmp_path: Path) -> None:
+    from pipelines.errors import ConfigError
+    from pipelines.orchestration.settings import RunSettings, load_run_settings
+
+    assert load_run_settings(None) == RunSettings()
+    f = tmp_path / "s.yaml"
+    with pytest.raises(ConfigError, match="settings file .* does not exist"):
+        load_run_settings(f)
+    for text, message in (
+        ("model: [unclosed", "is not valid YAML"),
+        ("- a list\n", "must be a mapping of keys to values"),
+        (
+            "linkage:\n  match_threshold: 2\n",
+            r"linkage\.match_threshold: Input should be less than 1",
+        ),
+        ("modle: {}\n", "modle: Extra inputs are not permitted"),
+    ):
+        f.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            load_run_settings(f)
+    f.write_text("", encoding="utf-8")  # empty file: the defaults
+    assert load_run_settings(f) == RunSettings()

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.config_files import read_yaml_mapping
 from pipelines.errors import ConfigError
 from schemas.contracts import load_codelist
 
@@ -114,13 +115,8 @@ class StudyConfig(_Strict):
 def load_study_config(path: str | Path | None = None) -> StudyConfig:
     """Load and validate a study config (the shipped default when ``path`` is None)."""
     path = Path(path) if path else DEFAULT_CONFIG
-    if not path.exists():
-        raise ConfigError(f"study config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study config {path} is not valid YAML: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("covariates"), dict):
+    data = read_yaml_mapping(path, "study config")
+    if isinstance(data.get("covariates"), dict):
         w = data["covariates"].get("window")
         if w and w != "on_or_before_index":
             raise ConfigError(

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.stage import ModelSettings
+from pipelines.config_files import read_yaml_mapping
 from pipelines.errors import ConfigError
 from pipelines.linkage.settings import LinkageSettings
 from pipelines.validation.core import ValidationSettings
@@ -61,16 +62,7 @@ def load_run_settings(path: str | Path | None) -> RunSettings:
     if path is None:
         return RunSettings()
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"settings file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"settings file {p} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"settings file {p}: expected a mapping with sections validation, linkage, build, model"
-        )
+    data = read_yaml_mapping(p, "settings file")
     try:
         return RunSettings.model_validate(data)
     except ValidationError as exc:
