@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.disclosure import DisclosureSettings, control_counts, control_estimates
 from models.effects import (
@@ -129,6 +129,14 @@ class ModelSettings(BaseModel):
     # analytic ones (stacked sandwich for balancing IPW, influence function for AIPW).
     bootstrap_replicates: int = Field(200, ge=0)
     disclosure: DisclosureSettings = DisclosureSettings()
+
+    @field_validator("bootstrap_replicates")
+    @classmethod
+    def _enough_replicates(cls, v: int) -> int:
+        # the bootstrap SE is used only when at least 20 replicates are usable
+        if 0 < v < 20:
+            raise ValueError(f"{v} replicates: use 0 (analytic standard errors) or at least 20")
+        return v
 
 
 @dataclass

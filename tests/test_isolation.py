@@ -128,6 +128,7 @@ def test_run_settings_files_fail_clearly(tmp_path: Path) -> None:
             r"linkage\.match_threshold: Input should be less than 1",
         ),
         ("modle: {}\n", "modle: Extra inputs are not permitted"),
+        ("model: {bootstrap_replicates: 5}\n", "use 0 .analytic standard errors. or at least 20"),
     ):
         f.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigError, match=message):
