@@ -12,6 +12,7 @@ on person-time by age year is the other scalable form; the tests check that the 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,17 @@ def fit_cox_efron(
         return loglik, grad, hess
 
     beta = np.zeros(p)
+    with np.errstate(all="ignore"):  # a diverging trial step is rejected below, not reported
+        return _newton_cox(pieces, beta, max_iter, tol)
+
+
+def _newton_cox(
+    pieces: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    beta: np.ndarray,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """Newton's method with step halving on a concave log partial likelihood."""
     ll, grad, hess = pieces(beta)
     converged = False
     for _ in range(max_iter):
@@ -153,6 +165,8 @@ def fit_cox_efron(
             if np.isfinite(new[0]) and new[0] >= ll - 1e-12 * abs(ll):
                 break
             step = step / 2
+        else:  # no acceptable step: stop where the likelihood was last finite
+            break
         beta = beta + step
         old = ll
         ll, grad, hess = new
@@ -349,6 +363,8 @@ def fit_poisson_glm(
             if np.isfinite(new) and new >= ll - 1e-12 * abs(ll):
                 break
             step = step / 2
+        else:  # no acceptable step: stop where the likelihood was last finite
+            break
         b = b + step
         old, ll = ll, new
         if np.abs(step).max() < tol or abs(ll - old) < tol * (abs(ll) + 1.0):
