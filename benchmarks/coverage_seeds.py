@@ -91,15 +91,19 @@ def run_seed(
     scenario: str = "default",
     workdir: Path | None = None,
     keep: bool = False,
+    settings_path: str | None = None,
 ) -> pd.DataFrame:
-    """Run the whole pipeline for one seed; return the scored estimates (one row per estimate)."""
+    """Run the whole pipeline for one seed; return the scored estimates (one row per estimate).
+    ``settings_path``: a run-settings YAML (its `model` and `linkage` sections are used)."""
     from models import run_models
     from pipelines.cohort import build_cohort
     from pipelines.linkage import link_run
+    from pipelines.orchestration.settings import load_run_settings
     from pipelines.run_layout import RunLayout
     from pipelines.validation import ValidationSettings, validate_delivery
     from synthetic_data import generate_world
 
+    run_settings = load_run_settings(settings_path)
     base = Path(tempfile.mkdtemp(prefix=f"coverage_{scenario}_{seed}_", dir=workdir))
     data, run = base / "world", base / "run"
     try:
@@ -110,9 +114,9 @@ def run_seed(
             layout=layout,
             settings=ValidationSettings(run_great_expectations=False),
         )
-        link_run(layout=layout, secret=SECRET)
+        link_run(layout=layout, settings=run_settings.linkage, secret=SECRET)
         build_cohort(layout=layout)
-        run_models(layout=layout)
+        run_models(layout=layout, settings=run_settings.model)
         est = pd.read_csv(layout.results_dir / "estimates.csv")
         scored = score(est, truth_table(data / "truth"))
         return scored.assign(seed=seed, children=children, scenario=scenario)
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only re-run the model stage on the runs kept in --workdir (needs --keep earlier)",
     )
+    p.add_argument("--settings", default=None, help="run-settings YAML (model, linkage)")
     p.add_argument(
         "--retruth",
         action="store_true",
@@ -248,7 +253,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         t0 = time.perf_counter()
         rows = run_seed(
-            seed, children=a.children, scenario=a.scenario, workdir=workdir, keep=a.keep
+            seed,
+            children=a.children,
+            scenario=a.scenario,
+            workdir=workdir,
+            keep=a.keep,
+            settings_path=a.settings,
         )
         done += rows.to_dict("records")
         path.write_text(
