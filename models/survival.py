@@ -239,7 +239,9 @@ class TimeVaryingCoxFitter:
     def _fit_native(self, data: pd.DataFrame, cols: list[str], strata: list[str]) -> pd.DataFrame:
         from scipy import stats
 
-        stratum = data.groupby(strata, sort=True).ngroup().to_numpy() if strata else None
+        stratum = (
+            data.groupby(strata, sort=True, dropna=False).ngroup().to_numpy() if strata else None
+        )  # a missing level is a stratum of its own
         beta, cov, ll, converged = fit_cox_efron(
             data["start"].to_numpy(),
             data["stop"].to_numpy(),

@@ -353,6 +353,11 @@ def test_native_cox_pinned_to_lifelines_time_varying_fitter_with_ties_and_strata
             assert np.allclose(native.summary[col], ref.summary[col], rtol=1e-6), (strata, col)
         assert native.log_likelihood_ == pytest.approx(ref.log_likelihood_, rel=1e-9)
         assert native.hazard_ratio_ == pytest.approx(ref.hazard_ratio_, rel=1e-6)
+    # a missing stratum level (an unknown authority) is a stratum of its own, not an error
+    gaps = df.assign(g=df["g"].astype(object).where(df["g"] != 3, None))
+    with_gap = TimeVaryingCoxFitter().fit(gaps, ["x", "b"], strata=["g"])
+    same = TimeVaryingCoxFitter().fit(df, ["x", "b"], strata=["g"])
+    assert with_gap.hazard_ratio_ == pytest.approx(same.hazard_ratio_, rel=1e-9)
 
 
 def test_cox_pinned_to_lifelines_coxph_without_time_varying_rows() -> None:
