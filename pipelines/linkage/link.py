@@ -121,8 +121,12 @@ def _records(
                 cols.append(f"NULLIF(TRIM(CAST(\"{c}\" AS VARCHAR)), '') AS {role}")
         parts.append(f"SELECT {', '.join(cols)} FROM {name}")
     con.execute("CREATE OR REPLACE TABLE records AS " + " UNION ALL ".join(parts))
+    # record numbers in a fixed order: component labels, profile order and profile ids (which
+    # Splink's seeded u sample hashes) all follow them. `row_number() OVER ()` numbered rows in
+    # arrival order, which at national size varied between runs and changed the trained model.
     con.execute(
-        "CREATE OR REPLACE TABLE records AS SELECT row_number() OVER () - 1 AS rec, * FROM records"
+        "CREATE OR REPLACE TABLE records AS "
+        "SELECT row_number() OVER (ORDER BY tbl, record_id) - 1 AS rec, * FROM records"
     )
 
 
