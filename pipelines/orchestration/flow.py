@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -80,13 +79,6 @@ def _stage_functions(
     }
 
 
-def _linkage_fingerprint(settings: RunSettings) -> str:
-    """Linkage settings that change results (not where the key comes from)."""
-    return yaml.safe_dump(
-        settings.linkage.model_dump(mode="json", exclude={"prefect_secret_block"}), sort_keys=True
-    )
-
-
 def _fingerprints(data_dir: Path, config_path: str | None, settings: RunSettings) -> dict[str, str]:
     """Per stage, a hash of everything it depends on (chained through earlier stages): the
     inputs and code, the study config from `build` on, and each stage's own settings."""
@@ -100,7 +92,8 @@ def _fingerprints(data_dir: Path, config_path: str | None, settings: RunSettings
     prev = sha256_text(inputs + code)
     for stage, own in (
         ("validate", settings.stage_yaml("validation")),
-        ("link", _linkage_fingerprint(settings)),
+        # where the key comes from does not change results
+        ("link", settings.stage_yaml("linkage", exclude={"prefect_secret_block"})),
         ("build", cfg + settings.stage_yaml("build")),
         ("model", settings.stage_yaml("model")),
         ("report", ""),

@@ -13,18 +13,8 @@ from pathlib import Path
 from types import TracebackType
 
 
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc; 0 where unavailable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _rss_bytes(pid: int | str) -> int:
+    """Resident set size of one process now (Linux /proc; 0 where unavailable)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -46,12 +46,13 @@ class RunSettings(BaseModel):
     build: BuildSettings = Field(default_factory=BuildSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
-    def stage_yaml(self, stage: str) -> str:
-        """The section a stage runs with, as canonical YAML (for fingerprints and manifests)."""
+    def stage_yaml(self, stage: str, exclude: set[str] | None = None) -> str:
+        """The section a stage runs with, as canonical YAML (for fingerprints and manifests),
+        without the keys in ``exclude``."""
         section = getattr(self, stage, None)
         if section is None:
             return ""
-        return yaml.safe_dump(section.model_dump(mode="json"), sort_keys=True)
+        return yaml.safe_dump(section.model_dump(mode="json", exclude=exclude), sort_keys=True)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
