@@ -3,12 +3,16 @@
 Each source gets only the identifiers it would really carry (its contract's columns), its own
 record ids (sequential after a deterministic sort, never revealing the person), identifier noise
 at scenario rates and data defects at scenario rates. Every noise and defect is logged in truth.
+
+Text columns are polars String series from the start: most are a small table (dates, codes,
+names) gathered by an integer index, so ten million rows never become ten million Python
+strings. Noise and defects touch a few per cent of rows and are scattered back in place.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -37,44 +41,74 @@ log = logging.getLogger(__name__)
 
 LA_CODES = list(load_codelist("local_authorities"))
 ETH_CODES = list(load_codelist("ethnicity"))
-_LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
+_LETTERS = list("ABDEFGHJLNPQRSTUWXYZ")
 
 
-def _format_ints(x: np.ndarray, width: int, prefix: str) -> np.ndarray:
+def text(table: Sequence[str | None] | np.ndarray | pl.Series, index: np.ndarray) -> pl.Series:
+    """``table[index]`` as a String series (a None in the table gives a null)."""
+    t = table if isinstance(table, pl.Series) else pl.Series(list(table), dtype=pl.String)
+    return t.gather(np.asarray(index, dtype=np.int64))
+
+
+def pick(s: pl.Series, rows: np.ndarray) -> pl.Series:
+    """The rows of ``s`` chosen by a boolean mask or by integer positions."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return s.filter(pl.Series(rows))
+    return s.gather(rows.astype(np.int64))
+
+
+def concat_text(*parts: pl.Series | str) -> pl.Series:
+    """Element-wise string concatenation of series (and literal strings)."""
+    return pl.select(pl.concat_str([pl.lit(p) for p in parts])).to_series()
+
+
+def _format_ints(x: np.ndarray, width: int, prefix: str) -> pl.Series:
     s = pl.Series(x).cast(pl.String)
     if width:
         s = s.str.zfill(width)
     if prefix:
         s = prefix + s
-    return s.to_numpy().astype(object)
+    return s
 
 
-def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> np.ndarray:
-    """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives, in
-    vectorised polars rather than numpy's per-element string formatting).
+def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> pl.Series:
+    """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives).
 
-    Where the values span a small range (years, counts, codes) every row shares one string
-    object per distinct value, so ten million rows cost pointers, not ten million strings."""
+    Where the values span a small range (years, counts, codes) the distinct values are
+    formatted once and gathered."""
     x = np.asarray(x, dtype=np.int64)
     if x.size > 10_000:
         lo, hi = int(x.min()), int(x.max())
         if hi - lo < x.size // 10:
-            table = _format_ints(np.arange(lo, hi + 1, dtype=np.int64), width, prefix)
-            return table[x - lo]
+            return text(_format_ints(np.arange(lo, hi + 1, dtype=np.int64), width, prefix), x - lo)
     return _format_ints(x, width, prefix)
 
 
-def iso(days: np.ndarray) -> np.ndarray:
-    """ISO date strings; -1 (or any negative day) becomes None. One string object per
-    distinct date, shared by every row with that date."""
+def iso(days: np.ndarray) -> pl.Series:
+    """ISO date strings; -1 (or any negative day) becomes null. Each distinct day in the
+    range is formatted once and gathered."""
     d = np.asarray(days, dtype=np.int64)
-    distinct, row_of = np.unique(d, return_inverse=True)
-    text = (
-        pl.Series(np.where(distinct < 0, 0, distinct)).cast(pl.Int32).cast(pl.Date).cast(pl.String)
-    )
-    table = text.to_numpy().astype(object)
-    table[distinct < 0] = None
-    return table[row_of.reshape(-1)]
+    valid = d >= 0
+    if not valid.any():
+        return pl.Series([None] * d.size, dtype=pl.String)
+    lo, hi = int(d[valid].min()), int(d[valid].max())
+    table = pl.Series(np.arange(lo, hi + 2, dtype=np.int64)).cast(pl.Int32).cast(pl.Date)
+    table = table.cast(pl.String)
+    table[hi - lo + 1] = None  # the last slot stands for "no date"
+    return table.gather(np.where(valid, d - lo, hi - lo + 1))
+
+
+def _bool(x: np.ndarray) -> pl.Series:
+    return text(["0", "1"], np.asarray(x, dtype=bool).astype(np.int64))
+
+
+def _num(x: np.ndarray) -> pl.Series:
+    return fmt_int(x)
+
+
+def _sex(male: np.ndarray) -> pl.Series:
+    return text(["F", "M"], np.asarray(male, dtype=bool).astype(np.int64))
 
 
 class Identities:
@@ -84,27 +118,28 @@ class Identities:
         n = w.n
         self.w = w
         surnames, sp = surname_vocabulary(rng)
-        self.surname = surnames[rng.choice(surnames.size, n, p=sp)]
-        second = surnames[rng.choice(surnames.size, n, p=sp)]
+        first_idx = rng.choice(surnames.size, n, p=sp)
+        second_idx = rng.choice(surnames.size, n, p=sp)
+        # both surnames of every person in one series: person p's first at p, second at n + p
+        self.surnames = text(surnames, np.r_[first_idx, second_idx])
         self.surname_change = np.where(
             rng.random(n) < sc.noise.surname_change_people,
             w.birth + (rng.random(n) * 17 * 365).astype(np.int64),
             np.iinfo(np.int64).max,
         )
-        self.surname2 = second
-        f = np.array(FIRST_NAMES_F, dtype=object)
-        m = np.array(FIRST_NAMES_M, dtype=object)
-        fi = rng.choice(f.size, n, p=first_name_probs(f.size))
-        mi = rng.choice(m.size, n, p=first_name_probs(m.size))
-        self.first = np.where(w.sex_male, m[mi], f[fi])
+        f = list(FIRST_NAMES_F)
+        m = list(FIRST_NAMES_M)
+        fi = rng.choice(len(f), n, p=first_name_probs(len(f)))
+        mi = rng.choice(len(m), n, p=first_name_probs(len(m)))
+        self.first = text(f + m, np.where(w.sex_male, len(f) + mi, fi))
         perm = rng.permutation(n)
         self.nhs = fmt_int(4_000_000_000 + perm * 7 + rng.integers(0, 7, n), 10)
         perm2 = rng.permutation(n)
         la_num = np.array([int(c[-3:]) for c in LA_CODES])[w.la_birth]
-        self.upn = np.char.add(
-            _LETTERS[rng.integers(0, _LETTERS.size, n)].astype(str),
-            fmt_int(la_num * 10**9 + perm2, 12).astype(str),
-        ).astype(object)
+        self.upn = concat_text(
+            text(_LETTERS, rng.integers(0, len(_LETTERS), n)),
+            fmt_int(la_num * 10**9 + perm2, 12),
+        )
         # one LA child id per person per authority, a new one after a system change
         self.la_id_serial = rng.permutation(n) + 10_000_000
         self.la_id_change = np.where(
@@ -114,48 +149,41 @@ class Identities:
         )
         # postcodes per residence
         r = w.res_la.size
-        area = np.array([LA_POSTCODE_AREA[c] for c in LA_CODES], dtype=object)[w.res_la]
+        area = text([LA_POSTCODE_AREA[c] for c in LA_CODES], w.res_la)
         district = rng.integers(1, 40, r)
-        unit = np.char.add(
-            _LETTERS[rng.integers(0, _LETTERS.size, r)].astype(str),
-            _LETTERS[rng.integers(0, _LETTERS.size, r)].astype(str),
-        )
-        self.res_postcode = (
-            area.astype(str)
-            + fmt_int(district).astype(str)
-            + " "
-            + fmt_int(rng.integers(0, 10, r)).astype(str)
-            + unit
-        ).astype(object)
-
-    def surname_at(self, person: np.ndarray, when: np.ndarray) -> np.ndarray:
-        return np.where(
-            when >= self.surname_change[person], self.surname2[person], self.surname[person]
+        unit1 = text(_LETTERS, rng.integers(0, len(_LETTERS), r))
+        unit2 = text(_LETTERS, rng.integers(0, len(_LETTERS), r))
+        self.res_postcode = concat_text(
+            area, fmt_int(district), " ", fmt_int(rng.integers(0, 10, r)), unit1, unit2
         )
 
-    def la_child_id(self, person: np.ndarray, la: np.ndarray, when: np.ndarray) -> np.ndarray:
-        prefix = np.array([LA_ID_PREFIX[c] for c in LA_CODES], dtype=object)[la]
+    def surname_at(self, person: np.ndarray, when: np.ndarray) -> pl.Series:
+        changed = when >= self.surname_change[person]
+        return self.surnames.gather(np.where(changed, self.w.n + person, person))
+
+    def la_child_id(self, person: np.ndarray, la: np.ndarray, when: np.ndarray) -> pl.Series:
+        prefix = text([LA_ID_PREFIX[c] for c in LA_CODES], la)
         serial = self.la_id_serial[person] + np.where(
             when >= self.la_id_change[person], 50_000_000, 0
         )
         serial = serial + la * 1_000_003 % 9_000_000
-        return (prefix.astype(str) + "-" + fmt_int(serial % 100_000_000, 8).astype(str)).astype(
-            object
-        )
+        return concat_text(prefix, "-", fmt_int(serial % 100_000_000, 8))
 
-    def postcode_at(self, person: np.ndarray, when: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def postcode_at(self, person: np.ndarray, when: np.ndarray) -> tuple[np.ndarray, pl.Series]:
         idx = self.w.residence_at(person, when)
-        return idx, self.res_postcode[idx]
+        return idx, self.res_postcode.gather(idx)
 
 
 class NoiseLog:
     def __init__(self) -> None:
         self.rows: list[pl.DataFrame] = []
 
-    def add(self, source: str, record_ids: np.ndarray, kind: str) -> None:
-        if record_ids.size:
+    def add(self, source: str, record_ids: pl.Series, kind: str) -> None:
+        if record_ids.len():
             self.rows.append(
-                pl.DataFrame({"source": source, "record_id": record_ids.astype(str), "kind": kind})
+                pl.DataFrame({"record_id": record_ids}).select(
+                    source=pl.lit(source), record_id="record_id", kind=pl.lit(kind)
+                )
             )
 
     def frame(self, name: str) -> pl.DataFrame:
@@ -183,53 +211,61 @@ def _typo(s: str, r: float) -> str:
     return s[:i] + "aeiouy"[int(r * 997) % 6] + s[i + 1 :]  # substitute
 
 
-def _swap_day_month(iso_dates: np.ndarray) -> np.ndarray:
-    out = iso_dates.copy()
+def _swap_day_month(iso_dates: list[str | None]) -> list[str | None]:
+    out = list(iso_dates)
     for j, d in enumerate(iso_dates):
         if d is not None and int(d[8:10]) <= 12 and d[5:7] != d[8:10]:
             out[j] = f"{d[:4]}-{d[8:10]}-{d[5:7]}"
     return out
 
 
-def _fold_diacritics(vals: np.ndarray) -> np.ndarray:
+def _fold_diacritics(vals: pl.Series) -> pl.Series:
     """Each name with its diacritics folded (Siân -> Sian); translated once per distinct name."""
-    series = pl.Series(vals.tolist(), dtype=pl.String)
-    changed = {v: f for v in series.unique().to_list() if (f := v.translate(DIACRITIC_FOLD)) != v}
+    changed = {
+        v: f
+        for v in vals.unique().drop_nulls().to_list()
+        if (f := v.translate(DIACRITIC_FOLD)) != v
+    }
     if not changed:
-        return vals.copy()
-    return series.replace(changed).to_numpy().astype(object)
+        return vals.clone()
+    return vals.replace(changed)
 
 
 def apply_name_noise(
-    df: dict[str, np.ndarray], source: str, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+    df: dict[str, pl.Series], source: str, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
 ) -> None:
-    """Typos, nicknames, dropped diacritics, day/month swaps and stale postcodes, in place."""
+    """Typos, nicknames, dropped diacritics and day/month swaps, in place."""
     nz = sc.noise
     rid = df["record_id"]
-    m = rid.size
+    m = rid.len()
     if "first_name" in df:
         nick = rng.random(m) < nz.nickname
         names = df["first_name"]
-        has_nick = pl.Series(names.tolist(), dtype=pl.String).is_in(list(NICKNAMES)).to_numpy()
-        has_nick &= nick
-        names[has_nick] = [NICKNAMES[x] for x in names[has_nick]]
-        nlog.add(source, rid[has_nick], "nickname")
+        has_nick = np.flatnonzero(names.is_in(list(NICKNAMES)).fill_null(False).to_numpy() & nick)
+        names.scatter(has_nick, [NICKNAMES[x] for x in names.gather(has_nick).to_list()])
+        nlog.add(source, pick(rid, has_nick), "nickname")
         for col in ("first_name", "surname"):
             vals = df[col]
             typo = np.flatnonzero(rng.random(m) < nz.typo / 2)
             r = rng.random(typo.size)
-            vals[typo] = [_typo(v, x) for v, x in zip(vals[typo], r, strict=True)]
-            nlog.add(source, rid[typo], "typo")
+            vals.scatter(
+                typo, [_typo(v, x) for v, x in zip(vals.gather(typo).to_list(), r, strict=True)]
+            )
+            nlog.add(source, pick(rid, typo), "typo")
             folded = _fold_diacritics(vals)
-            dia = (folded != vals) & (rng.random(m) < nz.diacritics_dropped)
-            vals[dia] = folded[dia]
-            nlog.add(source, rid[dia], "diacritics_dropped")
+            dia = np.flatnonzero(
+                vals.ne_missing(folded).to_numpy() & (rng.random(m) < nz.diacritics_dropped)
+            )
+            vals.scatter(dia, folded.gather(dia))
+            nlog.add(source, pick(rid, dia), "diacritics_dropped")
     if "date_of_birth" in df:
+        dob = df["date_of_birth"]
         sw = np.flatnonzero(rng.random(m) < nz.day_month_swap)
-        new = _swap_day_month(df["date_of_birth"][sw])
-        changed = new != df["date_of_birth"][sw]
-        df["date_of_birth"][sw] = new
-        nlog.add(source, rid[sw[changed]], "day_month_swap")
+        old = dob.gather(sw).to_list()
+        new = _swap_day_month(old)
+        changed = np.array([a != b for a, b in zip(old, new, strict=True)], dtype=bool)
+        dob.scatter(sw, new)
+        nlog.add(source, pick(rid, sw[changed]), "day_month_swap")
 
 
 def _stale_postcode(
@@ -237,41 +273,34 @@ def _stale_postcode(
     person: np.ndarray,
     when: np.ndarray,
     source: str,
-    rid: np.ndarray,
+    rid: pl.Series,
     sc: Scenario,
     rng: np.random.Generator,
     nlog: NoiseLog,
-) -> np.ndarray:
+) -> pl.Series:
     idx, pc = ids.postcode_at(person, when)
-    stale = (rng.random(person.size) < sc.noise.stale_postcode) & (ids.w.res_seq[idx] > 0)
-    pc = pc.copy()
-    pc[stale] = ids.res_postcode[idx[stale] - 1]
-    nlog.add(source, rid[stale], "stale_postcode")
+    stale = np.flatnonzero(
+        (rng.random(person.size) < sc.noise.stale_postcode) & (ids.w.res_seq[idx] > 0)
+    )
+    pc.scatter(stale, ids.res_postcode.gather(idx[stale] - 1))
+    nlog.add(source, pick(rid, stale), "stale_postcode")
     return pc
 
 
-def _record_ids(prefix: str, m: int) -> np.ndarray:
+def _record_ids(prefix: str, m: int) -> pl.Series:
     return fmt_int(np.arange(1, m + 1), 9, prefix)
 
 
-def _bool(x: np.ndarray) -> np.ndarray:
-    return np.where(x, "1", "0").astype(object)
-
-
-def _num(x: np.ndarray) -> np.ndarray:
-    return fmt_int(x)
-
-
-SourceRows = tuple[str, dict[str, np.ndarray], np.ndarray]
+SourceRows = tuple[str, dict[str, pl.Series], np.ndarray]
 
 
 def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator[SourceRows]:
-    """Yield, source by source in contract order: its name, its columns (object arrays of
-    text) and the person of each row. One source at a time, so the caller can write it and
-    free it before the next is built (peak memory is one source, not seven)."""
+    """Yield, source by source in contract order: its name, its columns (String series) and
+    the person of each row. One source at a time, so the caller can write it and free it
+    before the next is built (peak memory is one source, not seven)."""
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(10)]
     ids = Identities(w, sc, rngs[0])
-    cols: dict[str, dict[str, np.ndarray]] = {}
+    cols: dict[str, dict[str, pl.Series]] = {}
     owner: dict[str, np.ndarray] = {}
 
     def emit(name: str) -> SourceRows:
@@ -287,25 +316,24 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     p, rs, re_, la, area = (a[order] for a in (p, w.res_start, w.res_end, w.res_la, w.res_area))
     rid = _record_ids("PR", p.size)
     last = re_ >= w.fu_end[p]
-    end_codes = np.array(["AGE18", "LEFT", "DIED", None], dtype=object)
-    reason = np.where(~last, "MOVED", end_codes[w.fu_end_reason[p]]).astype(object)
-    nhs = ids.nhs[p].copy()
-    miss = rng.random(p.size) < sc.noise.missing_nhs_register
-    nhs[miss] = None
-    nlog.add("population_register", rid[miss], "missing_nhs")
-    pc = ids.res_postcode[order]  # register rows are residences, re-ordered
+    end_codes = ["AGE18", "LEFT", "DIED", None, "MOVED"]
+    reason = text(end_codes, np.where(~last, 4, w.fu_end_reason[p]))
+    nhs = ids.nhs.gather(p)
+    miss = np.flatnonzero(rng.random(p.size) < sc.noise.missing_nhs_register)
+    nhs.scatter(miss, None)
+    nlog.add("population_register", pick(rid, miss), "missing_nhs")
     cols["population_register"] = {
         "record_id": rid,
         "nhs_number": nhs,
-        "first_name": ids.first[p].copy(),
+        "first_name": ids.first.gather(p),
         "surname": ids.surname_at(p, rs),
         "date_of_birth": iso(w.birth[p]),
-        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
-        "postcode": pc,
+        "sex": _sex(w.sex_male[p]),
+        "postcode": ids.res_postcode.gather(order),  # register rows are residences, re-ordered
         "area_code": fmt_int(area, 7, "A"),
         "deprivation_decile": _num(w.decile[p]),
-        "la_code": np.array(LA_CODES, dtype=object)[la],
-        "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[p]],
+        "la_code": text(LA_CODES, la),
+        "ethnicity": text(ETH_CODES, w.ethnicity[p]),
         "period_start": iso(rs),
         "period_end": iso(np.where(last & (w.fu_end_reason[p] == 3), -1, re_)),
         "end_reason": reason,
@@ -330,21 +358,24 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     ok &= ~(rng.random(ok.shape) < 0.01)  # a few missed census returns (home education etc.)
     person = np.broadcast_to(np.arange(w.n)[:, None], ok.shape)[ok]
     ayv, cday = ay[ok], census_day[ok]
+    del ok, ay, census_day
     order = np.lexsort((person, ayv))
     person, ayv, cday = person[order], ayv[order], cday[order]
+    del order
     m = person.size
     rid = _record_ids("SC", m)
     res = w.residence_at(person, cday)
     phase = np.where(ayv - reception[person] >= 7, 2, 1)
     school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
     in_care = _looked_after_on(w, person, cday)
-    n_adv = ((w.onset[person] >= 0) & (w.onset[person] <= cday[:, None])).sum(axis=1)
+    n_adv = np.zeros(m, np.int64)
+    for k in range(w.onset.shape[1]):
+        onset = w.onset[person, k]
+        n_adv += (onset >= 0) & (onset <= cday)
     dep = 10 - w.decile[person]
     fsm = rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
     sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
-    sen = np.where(rng.random(m) < sen_p, np.where(rng.random(m) < 0.2, "E", "K"), "N").astype(
-        object
-    )
+    sen = text(["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0))
     possible = rng.integers(300, 331, m)
     rate = np.clip(
         0.04
@@ -358,21 +389,20 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     absent = rng.binomial(possible, rate)
     unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
     excl = rng.poisson(0.01 + 0.03 * n_adv * (phase == 2))
-    s_ids = ids.upn[person].copy()
     cols["school_census"] = {
         "record_id": rid,
-        "upn": s_ids,
-        "first_name": ids.first[person].copy(),
+        "upn": ids.upn.gather(person),
+        "first_name": ids.first.gather(person),
         "surname": ids.surname_at(person, cday),
         "date_of_birth": iso(w.birth[person]),
-        "sex": np.where(w.sex_male[person], "M", "F").astype(object),
+        "sex": _sex(w.sex_male[person]),
         "postcode": _stale_postcode(ids, person, cday, "school_census", rid, sc, rng, nlog),
         "area_code": fmt_int(w.res_area[res], 7, "A"),
         "deprivation_decile": _num(w.decile[person]),
-        "ethnicity": np.array(ETH_CODES, dtype=object)[w.ethnicity[person]],
+        "ethnicity": text(ETH_CODES, w.ethnicity[person]),
         "academic_year": _num(ayv),
         "school_id": fmt_int(school, 7, "S"),
-        "la_code": np.array(LA_CODES, dtype=object)[w.res_la[res]],
+        "la_code": text(LA_CODES, w.res_la[res]),
         "free_school_meals": _bool(fsm),
         "special_needs": sen,
         "sessions_possible": _num(possible),
@@ -398,21 +428,24 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     score = observed_ks4(w.ks4_y0[p4] + w.ks4_effect[p4])
     level2 = rng.random(p4.size) < w.level2_p1[p4]
     person = np.r_[p2, p4]
-    stage = np.r_[np.full(p2.size, "KS2", dtype=object), np.full(p4.size, "KS4", dtype=object)]
+    is_ks4 = np.r_[np.zeros(p2.size, np.int64), np.ones(p4.size, np.int64)]
     year = np.r_[reception[p2] + 6, ay0[p4] + 15]
-    order = np.lexsort((person, stage, year))
+    order = np.lexsort((person, is_ks4, year))
     m = person.size
-    ks2_col = np.r_[_bool(ks2_ok), np.full(p4.size, None, dtype=object)]
-    ks4_col = np.r_[np.full(p2.size, None, dtype=object), np.char.mod("%.1f", score).astype(object)]
-    l2_col = np.r_[np.full(p2.size, None, dtype=object), _bool(level2)]
+    no = np.full(p2.size, 2), np.full(p4.size, 2)  # index 2 of ("0", "1", None): no value
+    ks2_col = text(["0", "1", None], np.r_[ks2_ok, no[1]][order])
+    l2_col = text(["0", "1", None], np.r_[no[0], level2][order])
+    tenths = np.rint(score * 10).astype(np.int64)  # "%.1f" of a score in 0-90
+    ks4_text = concat_text(fmt_int(tenths // 10), ".", fmt_int(tenths % 10))
+    ks4_col = pl.concat([pl.Series([None] * p2.size, dtype=pl.String), ks4_text]).gather(order)
     cols["attainment"] = {
         "record_id": _record_ids("AT", m),
-        "upn": ids.upn[person[order]].copy(),
-        "key_stage": stage[order],
+        "upn": ids.upn.gather(person[order]),
+        "key_stage": text(["KS2", "KS4"], is_ks4[order]),
         "academic_year": _num(year[order]),
-        "ks2_expected_standard": ks2_col[order],
-        "ks4_capped_points": ks4_col[order],
-        "ks4_level2_inclusive": l2_col[order],
+        "ks2_expected_standard": ks2_col,
+        "ks4_capped_points": ks4_col,
+        "ks4_level2_inclusive": l2_col,
     }
     owner["attainment"] = person[order]
     yield emit("attainment")
@@ -453,40 +486,42 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "ed_injury": ["S00.9", "S01.8", "S52.5", "S93.4", "T14.0", "S60.0"],
         "elective": ["J35.0", "K40.9", "Z01.8", "H65.3", "N47", "Q53.1"],
     }
-    diag = np.empty(kind.size, dtype=object)
-    for k, pool in diag_pool.items():
-        sel = kind == k
-        diag[sel] = np.array(pool, dtype=object)[rng.integers(0, len(pool), sel.sum())]
+    diag_codes: list[str] = []  # every pool one after another; diag indexes into it
+    diag = np.zeros(kind.size, np.int64)
+    for kind_name, pool in diag_pool.items():
+        sel = kind == kind_name
+        diag[sel] = len(diag_codes) + rng.integers(0, len(pool), sel.sum())
+        diag_codes += pool
     # admissions
     ap, ad, ak, adg = ev_p[adm_mask], ev_d[adm_mask], kind[adm_mask], diag[adm_mask]
     order = np.lexsort((ap, ad))
     ap, ad, ak, adg = ap[order], ad[order], ak[order], adg[order]
     m = ap.size
     rid = _record_ids("HA", m)
+    methods = ["11", "12", "13", "21", "22", "28"]
     method = np.where(
         ak == "elective",
-        np.array(["11", "12", "13"], dtype=object)[rng.integers(0, 3, m)],
-        np.array(["21", "21", "22", "28"], dtype=object)[rng.integers(0, 4, m)],
+        rng.integers(0, 3, m),
+        np.array([3, 3, 4, 5])[rng.integers(0, 4, m)],
     )
-    method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), "11", method)
+    method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), 0, method)
     los = rng.geometric(0.45, m) - 1
-    nhs = ids.nhs[ap].copy()
-    miss = rng.random(m) < sc.noise.missing_nhs_admissions
-    nhs[miss] = None
-    nlog.add("hospital_admissions", rid[miss], "missing_nhs")
-    second = np.full(m, None, dtype=object)
-    second[rng.random(m) < 0.2] = "Z91.8"
+    nhs = ids.nhs.gather(ap)
+    miss = np.flatnonzero(rng.random(m) < sc.noise.missing_nhs_admissions)
+    nhs.scatter(miss, None)
+    nlog.add("hospital_admissions", pick(rid, miss), "missing_nhs")
+    second = rng.random(m) < 0.2
     cols["hospital_admissions"] = {
         "record_id": rid,
         "nhs_number": nhs,
         "date_of_birth": iso(w.birth[ap]),
-        "sex": np.where(w.sex_male[ap], "M", "F").astype(object),
+        "sex": _sex(w.sex_male[ap]),
         "postcode": _stale_postcode(ids, ap, ad, "hospital_admissions", rid, sc, rng, nlog),
         "admission_date": iso(ad),
         "discharge_date": iso(ad + los),
-        "admission_method": method.astype(object),
-        "primary_diagnosis": adg,
-        "secondary_diagnosis": second,
+        "admission_method": text(methods, method),
+        "primary_diagnosis": text(diag_codes, adg),
+        "secondary_diagnosis": text([None, "Z91.8"], second),
     }
     owner["hospital_admissions"] = ap
     apply_name_noise(cols["hospital_admissions"], "hospital_admissions", sc, rng, nlog)
@@ -497,18 +532,18 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     ep, ed, edg = ep[order], ed[order], edg[order]
     m = ep.size
     rid = _record_ids("ED", m)
-    nhs = ids.nhs[ep].copy()
-    miss = rng.random(m) < sc.noise.missing_nhs_ed
-    nhs[miss] = None
-    nlog.add("emergency_department", rid[miss], "missing_nhs")
+    nhs = ids.nhs.gather(ep)
+    miss = np.flatnonzero(rng.random(m) < sc.noise.missing_nhs_ed)
+    nhs.scatter(miss, None)
+    nlog.add("emergency_department", pick(rid, miss), "missing_nhs")
     cols["emergency_department"] = {
         "record_id": rid,
         "nhs_number": nhs,
         "date_of_birth": iso(w.birth[ep]),
-        "sex": np.where(w.sex_male[ep], "M", "F").astype(object),
+        "sex": _sex(w.sex_male[ep]),
         "postcode": _stale_postcode(ids, ep, ed, "emergency_department", rid, sc, rng, nlog),
         "arrival_date": iso(ed),
-        "diagnosis": edg,
+        "diagnosis": text(diag_codes, edg),
     }
     owner["emergency_department"] = ep
     apply_name_noise(cols["emergency_department"], "emergency_department", sc, rng, nlog)
@@ -531,15 +566,15 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "record_id": rid,
         "la_child_id": ids.la_child_id(p, la, st),
         "date_of_birth": iso(w.birth[p]),
-        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
+        "sex": _sex(w.sex_male[p]),
         "postcode": _stale_postcode(ids, p, st, "looked_after_episodes", rid, sc, rng, nlog),
-        "la_code": np.array(LA_CODES, dtype=object)[la],
+        "la_code": text(LA_CODES, la),
         "episode_start": iso(st),
         "episode_end": iso(en),
-        "legal_status": w.ep_legal[order].copy(),
-        "placement_type": w.ep_placement[order].copy(),
-        "reason_episode_started": w.ep_reason_start[order].copy(),
-        "reason_episode_ended": w.ep_reason_end[order].copy(),
+        "legal_status": text(w.ep_legal, order),
+        "placement_type": text(w.ep_placement, order),
+        "reason_episode_started": text(w.ep_reason_start, order),
+        "reason_episode_ended": text(w.ep_reason_end, order),
     }
     owner["looked_after_episodes"] = p
     apply_name_noise(cols["looked_after_episodes"], "looked_after_episodes", sc, rng, nlog)
@@ -563,12 +598,12 @@ def _care_support(
     sc: Scenario,
     rng: np.random.Generator,
     nlog: NoiseLog,
-    cols: dict[str, dict[str, np.ndarray]],
+    cols: dict[str, dict[str, pl.Series]],
     owner: dict[str, np.ndarray],
     window_end: int,
 ) -> None:
     """One row per child per census year (31 March) in which an episode of need was open."""
-    cp_code = np.array([None, "NEG", "PHY", "SAB", "EMO"], dtype=object)
+    cp_code = [None, "NEG", "PHY", "SAB", "EMO"]
     rows_p, rows_y, rows_ref, rows_close, rows_ep = [], [], [], [], []
     for ep, (ref, close) in enumerate(((w.ref1, w.close1), (w.ref2, w.close2))):
         has = ref >= 0
@@ -610,30 +645,29 @@ def _care_support(
     cp = np.where(epi == 0, w.cp1[p], w.cp2[p])
     res = w.residence_at(p, np.minimum(census_day, w.fu_end[p] - 1))
     la = w.res_la[res]
+    needs = ["N1", "N2", "N3", "N4", "N5", "N6", "N7", "N8"]
     need = np.where(
         (cp > 0) | rec[:, 0],
-        "N1",
-        np.where(
-            w.disability[p],
-            "N2",
-            np.array(["N3", "N4", "N5", "N6", "N7", "N8"], dtype=object)[rng.integers(0, 6, m)],
-        ),
-    ).astype(object)
-    need = np.where((need != "N1") & rec[:, 1:4].any(axis=1) & (rng.random(m) < 0.6), "N1", need)
-    upn = ids.upn[p].copy()
+        0,
+        np.where(w.disability[p], 1, 2 + rng.integers(0, 6, m)),
+    )
+    need = np.where((need != 0) & rec[:, 1:4].any(axis=1) & (rng.random(m) < 0.6), 0, need)
+    upn = ids.upn.gather(p)
     school_age = census_day >= make_date(academic_year_of_birth(w.birth[p]) + 5, 9, 1)
-    upn[~(school_age & (rng.random(m) < sc.noise.care_census_has_upn))] = None
-    nhs = ids.nhs[p].copy()
-    nhs[~(rng.random(m) < sc.noise.care_census_has_nhs)] = None
+    upn.scatter(
+        np.flatnonzero(~(school_age & (rng.random(m) < sc.noise.care_census_has_upn))), None
+    )
+    nhs = ids.nhs.gather(p)
+    nhs.scatter(np.flatnonzero(~(rng.random(m) < sc.noise.care_census_has_nhs)), None)
     cols["care_support_census"] = {
         "record_id": rid,
         "la_child_id": ids.la_child_id(p, la, np.minimum(ref, census_day)),
         "upn": upn,
         "nhs_number": nhs,
-        "first_name": ids.first[p].copy(),
+        "first_name": ids.first.gather(p),
         "surname": ids.surname_at(p, census_day),
         "date_of_birth": iso(w.birth[p]),
-        "sex": np.where(w.sex_male[p], "M", "F").astype(object),
+        "sex": _sex(w.sex_male[p]),
         "postcode": _stale_postcode(
             ids,
             p,
@@ -644,13 +678,13 @@ def _care_support(
             rng,
             nlog,
         ),
-        "la_code": np.array(LA_CODES, dtype=object)[la],
+        "la_code": text(LA_CODES, la),
         "census_year": _num(y),
         "referral_date": iso(ref),
         "closure_date": iso(close),
-        "category_of_need": need,
+        "category_of_need": text(needs, need),
         "child_protection_registered": _bool(cp > 0),
-        "child_protection_category": cp_code[cp],
+        "child_protection_category": text(cp_code, cp),
         "parent_domestic_abuse": _bool(rec[:, 3]),
         "parent_mental_ill_health": _bool(rec[:, 1]),
         "parent_substance_misuse": _bool(rec[:, 2]),

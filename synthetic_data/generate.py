@@ -15,7 +15,7 @@ import polars as pl
 
 from pipelines.errors import ConfigError
 from schemas.contracts import SOURCES
-from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso
+from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
 from synthetic_data.world import ADVERSITIES, World, build_world, observed_ks4
 
@@ -41,7 +41,7 @@ PLACEHOLDER_COLUMN: dict[str, str] = {
     "care_support_census": "referral_date",
     "looked_after_episodes": "episode_start",
 }
-UNPARSEABLE = np.array(["2015-13-45", "31/02/2015", "unknown", "0000-00-00"], dtype=object)
+UNPARSEABLE = ["2015-13-45", "31/02/2015", "unknown", "0000-00-00"]
 
 
 @dataclass
@@ -67,14 +67,15 @@ class SynthSummary:
 
 def _inject_defects(
     source: str,
-    cols: dict[str, np.ndarray],
+    cols: dict[str, pl.Series],
     sc: Scenario,
     rng: np.random.Generator,
     file_format: FileFormat,
-) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], np.ndarray]:
-    """Apply each defect to a disjoint random set of rows; return columns, defect log, malformed."""
+) -> tuple[dict[str, pl.Series], list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """Apply each defect to a disjoint random set of rows. Returns the columns, the defect log,
+    the rows to write in order (a duplicated row twice) and which of those are malformed."""
     d = sc.defects
-    m = cols["record_id"].size
+    m = cols["record_id"].len()
     perm = rng.permutation(m)
     used = np.zeros(m, bool)
     defects: list[tuple[str, str]] = []
@@ -90,95 +91,109 @@ def _inject_defects(
         return chosen
 
     rid = cols["record_id"]
+
+    def log_rows(rows: np.ndarray, defect: str) -> None:
+        defects.extend((r, defect) for r in rid.gather(rows).to_list())
+
     if source in PLACEHOLDER_COLUMN:
         rows = take(d.placeholder_date)
-        cols[PLACEHOLDER_COLUMN[source]][rows] = "1900-01-01"
-        defects += [(r, "placeholder_date") for r in rid[rows]]
+        cols[PLACEHOLDER_COLUMN[source]].scatter(rows, "1900-01-01")
+        log_rows(rows, "placeholder_date")
         dates = [c.name for c in SOURCES[source].columns if c.dtype == "date"]
         rows = take(d.unparseable_date)
         which = rng.integers(0, len(dates), rows.size)
         for j, col in enumerate(dates):
             sel = rows[which == j]
-            cols[col][sel] = UNPARSEABLE[rng.integers(0, UNPARSEABLE.size, sel.size)]
-        defects += [(r, "unparseable_date") for r in rid[rows]]
+            cols[col].scatter(sel, text(UNPARSEABLE, rng.integers(0, len(UNPARSEABLE), sel.size)))
+        log_rows(rows, "unparseable_date")
     col, bad = CODE_DEFECT[source]
     rows = take(d.code_outside_list)
-    cols[col][rows] = bad
-    defects += [(r, "code_outside_list") for r in rid[rows]]
+    cols[col].scatter(rows, bad)
+    log_rows(rows, "code_outside_list")
     if "nhs_number" in cols:
-        has = np.array([v is not None for v in cols["nhs_number"]])
-        rows = take(d.nhs_number_wrong_length, has)
-        cols["nhs_number"][rows] = [v + "7" for v in cols["nhs_number"][rows]]
-        defects += [(r, "nhs_number_wrong_length") for r in rid[rows]]
+        nhs = cols["nhs_number"]
+        rows = take(d.nhs_number_wrong_length, nhs.is_not_null().to_numpy())
+        nhs.scatter(rows, nhs.gather(rows) + "7")
+        log_rows(rows, "nhs_number_wrong_length")
     if source == "care_support_census":
-        valid_ref = np.array(
-            [
-                v is not None
-                and v[:2] in ("19", "20")
-                and len(v) == 10
-                and v[4] == "-"
-                and v != "1900-01-01"
-                for v in cols["referral_date"]
-            ]
+        referral = cols["referral_date"]
+        valid_ref = (
+            referral.str.slice(0, 2).is_in(["19", "20"])
+            & (referral.str.len_bytes() == 10)
+            & (referral.str.slice(4, 1) == "-")
+            & (referral != "1900-01-01")
         )
-        rows = take(d.referral_after_closure, valid_ref)
-        ref = cols["referral_date"][rows].astype("datetime64[D]")
-        cols["closure_date"][rows] = iso(
-            (ref - rng.integers(1, 60, rows.size).astype("timedelta64[D]")).astype(np.int64)
-        )
-        defects += [(r, "referral_after_closure") for r in rid[rows]]
+        rows = take(d.referral_after_closure, valid_ref.fill_null(False).to_numpy())
+        ref = referral.gather(rows).str.to_date("%Y-%m-%d").cast(pl.Int64).to_numpy()
+        cols["closure_date"].scatter(rows, iso(ref - rng.integers(1, 60, rows.size)))
+        log_rows(rows, "referral_after_closure")
     malformed = np.zeros(0, np.int64)
     if file_format == "csv":
         malformed = take(d.malformed_line)
-        defects += [(r, "malformed_line") for r in rid[malformed]]
+        log_rows(malformed, "malformed_line")
     dup = take(d.duplicate_row)
-    defects += [(r, "duplicate_row") for r in rid[dup]]
-    if dup.size:
-        reps = np.ones(m, np.int64)
-        reps[dup] = 2
-        idx = np.repeat(np.arange(m), reps)
-        for k in list(cols):  # one column at a time, so only one extra copy is alive
-            cols[k] = cols[k][idx]
-        keep_mal = np.zeros(m, bool)
-        keep_mal[malformed] = True
-        malformed = np.flatnonzero(keep_mal[idx] & np.r_[True, idx[1:] != idx[:-1]])
-    return cols, defects, malformed
+    log_rows(dup, "duplicate_row")
+    reps = np.ones(m, np.int64)
+    reps[dup] = 2
+    rows_out = np.repeat(np.arange(m), reps)  # a duplicated row follows its original
+    keep_mal = np.zeros(m, bool)
+    keep_mal[malformed] = True
+    malformed = np.flatnonzero(keep_mal[rows_out] & np.r_[True, rows_out[1:] != rows_out[:-1]])
+    return cols, defects, rows_out, malformed
 
 
-def _frame(cols: dict[str, np.ndarray]) -> pl.DataFrame:
-    """Text columns as a polars frame; each object array is released once converted."""
-    series = []
-    for k in list(cols):
-        series.append(pl.Series(k, cols.pop(k).tolist(), dtype=pl.String))
-    return pl.DataFrame(series)
+def _frame(cols: dict[str, pl.Series]) -> pl.DataFrame:
+    """The columns as a frame, each series named by its column; ``cols`` is emptied."""
+    return pl.DataFrame([cols.pop(k).alias(k) for k in list(cols)])
 
 
 def _typed_frame(data: dict[str, object]) -> pl.DataFrame:
-    """A frame from numpy arrays; object (text) arrays become String columns."""
-    out = {}
+    """A frame from numpy arrays and String series; object (text) arrays become String."""
+    out: dict[str, object] = {}
     for k, v in data.items():
+        if isinstance(v, pl.Series):
+            out[k] = v.alias(k)
+            continue
         arr = np.asarray(v)
         out[k] = pl.Series(k, arr.tolist(), dtype=pl.String) if arr.dtype == object else arr
     return pl.DataFrame(out)
 
 
+CSV_CHUNK_ROWS = 1_000_000
+
+
 def _write_extract(
-    df: pl.DataFrame, malformed: np.ndarray, path: Path, file_format: FileFormat
+    df: pl.DataFrame,
+    rows_out: np.ndarray,
+    malformed: np.ndarray,
+    path: Path,
+    file_format: FileFormat,
 ) -> None:
+    """Write ``df``'s rows in the order ``rows_out`` gives. CSV: the good rows a million at a
+    time (so no second copy of a large frame is alive), then each malformed row with one field
+    too many."""
     if file_format == "parquet":
-        df.write_parquet(path, compression="zstd", statistics=False)
+        df.gather(rows_out).write_parquet(path, compression="zstd", statistics=False)
         return
-    bad = np.zeros(df.height, bool)
+    bad = np.zeros(rows_out.size, bool)
     bad[malformed] = True
-    good = df.filter(pl.Series(~bad))
-    good.write_csv(path, null_value="", quote_style="necessary", line_terminator="\n")
+    with path.open("wb") as fh:
+        for start in range(0, max(rows_out.size, 1), CSV_CHUNK_ROWS):
+            stop = start + CSV_CHUNK_ROWS
+            df.gather(rows_out[start:stop][~bad[start:stop]]).write_csv(
+                fh,
+                include_header=start == 0,
+                null_value="",
+                quote_style="necessary",
+                line_terminator="\n",
+            )
     if malformed.size:
-        text = df.filter(pl.Series(bad)).write_csv(
+        text = df.gather(rows_out[malformed]).write_csv(
             include_header=False, null_value="", quote_style="necessary", line_terminator="\n"
         )
-        with path.open("a", encoding="utf-8", newline="") as fh:
+        with path.open("a", encoding="utf-8", newline="") as fh2:
             for line in text.splitlines():
-                fh.write(line + ",EXTRA\n")  # one field too many
+                fh2.write(line + ",EXTRA\n")  # one field too many
 
 
 def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
@@ -332,25 +347,22 @@ def generate_world(
         contract = SOURCES[source]
         step(f"writing {source}")
         if source == "attainment":
-            ks4_has[owner[source_cols["key_stage"] == "KS4"]] = True
+            ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
         record_person.append(
-            pl.DataFrame(
-                {
-                    "source": source,
-                    "record_id": source_cols["record_id"].astype(str),
-                    "person_id": owner,
-                }
+            pl.DataFrame({"record_id": source_cols["record_id"], "person_id": owner}).select(
+                source=pl.lit(source), record_id="record_id", person_id="person_id"
             )
         )
-        c, defects, malformed = _inject_defects(source, source_cols, sc, rng, file_format)
+        c, defects, rows_out, malformed = _inject_defects(source, source_cols, sc, rng, file_format)
         del source_cols
         defect_rows += [(source, r, d) for r, d in defects]
         for other in out.glob(f"{contract.file_stem}.*"):
             other.unlink()
         df = _frame(c)
         del c
-        _write_extract(df, malformed, out / f"{contract.file_stem}.{file_format}", file_format)
-        summary.row_counts[source] = df.height
+        path = out / f"{contract.file_stem}.{file_format}"
+        _write_extract(df, rows_out, malformed, path, file_format)
+        summary.row_counts[source] = rows_out.size
         del df
     (out / "delivery.json").write_text(
         json.dumps(

@@ -530,32 +530,33 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     base_lp = o.log_hr_per_adversity * n_adv + o.log_hr_per_deprivation_decile * dep
     years = (t - s) / YEAR
     girl = ~w.sex_male[person]
-    profiles = {
-        "self_harm": (
-            o.self_harm_base_rate
-            * np.where(age >= 12, 1.0, np.where(age >= 10, 0.2, 0.0))
-            * np.where(girl, 1.6, 0.6),
-            base_lp + 0.3 * n_adv,
-            e.log_hr_self_harm,
-        ),
-        "emergency": (
-            o.emergency_base_rate * np.where(age == 0, 3.0, np.where(age < 5, 1.5, 1.0)),
-            base_lp,
-            e.log_hr_emergency_admission,
-        ),
-        "mental_health": (
-            o.mental_health_base_rate * np.where(age >= 12, 1.0, np.where(age >= 6, 0.4, 0.0)),
-            base_lp + 0.2 * n_adv,
-            e.log_hr_mental_health_admission,
-        ),
-        "appendicitis": (o.appendicitis_rate * (age >= 4), np.zeros(s.size), 0.0),
-        "ed_injury": (o.ed_injury_rate * np.ones(s.size), base_lp, 0.0),
-        "elective": (o.elective_rate * np.ones(s.size), np.zeros(s.size), 0.0),
-    }
+    del pts, a, b, valid, mid, adv, dep, care_pts, bdays  # only the segment arrays below remain
+
+    def profile(name: str) -> tuple[np.ndarray, np.ndarray | float, float]:
+        """Baseline rate, log hazard ratio from covariates, and care's log hazard ratio;
+        one event kind at a time, so only one kind's segment arrays are alive."""
+        if name == "self_harm":
+            rate = o.self_harm_base_rate * np.where(age >= 12, 1.0, np.where(age >= 10, 0.2, 0.0))
+            return rate * np.where(girl, 1.6, 0.6), base_lp + 0.3 * n_adv, e.log_hr_self_harm
+        if name == "emergency":
+            rate = o.emergency_base_rate * np.where(age == 0, 3.0, np.where(age < 5, 1.5, 1.0))
+            return rate, base_lp, e.log_hr_emergency_admission
+        if name == "mental_health":
+            rate = o.mental_health_base_rate * np.where(
+                age >= 12, 1.0, np.where(age >= 6, 0.4, 0.0)
+            )
+            return rate, base_lp + 0.2 * n_adv, e.log_hr_mental_health_admission
+        if name == "appendicitis":
+            return o.appendicitis_rate * (age >= 4), 0.0, 0.0
+        if name == "ed_injury":
+            return o.ed_injury_rate * np.ones(s.size), base_lp, 0.0
+        return o.elective_rate * np.ones(s.size), 0.0, 0.0
+
     ev_p, ev_d, ev_k = [], [], []
     for k, name in enumerate(EVENT_KINDS):
-        base, lp, gamma = profiles[name]
+        base, lp, gamma = profile(name)
         rate = base * np.exp(lp + gamma * in_care)
+        del base, lp
         count = rng.poisson(rate * years)
         seg = np.repeat(np.arange(s.size), count)
         when = s[seg] + (rng.random(seg.size) * (t[seg] - s[seg])).astype(np.int64)
