@@ -292,6 +292,7 @@ def _record_ids(prefix: str, m: int) -> pl.Series:
 
 
 SourceRows = tuple[str, dict[str, pl.Series], np.ndarray]
+Built = tuple[dict[str, pl.Series], np.ndarray]  # a source's columns and each row's person
 
 
 def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator[SourceRows]:
@@ -300,17 +301,27 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     before the next is built (peak memory is one source, not seven)."""
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(10)]
     ids = Identities(w, sc, rngs[0])
-    cols: dict[str, dict[str, pl.Series]] = {}
-    owner: dict[str, np.ndarray] = {}
-
-    def emit(name: str) -> SourceRows:
-        assert list(cols[name]) == SOURCES[name].column_names, name
-        return name, cols.pop(name), owner.pop(name)
-
     window_end = int(np.datetime64(sc.population.window_end, "D").astype(np.int64))
 
-    # population register -------------------------------------------------------------------
-    rng = rngs[1]
+    def emit(name: str, built: Built) -> SourceRows:
+        assert list(built[0]) == SOURCES[name].column_names, name
+        return name, built[0], built[1]
+
+    yield emit("population_register", _population_register(w, ids, sc, rngs[1], nlog))
+    yield emit("school_census", _school_census(w, ids, sc, rngs[2], nlog, window_end))
+    yield emit("attainment", _attainment(w, ids, rngs[3], window_end))
+    admissions, emergency = _hospital(w, ids, sc, rngs[4], nlog)
+    yield emit("hospital_admissions", admissions)
+    yield emit("emergency_department", emergency)
+    del admissions, emergency
+    yield emit("care_support_census", _care_support(w, ids, sc, rngs[5], nlog, window_end))
+    yield emit("looked_after_episodes", _looked_after_episodes(w, ids, sc, rngs[6], nlog))
+
+
+def _population_register(
+    w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+) -> Built:
+    """One row per residence."""
     p = w.res_person
     order = np.lexsort((p, w.res_start))
     p, rs, re_, la, area = (a[order] for a in (p, w.res_start, w.res_end, w.res_la, w.res_area))
@@ -322,7 +333,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     miss = np.flatnonzero(rng.random(p.size) < sc.noise.missing_nhs_register)
     nhs.scatter(miss, None)
     nlog.add("population_register", pick(rid, miss), "missing_nhs")
-    cols["population_register"] = {
+    cols = {
         "record_id": rid,
         "nhs_number": nhs,
         "first_name": ids.first.gather(p),
@@ -339,12 +350,19 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "end_reason": reason,
         "date_of_death": iso(np.where(last, w.death[p], -1)),
     }
-    owner["population_register"] = p
-    apply_name_noise(cols["population_register"], "population_register", sc, rng, nlog)
-    yield emit("population_register")
+    apply_name_noise(cols, "population_register", sc, rng, nlog)
+    return cols, p
 
-    # school census ---------------------------------------------------------------------------
-    rng = rngs[2]
+
+def _school_census(
+    w: World,
+    ids: Identities,
+    sc: Scenario,
+    rng: np.random.Generator,
+    nlog: NoiseLog,
+    window_end: int,
+) -> Built:
+    """One row per pupil per school year (census day in January)."""
     ay0 = academic_year_of_birth(w.birth)
     reception = ay0 + 5
     years = np.arange(12)
@@ -389,7 +407,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     absent = rng.binomial(possible, rate)
     unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
     excl = rng.poisson(0.01 + 0.03 * n_adv * (phase == 2))
-    cols["school_census"] = {
+    cols = {
         "record_id": rid,
         "upn": ids.upn.gather(person),
         "first_name": ids.first.gather(person),
@@ -411,12 +429,14 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "fixed_exclusions": _num(excl),
         "permanent_exclusion": _bool(rng.random(m) < 0.0005 + 0.002 * n_adv),
     }
-    owner["school_census"] = person
-    apply_name_noise(cols["school_census"], "school_census", sc, rng, nlog)
-    yield emit("school_census")
+    apply_name_noise(cols, "school_census", sc, rng, nlog)
+    return cols, person
 
-    # attainment -------------------------------------------------------------------------------
-    rng = rngs[3]
+
+def _attainment(w: World, ids: Identities, rng: np.random.Generator, window_end: int) -> Built:
+    """Key stage 2 and key stage 4 results."""
+    ay0 = academic_year_of_birth(w.birth)
+    reception = ay0 + 5
     ks2_day = make_date(reception + 7, 6, 1)
     ks4_day = make_date(ay0 + 16, 6, 1)
     has2 = (ks2_day >= w.fu_start) & (ks2_day < w.fu_end) & (ks2_day <= window_end)
@@ -438,7 +458,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     tenths = np.rint(score * 10).astype(np.int64)  # "%.1f" of a score in 0-90
     ks4_text = concat_text(fmt_int(tenths // 10), ".", fmt_int(tenths % 10))
     ks4_col = pl.concat([pl.Series([None] * p2.size, dtype=pl.String), ks4_text]).gather(order)
-    cols["attainment"] = {
+    cols = {
         "record_id": _record_ids("AT", m),
         "upn": ids.upn.gather(person[order]),
         "key_stage": text(["KS2", "KS4"], is_ks4[order]),
@@ -447,11 +467,13 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "ks4_capped_points": ks4_col,
         "ks4_level2_inclusive": l2_col,
     }
-    owner["attainment"] = person[order]
-    yield emit("attainment")
+    return cols, person[order]
 
-    # health: admissions and ED -----------------------------------------------------------------
-    rng = rngs[4]
+
+def _hospital(
+    w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+) -> tuple[Built, Built]:
+    """Hospital admissions and emergency-department attendances, from the same events."""
     kind = np.array(EVENT_KINDS)[w.ev_kind]
     ev_p, ev_d = w.ev_person, w.ev_day
     adm_mask = (
@@ -511,7 +533,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     nhs.scatter(miss, None)
     nlog.add("hospital_admissions", pick(rid, miss), "missing_nhs")
     second = rng.random(m) < 0.2
-    cols["hospital_admissions"] = {
+    admissions = {
         "record_id": rid,
         "nhs_number": nhs,
         "date_of_birth": iso(w.birth[ap]),
@@ -523,9 +545,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "primary_diagnosis": text(diag_codes, adg),
         "secondary_diagnosis": text([None, "Z91.8"], second),
     }
-    owner["hospital_admissions"] = ap
-    apply_name_noise(cols["hospital_admissions"], "hospital_admissions", sc, rng, nlog)
-    yield emit("hospital_admissions")
+    apply_name_noise(admissions, "hospital_admissions", sc, rng, nlog)
     # ED
     ep, ed, edg = ev_p[ed_mask], ev_d[ed_mask], diag[ed_mask]
     order = np.lexsort((ep, ed))
@@ -536,7 +556,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     miss = np.flatnonzero(rng.random(m) < sc.noise.missing_nhs_ed)
     nhs.scatter(miss, None)
     nlog.add("emergency_department", pick(rid, miss), "missing_nhs")
-    cols["emergency_department"] = {
+    ed_cols = {
         "record_id": rid,
         "nhs_number": nhs,
         "date_of_birth": iso(w.birth[ep]),
@@ -545,16 +565,14 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "arrival_date": iso(ed),
         "diagnosis": text(diag_codes, edg),
     }
-    owner["emergency_department"] = ep
-    apply_name_noise(cols["emergency_department"], "emergency_department", sc, rng, nlog)
-    yield emit("emergency_department")
+    apply_name_noise(ed_cols, "emergency_department", sc, rng, nlog)
+    return (admissions, ap), (ed_cols, ep)
 
-    # care-and-support census -------------------------------------------------------------------
-    rng = rngs[5]
-    _care_support(w, ids, sc, rng, nlog, cols, owner, window_end)
-    yield emit("care_support_census")
-    # looked-after episodes ------------------------------------------------------------------------
-    rng = rngs[6]
+
+def _looked_after_episodes(
+    w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+) -> Built:
+    """One row per looked-after episode (placement or legal-status change)."""
     p = w.ep_person
     order = np.lexsort((p, w.ep_start))
     p = p[order]
@@ -562,7 +580,7 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     res = w.residence_at(p, st)
     la = w.res_la[res]
     rid = _record_ids("LA", p.size)
-    cols["looked_after_episodes"] = {
+    cols = {
         "record_id": rid,
         "la_child_id": ids.la_child_id(p, la, st),
         "date_of_birth": iso(w.birth[p]),
@@ -576,9 +594,8 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
         "reason_episode_started": text(w.ep_reason_start, order),
         "reason_episode_ended": text(w.ep_reason_end, order),
     }
-    owner["looked_after_episodes"] = p
-    apply_name_noise(cols["looked_after_episodes"], "looked_after_episodes", sc, rng, nlog)
-    yield emit("looked_after_episodes")
+    apply_name_noise(cols, "looked_after_episodes", sc, rng, nlog)
+    return cols, p
 
 
 def _looked_after_on(w: World, person: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -598,10 +615,8 @@ def _care_support(
     sc: Scenario,
     rng: np.random.Generator,
     nlog: NoiseLog,
-    cols: dict[str, dict[str, pl.Series]],
-    owner: dict[str, np.ndarray],
     window_end: int,
-) -> None:
+) -> Built:
     """One row per child per census year (31 March) in which an episode of need was open."""
     cp_code = [None, "NEG", "PHY", "SAB", "EMO"]
     rows_p, rows_y, rows_ref, rows_close, rows_ep = [], [], [], [], []
@@ -659,7 +674,7 @@ def _care_support(
     )
     nhs = ids.nhs.gather(p)
     nhs.scatter(np.flatnonzero(~(rng.random(m) < sc.noise.care_census_has_nhs)), None)
-    cols["care_support_census"] = {
+    cols = {
         "record_id": rid,
         "la_child_id": ids.la_child_id(p, la, np.minimum(ref, census_day)),
         "upn": upn,
@@ -692,5 +707,5 @@ def _care_support(
         "parent_physical_ill_health": _bool(rng.random(m) < 0.06),
         "disability": _bool(w.disability[p]),
     }
-    owner["care_support_census"] = p
-    apply_name_noise(cols["care_support_census"], "care_support_census", sc, rng, nlog)
+    apply_name_noise(cols, "care_support_census", sc, rng, nlog)
+    return cols, p
