@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -196,6 +197,25 @@ def _write_extract(
                 fh2.write(line + ",EXTRA\n")  # one field too many
 
 
+def _write_source(
+    source: str,
+    cols: dict[str, pl.Series],
+    sc: Scenario,
+    rng: np.random.Generator,
+    file_format: FileFormat,
+    out: Path,
+) -> tuple[str, int, list[tuple[str, str]]]:
+    """Inject the source's defects and write its file; returns the source, its row count and
+    its defect log (record id, defect)."""
+    contract = SOURCES[source]
+    c, defects, rows_out, malformed = _inject_defects(source, cols, sc, rng, file_format)
+    for other in out.glob(f"{contract.file_stem}.*"):
+        other.unlink()
+    path = out / f"{contract.file_stem}.{file_format}"
+    _write_extract(_frame(c), rows_out, malformed, path, file_format)
+    return source, rows_out.size, defects
+
+
 def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
     first_entry = np.full(w.n, -1, np.int64)
     firsts = np.r_[True, w.care_person[1:] != w.care_person[:-1]]
@@ -343,27 +363,30 @@ def generate_world(
     summary = SynthSummary(out, sc.name, n_children, seed)
     record_person, defect_rows = [], []
     ks4_has = np.zeros(w.n, bool)
-    for source, source_cols, owner in build_sources(w, sc, seed, nlog):
-        contract = SOURCES[source]
-        step(f"writing {source}")
-        if source == "attainment":
-            ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
-        record_person.append(
-            pl.DataFrame({"record_id": source_cols["record_id"], "person_id": owner}).select(
-                source=pl.lit(source), record_id="record_id", person_id="person_id"
+    # Each source is written (defects, frame, file) on one writer thread while the next one is
+    # built: polars and most of numpy release the GIL, so the two cores overlap. One write in
+    # flight at a time, in source order, so the defect generator draws in the same order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer") as writer:
+        pending: Future[tuple[str, int, list[tuple[str, str]]]] | None = None
+        for source, source_cols, owner in build_sources(w, sc, seed, nlog):
+            if source == "attainment":
+                ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
+            record_person.append(
+                pl.DataFrame({"record_id": source_cols["record_id"], "person_id": owner}).select(
+                    source=pl.lit(source), record_id="record_id", person_id="person_id"
+                )
             )
-        )
-        c, defects, rows_out, malformed = _inject_defects(source, source_cols, sc, rng, file_format)
-        del source_cols
-        defect_rows += [(source, r, d) for r, d in defects]
-        for other in out.glob(f"{contract.file_stem}.*"):
-            other.unlink()
-        df = _frame(c)
-        del c
-        path = out / f"{contract.file_stem}.{file_format}"
-        _write_extract(df, rows_out, malformed, path, file_format)
-        summary.row_counts[source] = rows_out.size
-        del df
+            if pending is not None:
+                done, rows, defects = pending.result()
+                summary.row_counts[done] = rows
+                defect_rows += [(done, r, d) for r, d in defects]
+            step(f"writing {source}")
+            pending = writer.submit(_write_source, source, source_cols, sc, rng, file_format, out)
+            del source_cols, owner
+        if pending is not None:
+            done, rows, defects = pending.result()
+            summary.row_counts[done] = rows
+            defect_rows += [(done, r, d) for r, d in defects]
     (out / "delivery.json").write_text(
         json.dumps(
             {
