@@ -46,16 +46,26 @@ def expit(x: np.ndarray) -> np.ndarray:
 
 def add_years(days: np.ndarray, years: int) -> np.ndarray:
     """Same calendar day ``years`` later (29 February -> 28 February)."""
+    return anniversaries(days, [years])[:, 0]
+
+
+def anniversaries(days: np.ndarray, years: list[int]) -> np.ndarray:
+    """``add_years(days, k)`` for each k in ``years``, as columns (the calendar split of
+    ``days`` is done once)."""
     d = days.astype("datetime64[D]")
-    y = d.astype("datetime64[Y]").astype(np.int64) + 1970
-    md = d - d.astype("datetime64[Y]").astype("datetime64[D]")
-    target_year = (y + years - 1970).astype("datetime64[Y]").astype("datetime64[D]")
-    out = target_year + md
-    # Feb 29 overflow into Mar 1 in a non-leap year: step back one day.
+    start_of_year = d.astype("datetime64[Y]")
+    y = start_of_year.astype(np.int64) + 1970
+    md = d - start_of_year.astype("datetime64[D]")
     month_in = d.astype("datetime64[M]").astype(np.int64) % 12
-    month_out = out.astype("datetime64[M]").astype(np.int64) % 12
-    out = np.where(month_out != month_in, out - np.timedelta64(1, "D"), out)
-    return out.astype(np.int64)
+    out = np.empty((d.size, len(years)), np.int64)
+    for j, k in enumerate(years):
+        moved = (y + k - 1970).astype("datetime64[Y]").astype("datetime64[D]") + md
+        month_out = moved.astype("datetime64[M]").astype(np.int64) % 12
+        # Feb 29 overflow into Mar 1 in a non-leap year: step back one day.
+        out[:, j] = np.where(month_out != month_in, moved - np.timedelta64(1, "D"), moved).astype(
+            np.int64
+        )
+    return out
 
 
 def academic_year_of_birth(birth: np.ndarray) -> np.ndarray:
@@ -499,7 +509,7 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     """
     o, e = sc.outcomes, sc.effects
     n = w.n
-    bdays = np.stack([add_years(w.birth, k) for k in range(1, 18)], axis=1)
+    bdays = anniversaries(w.birth, list(range(1, 18)))
     care_pts = np.full((n, 4), -1, np.int64)
     first = np.searchsorted(w.care_person, np.arange(n), side="left")
     cnt = np.bincount(w.care_person, minlength=n)
@@ -524,13 +534,15 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     for j in range(2):
         cs, ce = care_pts[person, 2 * j], care_pts[person, 2 * j + 1]
         in_care |= (cs >= 0) & (mid >= cs) & (mid < ce)
-    adv = (w.onset[person, :4] >= 0) & (w.onset[person, :4] <= mid[:, None])
-    n_adv = adv.sum(axis=1)
+    n_adv = np.zeros(s.size, np.int64)  # adversities (of the first four) begun by mid-segment
+    for k in range(4):
+        onset = w.onset[:, k][person]
+        n_adv += (onset >= 0) & (onset <= mid)
     dep = 10 - w.decile[person]
     base_lp = o.log_hr_per_adversity * n_adv + o.log_hr_per_deprivation_decile * dep
     years = (t - s) / YEAR
     girl = ~w.sex_male[person]
-    del pts, a, b, valid, mid, adv, dep, care_pts, bdays  # only the segment arrays below remain
+    del pts, a, b, valid, mid, onset, dep, care_pts, bdays  # only the segment arrays below remain
 
     def profile(name: str) -> tuple[np.ndarray, np.ndarray | float, float]:
         """Baseline rate, log hazard ratio from covariates, and care's log hazard ratio;
