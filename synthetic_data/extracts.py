@@ -381,19 +381,33 @@ def _school_census(
     person, ayv, cday = person[order], ayv[order], cday[order]
     del order
     m = person.size
-    rid = _record_ids("SC", m)
+    # Ten million rows: each column becomes text as soon as its inputs exist, and the numeric
+    # working arrays are dropped as they are used, so they are never all alive at once. The
+    # random draws keep one fixed order.
+    col: dict[str, pl.Series] = {"record_id": _record_ids("SC", m)}
     res = w.residence_at(person, cday)
+    col["area_code"] = fmt_int(w.res_area[res], 7, "A")
+    col["la_code"] = text(LA_CODES, w.res_la[res])
     phase = np.where(ayv - reception[person] >= 7, 2, 1)
     school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
+    col["school_id"] = fmt_int(school, 7, "S")
+    col["academic_year"] = _num(ayv)
+    del res, school, ayv
     in_care = _looked_after_on(w, person, cday)
     n_adv = np.zeros(m, np.int64)
     for k in range(w.onset.shape[1]):
         onset = w.onset[person, k]
         n_adv += (onset >= 0) & (onset <= cday)
+    del onset
     dep = 10 - w.decile[person]
-    fsm = rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
+    col["free_school_meals"] = _bool(
+        rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
+    )
     sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
-    sen = text(["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0))
+    col["special_needs"] = text(
+        ["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0)
+    )
+    del sen_p
     possible = rng.integers(300, 331, m)
     rate = np.clip(
         0.04
@@ -404,31 +418,30 @@ def _school_census(
         0,
         0.9,
     )
+    del dep, in_care
     absent = rng.binomial(possible, rate)
+    del rate
+    col["sessions_possible"] = _num(possible)
+    del possible
     unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
-    excl = rng.poisson(0.01 + 0.03 * n_adv * (phase == 2))
-    cols = {
-        "record_id": rid,
-        "upn": ids.upn.gather(person),
-        "first_name": ids.first.gather(person),
-        "surname": ids.surname_at(person, cday),
-        "date_of_birth": iso(w.birth[person]),
-        "sex": _sex(w.sex_male[person]),
-        "postcode": _stale_postcode(ids, person, cday, "school_census", rid, sc, rng, nlog),
-        "area_code": fmt_int(w.res_area[res], 7, "A"),
-        "deprivation_decile": _num(w.decile[person]),
-        "ethnicity": text(ETH_CODES, w.ethnicity[person]),
-        "academic_year": _num(ayv),
-        "school_id": fmt_int(school, 7, "S"),
-        "la_code": text(LA_CODES, w.res_la[res]),
-        "free_school_meals": _bool(fsm),
-        "special_needs": sen,
-        "sessions_possible": _num(possible),
-        "sessions_authorised_absence": _num(absent - unauth),
-        "sessions_unauthorised_absence": _num(unauth),
-        "fixed_exclusions": _num(excl),
-        "permanent_exclusion": _bool(rng.random(m) < 0.0005 + 0.002 * n_adv),
-    }
+    col["sessions_authorised_absence"] = _num(absent - unauth)
+    col["sessions_unauthorised_absence"] = _num(unauth)
+    del absent, unauth
+    col["fixed_exclusions"] = _num(rng.poisson(0.01 + 0.03 * n_adv * (phase == 2)))
+    del phase
+    col["postcode"] = _stale_postcode(
+        ids, person, cday, "school_census", col["record_id"], sc, rng, nlog
+    )
+    col["permanent_exclusion"] = _bool(rng.random(m) < 0.0005 + 0.002 * n_adv)
+    del n_adv
+    col["upn"] = ids.upn.gather(person)
+    col["first_name"] = ids.first.gather(person)
+    col["surname"] = ids.surname_at(person, cday)
+    col["date_of_birth"] = iso(w.birth[person])
+    col["sex"] = _sex(w.sex_male[person])
+    col["deprivation_decile"] = _num(w.decile[person])
+    col["ethnicity"] = text(ETH_CODES, w.ethnicity[person])
+    cols = {name: col.pop(name) for name in SOURCES["school_census"].column_names}
     apply_name_noise(cols, "school_census", sc, rng, nlog)
     return cols, person
 
