@@ -381,8 +381,12 @@ def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     persons, period, starts, ends, longp, limit = (
         a[keep] for a in (persons, period, starts, ends, longp, limit)
     )
-    open_ = ends >= w.fu_end[persons]  # still looked after at end of follow-up
-    aged_out = ends >= age18[persons]
+    # a period still running when follow-up ends: at 18 it closes as E8 (aged out), at a death
+    # as E2 (died in care); on leaving the region or at the end of the window it stays open
+    running = ends >= limit
+    aged_out = running & (w.fu_end_reason[persons] == 0)
+    died = running & (w.fu_end_reason[persons] == 2)
+    open_ = running & ~aged_out & ~died
     ends = np.minimum(ends, limit)
     age_end = (ends - w.birth[persons]) / YEAR
     natural = rng.choice(
@@ -390,13 +394,11 @@ def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     )
     natural = np.where((natural == "E11") & (age_end > 8), "E4A", natural)
     reason = np.where(aged_out, "E8", np.where(~longp, "E4A", natural))
-    reason = np.where(
-        w.fu_end_reason[persons] == 2, np.where(ends >= w.death[persons], "E2", reason), reason
-    )
+    reason = np.where(died, "E2", reason)
     order = np.lexsort((starts, persons))
     w.care_person, w.care_period = persons[order], period[order]
     w.care_start, w.care_end = starts[order], ends[order]
-    w.care_open = (open_ & ~aged_out)[order]
+    w.care_open = open_[order]
     w.care_end_reason = reason[order]
     w.care_long_plan = longp[order]
     _placements(w, sc, rng)

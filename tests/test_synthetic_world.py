@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.errors import ConfigError
 from synthetic_data import generate_world, load_scenario
-from synthetic_data.world import build_world, day
+from synthetic_data.world import add_years, build_world, day
 
 
 def _world_stats(n: int, scenario: str, seed: int = 3) -> dict[str, float]:
@@ -54,6 +54,25 @@ def test_default_world_is_calibrated_at_20k() -> None:
     assert 6 <= s["gradient_1_vs_10"] <= 25, s  # ~16x most vs least deprived
     assert 1.2 <= 1 / s["gradient_step"] <= 1.5, s  # ~a third per decile
     assert s["ks4_all"] > s["ks4_cin"] > s["ks4_long"] > s["ks4_short"], s
+
+
+def test_care_periods_end_for_the_reason_follow_up_ends() -> None:
+    """A period still running at the 18th birthday ends E8 on it, one running at a death ends
+    E2 on it, and only periods running when the child leaves the region or the window closes
+    are open; an E8 never precedes the 18th birthday unless follow-up is still going."""
+    w = build_world(20_000, load_scenario("default"), 3)
+    p = w.care_person
+    fu_end, why = w.fu_end[p], w.fu_end_reason[p]
+    age18 = add_years(w.birth[p], 18)
+    running = w.care_end >= np.minimum(fu_end, age18)
+    assert w.care_open.sum() > 0 and (w.care_end_reason == "E2").sum() > 0
+    assert np.all(w.care_open == (running & np.isin(why, [1, 3])))
+    assert np.all(w.care_end_reason[running & (why == 0)] == "E8")
+    assert np.all(w.care_end_reason[running & (why == 2)] == "E2")
+    assert np.all(w.care_end[w.care_end_reason == "E2"] == fu_end[w.care_end_reason == "E2"])
+    # an early E8 (the 15% of long plans that end at 16-17) is a closed period within follow-up
+    early_e8 = (w.care_end_reason == "E8") & (w.care_end < fu_end)
+    assert not np.any(w.care_open[early_e8])
 
 
 @pytest.mark.slow
