@@ -2,7 +2,10 @@
 
 Each source gets only the identifiers it would really carry (its contract's columns), its own
 record ids (sequential after a deterministic sort, never revealing the person), identifier noise
-at scenario rates and data defects at scenario rates. Every noise and defect is logged in truth.
+at scenario rates and data defects at scenario rates. Every defect and every record-level noise
+(typo, nickname, swapped day and month, missing NHS number, stale postcode, dropped diacritics) is
+logged in truth; surname changes, new authority child ids and the care-and-support census's
+missing pupil and health numbers follow from the person's history and are not.
 
 Text columns are polars String series from the start: most are a small table (dates, codes,
 names) gathered by an integer index, so ten million rows never become ten million Python
