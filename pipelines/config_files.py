@@ -21,6 +21,10 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    except ValueError as exc:  # YAML reads an unquoted 2024-31-08 as a date and fails
+        raise ConfigError(
+            f"{what} {path}: a value is not valid ({exc}); dates are YYYY-MM-DD"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping of keys to values")
     return data

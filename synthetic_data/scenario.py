@@ -8,11 +8,12 @@ and what is allowed. The effective scenario (all defaults filled in) is written 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.config_files import read_yaml_mapping
 from pipelines.errors import ConfigError
@@ -29,17 +30,32 @@ class Population(_Strict):
 
     first_birth_year: int = Field(2000, ge=1990, le=2015)
     birth_years: int = Field(12, ge=10, le=20, description="number of birth cohorts (>= 10)")
-    window_end: str = Field("2024-08-31", description="end of observation (ISO date)")
+    window_end: str = Field(
+        "2024-08-31", description="end of observation (ISO date YYYY-MM-DD, 2000-2100)"
+    )
     in_migrant_share: float = Field(
         0.08, ge=0, le=0.5, description="children entering the region after birth"
     )
     leave_region_rate: float = Field(0.008, ge=0, le=0.1, description="per year")
-    death_rate: float = Field(0.00015, ge=0, le=0.01, description="per year after infancy")
+    death_rate: float = Field(0.00015, ge=0, le=0.01, description="per year, constant from birth")
     house_move_rate: float = Field(0.09, ge=0, le=1, description="house moves per year")
     cross_la_move_share: float = Field(0.2, ge=0, le=1)
     la_care_propensity_sd: float = Field(
         0.28, ge=0, le=1.5, description="SD of log care-rate multiplier between authorities"
     )
+
+    @field_validator("window_end", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> str:
+        if isinstance(v, dt.date):  # YAML reads an unquoted 2024-08-31 as a date
+            v = v.isoformat()
+        try:
+            d = dt.date.fromisoformat(v)
+        except (TypeError, ValueError):
+            raise ValueError("must be an ISO date YYYY-MM-DD") from None
+        if not 2000 <= d.year <= 2100 or len(v) != 10:
+            raise ValueError("must be an ISO date YYYY-MM-DD between 2000 and 2100")
+        return v
 
 
 class Adversity(_Strict):
@@ -63,7 +79,7 @@ class SocialServices(_Strict):
 
     referral_prob_per_adversity: float = Field(0.55, ge=0, le=1)
     background_referral_rate: float = Field(
-        0.0012, ge=0, le=0.1, description="per year, children without adversity"
+        0.0012, ge=0, le=0.1, description="per year, every child, unrelated to adversity"
     )
     recording_sensitivity: float = Field(
         0.85, ge=0, le=1, description="chance a present adversity is recorded"
@@ -78,7 +94,12 @@ class SocialServices(_Strict):
     )
     long_care_share: float = Field(0.55, ge=0, le=1)
     placement_move_rate: float = Field(0.55, ge=0, le=5, description="moves per year in care")
-    re_entry_prob: float = Field(0.15, ge=0, le=1)
+    re_entry_prob: float = Field(
+        0.15,
+        ge=0,
+        le=0.6,
+        description="re-entry chance re_entry_prob/0.6 after a short period, x0.3 after a long one",
+    )
     case_open_years: float = Field(
         2.2, gt=0, le=10, description="mean length of an episode of need"
     )
@@ -113,7 +134,9 @@ class Outcomes(_Strict):
     ks4_family_risk: float = -6.0
     ks4_noise_sd: float = Field(10.0, gt=0)
     self_harm_base_rate: float = Field(0.0025, ge=0, description="per year at ages 12-17")
-    emergency_base_rate: float = Field(0.045, ge=0, description="per year after infancy")
+    emergency_base_rate: float = Field(
+        0.045, ge=0, description="per year (x3 at age 0, x1.5 at ages 1-4)"
+    )
     mental_health_base_rate: float = Field(0.0018, ge=0)
     appendicitis_rate: float = Field(0.0012, ge=0)
     ed_injury_rate: float = Field(0.12, ge=0)
