@@ -160,7 +160,14 @@ class ExposureEffectFitter:
             var_coef = float("nan")
             self.warnings_.append("outcome-model covariance unavailable")
         var_mean = np.var(y[t == 1] - m1, ddof=1) / max(len(m1), 1)
-        self.se_ = float(np.sqrt(var_mean + var_coef))
+        var = var_mean + var_coef
+        if not np.isfinite(var) or var < 0:
+            # e.g. a logistic fit that separated: its covariance is not positive definite
+            self.warnings_.append(
+                "standard error unavailable: outcome-model covariance not positive definite"
+            )
+            var = float("nan")
+        self.se_ = float(np.sqrt(var))
         if self.binary:
             self._conditional_odds_ratio(y, t, xm)
 

@@ -402,6 +402,27 @@ def test_degenerate_data_warns_not_crashes() -> None:
         PropensityScoreFitter(estimand="ATX")  # type: ignore[arg-type]
 
 
+def test_regression_standard_error_not_positive_is_a_warning_not_a_silent_nan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    y, t, x = confounded(400, 7)
+    yb = (y > 25).astype(float)
+    fitter = ExposureEffectFitter("regression", binary=True)
+    real = fitter._outcome_model
+
+    def broken_covariance(*args: object, **kwargs: object) -> object:
+        res = real(*args, **kwargs)  # type: ignore[arg-type]
+        cov = -np.eye(len(res.params))  # what a separated fit can leave behind
+        res.cov_params = lambda: cov
+        return res
+
+    monkeypatch.setattr(fitter, "_outcome_model", broken_covariance)
+    fitter.fit(yb, t, x)
+    assert np.isfinite(fitter.estimate_) and np.isnan(fitter.se_)
+    assert any("standard error unavailable" in w for w in fitter.warnings_)
+    assert "standard error unavailable" in fitter.result("o", "c", "risk_difference").warning
+
+
 def test_extreme_weights_are_reported() -> None:
     _y, t, x = confounded(2000, 7)
     x = x.assign(x3=np.where(t == 1, 3.0, 0.0) + np.random.default_rng(1).normal(0, 0.3, len(t)))
