@@ -42,21 +42,16 @@ def age_month_intervals(person_time: pd.DataFrame, children: pd.DataFrame) -> pd
     return pt
 
 
-def _segment_sums(
+def _bin_sums(
     key: np.ndarray, n_keys: int, phi: np.ndarray, x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per key: sum of phi, of phi * x (p) and of phi * x x' (p by p)."""
-    p = x.shape[1]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per key: the sum of phi and of phi * x (n_keys by p)."""
     s0 = np.bincount(key, weights=phi, minlength=n_keys)
     px = x * phi[:, None]
-    s1 = np.column_stack([np.bincount(key, weights=px[:, j], minlength=n_keys) for j in range(p)])
-    s2 = np.zeros((n_keys, p, p))
-    order = np.argsort(key, kind="stable")
-    bounds = np.searchsorted(key[order], np.arange(n_keys + 1))
-    for k in np.flatnonzero(np.diff(bounds)):
-        idx = order[bounds[k] : bounds[k + 1]]
-        s2[k] = x[idx].T @ px[idx]
-    return s0, s1, s2
+    s1 = np.column_stack(
+        [np.bincount(key, weights=px[:, j], minlength=n_keys) for j in range(x.shape[1])]
+    )
+    return s0, s1
 
 
 def fit_cox_efron(
@@ -78,7 +73,10 @@ def fit_cox_efron(
     The same estimator as lifelines' ``CoxTimeVaryingFitter`` (pinned in the tests), built for
     integer times: each row's contributions are added once per Newton step into (stratum, time)
     bins and the risk sets come from reverse cumulative sums over time, so a step costs one pass
-    over the rows (``n p^2``) rather than one pass per distinct event time.
+    over the rows rather than one pass per distinct event time. The information matrix's
+    risk-set term, a sum over event times of (weight x the risk set's sum of phi x x'), is
+    summed over rows instead: each row carries the weights of the event times it is at risk at
+    (a cumulative sum over time), so it is one ``X' W X`` product, with no p-by-p sum per time.
     """
     start = np.asarray(start, dtype=np.int64)
     stop = np.asarray(stop, dtype=np.int64)
@@ -104,41 +102,46 @@ def fit_cox_efron(
         shaped = a.reshape(n_strata, span, *a.shape[1:])
         return np.flip(np.cumsum(np.flip(shaped, axis=1), axis=1), axis=1).reshape(a.shape)
 
+    # Efron: the j-th of the d deaths at an event time (j = 0..d-1) sees the risk set minus
+    # j/d of the dying; one entry per death, grouped by its event bin
+    death_k = np.searchsorted(event_bins, death_bin)
+    order_k = np.argsort(death_k, kind="stable")
+    rank = np.empty(dead.size, np.int64)
+    rank[order_k] = np.arange(dead.size) - np.repeat(np.cumsum(d_count) - d_count, d_count)
+    frac = rank / d_count[death_k]
+    x_dead = x[dead]
+    n_ev = len(event_bins)
+
     def pieces(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         eta = x @ beta
         phi = np.exp(eta)
-        r0, r1, r2 = (reverse_cumsum_by_stratum(a) for a in _segment_sums(stop_bin, n_bins, phi, x))
-        q0, q1, q2 = (
-            reverse_cumsum_by_stratum(a) for a in _segment_sums(start_bin, n_bins, phi, x)
-        )
-        # at risk at time t: stop >= t and not start >= t
+        r0, r1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(stop_bin, n_bins, phi, x))
+        q0, q1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(start_bin, n_bins, phi, x))
+        # risk-set sums at each event time: stop >= t and not start >= t
         s0 = (r0 - q0)[event_bins]
         s1 = (r1 - q1)[event_bins]
-        s2 = (r2 - q2)[event_bins]
-        t0, t1, t2 = _segment_sums(
-            np.searchsorted(event_bins, death_bin), len(event_bins), phi[dead], x[dead]
+        t0, t1 = _bin_sums(death_k, n_ev, phi[dead], x_dead)  # the dying at each event time
+        a0 = s0[death_k] - frac * t0[death_k]
+        inv = 1.0 / a0
+        sa = np.bincount(death_k, inv, n_ev)
+        sb = np.bincount(death_k, frac * inv, n_ev)
+        g0 = np.bincount(death_k, inv**2, n_ev)
+        g1 = np.bincount(death_k, frac * inv**2, n_ev)
+        g2 = np.bincount(death_k, frac**2 * inv**2, n_ev)
+        loglik = float(eta[dead].sum() - np.log(a0).sum())
+        grad = x_dead_sum - s1.T @ sa + t1.T @ sb
+        # sum over event times of sa * (the risk set's sum of phi x x'), rearranged as a sum
+        # over rows: each row carries the sa of every event time it is at risk at
+        sa_bins = np.zeros(n_bins)
+        sa_bins[event_bins] = sa
+        cum = np.cumsum(sa_bins.reshape(n_strata, span), axis=1).reshape(-1)
+        c_row = phi * (cum[stop_bin] - cum[start_bin])
+        cross = (s1 * g1[:, None]).T @ t1
+        hess = -(
+            (x * c_row[:, None]).T @ x
+            - (x_dead * (phi[dead] * sb[death_k])[:, None]).T @ x_dead
+            - ((s1 * g0[:, None]).T @ s1 - (cross + cross.T) + (t1 * g2[:, None]).T @ t1)
         )
-        loglik = float(eta[dead].sum())
-        grad = x_dead_sum.copy()
-        hess = np.zeros((p, p))
-        for k, d in enumerate(d_count):
-            c = np.arange(d) / d
-            a0 = s0[k] - c * t0[k]
-            inv = 1.0 / a0
-            loglik -= float(np.log(a0).sum())
-            sa, sb = inv.sum(), (c * inv).sum()
-            g0, g1, g2 = (inv**2).sum(), (c * inv**2).sum(), (c**2 * inv**2).sum()
-            grad -= s1[k] * sa - t1[k] * sb
-            cross = np.outer(s1[k], t1[k])
-            hess -= (
-                s2[k] * sa
-                - t2[k] * sb
-                - (
-                    np.outer(s1[k], s1[k]) * g0
-                    - (cross + cross.T) * g1
-                    + np.outer(t1[k], t1[k]) * g2
-                )
-            )
         return loglik, grad, hess
 
     beta = np.zeros(p)
