@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.config_files import read_yaml_mapping
 from pipelines.errors import ConfigError
@@ -56,6 +56,16 @@ class Population(_Strict):
         if not 2000 <= d.year <= 2100 or len(v) != 10:
             raise ValueError("must be an ISO date YYYY-MM-DD between 2000 and 2100")
         return v
+
+    @model_validator(mode="after")
+    def _window_after_births(self) -> Population:
+        last_birth_year = self.first_birth_year + self.birth_years - 1
+        if dt.date.fromisoformat(self.window_end).year <= last_birth_year:
+            raise ValueError(
+                f"window_end {self.window_end} must fall after the last birth year "
+                f"{last_birth_year} (first_birth_year + birth_years - 1)"
+            )
+        return self
 
 
 class Adversity(_Strict):

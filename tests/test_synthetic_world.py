@@ -238,6 +238,9 @@ def test_bad_scenario_names_the_key(tmp_path: Path) -> None:
     bad.write_text("population:\n  window_end: '31/08/2024'\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="population.window_end.*ISO date"):
         load_scenario(bad)
+    bad.write_text("population:\n  window_end: 2010-08-31\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="population.*after the last birth year 2011"):
+        load_scenario(bad)
     bad.write_text("population:\n  window_end: 2023-08-31\n", encoding="utf-8")
     assert load_scenario(bad).population.window_end == "2023-08-31"
     bad.write_text("social_services:\n  re_entry_prob: 0.9\n", encoding="utf-8")
