@@ -402,6 +402,41 @@ def test_degenerate_data_warns_not_crashes() -> None:
         PropensityScoreFitter(estimand="ATX")  # type: ignore[arg-type]
 
 
+def test_penalised_logit_matches_statsmodels_where_the_mle_exists() -> None:
+    from models.effects import PenalisedLogit
+
+    y, _t, x = confounded(4000, 8)
+    yb = (y > 27).astype(float)
+    xm = x.to_numpy(float)
+    ref = sm.Logit(yb, sm.add_constant(xm)).fit(disp=0)
+    pen = PenalisedLogit(yb, xm)
+    assert pen.converged
+    np.testing.assert_allclose(pen.params, ref.params, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(pen.bse, ref.bse, rtol=1e-3)
+    d = sm.add_constant(xm)
+    np.testing.assert_allclose(pen.predict(d), ref.predict(d), atol=1e-5)
+
+
+def test_quasi_separated_outcome_model_is_penalised_with_a_warning() -> None:
+    y, t, x = confounded(3000, 9)
+    yb = (y > 27).astype(float)
+    rare = np.zeros(len(y))
+    rare[np.flatnonzero(t == 0)[:5]] = 1.0  # a category of five unexposed children ...
+    yb[rare == 1] = 0.0  # ... who all miss the outcome: no maximum-likelihood fit
+    xr = x.assign(rare=rare)
+    f = ExposureEffectFitter("regression", binary=True).fit(yb, t, xr)
+    assert any("quasi-separation" in w for w in f.warnings_), f.warnings_
+    assert np.isfinite(f.estimate_) and np.isfinite(f.se_) and f.se_ > 0
+    # the rare category barely matters: the estimate agrees with the fit without it
+    g = ExposureEffectFitter("regression", binary=True).fit(yb, t, x)
+    assert f.estimate_ == pytest.approx(g.estimate_, abs=0.01)
+    assert not any("quasi-separation" in w for w in g.warnings_)
+    a = ExposureEffectFitter("aipw", binary=True).fit(
+        yb, t, xr, PropensityScoreFitter("ATT").fit(x, t).weights_
+    )
+    assert np.isfinite(a.estimate_) and any("quasi-separation" in w for w in a.warnings_)
+
+
 def test_regression_standard_error_not_positive_is_a_warning_not_a_silent_nan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
