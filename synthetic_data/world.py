@@ -4,7 +4,8 @@ Everything is vectorised over people with numpy (no per-person Python loops). Da
 days since 1970-01-01. The causal structure (see ``docs/synthetic_world.md``):
 
     deprivation -> family risk -> adversity (true, with onset) -> referral -> RECORDED factors
-    recorded factors + deprivation + authority + age -> entry to care (time-varying)
+    recorded factors + deprivation + authority + age -> entry to care (a hazard constant
+        from the first referral; being looked after then varies over time)
     true adversity + deprivation (+ care, the effect under study) -> education and health
 
 Care entry depends only on what social services recorded, so adjusting for recorded pre-care
