@@ -30,17 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-ADVERSITIES = [
-    "physical_abuse",
-    "parental_mental_ill_health",
-    "parental_substance_misuse",
-    "domestic_abuse",
-    "parental_learning_disability",
-]
-
 
 def truth_cohort(truth_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, float]:
     """Design (true care-entry covariates), exposure, expected level-2 outcome, true ATT."""
+    from synthetic_data.world import ADVERSITIES
+
     p = (
         pl.read_parquet(truth_dir / "persons.parquet")
         .join(pl.read_parquet(truth_dir / "potential_outcomes.parquet"), on="person_id")
@@ -68,6 +62,7 @@ def truth_cohort(truth_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> None:
+    from models.effects import _ipw_point
     from models.propensity import PropensityScoreFitter
     from synthetic_data import generate_world
 
@@ -86,10 +81,9 @@ def main(argv: list[str] | None = None) -> None:
             generate_world(n_children=a.children, seed=seed, out_dir=tmp, file_format="parquet")
             designs, t, y, truth = truth_cohort(Path(tmp) / "truth")
         for name, (method, link, design) in models.items():
-            w = PropensityScoreFitter("ATT", method=method, link=link).fit(designs[design], t)
-            w0 = w.weights_[t == 0]
-            ipw = y[t == 1].mean() - np.sum(w0 * y[t == 0]) / w0.sum()
-            rows.append({"seed": seed, "propensity": name, "bias": ipw - truth})
+            ps = PropensityScoreFitter("ATT", method=method, link=link).fit(designs[design], t)
+            bias = _ipw_point(y, t, ps.weights_) - truth
+            rows.append({"seed": seed, "propensity": name, "bias": bias})
         sys.stderr.write(f"seed {seed}: {int(t.sum())} exposed, {int((1 - t).sum())} not\n")
     d = pd.DataFrame(rows).groupby("propensity", sort=False)["bias"]
     table = pd.DataFrame({"mean bias": d.mean(), "SE of mean": d.std() / np.sqrt(d.size())})
