@@ -345,21 +345,25 @@ def _ipw_point(y: np.ndarray, t: np.ndarray, w: np.ndarray) -> float:
     return float(y[t == 1].mean() - np.sum(w[t == 0] * y[t == 0]) / np.sum(w[t == 0]))
 
 
+def _standardised(xm: np.ndarray) -> np.ndarray:
+    sd = xm.std(axis=0)
+    return (xm - xm.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
 def _untreated_prediction(
     y: np.ndarray,
     t: np.ndarray,
-    xm: np.ndarray,
+    z: np.ndarray,
     binary: bool,
     init: np.ndarray | None = None,
 ) -> np.ndarray:
-    """m0(x) for every row: OLS (normal equations) or logistic regression (a 1e-4 ridge, as
-    the propensity model) fitted in the unexposed; a lighter twin of the fitter's outcome
-    model for bootstrap replicates. ``init``: starting coefficients of the logistic fit (the
-    full-sample ones, from :func:`_untreated_coefficients`)."""
+    """m0(x) for every row of the standardised design ``z``: OLS (normal equations) or
+    logistic regression (a 1e-4 ridge, as the propensity model) fitted in the unexposed; a
+    lighter twin of the fitter's outcome model for bootstrap replicates. ``init``: starting
+    coefficients of the logistic fit (the full-sample ones, from
+    :func:`_untreated_coefficients`)."""
     from models.propensity import _inverse_link, fit_binary_glm
 
-    sd = xm.std(axis=0)
-    z = (xm - xm.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     if binary:
         # predictions settle long before the coefficients of sparse, separated columns do
         b, _ = fit_binary_glm(z[t == 0], y[t == 0], "logit", max_iter=25, tol=1e-6, init=init)
@@ -371,12 +375,10 @@ def _untreated_prediction(
     return np.asarray(b[0] + z @ b[1:])
 
 
-def _untreated_coefficients(y: np.ndarray, t: np.ndarray, xm: np.ndarray) -> np.ndarray:
+def _untreated_coefficients(y: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
     """The logistic coefficients :func:`_untreated_prediction` fits, on the full sample."""
     from models.propensity import fit_binary_glm
 
-    sd = xm.std(axis=0)
-    z = (xm - xm.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     b, _ = fit_binary_glm(z[t == 0], y[t == 0], "logit", max_iter=25, tol=1e-6)
     return b
 
@@ -410,11 +412,17 @@ def bootstrap_weighting_se(
     draws: dict[tuple[str, str], list[float]] = {
         (name, m): [] for name in outcomes for m in ("ipw", "aipw")
     }
-    arrays = {name: (y, x.to_numpy(float), b) for name, (y, x, b) in outcomes.items()}
+    # each outcome design is standardised once, on the full sample (outcomes sharing a design
+    # share it), and its replicate rows are taken once per replicate
+    standardised: dict[int, np.ndarray] = {}
+    for _y, x, _b in outcomes.values():
+        if id(x) not in standardised:
+            standardised[id(x)] = _standardised(x.to_numpy(float))
+    arrays = {name: (y, id(x), b) for name, (y, x, b) in outcomes.items()}
     # replicates start their logistic fits from the full-sample coefficients (fewer steps)
     inits = {
-        name: _untreated_coefficients(y, t, xm) if binary else None
-        for name, (y, xm, binary) in arrays.items()
+        name: _untreated_coefficients(y, t, standardised[key]) if binary else None
+        for name, (y, key, binary) in arrays.items()
     }
     for _ in range(replicates):
         rows = np.r_[rng.choice(idx1, idx1.size), rng.choice(idx0, idx0.size)]
@@ -422,10 +430,11 @@ def bootstrap_weighting_se(
         wb = refit_weights(rows)
         if not np.all(np.isfinite(wb)) or wb[tb == 0].sum() <= 0:
             continue
-        for name, (y, xm, binary) in arrays.items():
+        zb = {key: z[rows] for key, z in standardised.items()}
+        for name, (y, key, binary) in arrays.items():
             yb = y[rows]
             draws[(name, "ipw")].append(_ipw_point(yb, tb, wb))
-            m0 = _untreated_prediction(yb, tb, xm[rows], binary, inits[name])
+            m0 = _untreated_prediction(yb, tb, zb[key], binary, inits[name])
             draws[(name, "aipw")].append(_aipw_point(yb, tb, m0, wb))
     return {
         k: float(np.std(v, ddof=1)) if len(v) >= max(20, replicates // 2) else float("nan")

@@ -370,7 +370,7 @@ def education_estimates(
             x_ps = designs[ps_design]
             boot = bootstrap_weighting_se(
                 t,
-                lambda rows: ps.refit_weights(x_ps.iloc[rows], t[rows]),  # noqa: B023
+                ps.bootstrap_refitter(x_ps, t),
                 {
                     o: (sub[o].to_numpy(float), designs[outcome_design[o]], b)
                     for o, b, _scale in education_outcomes

@@ -170,8 +170,9 @@ def test_bootstrap_standard_errors_agree_with_analytic_ones_on_well_behaved_data
     y, t, x = confounded(3000, 17)
     ps = PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t)
 
-    def refit(rows: np.ndarray) -> np.ndarray:
-        return ps.refit_weights(x.iloc[rows], t[rows])
+    refit = ps.bootstrap_refitter(x, t)  # standardised once, as the model stage does
+    rows = np.random.default_rng(5).choice(len(t), len(t))
+    assert np.allclose(refit(rows), ps.refit_weights(x.iloc[rows], t[rows]), rtol=1e-6)
 
     outcomes = {"y": (y, x, False), "yb": ((y > 28).astype(float), x, True)}
     boot = bootstrap_weighting_se(t, refit, outcomes, replicates=150, seed=3)
