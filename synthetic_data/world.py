@@ -129,6 +129,10 @@ class World:
     recorded2: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
     cp1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cp2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # entry to care: the yearly hazard from the first referral (0 without one) and the
+    # authority at that referral (kept for diagnostics: benchmarks/ipw_oracle.py)
+    care_entry_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    la_at_referral: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # care periods: flat, sorted by person then start
     care_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     care_period: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -350,6 +354,7 @@ def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         + 0.5 * (w.cp1 > 0)
     )
     rate = ss.care_base_rate * np.exp(lp)
+    w.care_entry_rate, w.la_at_referral = np.where(has, rate, 0.0), la_at_ref
     t = rng.exponential(1.0, n) / rate
     same_day = rng.random(n) < 0.1 * (1 - np.exp(-rate))
     t = np.where(same_day, 0.0, t)
