@@ -27,6 +27,8 @@ import statsmodels.api as sm
 from scipy import stats
 from scipy.special import expit
 
+from models.propensity import _standardise
+
 Method = Literal["unadjusted", "regression", "ipw", "aipw"]
 Z = 1.959963984540054
 
@@ -67,7 +69,7 @@ class PenalisedLogit:
 
         mean, sd = xm.mean(axis=0), xm.std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
-        z = (xm - mean) / sd
+        z = _standardise(xm, mean, sd)
         b, self.converged = fit_binary_glm(z, y, "logit")
         design = np.c_[np.ones(len(y)), z]
         mu = expit(design @ b)
@@ -312,8 +314,7 @@ def _balancing_ipw_se(y: np.ndarray, t: np.ndarray, w: np.ndarray, x: np.ndarray
     t (y - mu1), with e = exp(lam . x) (any constant multiple: the sandwich is invariant).
     """
     n, p = x.shape
-    sd = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    x = _standardise(x, x.mean(axis=0), x.std(axis=0))
     e = np.where(t == 0, w, 0.0)
     e = e * n / max(e.sum(), 1e-300)
     t1 = t.astype(float)
@@ -343,11 +344,6 @@ def _balancing_ipw_se(y: np.ndarray, t: np.ndarray, w: np.ndarray, x: np.ndarray
 
 def _ipw_point(y: np.ndarray, t: np.ndarray, w: np.ndarray) -> float:
     return float(y[t == 1].mean() - np.sum(w[t == 0] * y[t == 0]) / np.sum(w[t == 0]))
-
-
-def _standardised(xm: np.ndarray) -> np.ndarray:
-    sd = xm.std(axis=0)
-    return (xm - xm.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
 def _untreated_prediction(
@@ -417,7 +413,8 @@ def bootstrap_weighting_se(
     standardised: dict[int, np.ndarray] = {}
     for _y, x, _b in outcomes.values():
         if id(x) not in standardised:
-            standardised[id(x)] = _standardised(x.to_numpy(float))
+            xm = x.to_numpy(float)
+            standardised[id(x)] = _standardise(xm, xm.mean(axis=0), xm.std(axis=0))
     arrays = {name: (y, id(x), b) for name, (y, x, b) in outcomes.items()}
     # replicates start their logistic fits from the full-sample coefficients (fewer steps)
     inits = {
@@ -469,8 +466,7 @@ def select_outcome_design(
         for f in range(folds):
             tr, te = fold != f, fold == f
             m, s = xv[tr].mean(axis=0), xv[tr].std(axis=0)
-            s = np.where(s > 0, s, 1.0)
-            ztr, zte = (xv[tr] - m) / s, (xv[te] - m) / s
+            ztr, zte = _standardise(xv[tr], m, s), _standardise(xv[te], m, s)
             if binary:
                 b, _ = fit_binary_glm(ztr, y0[tr], "logit")
                 mu = np.clip(_inverse_link(b[0] + zte @ b[1:], "logit"), 1e-12, 1 - 1e-12)
