@@ -128,6 +128,10 @@ class ModelSettings(BaseModel):
     # exposure groups, weights and outcome models refitted) with this many replicates; 0 = the
     # analytic ones (stacked sandwich for balancing IPW, influence function for AIPW).
     bootstrap_replicates: int = Field(200, ge=0)
+    # Standard errors of the time-varying Cox model: "robust" (sandwich clustered on the child,
+    # Lin & Wei 1989; right when the model leaves out prognostic factors, as any adjustment
+    # set of recorded covariates does) or "model" (inverse information).
+    cox_standard_errors: Literal["robust", "model"] = "model"
     disclosure: DisclosureSettings = DisclosureSettings()
 
     @field_validator("bootstrap_replicates")
@@ -615,6 +619,7 @@ def survival_estimates(
     covs = list(x.columns)
     cox_covs = [c for c in s.survival_covariates if c not in strata]
     kids_x = pd.concat([kids[["person_key", *strata]], x], axis=1)
+    cox, robust = TimeVaryingCoxFitter, s.cox_standard_errors == "robust"
     for outcome in sorted(pt["outcome"].unique()):
         rows = age_month_intervals(
             pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
@@ -623,7 +628,7 @@ def survival_estimates(
         n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
         n_unexp = int(rows["person_key"].nunique()) - n_exp
         specs: list[tuple[str, Callable[[], Any]]] = [
-            ("cox_tv", lambda: TimeVaryingCoxFitter().fit(rows, cox_covs, strata=strata))  # noqa: B023
+            ("cox_tv", lambda: cox(robust=robust).fit(rows, cox_covs, strata=strata))  # noqa: B023
         ]
         if not suffix:
             specs += [

@@ -62,13 +62,17 @@ def fit_cox_efron(
     stratum: np.ndarray | None = None,
     max_iter: int = 50,
     tol: float = 1e-9,
+    cluster: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """Cox partial likelihood with Efron's ties for counting-process rows on an integer clock.
 
     A row is at risk at time t when ``start < t <= stop``; ``stratum`` (integer codes) gives
-    each stratum its own baseline hazard. Returns the coefficients, their model-based
-    covariance (inverse information), the log partial likelihood and whether Newton's method
-    converged.
+    each stratum its own baseline hazard. Returns the coefficients, their covariance, the log
+    partial likelihood and whether Newton's method converged. The covariance is model-based
+    (the inverse information) or, given ``cluster`` (integer codes, e.g. one per child), the
+    cluster-robust sandwich of Lin & Wei (1989): ``I^-1 (sum over clusters of U U') I^-1``,
+    with ``U`` the cluster's summed score residuals, Efron-weighted as in R's ``coxph``
+    (a dying row carries ``1 - j/d`` of the j-th of the d tied deaths' hazard increments).
 
     The same estimator as lifelines' ``CoxTimeVaryingFitter`` (pinned in the tests), built for
     integer times: each row's contributions are added once per Newton step into (stratum, time)
@@ -144,9 +148,46 @@ def fit_cox_efron(
         )
         return loglik, grad, hess
 
+    def score_residuals(beta: np.ndarray) -> np.ndarray:
+        """Per row: its deaths' x minus the risk-set means, minus its share of every hazard
+        increment it is at risk for (the rows' residuals sum to the score)."""
+        phi = np.exp(x @ beta)
+        r0, r1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(stop_bin, n_bins, phi, x))
+        q0, q1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(start_bin, n_bins, phi, x))
+        s0, s1 = (r0 - q0)[event_bins], (r1 - q1)[event_bins]
+        t0, t1 = _bin_sums(death_k, n_ev, phi[dead], x_dead)
+        a0 = s0[death_k] - frac * t0[death_k]  # one entry per death: Efron's denominator
+        xbar = (s1[death_k] - frac[:, None] * t1[death_k]) / a0[:, None]
+        inc = 1.0 / a0  # the hazard increment of each of the tied deaths
+
+        def per_time(v: np.ndarray) -> np.ndarray:
+            return np.column_stack([np.bincount(death_k, v[:, j], n_ev) for j in range(p)])
+
+        sa = np.bincount(death_k, inc, n_ev)
+        sb = np.bincount(death_k, frac * inc, n_ev)
+        h, hb = per_time(xbar * inc[:, None]), per_time(xbar * (frac * inc)[:, None])
+        mean_xbar = per_time(xbar) / d_count[:, None]
+
+        def at_risk_sum(v: np.ndarray) -> np.ndarray:  # per row: sum over its at-risk times
+            bins = np.zeros((n_bins, *v.shape[1:]))
+            bins[event_bins] = v
+            cum = np.cumsum(bins.reshape(n_strata, span, -1), axis=1).reshape(n_bins, -1)
+            return cum[stop_bin] - cum[start_bin]
+
+        res = -phi[:, None] * (x * at_risk_sum(sa) - at_risk_sum(h))
+        k = death_k
+        res[dead] += x_dead - mean_xbar[k] + phi[dead, None] * (x_dead * sb[k, None] - hb[k])
+        return res
+
     beta = np.zeros(p)
     with np.errstate(all="ignore"):  # a diverging trial step is rejected below, not reported
-        return _newton_cox(pieces, beta, max_iter, tol)
+        beta, cov, ll, converged = _newton_cox(pieces, beta, max_iter, tol)
+    if cluster is not None:
+        codes = np.unique(np.asarray(cluster), return_inverse=True)[1]
+        res = score_residuals(beta)
+        u = np.column_stack([np.bincount(codes, res[:, j]) for j in range(p)])
+        cov = cov @ (u.T @ u) @ cov
+    return beta, cov, ll, converged
 
 
 def _newton_cox(
@@ -190,15 +231,24 @@ class TimeVaryingCoxFitter:
 
     ``strata``: columns whose every level gets its own baseline hazard (e.g. the local
     authority): a more flexible adjustment than dummy covariates, and cheaper, because the
-    cost of a Newton step grows with the square of the number of covariates."""
+    cost of a Newton step grows with the square of the number of covariates.
 
-    def __init__(self, penalizer: float = 0.0, engine: str = "native") -> None:
+    ``robust=True``: standard errors from the sandwich clustered on ``person_key`` (Lin & Wei
+    1989), valid when the model is misspecified (e.g. an omitted prognostic factor); the
+    default is the model-based (inverse information) ones, as lifelines."""
+
+    def __init__(
+        self, penalizer: float = 0.0, engine: str = "native", robust: bool = False
+    ) -> None:
         if penalizer < 0:
             raise ValueError("penalizer must be >= 0")
         if engine not in ("native", "lifelines"):
             raise ValueError("engine must be 'native' or 'lifelines'")
         self.penalizer = penalizer
         self.engine = "lifelines" if penalizer > 0 else engine
+        if robust and self.engine == "lifelines":
+            raise ValueError("robust=True needs the native engine (no penalizer)")
+        self.robust = robust
         self.warnings_: list[str] = []
 
     def fit(
@@ -251,6 +301,7 @@ class TimeVaryingCoxFitter:
             data["event"].to_numpy(),
             data[cols].to_numpy(dtype=float),
             stratum,
+            cluster=data["person_key"].to_numpy() if self.robust else None,
         )
         if not converged:
             self.warnings_.append("Cox: Newton's method did not converge (separation?)")

@@ -361,6 +361,85 @@ def test_native_cox_pinned_to_lifelines_time_varying_fitter_with_ties_and_strata
     assert with_gap.hazard_ratio_ == pytest.approx(same.hazard_ratio_, rel=1e-9)
 
 
+def _two_row_children(n: int, seed: int, ties: bool) -> pd.DataFrame:
+    """Counting-process rows: each child enters late, switches exposure once, may have one
+    event; three strata. Without ties, every start and stop is a distinct integer."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        x, g = rng.normal(), int(rng.integers(0, 3))
+        t0 = int(rng.integers(0, 20))
+        switch = t0 + int(rng.integers(1, 30))
+        end = switch + int(rng.integers(1, 40))
+        dies = rng.random() < 0.5
+        last = int(rng.integers(0, 2)) if dies else -1
+        for k, (a, b) in enumerate(((t0, switch), (switch, end))):
+            recs.append((i, a, b, k, int(k == last), x, g))
+            if k == last:
+                break
+    df = pd.DataFrame(
+        recs, columns=["person_key", "start", "stop", "looked_after", "event", "x", "g"]
+    )
+    if not ties:
+        df["stop"] = df["stop"] * 4000 + 2 * rng.permutation(len(df))
+        df["start"] = df["start"] * 4000 + 1
+    return df
+
+
+def test_cox_robust_standard_errors_pinned_to_statsmodels_and_a_jackknife() -> None:
+    """The child-clustered sandwich: equals statsmodels' PHReg sandwich where there are no
+    ties (its score residuals, Breslow's, are then Efron's; they miss summing to zero by a
+    little, hence 1e-3); with tied months it agrees with the leave-one-child-out jackknife; the
+    residuals sum to the score, so one cluster gives a zero variance."""
+    from statsmodels.duration.hazard_regression import PHReg
+
+    from models.survival import fit_cox_efron
+
+    def args(df: pd.DataFrame) -> tuple[np.ndarray, ...]:
+        x = df[["looked_after", "x"]].to_numpy(float)
+        return (
+            df["start"].to_numpy(),
+            df["stop"].to_numpy(),
+            df["event"].to_numpy(),
+            x,
+            df["g"].to_numpy(),
+        )
+
+    df = _two_row_children(400, 1, ties=False)
+    beta, robust, _, _ = fit_cox_efron(*args(df), cluster=df["person_key"].to_numpy())
+    ph = PHReg(
+        df["stop"].to_numpy(float),
+        df[["looked_after", "x"]].to_numpy(float),
+        status=df["event"].to_numpy(),
+        entry=df["start"].to_numpy(float),
+        strata=df["g"].to_numpy(),
+        ties="efron",
+    )
+    u = pd.DataFrame(np.nan_to_num(ph.score_residuals(beta))).groupby(df["person_key"]).sum()
+    h_inv = np.linalg.inv(ph.hessian(beta))
+    ref = h_inv @ (u.to_numpy().T @ u.to_numpy()) @ h_inv
+    assert np.allclose(np.sqrt(np.diag(robust)), np.sqrt(np.diag(ref)), rtol=1e-3)
+
+    df = _two_row_children(300, 2, ties=True)
+    assert df[df["event"] == 1].groupby("stop").size().max() > 3  # tied event months
+    a = args(df)
+    beta, robust, _, _ = fit_cox_efron(*a, cluster=df["person_key"].to_numpy())
+    _, model_based, _, _ = fit_cox_efron(*a)
+    assert not np.allclose(robust, model_based)
+    one = fit_cox_efron(*a, cluster=np.zeros(len(df), int))[1]
+    assert np.abs(one).max() < 1e-12 * np.abs(robust).max() + 1e-15
+    jack = np.array(
+        [fit_cox_efron(*(v[(df["person_key"] != i).to_numpy()] for v in a))[0] for i in range(300)]
+    )
+    v_jack = (len(jack) - 1) / len(jack) * ((jack - jack.mean(axis=0)) ** 2).sum(axis=0)
+    ratio = np.sqrt(np.diag(robust) / v_jack)
+    assert np.all((ratio > 0.9) & (ratio < 1.02)), ratio  # the jackknife runs a little larger
+    fitted = TimeVaryingCoxFitter(robust=True).fit(df, ["x"], strata=["g"])
+    assert fitted.summary.loc["looked_after", "se(coef)"] == pytest.approx(np.sqrt(robust[0, 0]))
+    with pytest.raises(ValueError, match="native"):
+        TimeVaryingCoxFitter(penalizer=0.1, robust=True)
+
+
 def test_cox_pinned_to_lifelines_coxph_without_time_varying_rows() -> None:
     from lifelines import CoxPHFitter
 
