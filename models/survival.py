@@ -116,16 +116,21 @@ def fit_cox_efron(
     x_dead = x[dead]
     n_ev = len(event_bins)
 
-    def pieces(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        eta = x @ beta
-        phi = np.exp(eta)
+    def risk_sets(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per event time the risk set's sum of phi x (s1) and the dying's (t1); per death,
+        Efron's denominator (a0)."""
         r0, r1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(stop_bin, n_bins, phi, x))
         q0, q1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(start_bin, n_bins, phi, x))
         # risk-set sums at each event time: stop >= t and not start >= t
         s0 = (r0 - q0)[event_bins]
         s1 = (r1 - q1)[event_bins]
         t0, t1 = _bin_sums(death_k, n_ev, phi[dead], x_dead)  # the dying at each event time
-        a0 = s0[death_k] - frac * t0[death_k]
+        return s1, t1, s0[death_k] - frac * t0[death_k]
+
+    def pieces(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        eta = x @ beta
+        phi = np.exp(eta)
+        s1, t1, a0 = risk_sets(phi)
         inv = 1.0 / a0
         sa = np.bincount(death_k, inv, n_ev)
         sb = np.bincount(death_k, frac * inv, n_ev)
@@ -152,11 +157,7 @@ def fit_cox_efron(
         """Per row: its deaths' x minus the risk-set means, minus its share of every hazard
         increment it is at risk for (the rows' residuals sum to the score)."""
         phi = np.exp(x @ beta)
-        r0, r1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(stop_bin, n_bins, phi, x))
-        q0, q1 = (reverse_cumsum_by_stratum(a) for a in _bin_sums(start_bin, n_bins, phi, x))
-        s0, s1 = (r0 - q0)[event_bins], (r1 - q1)[event_bins]
-        t0, t1 = _bin_sums(death_k, n_ev, phi[dead], x_dead)
-        a0 = s0[death_k] - frac * t0[death_k]  # one entry per death: Efron's denominator
+        s1, t1, a0 = risk_sets(phi)
         xbar = (s1[death_k] - frac[:, None] * t1[death_k]) / a0[:, None]
         inc = 1.0 / a0  # the hazard increment of each of the tied deaths
 

@@ -130,7 +130,8 @@ class World:
     cp1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cp2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # entry to care: the yearly hazard from the first referral (0 without one) and the
-    # authority at that referral (kept for diagnostics: benchmarks/ipw_oracle.py)
+    # authority at that referral (at follow-up start without one); kept for diagnostics
+    # (benchmarks/ipw_oracle.py)
     care_entry_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     la_at_referral: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # care periods: flat, sorted by person then start
