@@ -127,6 +127,14 @@ def fit_cox_efron(
         t0, t1 = _bin_sums(death_k, n_ev, phi[dead], x_dead)  # the dying at each event time
         return s1, t1, s0[death_k] - frac * t0[death_k]
 
+    def at_risk_sum(v: np.ndarray) -> np.ndarray:
+        """Per row: the sum of ``v`` (one value or row per event time) over the event times
+        the row is at risk at, from cumulative sums over each stratum's clock."""
+        bins = np.zeros((n_bins, *v.shape[1:]))
+        bins[event_bins] = v
+        cum = np.cumsum(bins.reshape(n_strata, span, -1), axis=1).reshape(n_bins, -1)
+        return cum[stop_bin] - cum[start_bin]
+
     def pieces(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         eta = x @ beta
         phi = np.exp(eta)
@@ -141,10 +149,7 @@ def fit_cox_efron(
         grad = x_dead_sum - s1.T @ sa + t1.T @ sb
         # sum over event times of sa * (the risk set's sum of phi x x'), rearranged as a sum
         # over rows: each row carries the sa of every event time it is at risk at
-        sa_bins = np.zeros(n_bins)
-        sa_bins[event_bins] = sa
-        cum = np.cumsum(sa_bins.reshape(n_strata, span), axis=1).reshape(-1)
-        c_row = phi * (cum[stop_bin] - cum[start_bin])
+        c_row = phi * at_risk_sum(sa)[:, 0]
         cross = (s1 * g1[:, None]).T @ t1
         hess = -(
             (x * c_row[:, None]).T @ x
@@ -160,21 +165,10 @@ def fit_cox_efron(
         s1, t1, a0 = risk_sets(phi)
         xbar = (s1[death_k] - frac[:, None] * t1[death_k]) / a0[:, None]
         inc = 1.0 / a0  # the hazard increment of each of the tied deaths
-
-        def per_time(v: np.ndarray) -> np.ndarray:
-            return np.column_stack([np.bincount(death_k, v[:, j], n_ev) for j in range(p)])
-
-        sa = np.bincount(death_k, inc, n_ev)
-        sb = np.bincount(death_k, frac * inc, n_ev)
-        h, hb = per_time(xbar * inc[:, None]), per_time(xbar * (frac * inc)[:, None])
-        mean_xbar = per_time(xbar) / d_count[:, None]
-
-        def at_risk_sum(v: np.ndarray) -> np.ndarray:  # per row: sum over its at-risk times
-            bins = np.zeros((n_bins, *v.shape[1:]))
-            bins[event_bins] = v
-            cum = np.cumsum(bins.reshape(n_strata, span, -1), axis=1).reshape(n_bins, -1)
-            return cum[stop_bin] - cum[start_bin]
-
+        # per event time: sum of inc (sa) and of inc x xbar (h); the same weighted by j/d
+        sa, h = _bin_sums(death_k, n_ev, inc, xbar)
+        sb, hb = _bin_sums(death_k, n_ev, frac * inc, xbar)
+        mean_xbar = _bin_sums(death_k, n_ev, np.ones(dead.size), xbar)[1] / d_count[:, None]
         res = -phi[:, None] * (x * at_risk_sum(sa) - at_risk_sum(h))
         k = death_k
         res[dead] += x_dead - mean_xbar[k] + phi[dead, None] * (x_dead * sb[k, None] - hb[k])
