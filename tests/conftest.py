@@ -45,3 +45,6 @@ def linked_run(validated_run: Path) -> Path:
 
     link_run(layout=RunLayout.at(validated_run), secret=TEST_SECRET)
     return validated_run
+
+
+from tests.e2e import full_run, world  # noqa: E402,F401  (session fixtures shared by e2e tests)
