@@ -1,0 +1,333 @@
+"""The delivery folder and its files, checked before and independently of the CSV reader.
+
+* :func:`scan_delivery`: which file holds each source. Only regular files directly inside the
+  folder are read: a symlink, a directory, a pipe or a device under an extract's name is refused
+  without being opened; a case variant of an extract's name (``Attainment.CSV``) is an error;
+  anything else (``attainment_OLD.csv``, ``notes.txt``) is a warning naming it.
+* :func:`read_header`: a CSV's header, with a byte-order mark stripped, duplicate columns refused.
+* :func:`count_csv_records`: the CSV's physical records, counted from its bytes with numpy (a
+  newline ends a record only outside double quotes), so that what the reader returned can be
+  checked against what the file holds. A quote left open is an error naming its line.
+* :func:`transcode_to_utf8`: a copy in UTF-8 of an extract declared in a legacy encoding.
+
+Text from a delivered file (header cells, file names) reaches messages only through
+:func:`shown`: control characters replaced, cut to 40 characters, at most five names.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import InputDataError
+from schemas.contracts import SOURCES, SourceContract
+
+EXTENSIONS = ("csv", "parquet")
+# entries of a delivery folder that are expected besides the extracts: the delivery's metadata
+# and the synthetic generator's answer key (a folder, never read by validation)
+KNOWN_ENTRIES = ("delivery.json", "truth")
+BOM = b"\xef\xbb\xbf"
+SCAN_CHUNK_BYTES = 1 << 25  # 32 MiB per numpy pass
+SHOWN_CHARS = 40
+SHOWN_NAMES = 5
+_QUOTE, _NEWLINE, _CR = ord('"'), ord("\n"), ord("\r")
+
+
+def shown(text: str) -> str:
+    """Delivered text (a header cell, a file name) as safe to put in a message."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return clean if len(clean) <= SHOWN_CHARS else clean[: SHOWN_CHARS - 3] + "..."
+
+
+def shown_names(names: list[str]) -> str:
+    """At most a few delivered names, each through :func:`shown`, in backticks."""
+    out = [f"`{shown(n)}`" for n in names[:SHOWN_NAMES]]
+    if len(names) > SHOWN_NAMES:
+        out.append(f"and {len(names) - SHOWN_NAMES} more")
+    return ", ".join(out)
+
+
+# --- the delivery folder ------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """The extract of each source (``files``) and warnings about the rest of the folder."""
+
+    folder: Path
+    files: dict[str, Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _refuse_unless_regular(entry: os.DirEntry[str], folder: Path, what: str) -> None:
+    """Refuse a symlink or anything but a regular file, from its directory entry only."""
+    if entry.is_symlink():
+        raise InputDataError(
+            f"{shown(entry.name)} in {folder} ({what}) is a symbolic link; delivery files must "
+            "be regular files inside the delivery folder: copy the file in instead of linking it"
+        )
+    if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+        raise InputDataError(
+            f"{shown(entry.name)} in {folder} ({what}) is not a regular file (a folder, pipe or "
+            "device); put the extract itself there"
+        )
+    if Path(os.path.realpath(entry.path)).parent != Path(os.path.realpath(folder)):
+        raise InputDataError(
+            f"{shown(entry.name)} in {folder} ({what}) resolves outside the delivery folder; "
+            "copy the file in"
+        )
+
+
+def scan_delivery(folder: Path) -> Delivery:
+    """Find each source's extract; refuse unsafe or misnamed ones, warn about the others.
+
+    Reads directory entries only: no file is opened here."""
+    expected = {f"{c.file_stem}.{ext}": c for c in SOURCES.values() for ext in EXTENSIONS}
+    by_lower = {name.lower(): name for name in expected}
+    found: dict[str, list[Path]] = {s: [] for s in SOURCES}
+    unexpected: list[str] = []
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
+        if name in expected:
+            contract = expected[name]
+            _refuse_unless_regular(entry, folder, f"extract of source `{contract.name}`")
+            found[contract.name].append(folder / name)
+        elif name.lower() in by_lower:
+            canonical = by_lower[name.lower()]
+            raise InputDataError(
+                f"{shown(name)} in {folder} looks like the extract of source "
+                f"`{expected[canonical].name}` but extract names are exact (lower case): "
+                f"rename it to {canonical}"
+                + (
+                    f" (or remove it: {canonical} is there too)"
+                    if (folder / canonical).exists()
+                    else ""
+                )
+            )
+        elif name == "delivery.json":
+            _refuse_unless_regular(entry, folder, "delivery metadata")
+        elif name in KNOWN_ENTRIES:
+            continue
+        else:
+            unexpected.append(name)
+    files: dict[str, Path] = {}
+    for contract in SOURCES.values():
+        paths = found[contract.name]
+        if not paths:
+            raise InputDataError(
+                f"no extract for source `{contract.name}` in {folder}: expected "
+                f"{contract.file_stem}.csv or {contract.file_stem}.parquet"
+            )
+        if len(paths) > 1:
+            raise InputDataError(
+                f"two extracts for source `{contract.name}` in {folder} ({paths[0].name} and "
+                f"{paths[1].name}); keep one"
+            )
+        files[contract.name] = paths[0]
+    warnings = []
+    if unexpected:
+        warnings.append(
+            f"{len(unexpected)} file(s) in the delivery folder not read, not an extract name "
+            f"(<source>.csv or <source>.parquet, lower case): {shown_names(unexpected)}; "
+            "move them out of the delivery folder"
+        )
+    return Delivery(folder, files, warnings)
+
+
+# --- a CSV's header -----------------------------------------------------------------------------
+
+
+def check_encoding(codec: str) -> str:
+    """The canonical name of a declared encoding; it must exist and keep ASCII as one byte each
+    (so that commas, quotes and newlines are the bytes the counters look for)."""
+    try:
+        name = codecs.lookup(codec).name
+    except LookupError:
+        raise ValueError(f"unknown encoding {codec!r} (a Python codec name, e.g. cp1252)") from None
+    if ',"\n'.encode(name) != b',"\n':
+        raise ValueError(
+            f"encoding {codec!r} does not store ASCII as single bytes (UTF-16/32?); re-export "
+            "the extract as UTF-8"
+        )
+    return name
+
+
+def read_header(path: Path, contract: SourceContract, encoding: str = "utf-8") -> list[str]:
+    """The header of a CSV: first line, byte-order mark stripped, cells unquoted and trimmed."""
+    where = f"{path.name} (source `{contract.name}`)"
+    with path.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    if not first:
+        raise InputDataError(f"{where} is an empty file")
+    if first.startswith(BOM):
+        first = first[len(BOM) :]
+    line = first.rstrip(b"\r\n")
+    if b"\r" in line:
+        raise InputDataError(
+            f"{where} ends its lines with a carriage return alone (old Mac line ends); "
+            "re-export it with LF or CRLF line ends"
+        )
+    try:
+        text = line.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InputDataError(
+            f"{where} is not {encoding}: invalid byte at offset {exc.start} (line 1); re-export "
+            "the file as UTF-8 or declare its encoding (`encodings` in the validation settings)"
+        ) from None
+    if "," not in text:
+        for delim in (";", "\t", "|"):
+            if delim in text:
+                raise InputDataError(
+                    f"{where} uses {delim!r} as delimiter; extracts must be comma-separated"
+                )
+    header = [h.strip() for h in next(csv.reader([text]))]
+    refuse_duplicate_columns(header, where)
+    return header
+
+
+def refuse_duplicate_columns(header: list[str], where: str) -> None:
+    repeated = sorted(h for h, n in Counter(header).items() if n > 1)
+    if repeated:
+        raise InputDataError(
+            f"{where}: column(s) {shown_names(repeated)} appear more than once in the header; "
+            "each column must appear once: fix the header or re-export the file"
+        )
+
+
+# --- physical records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvRecords:
+    """Records of a CSV counted from its bytes (header excluded)."""
+
+    records: int  # data records: lines ending outside quotes, blank lines not counted
+    lines: int  # newline-delimited data lines, blank ones included
+    blank_lines: int
+    nul_bytes: int  # NUL bytes anywhere in the file
+
+
+def count_csv_records(path: Path, contract: SourceContract) -> CsvRecords:
+    """Count a CSV's records independently of the reader; check it is UTF-8 on the way.
+
+    A newline ends a record only when the number of double quotes before it is even (RFC 4180);
+    so a newline after an odd number is inside a quoted value: either a quote left open (the
+    reader would swallow the lines after it into one value) or a value spanning lines, which
+    extracts must not have. Either is an error naming the line where the quote opened. Blank
+    lines (the reader skips them) are counted apart. One pass over 32 MiB chunks with numpy.
+    """
+    where = f"{path.name} (source `{contract.name}`)"
+    newlines = 0  # newline bytes so far
+    quotes = 0  # quote bytes so far (only the parity matters)
+    blank = 0
+    nul_bytes = 0
+    last_newline = -1  # absolute offset of the last newline seen
+    previous_byte = _NEWLINE
+    offset = 0
+    utf8_tail = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(SCAN_CHUNK_BYTES):
+            # UTF-8: a multi-byte character cut by the chunk end is carried to the next chunk
+            block = utf8_tail + chunk
+            block_start = offset - len(utf8_tail)
+            if offset == 0 and block.startswith(BOM):
+                block, block_start = block[len(BOM) :], len(BOM)
+            try:
+                block.decode("utf-8")
+                utf8_tail = b""
+            except UnicodeDecodeError as exc:
+                if exc.start >= len(block) - 3 and exc.reason == "unexpected end of data":
+                    utf8_tail = block[exc.start :]
+                else:
+                    line_no = newlines + block[: exc.start].count(b"\n") + 1
+                    raise InputDataError(
+                        f"{where} is not UTF-8: invalid byte at offset {block_start + exc.start} "
+                        f"(line {line_no}); re-export the file as UTF-8 or declare its encoding "
+                        "(`encodings` in the validation settings)"
+                    ) from None
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            nl = np.flatnonzero(data == _NEWLINE)
+            qpos = np.flatnonzero(data == _QUOTE)
+            if nl.size:
+                odd = (quotes + np.searchsorted(qpos, nl)) & 1
+                if odd.any():
+                    first = int(np.argmax(odd))
+                    raise InputDataError(
+                        f"{where}: reading went wrong at line {newlines + first + 1}: an "
+                        "unbalanced double quote (a quote opened on that line is not closed on "
+                        "it, so the lines after it would be read as one value); fix or "
+                        "re-export the file"
+                    )
+                starts = np.empty_like(nl)
+                starts[0] = last_newline - offset + 1
+                starts[1:] = nl[:-1] + 1
+                length = nl - starts
+                before = np.where(nl > 0, data[np.maximum(nl - 1, 0)], previous_byte)
+                blank += int(np.count_nonzero((length == 0) | ((length == 1) & (before == _CR))))
+                newlines += int(nl.size)
+                last_newline = offset + int(nl[-1])
+            quotes += int(qpos.size)
+            nul_bytes += chunk.count(0)
+            previous_byte = int(data[-1])
+            offset += len(chunk)
+    if utf8_tail:
+        raise InputDataError(
+            f"{where} is not UTF-8: the file ends inside a multi-byte character (line "
+            f"{newlines + 1}); re-export the file as UTF-8"
+        )
+    if quotes & 1:
+        raise InputDataError(
+            f"{where}: reading went wrong at line {newlines + 1}: an unbalanced double quote "
+            "(a quote opened on the last line is never closed); fix or re-export the file"
+        )
+    lines = newlines
+    trailing = offset - last_newline - 1  # bytes after the last newline: a last line without one
+    if trailing > 0:
+        lines += 1
+        blank += int(trailing == 1 and previous_byte == _CR)
+    if lines == 0:
+        return CsvRecords(0, 0, 0, nul_bytes)
+    # the first line is the header
+    return CsvRecords(lines - blank - 1, lines - 1, blank, nul_bytes)
+
+
+# --- legacy encodings ---------------------------------------------------------------------------
+
+
+def transcode_to_utf8(path: Path, contract: SourceContract, encoding: str, dest: Path) -> Path:
+    """Write ``path`` decoded from ``encoding`` to ``dest`` as UTF-8 (mode 0600); a byte the
+    encoding does not define is an error naming its line. The caller deletes ``dest``."""
+    where = f"{path.name} (source `{contract.name}`)"
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    newlines = 0
+    first = True
+    with path.open("rb") as src, os.fdopen(fd, "wb") as out:
+        while True:
+            chunk = src.read(SCAN_CHUNK_BYTES)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                line = newlines + chunk[: max(exc.start, 0)].count(b"\n") + 1
+                raise InputDataError(
+                    f"{where} is not {encoding} as declared: a byte it does not define near "
+                    f"line {line}; check the declared encoding or re-export the file as UTF-8"
+                ) from None
+            if first and text.startswith("\ufeff"):
+                text = text[1:]
+            first = first and not text
+            out.write(text.encode("utf-8"))
+            newlines += chunk.count(b"\n")
+            if not chunk:
+                break
+    return dest
