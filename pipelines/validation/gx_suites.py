@@ -5,7 +5,8 @@ that works here, see STACK.md). The suite runs over the typed rows (staged and q
 together, i.e. everything delivered that could be parsed), so its unexpected counts can be
 checked against the DuckDB row rules. For very large sources a deterministic sample of
 ``gx_max_rows`` rows is fed to GX; the row rules in DuckDB always see every row. Data Docs (static
-HTML) go to ``RUN/validation/gx/``.
+HTML) go to ``RUN/validation/gx/``, rewritten after the build to open offline (no CDN, no remote
+logo: :mod:`pipelines.validation.data_docs`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import duckdb
 
 from pipelines.db import quote_ident
 from pipelines.run_layout import RunLayout
+from pipelines.validation.data_docs import make_offline
 from pipelines.validation.rules import q
 from schemas.contracts import SOURCES, SourceContract, load_codelist
 
@@ -137,3 +139,5 @@ def run_suites(
                     }
                 )
         log.info("GX suite %s: %d expectations on %d rows", name, len(result.expectations), len(df))
+    # every checkpoint rebuilt the site; rewrite it once, at the end, to make no remote request
+    make_offline(root)
