@@ -70,8 +70,8 @@ def test_conservation_and_summary(validated_run: Path) -> None:
     con = duckdb.connect(str(RunLayout.at(validated_run).linkage_db), read_only=True)
     rows = con.execute("SELECT * FROM validation.summary").fetchall()
     assert len(rows) == 7
-    for source, read, staged, quarantined, conserved in rows:
-        assert read == staged + quarantined and conserved, source
+    for source, read, staged, quarantined, conserved, in_file in rows:
+        assert in_file == read == staged + quarantined and conserved, source
         assert con.execute(f"SELECT count(*) FROM staging.{source}").fetchone()[0] == staged
     types = dict(
         con.execute(

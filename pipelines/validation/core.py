@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.db import DuckDBSettings, connect, quote_ident
 from pipelines.errors import InputDataError
 from pipelines.run_layout import RunLayout
-from pipelines.validation.rules import checked_select_sql, q
+from pipelines.validation.delivery_files import (
+    CsvRecords,
+    check_encoding,
+    count_csv_records,
+    read_header,
+    refuse_duplicate_columns,
+    scan_delivery,
+    shown_names,
+    transcode_to_utf8,
+)
+from pipelines.validation.rules import checked_select_sql, lit, q
 from schemas.contracts import SOURCES, SourceContract
 
 log = logging.getLogger(__name__)
@@ -48,7 +61,24 @@ class ValidationSettings(BaseModel):
         1_000_000, ge=1000, description="rows per source fed to Great Expectations (sampled)"
     )
     run_great_expectations: bool = True
+    encodings: dict[str, str] = Field(
+        default_factory=dict,
+        description="source -> encoding of its CSV when not UTF-8 (a Python codec, e.g. cp1252)",
+    )
+    latest_plausible_date: date | None = Field(
+        None, description="dates after this are quarantined as future_date (null: the run's day)"
+    )
     duckdb_memory_limit: str = Field("6GB", description="DuckDB memory limit for this stage")
+
+    @field_validator("encodings")
+    @classmethod
+    def _known_sources_and_codecs(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(SOURCES))
+        if unknown:
+            raise ValueError(
+                f"encodings: unknown source(s) {unknown}; sources are {', '.join(SOURCES)}"
+            )
+        return {source: check_encoding(codec) for source, codec in value.items()}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ValidationSettings:
@@ -63,6 +93,7 @@ class SourceResult:
     rows_staged: int
     rows_quarantined: int
     physical_lines: int | None
+    file_records: int
     reasons: dict[str, int] = field(default_factory=dict)
     completeness: dict[str, float] = field(default_factory=dict)
     cleaning: dict[str, int] = field(default_factory=dict)
@@ -71,7 +102,11 @@ class SourceResult:
 
     @property
     def conserved(self) -> bool:
-        return self.rows_read == self.rows_staged + self.rows_quarantined
+        """Every record the file holds was read, and every row read is staged or quarantined.
+
+        ``file_records`` is counted from the file itself (CSV bytes, Parquet footer), not from
+        what the reader returned."""
+        return self.file_records == self.rows_read == self.rows_staged + self.rows_quarantined
 
 
 @dataclass
@@ -79,6 +114,8 @@ class ValidationSummary:
     """Per-source counts; ``row_counts`` feeds the manifest."""
 
     sources: dict[str, SourceResult]
+    delivery_warnings: list[str] = field(default_factory=list)
+    latest_plausible_date: date | None = None
 
     @property
     def row_counts(self) -> dict[str, int]:
@@ -91,83 +128,70 @@ class ValidationSummary:
 
     def to_markdown(self) -> str:
         lines = [
-            "| source | rows read | staged | quarantined | conserved |",
-            "|---|---:|---:|---:|---|",
+            "| source | records in file | rows read | staged | quarantined | conserved |",
+            "|---|---:|---:|---:|---:|---|",
         ]
         for s, r in self.sources.items():
             lines.append(
-                f"| {s} | {r.rows_read:,} | {r.rows_staged:,} | {r.rows_quarantined:,} | "
-                f"{'yes' if r.conserved else 'NO'} |"
+                f"| {s} | {r.file_records:,} | {r.rows_read:,} | {r.rows_staged:,} | "
+                f"{r.rows_quarantined:,} | {'yes' if r.conserved else 'NO'} |"
             )
+        lines += [f"\nwarning: {w}" for w in self.delivery_warnings]
         return "\n".join(lines)
 
 
-def find_delivery_file(data_dir: Path, contract: SourceContract) -> Path:
-    found = [
-        p
-        for p in (data_dir / f"{contract.file_stem}.{ext}" for ext in ("csv", "parquet"))
-        if p.exists()
-    ]
-    if not found:
-        raise InputDataError(
-            f"no extract for source `{contract.name}` in {data_dir}: expected "
-            f"{contract.file_stem}.csv or {contract.file_stem}.parquet"
-        )
-    if len(found) > 1:
-        raise InputDataError(
-            f"two extracts for source `{contract.name}` in {data_dir} ({found[0].name} and "
-            f"{found[1].name}); keep one"
-        )
-    return found[0]
+@dataclass(frozen=True)
+class Extract:
+    """One delivered extract whose file, header and columns have been checked (not yet read)."""
+
+    contract: SourceContract
+    path: Path
+    header: list[str]
+    file_records: int  # records the file holds, counted without the reader (CSV bytes, footer)
+    csv: CsvRecords | None  # a CSV's counts (None for Parquet)
+    encoding: str = "utf-8"  # of a CSV; anything else is transcoded to a UTF-8 copy first
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.name} (source `{self.contract.name}`)"
 
 
-def _check_text_file(path: Path, contract: SourceContract) -> tuple[list[str], int]:
-    """Check encoding, delimiter and header of a CSV; return its header and physical lines."""
-    size = path.stat().st_size
-    if size == 0:
-        raise InputDataError(f"{path.name} (source `{contract.name}`) is an empty file")
-    lines = 0
-    last_byte = b"\n"
-    with path.open("rb") as fh:
-        offset = 0
-        tail = b""
-        while chunk := fh.read(1 << 24):
-            last_byte = chunk[-1:]
-            block = tail + chunk
-            try:
-                block.decode("utf-8")
-                tail = b""
-            except UnicodeDecodeError as exc:
-                if exc.start >= len(block) - 3 and exc.reason == "unexpected end of data":
-                    tail = block[exc.start :]
-                else:
-                    bad_at = offset - len(tail) + exc.start
-                    line_no = lines + block[: exc.start].count(b"\n") + 1
-                    raise InputDataError(
-                        f"{path.name} (source `{contract.name}`) is not UTF-8: invalid byte at "
-                        f"offset {bad_at} (line {line_no}); re-export the file as UTF-8"
-                    ) from None
-            lines += chunk.count(b"\n")
-            offset += len(chunk)
-    with path.open(encoding="utf-8") as fh:
-        header_line = fh.readline().rstrip("\r\n")
-    if last_byte != b"\n":
-        lines += 1
-    if "," not in header_line:
-        for delim in (";", "\t", "|"):
-            if delim in header_line:
-                raise InputDataError(
-                    f"{path.name} (source `{contract.name}`) uses {delim!r} as delimiter; "
-                    "extracts must be comma-separated"
-                )
-    header = [h.strip().strip('"') for h in header_line.split(",")]
-    return header, lines - 1
+def prepare_extract(
+    contract: SourceContract, path: Path, settings: ValidationSettings
+) -> tuple[Extract, list[str]]:
+    """Check an extract's header against its contract and count its records, without the
+    reader: a CSV's bytes (one numpy pass) or a Parquet file's footer."""
+    if path.suffix == ".parquet":
+        where = f"{path.name} (source `{contract.name}`)"
+        parquet = _parquet_file(path, where)
+        header = list(parquet.schema_arrow.names)
+        refuse_duplicate_columns(header, where)
+        warnings = _check_columns(header, path, contract, settings)
+        return Extract(contract, path, header, parquet.metadata.num_rows, None), warnings
+    encoding = settings.encodings.get(contract.name, "utf-8")
+    header = read_header(path, contract, encoding)
+    warnings = _check_columns(header, path, contract, settings)
+    records = count_csv_records(path, contract, utf8=encoding == "utf-8")
+    return Extract(contract, path, header, records.records, records, encoding), warnings
+
+
+def _parquet_file(path: Path, where: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except Exception:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
+        raise InputDataError(
+            f"{where} is not a readable Parquet file; re-export it (or deliver CSV)"
+        ) from None
 
 
 def _check_columns(
     header: list[str], path: Path, contract: SourceContract, settings: ValidationSettings
 ) -> list[str]:
+    """Missing, extra and foreign columns. Header cells reach messages only through
+    ``shown_names`` (cut and cleaned), and not at all when no contract column matched: the
+    first line may then be a data row (a file exported without its header)."""
     warnings = []
+    where = f"{path.name} (source `{contract.name}`)"
     expected = contract.column_names
     missing = [c for c in expected if c not in header]
     extra = [c for c in header if c not in expected]
@@ -182,22 +206,21 @@ def _check_columns(
                 f"{path.name} looks like an extract of source `{guess}`, not `{contract.name}`: "
                 f"expectation expect_table_columns_to_match_set failed; check the file name"
             )
+    if len(missing) == len(expected):
+        raise InputDataError(
+            f"{where}: none of the contract's columns is in the first line ({len(header)} "
+            "cell(s), not shown: it may be a data row); is the header missing? expected: "
+            + ", ".join(expected)
+        )
     if missing:
         raise InputDataError(
-            f"{path.name} (source `{contract.name}`): column(s) {', '.join(f'`{c}`' for c in missing)} "
+            f"{where}: column(s) {', '.join(f'`{c}`' for c in missing)} "
             f"missing (expectation expect_table_columns_to_match_set)"
-            + (
-                f"; unexpected column(s) {', '.join(f'`{c}`' for c in extra)} - renamed?"
-                if extra
-                else ""
-            )
+            + (f"; unexpected column(s) {shown_names(extra)} - renamed?" if extra else "")
             + f"; expected: {', '.join(expected)}"
         )
     if extra:
-        msg = (
-            f"{path.name} (source `{contract.name}`): unexpected column(s) "
-            f"{', '.join(f'`{c}`' for c in extra)} not in the contract"
-        )
+        msg = f"{where}: unexpected column(s) {shown_names(extra)} not in the contract"
         if settings.extra_columns.severity == "error":
             raise InputDataError(msg + "; remove them or update the contract")
         if settings.extra_columns.severity == "warn":
@@ -218,74 +241,103 @@ def _guess_source(header: list[str]) -> str | None:
     return best if score >= 0.8 else None
 
 
-def load_raw(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    contract: SourceContract,
-    settings: ValidationSettings,
-) -> tuple[int, int | None, list[str]]:
+def _reader_failed(extract: Extract, exc: duckdb.Error) -> InputDataError:
+    """The reader's own message quotes the offending line (identifiers): keep only its number."""
+    line = re.search(r"on line:? (\d+)", str(exc), flags=re.IGNORECASE)
+    return InputDataError(
+        f"{extract.where}: the reader failed"
+        + (f" at line {line.group(1)}" if line else "")
+        + f" ({type(exc).__name__}); check the file's quoting and line ends, or re-export it"
+    )
+
+
+def load_raw(con: duckdb.DuckDBPyConnection, extract: Extract, read_path: Path) -> int:
     """Load an extract as text into ``raw.<source>``, malformed lines into ``raw.<source>_rejects``.
 
-    Returns (rows read, physical data lines or None for Parquet, warnings).
-    """
+    ``read_path``: the file to read (the delivered one, or its UTF-8 copy). The CSV is read
+    under column names made here (``c0``, ``c1``, ...): no header text reaches SQL. Then what
+    was read (rows + malformed lines) must equal what the file holds (records counted from its
+    bytes, or the row count in the Parquet footer); anything else is an error.
+
+    Returns the rows read (rows returned plus malformed lines rejected)."""
+    contract = extract.contract
     raw = f"raw.{contract.name}"
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     con.execute(f"DROP TABLE IF EXISTS {quote_ident(raw)}")
     con.execute(f"DROP TABLE IF EXISTS {quote_ident(raw + '_rejects')}")
-    warnings: list[str] = []
-    names = contract.column_names
     con.execute("DROP TABLE IF EXISTS rejects_rows")
     con.execute("DROP TABLE IF EXISTS rejects_scans")
-    if path.suffix == ".parquet":
-        header = [
-            r[0]
-            for r in con.execute(
-                "SELECT name FROM parquet_schema(?) WHERE num_children IS NULL", [str(path)]
-            ).fetchall()
-        ]
-        warnings += _check_columns(header, path, contract, settings)
+    names = contract.column_names
+    if extract.path.suffix == ".parquet":
         cols = ", ".join(f"CAST({q(c)} AS VARCHAR) AS {q(c)}" for c in names)
-        con.execute(
-            f"CREATE TABLE {quote_ident(raw)} AS SELECT row_number() OVER () AS _row_number, "
-            f"? AS _delivery, {cols} FROM read_parquet(?)",
-            [path.name, str(path)],
-        )
+        try:
+            con.execute(
+                f"CREATE TABLE {quote_ident(raw)} AS SELECT row_number() OVER () AS _row_number, "
+                f"? AS _delivery, {cols} FROM read_parquet(?)",
+                [extract.path.name, str(read_path)],
+            )
+        except duckdb.Error as exc:
+            raise _reader_failed(extract, exc) from None
         con.execute(
             f"CREATE TABLE {quote_ident(raw + '_rejects')} (line BIGINT, error_type VARCHAR, csv_line VARCHAR)"
         )
-        physical = None
     else:
-        header, physical = _check_text_file(path, contract)
-        warnings += _check_columns(header, path, contract, settings)
-        columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in header) + "}"
-        con.execute(
-            f"""CREATE TABLE {quote_ident(raw)} AS
-            SELECT row_number() OVER () AS _row_number, ? AS _delivery, {", ".join(q(c) for c in names)}
-            FROM read_csv(?, header=true, delim=',', quote='"', escape='"', auto_detect=false,
-                          columns={columns}, store_rejects=true, strict_mode=true,
-                          rejects_table='rejects_rows', rejects_scan='rejects_scans',
-                          null_padding=false, parallel=false)""",
-            [path.name, str(path)],
-        )
+        position = {h: i for i, h in enumerate(extract.header)}
+        # generated names only: header text is never part of the SQL
+        columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(extract.header))) + "}"
+        select = ", ".join(f"c{position[c]} AS {q(c)}" for c in names)
+        try:
+            con.execute(
+                f"""CREATE TABLE {quote_ident(raw)} AS
+                SELECT row_number() OVER () AS _row_number, ? AS _delivery, {select}
+                FROM read_csv(?, header=true, delim=',', quote='"', escape='"', auto_detect=false,
+                              columns={columns}, store_rejects=true, strict_mode=true,
+                              rejects_table='rejects_rows', rejects_scan='rejects_scans',
+                              null_padding=false, parallel=false)""",
+                [extract.path.name, str(read_path)],
+            )
+        except duckdb.Error as exc:
+            raise _reader_failed(extract, exc) from None
         con.execute(
             f"CREATE TABLE {quote_ident(raw + '_rejects')} AS "
             "SELECT line::BIGINT AS line, error_type::VARCHAR AS error_type, csv_line FROM rejects_rows "
             "QUALIFY row_number() OVER (PARTITION BY line ORDER BY column_idx) = 1"
         )
-        # data row numbers: rows are read in order, so the physical line is recoverable
-    n_rows = con.execute(f"SELECT count(*) FROM {quote_ident(raw)}").fetchone()[0]  # type: ignore[index]
-    n_rej = con.execute(f"SELECT count(*) FROM {quote_ident(raw + '_rejects')}").fetchone()[0]  # type: ignore[index]
-    return int(n_rows) + int(n_rej), physical, warnings
+    n_rows = _count(con, raw)
+    n_rej = _count(con, raw + "_rejects")
+    if n_rows + n_rej != extract.file_records:
+        raise InputDataError(
+            f"{extract.where}: reading went wrong: the file holds {extract.file_records:,} "
+            "data records "
+            f"but the reader returned {n_rows:,} rows and {n_rej:,} malformed lines; nothing was "
+            "staged; check the file's quoting and line ends, or re-export it"
+        )
+    return n_rows + n_rej
 
 
 def check_source(
     con: duckdb.DuckDBPyConnection,
-    contract: SourceContract,
-    path: Path,
+    extract: Extract,
     settings: ValidationSettings,
+    *,
+    scratch_dir: Path,
+    latest_date: date,
 ) -> SourceResult:
-    """Type, check and split one loaded source into ``staging.<s>__building`` / quarantine."""
-    rows_read, physical, warnings = load_raw(con, path, contract, settings)
+    """Type, check and split one loaded source into ``staging.<s>__building`` / quarantine.
+
+    ``scratch_dir``: where a legacy-encoded CSV's UTF-8 copy is written (and deleted after
+    loading); ``latest_date``: dates after it are ``future_date``."""
+    contract, path = extract.contract, extract.path
+    read_path = path
+    if extract.encoding != "utf-8":
+        read_path = transcode_to_utf8(
+            path, contract, extract.encoding, scratch_dir / f"{contract.name}.utf8.csv"
+        )
+    try:
+        rows_read = load_raw(con, extract, read_path)
+    finally:
+        if read_path != path:
+            read_path.unlink(missing_ok=True)
     name = contract.name
     if rows_read < settings.min_rows:
         raise InputDataError(
@@ -297,7 +349,13 @@ def check_source(
     con.execute(f"DROP TABLE IF EXISTS {quote_ident(checked)}")
     con.execute(
         f"CREATE TABLE {quote_ident(checked)} AS "
-        + checked_select_sql(contract, quote_ident(f"raw.{name}"))
+        + checked_select_sql(
+            contract,
+            quote_ident(f"raw.{name}"),
+            latest_date=latest_date,
+            # a CSV whose bytes hold no NUL needs no NUL check per cell
+            nul_bytes=extract.csv is None or extract.csv.nul_bytes > 0,
+        )
     )
     # duplicates: exact duplicate rows, then duplicate primary keys. Hash every row first and
     # run the exact window comparison only on rows whose hash is shared (a few in a thousand),
@@ -362,12 +420,18 @@ def check_source(
             f"{quote_ident(f'quarantine.{name}__building')}) GROUP BY r ORDER BY r"
         ).fetchall()
     )
-    result = SourceResult(name, path.name, rows_read, staged, quarantined, physical, reasons)
-    result.warnings += warnings
-    if physical is not None and physical != rows_read:
-        result.warnings.append(
-            f"{physical - rows_read} physical line(s) were part of multi-line malformed records"
-        )
+    result = SourceResult(
+        name,
+        path.name,
+        rows_read,
+        staged,
+        quarantined,
+        extract.csv.lines if extract.csv else None,
+        extract.file_records,
+        reasons,
+    )
+    if extract.csv is not None and extract.csv.blank_lines:
+        result.warnings.append(f"{extract.csv.blank_lines} blank line(s) in the file skipped")
     result.cleaning = _cleaning_counts(con, contract, checked)
     result.completeness = _completeness(con, contract, f"staging.{name}__building", staged)
     share = quarantined / rows_read if rows_read else 0.0
@@ -393,7 +457,11 @@ def check_source(
                 raise InputDataError(msg + "; linkage would miss many records")
             result.warnings.append(msg)
     if not result.conserved:
-        raise InputDataError(f"internal conservation check failed for `{name}`")
+        raise InputDataError(
+            f"{path.name} (source `{name}`): conservation failed: {result.file_records:,} "
+            f"records in the file, {rows_read:,} read, {staged:,} staged, {quarantined:,} "
+            "quarantined; nothing was staged (an internal error: please report it)"
+        )
     return result
 
 
@@ -409,7 +477,8 @@ def _cleaning_counts(
         raw = q("__raw_" + c.name)
         if c.dtype == "date":
             parts.append(
-                f"count(*) FILTER (WHERE {raw} = '1900-01-01') AS {q('placeholder_to_null:' + c.name)}"
+                f"count(*) FILTER (WHERE list_contains(_reasons, {lit(c.name + ':placeholder_date')})) "
+                f"AS {q('placeholder_to_null:' + c.name)}"
             )
             parts.append(
                 f"count(*) FILTER (WHERE {raw} IS NOT NULL AND NOT regexp_full_match({raw}, '\\d{{4}}-\\d{{2}}-\\d{{2}}') "
@@ -482,6 +551,14 @@ def validate_delivery(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputDataError(f"delivery folder {data_dir} does not exist")
+    # checks that need no rows run first, for every source, before anything is written
+    delivery = scan_delivery(data_dir)
+    prepared = [
+        prepare_extract(contract, delivery.files[contract.name], settings)
+        for contract in SOURCES.values()
+    ]
+    latest_date = settings.latest_plausible_date or date.today()
+    settings = settings.model_copy(update={"latest_plausible_date": latest_date})
     layout.ensure()
     (layout.validation_dir / "validation_settings.yaml").write_text(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
@@ -494,12 +571,19 @@ def validate_delivery(
     results: dict[str, SourceResult] = {}
     try:
         _drop_building(con)
-        for contract in SOURCES.values():
-            path = find_delivery_file(data_dir, contract)
-            log.info("validating %s (%s)", contract.name, path.name)
+        for extract, column_warnings in prepared:
+            name = extract.contract.name
+            log.info("validating %s (%s)", name, extract.path.name)
             if callable(progress):
-                progress(f"validating {contract.name}")
-            results[contract.name] = check_source(con, contract, path, settings)
+                progress(f"validating {name}")
+            results[name] = check_source(
+                con,
+                extract,
+                settings,
+                scratch_dir=layout.tmp_dir / "validation",
+                latest_date=latest_date,
+            )
+            results[name].warnings[:0] = column_warnings
         if settings.run_great_expectations:
             from pipelines.validation.gx_suites import run_suites
 
@@ -510,12 +594,20 @@ def validate_delivery(
         con.execute("CREATE SCHEMA IF NOT EXISTS validation")
         con.execute(
             "CREATE OR REPLACE TABLE validation.summary (source VARCHAR, rows_read BIGINT, "
-            "rows_staged BIGINT, rows_quarantined BIGINT, conserved BOOLEAN)"
+            "rows_staged BIGINT, rows_quarantined BIGINT, conserved BOOLEAN, "
+            "records_in_file BIGINT)"
         )
         con.executemany(
-            "INSERT INTO validation.summary VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO validation.summary VALUES (?, ?, ?, ?, ?, ?)",
             [
-                [r.source, r.rows_read, r.rows_staged, r.rows_quarantined, r.conserved]
+                [
+                    r.source,
+                    r.rows_read,
+                    r.rows_staged,
+                    r.rows_quarantined,
+                    r.conserved,
+                    r.file_records,
+                ]
                 for r in results.values()
             ],
         )
@@ -526,7 +618,7 @@ def validate_delivery(
         raise
     finally:
         con.close()
-    summary = ValidationSummary(results)
+    summary = ValidationSummary(results, delivery.warnings, latest_date)
     write_report(summary, layout)
     return summary
 
@@ -540,6 +632,7 @@ def write_report(summary: ValidationSummary, layout: RunLayout) -> None:
             "rows_staged": r.rows_staged,
             "rows_quarantined": r.rows_quarantined,
             "conserved": r.conserved,
+            "records_in_file": r.file_records,
             "physical_lines": r.physical_lines,
             "quarantine_reasons": r.reasons,
             "identifier_completeness": r.completeness,
@@ -553,6 +646,12 @@ def write_report(summary: ValidationSummary, layout: RunLayout) -> None:
         json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     lines = ["# Data-quality report", "", summary.to_markdown(), ""]
+    if summary.latest_plausible_date:
+        lines += [
+            f"Dates after {summary.latest_plausible_date.isoformat()} were quarantined as "
+            "`future_date`.",
+            "",
+        ]
     for s, r in summary.sources.items():
         lines += [f"## {s} ({r.file})", ""]
         if r.reasons:
