@@ -216,8 +216,9 @@ class CsvRecords:
     nul_bytes: int  # NUL bytes anywhere in the file
 
 
-def count_csv_records(path: Path, contract: SourceContract) -> CsvRecords:
-    """Count a CSV's records independently of the reader; check it is UTF-8 on the way.
+def count_csv_records(path: Path, contract: SourceContract, *, utf8: bool = True) -> CsvRecords:
+    """Count a CSV's records independently of the reader; check it is UTF-8 on the way
+    (``utf8=False``: a declared ASCII-compatible legacy encoding, checked when transcoding).
 
     A newline ends a record only when the number of double quotes before it is even (RFC 4180);
     so a newline after an odd number is inside a quoted value: either a quote left open (the
@@ -236,24 +237,8 @@ def count_csv_records(path: Path, contract: SourceContract) -> CsvRecords:
     utf8_tail = b""
     with path.open("rb") as fh:
         while chunk := fh.read(SCAN_CHUNK_BYTES):
-            # UTF-8: a multi-byte character cut by the chunk end is carried to the next chunk
-            block = utf8_tail + chunk
-            block_start = offset - len(utf8_tail)
-            if offset == 0 and block.startswith(BOM):
-                block, block_start = block[len(BOM) :], len(BOM)
-            try:
-                block.decode("utf-8")
-                utf8_tail = b""
-            except UnicodeDecodeError as exc:
-                if exc.start >= len(block) - 3 and exc.reason == "unexpected end of data":
-                    utf8_tail = block[exc.start :]
-                else:
-                    line_no = newlines + block[: exc.start].count(b"\n") + 1
-                    raise InputDataError(
-                        f"{where} is not UTF-8: invalid byte at offset {block_start + exc.start} "
-                        f"(line {line_no}); re-export the file as UTF-8 or declare its encoding "
-                        "(`encodings` in the validation settings)"
-                    ) from None
+            if utf8:
+                utf8_tail = _check_utf8(utf8_tail, chunk, offset, newlines, where)
             data = np.frombuffer(chunk, dtype=np.uint8)
             nl = np.flatnonzero(data == _NEWLINE)
             qpos = np.flatnonzero(data == _QUOTE)
@@ -298,6 +283,28 @@ def count_csv_records(path: Path, contract: SourceContract) -> CsvRecords:
         return CsvRecords(0, 0, 0, nul_bytes)
     # the first line is the header
     return CsvRecords(lines - blank - 1, lines - 1, blank, nul_bytes)
+
+
+def _check_utf8(tail: bytes, chunk: bytes, offset: int, newlines: int, where: str) -> bytes:
+    """Check one chunk is UTF-8; return the bytes of a character cut by its end (else b"").
+
+    ``tail``: the previous chunk's cut character; ``offset``: the chunk's offset in the file;
+    ``newlines``: newlines before the chunk."""
+    block, block_start = tail + chunk, offset - len(tail)
+    if offset == 0 and block.startswith(BOM):
+        block, block_start = block[len(BOM) :], len(BOM)
+    try:
+        block.decode("utf-8")
+        return b""
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(block) - 3 and exc.reason == "unexpected end of data":
+            return block[exc.start :]
+        line_no = newlines + block[: exc.start].count(b"\n") + 1
+        raise InputDataError(
+            f"{where} is not UTF-8: invalid byte at offset {block_start + exc.start} "
+            f"(line {line_no}); re-export the file as UTF-8 or declare its encoding "
+            "(`encodings` in the validation settings)"
+        ) from None
 
 
 # --- legacy encodings ---------------------------------------------------------------------------
