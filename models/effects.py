@@ -46,6 +46,10 @@ class Estimate:
     n_exposed: int
     n_unexposed: int
     warning: str = ""
+    # events (survival) or children with the outcome (binary) per group; None for continuous
+    # outcomes. Disclosure control withholds an estimate resting on few of them.
+    events_exposed: int | None = None
+    events_unexposed: int | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

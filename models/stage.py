@@ -14,7 +14,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.disclosure import DisclosureSettings, control_counts, control_estimates
+from models.disclosure import (
+    WITHHELD,
+    DisclosureSettings,
+    Release,
+    control_release,
+    estimate_group,
+    km_yearly,
+)
 from models.effects import (
     Estimate,
     ExposureEffectFitter,
@@ -148,19 +155,29 @@ class ModelSummary:
     estimates: pd.DataFrame
     warnings: list[str]
     row_counts: dict[str, int] = field(default_factory=dict)
+    # release/estimates.csv as written (text, disclosure-controlled): what artifacts show
+    released: pd.DataFrame | None = None
+    disclosure_label: str = ""
 
     def to_markdown(self) -> str:
-        main = self.estimates[
-            self.estimates["method"].isin(["aipw", "cox_tv"])
-            & (self.estimates["contrast"] == "cla_vs_nla")
+        """The main estimates as released (withheld ones stay withheld), for the artifact."""
+        rel = self.released if self.released is not None else pd.DataFrame()
+        lines = [
+            f"Released estimates ({self.disclosure_label}).",
+            "",
+            "| outcome | method | scale | estimate | 95% CI | note |",
+            "|---|---|---|---:|---|---|",
         ]
-        lines = ["| outcome | method | scale | estimate | 95% CI |", "|---|---|---|---:|---|"]
-        lines += [
-            f"| {r.outcome} | {r.method} | {r.scale} | {r.estimate:.3f} | {r.ci_low:.3f} to {r.ci_high:.3f} |"
-            for r in main.itertuples()
-        ]
+        if len(rel):
+            main = rel[rel["method"].isin(["aipw", "cox_tv"]) & (rel["contrast"] == "cla_vs_nla")]
+            lines += [
+                f"| {r.outcome} | {r.method} | {r.scale} | {r.estimate} | "
+                + (f"{r.ci_low} to {r.ci_high}" if r.estimate != WITHHELD else "")
+                + f" | {r.note} |"
+                for r in main.itertuples()
+            ]
         if self.warnings:
-            lines += ["", f"{len(self.warnings)} warning(s): see results/diagnostics.csv"]
+            lines += ["", "Fit warnings: see results/diagnostics.csv (secure)."]
         return "\n".join(lines)
 
 
@@ -395,6 +412,15 @@ def education_estimates(
         for outcome, binary, scale in education_outcomes:
             y = sub[outcome].to_numpy(float)
             x_out = designs[outcome_design[outcome]]
+            # children with the outcome per group: disclosure control needs them
+            events: dict[str, Any] = (
+                {
+                    "events_exposed": int(np.nansum(y[t == 1])),
+                    "events_unexposed": int(np.nansum(y[t == 0])),
+                }
+                if binary
+                else {}
+            )
             for method in ("unadjusted", "regression", "ipw", "aipw"):
                 try:
                     f = ExposureEffectFitter(method, binary=binary).fit(  # type: ignore[arg-type]
@@ -418,12 +444,15 @@ def education_estimates(
                             int(t.sum()),
                             int((1 - t).sum()),
                             f"failed: {type(exc).__name__}: {exc}",
+                            **events,
                         )
                     )
                     continue
                 if np.isfinite(boot.get((outcome, method), np.nan)):
                     f.se_ = boot[(outcome, method)]
                 est = f.result(outcome, contrast, scale)
+                est.events_exposed = events.get("events_exposed")
+                est.events_unexposed = events.get("events_unexposed")
                 est.warning = "; ".join(
                     filter(
                         None, [est.warning, *(ps.warnings_ if method in ("ipw", "aipw") else [])]
@@ -445,6 +474,7 @@ def education_estimates(
                             int(t.sum()),
                             int((1 - t).sum()),
                             est.warning,
+                            **events,
                         )
                     )
     return out, fitted
@@ -627,6 +657,11 @@ def survival_estimates(
         rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
         n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
         n_unexp = int(rows["person_key"].nunique()) - n_exp
+        exposed_rows = rows["looked_after"] == 1
+        events = {
+            "events_exposed": int(rows.loc[exposed_rows, "event"].sum()),
+            "events_unexposed": int(rows.loc[~exposed_rows, "event"].sum()),
+        }
         specs: list[tuple[str, Callable[[], Any]]] = [
             ("cox_tv", lambda: cox(robust=robust).fit(rows, cox_covs, strata=strata))  # noqa: B023
         ]
@@ -651,6 +686,7 @@ def survival_estimates(
                         n_exp,
                         n_unexp,
                         "; ".join(f.warnings_),
+                        **events,
                     )
                 )
             except Exception as exc:
@@ -667,6 +703,7 @@ def survival_estimates(
                         n_exp,
                         n_unexp,
                         f"failed: {type(exc).__name__}: {exc}",
+                        **events,
                     )
                 )
         if not suffix:
@@ -706,6 +743,9 @@ def table_one(children: pd.DataFrame, weights: np.ndarray | None) -> pd.DataFram
         (f"deprivation_quintile_{q}", (children["deprivation_quintile"] == q).to_numpy(float))
         for q in range(1, 6)
     ]
+    missing_dep = children["deprivation_quintile"].isna().to_numpy()
+    if missing_dep.any():  # so that the quintile rows add up to the children row
+        items += [("deprivation_quintile_missing", missing_dep.astype(float))]
     for name, v in items:
         row: dict[str, Any] = {"characteristic": name}
         for label, sel in (("CLA", cla), ("NLA", ~cla)):
@@ -821,11 +861,17 @@ def run_models(
         _savefig(ps_all.plot_balance().figure, layout.figures_dir / "love_plot.png")
     t1 = table_one(children, w_all)
     t1.to_csv(res / "table1.csv", index=False)
-    _figures(layout, children, pt, estimates, w_all, plt)
-    _release(layout, estimates, t1, s)
+    release = _release(layout, estimates, t1, children, pt, s)
+    _figures(layout, children, pt, estimates, w_all, plt, release)
     step("")
     counts = {"results.estimates": len(estimates)}
-    return ModelSummary(estimates, warnings_list, counts)
+    return ModelSummary(
+        estimates,
+        warnings_list,
+        counts,
+        released=release.tables["estimates"],
+        disclosure_label=s.disclosure.label,
+    )
 
 
 def _figures(
@@ -835,10 +881,18 @@ def _figures(
     estimates: pd.DataFrame,
     w_all: np.ndarray | None,
     plt: Any,
+    release: Release,
 ) -> None:
-    main = estimates[
-        (estimates["contrast"] == "cla_vs_nla")
-        & estimates["method"].isin(
+    """Forest plots of the released estimates (withheld ones left out), full-precision
+    Kaplan-Meier curves (secure) and their coarsened, released versions from km_yearly.csv."""
+    groups = [
+        estimate_group(*k)
+        for k in zip(estimates["outcome"], estimates["contrast"], estimates["method"], strict=True)
+    ]
+    kept = estimates[[g not in release.withheld for g in groups]]
+    main = kept[
+        (kept["contrast"] == "cla_vs_nla")
+        & kept["method"].isin(
             ["unadjusted", "ipw", "aipw", "cox_tv_unadjusted", "cox_tv", "poisson_pw"]
         )
     ].dropna(subset=["estimate"])
@@ -864,44 +918,90 @@ def _figures(
         ax.set_yticks(y, [f"{r.outcome} ({r.method})" for r in m.itertuples()], fontsize=8)
         ax.set_title(f"CLA vs NLA: {scale.replace('_', ' ')}")
         _savefig(fig, layout.figures_dir / fname)
-    ev = pt[pt["event"] == 1][["person_key", "outcome", "stop_day"]].merge(
-        children[["person_key", "index_date"]], on="person_key"
-    )
-    ev["event_date"] = pd.to_datetime(ev["index_date"]) + pd.to_timedelta(
-        ev["stop_day"] - 1, unit="D"
-    )
-    for outcome in ("self_harm", "emergency_admission"):
-        e = ev[ev["outcome"] == outcome][["person_key", "event_date"]]
+    km = release.tables.get("km_yearly", pd.DataFrame())
+    for outcome in KM_OUTCOMES:
+        e = _first_events(children, pt, outcome)
         fig, axes = plt.subplots(1, 2 if w_all is not None else 1, figsize=(10, 4), squeeze=False)
         kaplan_meier_by_group(children, e, None, axes[0][0], f"{outcome}: Kaplan-Meier")
         if w_all is not None:
             kaplan_meier_by_group(children, e, w_all, axes[0][1], f"{outcome}: weighted")
         _savefig(fig, layout.figures_dir / f"km_{outcome}.png")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for g in ("CLA", "NLA"):
+            k = km[(km["outcome"] == outcome) & (km["group"] == g)] if len(km) else km
+            if len(k):
+                ax.step(k["year"], k["cumulative_incidence_pct"], where="post", label=g)
+        ax.set_xlabel("whole years from first social-services contact")
+        ax.set_ylabel("cumulative incidence (%)")
+        ax.set_title(f"{outcome}: Kaplan-Meier at whole years (disclosure-controlled)")
+        ax.legend()
+        _savefig(fig, layout.figures_dir / f"km_{outcome}_released.png")
+
+
+KM_OUTCOMES = ("self_harm", "emergency_admission")
+
+
+def _first_events(children: pd.DataFrame, pt: pd.DataFrame, outcome: str) -> pd.DataFrame:
+    ev = pt[(pt["event"] == 1) & (pt["outcome"] == outcome)][["person_key", "stop_day"]].merge(
+        children[["person_key", "index_date"]], on="person_key"
+    )
+    ev["event_date"] = pd.to_datetime(ev["index_date"]) + pd.to_timedelta(
+        ev["stop_day"] - 1, unit="D"
+    )
+    return ev[["person_key", "event_date"]]
+
+
+def _km_yearly_table(
+    children: pd.DataFrame, pt: pd.DataFrame, d: DisclosureSettings
+) -> pd.DataFrame:
+    """Coarsened Kaplan-Meier cumulative incidence per outcome and group (see
+    :func:`models.disclosure.km_yearly`); the same durations as the secure curves."""
+    parts = []
+    for outcome in KM_OUTCOMES:
+        df = children[["person_key", "group", "index_date", "followup_end"]].merge(
+            _first_events(children, pt, outcome), on="person_key", how="left"
+        )
+        start = pd.to_datetime(df["index_date"])
+        t_end = (pd.to_datetime(df["followup_end"]) - start).dt.days + 1
+        t_ev = (pd.to_datetime(df["event_date"]) - start).dt.days + 1
+        duration = np.where(t_ev.notna(), t_ev, t_end) / 365.25
+        for g in ("CLA", "NLA"):
+            sel = (df["group"] == g).to_numpy()
+            k = km_yearly(duration[sel], t_ev.notna().to_numpy()[sel], d)
+            parts.append(k.assign(outcome=outcome, group=g))
+    cols = ["outcome", "group", "year", "at_risk", "cumulative_incidence_pct"]
+    return pd.concat(parts)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def _release(
-    layout: RunLayout, estimates: pd.DataFrame, t1: pd.DataFrame, s: ModelSettings
-) -> None:
+    layout: RunLayout,
+    estimates: pd.DataFrame,
+    t1: pd.DataFrame,
+    children: pd.DataFrame,
+    pt: pd.DataFrame,
+    s: ModelSettings,
+) -> Release:
+    """Write release/: every count table of the run controlled together (secondary
+    suppression across tables, see :mod:`models.disclosure`), the coarsened KM table and a
+    README stating the rules and the label."""
     rel = layout.release_dir
-    control_estimates(estimates, s.disclosure).to_csv(
-        rel / "estimates.csv", index=False, float_format="%.4g"
-    )
-    t1c = control_counts(
-        t1[["characteristic", "n_CLA", "n_NLA"]].fillna(0), ["n_CLA", "n_NLA"], s.disclosure
-    )
-    t1c.to_csv(rel / "table1_counts.csv", index=False)
     con = connect(layout.analysis_db, read_only=True)
     try:
         att = con.sql("SELECT * FROM cohort.attrition ORDER BY step").df()
     finally:
         con.close()
-    attc = control_counts(att, ["n_remaining", "n_excluded"], s.disclosure, total_column=None)
-    attc.to_csv(rel / "attrition.csv", index=False)
-    (rel / "README.txt").write_text(
-        "Disclosure-controlled outputs. "
-        + t1c.attrs["disclosure_control"]
-        + ". Estimates resting on "
-        f"fewer than {s.disclosure.threshold} children are withheld; group sizes rounded to "
-        f"{s.disclosure.rounding}.\n",
-        encoding="utf-8",
+    release = control_release(
+        {
+            "attrition": att,
+            "table1_counts": t1[["characteristic", "n_CLA", "n_NLA"]].fillna(0),
+            "estimates": estimates,
+        },
+        s.disclosure,
     )
+    release.tables["km_yearly"] = _km_yearly_table(children, pt, s.disclosure)
+    for stale in rel.glob("*.csv"):
+        stale.unlink()
+    for name, df in release.tables.items():
+        df.to_csv(rel / f"{name}.csv", index=False)
+    (rel / "README.txt").write_text(release.readme(), encoding="utf-8")
+    return release
