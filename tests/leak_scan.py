@@ -101,16 +101,23 @@ COUNT_COLUMNS: frozenset[str] = frozenset(
         "events",
         "rows",
         "rows_read",
+        "rows_staged",
+        "rows_quarantined",
         "staged",
         "quarantined",
         "remaining",
         "excluded",
         "linked",
         "unlinked",
+        "not_linked",
+        "at_risk",
+        "number_at_risk",
     }
 )
-# n_exposed, n_CLA, n_remaining, events_exposed, exposed_events, count_unexpected...
-COUNT_COLUMN_PATTERN = re.compile(r"^(n_\w+|\w+_n|events_\w+|\w+_events|count_\w+|\w+_count)$")
+# n_exposed, n_CLA, n_remaining, events_exposed, exposed_events, rows_staged, count_unexpected...
+COUNT_COLUMN_PATTERN = re.compile(
+    r"^(n_\w+|\w+_n|events_\w+|\w+_events|rows_\w+|count_\w+|\w+_count)$"
+)
 COUNT_NOUNS = (
     "children",
     "child",
@@ -551,20 +558,29 @@ COUNT_TEXT_RES = (
     re.compile(rf"\b(?:{'|'.join(COUNT_WORDS)})\s*[=:]?\s*{_NUM}(?![0-9.%])", re.IGNORECASE),
 )
 # phrases that state the rule rather than a count ("fewer than 10 children")
-RULE_PHRASE_RE = re.compile(r"(fewer than|less than|at least|more than|from|to|nearest)\s*$", re.I)
+RULE_PHRASE_RE = re.compile(
+    r"\b(fewer than|less than|at least|more than|from|to|nearest)\s*$", re.I
+)
 
 
 def check_text(text: str, where: str, rule: DisclosureRule) -> list[Finding]:
     """Count findings in prose: a number before a count noun or after a count word."""
     findings = []
+    seen: set[int] = set()  # "excluded 1 child" is one count, matched by both patterns
     for rx in COUNT_TEXT_RES:
         for m in rx.finditer(text):
-            if RULE_PHRASE_RE.search(text[max(0, m.start() - 15) : m.start()]):
+            if m.start(1) in seen or RULE_PHRASE_RE.search(
+                text[max(0, m.start() - 15) : m.start()]
+            ):
                 continue
+            seen.add(m.start(1))
             value = int(m.group(1).replace(",", ""))
             kind = rule.problem(value)
             if kind:
-                ctx = " ".join(text[max(0, m.start() - 40) : m.end() + 10].split())
+                # the prose around a count may hold anything: other digits are masked
+                left = re.sub(r"[0-9]", "#", text[max(0, m.start(1) - 40) : m.start(1)])
+                right = re.sub(r"[0-9]", "#", text[m.end(1) : m.end() + 10])
+                ctx = " ".join((left + m.group(1) + right).split())
                 findings.append(Finding(where, kind, ctx))
     return findings
 
