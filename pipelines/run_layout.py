@@ -57,6 +57,12 @@ class RunLayout:
         return self.root / "tmp"
 
     @property
+    def linkage_scratch_dir(self) -> Path:
+        """Scratch folder of the linkage zone (DuckDB spill files of identifier tables; mode
+        0700; see :func:`pipelines.db.linkage_scratch`)."""
+        return self.root / "linkage_zone.tmp"
+
+    @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.cohort.config import Outcome, StudyConfig, config_to_yaml, load_study_config
-from pipelines.db import DuckDBSettings, connect, replace_table_atomically
+from pipelines.db import DuckDBSettings, connect, quote_ident, replace_table_atomically, sql_string
 from pipelines.errors import RunStateError
 from pipelines.run_layout import RunLayout
 from schemas.contracts import load_codelist
@@ -41,7 +41,8 @@ class CohortSummary:
 
 
 def _lit(v: object) -> str:
-    return "'" + str(v).replace("'", "''") + "'"
+    """A string literal for the SQL below (values from the typed config and code lists)."""
+    return sql_string(str(v))
 
 
 def icd_condition(column: str, group: str) -> str:
@@ -90,7 +91,7 @@ WHERE TRUE;
 CREATE OR REPLACE TEMP TABLE base2 AS
 SELECT *,
        index_date BETWEEN DATE {_lit(w.start)} AND DATE {_lit(w.end)} AS in_window,
-       birth_cohort BETWEEN {cfg.birth_cohorts.first} AND {cfg.birth_cohorts.last} AS in_cohorts,
+       birth_cohort BETWEEN {int(cfg.birth_cohorts.first)} AND {int(cfg.birth_cohorts.last)} AS in_cohorts,
        age_at_index < {int(c.at_age)} AS under_age_limit,
        coalesce(first_episode_start < index_date, FALSE) AS care_before_index,
        least(age_limit_date,
@@ -263,7 +264,12 @@ ORDER BY e.person_key;
 
 
 def outcome_events_sql(o: Outcome) -> str:
-    """First qualifying event on or after the index date, for one outcome."""
+    """First qualifying event on or after the index date, for one outcome.
+
+    Only checked config reaches the SQL: ``sources``, ``diagnosis_position`` and
+    ``admission_method_group`` are fixed choices, code-list groups must exist, and the codes
+    come from the shipped code lists (as quoted literals); the columns are this function's.
+    """
     parts = []
     for source in o.sources:
         date_col = "admission_date" if source == "hospital_admissions" else "arrival_date"
@@ -291,7 +297,8 @@ def outcome_events_sql(o: Outcome) -> str:
             conds.append(f"admission_method IN ({', '.join(_lit(x) for x in codes)})")
         where = " AND ".join(conds) or "TRUE"
         parts.append(
-            f"SELECT person_key, {date_col} AS event_date FROM analysis.{source} WHERE {where}"
+            f"SELECT person_key, {date_col} AS event_date "
+            f"FROM {quote_ident('analysis.' + source)} WHERE {where}"
         )
     return f"""
 SELECT c.person_key, {_lit(o.name)} AS outcome, min(ev.event_date) AS event_date

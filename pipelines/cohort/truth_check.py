@@ -17,12 +17,13 @@ def cohort_truth_agreement(*, layout: RunLayout, truth_dir: str | Path) -> dict[
     """
     truth = Path(truth_dir)
     con = duckdb.connect()
-    con.execute(f"ATTACH '{layout.linkage_db}' AS lz (READ_ONLY)")
-    con.execute(f"ATTACH '{layout.analysis_db}' AS az (READ_ONLY)")
+    con.execute("ATTACH ? AS lz (READ_ONLY)", [str(layout.linkage_db)])
+    con.execute("ATTACH ? AS az (READ_ONLY)", [str(layout.analysis_db)])
     con.execute(
-        f"""CREATE TABLE m AS
+        """CREATE TABLE m AS
         SELECT rp.person_key, t.person_id FROM lz.linkage.record_person rp
-        JOIN read_parquet('{truth / "record_person.parquet"}') t USING (source, record_id)"""
+        JOIN read_parquet(?) t USING (source, record_id)""",
+        [str(truth / "record_person.parquet")],
     )
     con.execute(
         """CREATE TABLE good AS
@@ -32,7 +33,7 @@ def cohort_truth_agreement(*, layout: RunLayout, truth_dir: str | Path) -> dict[
                SELECT person_id FROM m GROUP BY person_id HAVING count(DISTINCT person_key) > 1)"""
     )
     row = con.execute(
-        f"""SELECT count(*),
+        """SELECT count(*),
             avg(CASE WHEN (c.care_entry_date IS NULL AND p.first_care_entry IS NULL)
                        OR c.care_entry_date = CAST(p.first_care_entry AS DATE) THEN 1.0 ELSE 0.0 END),
             avg(CASE WHEN c.physical_abuse = p.recorded_physical_abuse
@@ -44,7 +45,8 @@ def cohort_truth_agreement(*, layout: RunLayout, truth_dir: str | Path) -> dict[
             avg(CASE WHEN c.index_date = CAST(p.first_cin_date AS DATE) THEN 1.0 ELSE 0.0 END),
             avg(CASE WHEN c.ks4_care_days IS NULL OR c.ks4_care_days = p.care_days_before_ks4 THEN 1.0 ELSE 0.0 END)
         FROM az.cohort.children c JOIN good g USING (person_key)
-        JOIN read_parquet('{truth / "persons.parquet"}') p ON p.person_id = g.person_id"""
+        JOIN read_parquet(?) p ON p.person_id = g.person_id""",
+        [str(truth / "persons.parquet")],
     ).fetchone()
     con.close()
     assert row is not None

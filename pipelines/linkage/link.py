@@ -28,6 +28,7 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipelines.db import memory_size, private_dir, quote_column, quote_ident, sql_string
 from pipelines.errors import ConfigError
 from pipelines.linkage.settings import LinkageSettings
 
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 PERSON_ROLES = ("first_name", "surname", "date_of_birth", "sex", "postcode")
 ID_ROLES = ("nhs_number", "upn", "la_child_id")
 ALL_ROLES = ("record_id", *PERSON_ROLES, *ID_ROLES)
+
+
+@dataclass(frozen=True)
+class DuckDBTable:
+    """A table of a DuckDB database file, read in place by ``link_tables`` (attached read-only:
+    no copy of its identifiers is written anywhere)."""
+
+    database: Path
+    table: str
 
 
 @dataclass
@@ -93,8 +103,13 @@ def _records(
     tables: Mapping[str, Any],
     roles: Mapping[str, Mapping[str, str]],
 ) -> None:
-    """Union every input table into ``records`` with one column per role."""
+    """Union every input table into ``records`` with one column per role.
+
+    Table names, column names and paths reach SQL only as quoted identifiers, quoted string
+    literals or ``?`` parameters.
+    """
     parts: list[str] = []
+    attached: dict[Path, str] = {}
     for t, frame in tables.items():
         r = roles.get(t)
         if r is None or "record_id" not in r:
@@ -105,22 +120,31 @@ def _records(
                 f"table {t!r}: unknown role(s) {sorted(unknown)}; allowed: {ALL_ROLES}"
             )
         name = f"input_{len(parts)}"
-        if isinstance(frame, str | Path):  # a Parquet file, read by DuckDB without Python copies
-            path = str(frame).replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        if isinstance(frame, DuckDBTable):  # read in place from its database file
+            db = Path(frame.database).resolve()
+            if db not in attached:
+                attached[db] = f"source_db_{len(attached)}"
+                con.execute(f"ATTACH ? AS {attached[db]} (READ_ONLY)", [str(db)])
+            source = f"{attached[db]}.{quote_ident(frame.table)}"
+        elif isinstance(frame, str | Path):  # a Parquet file, read by DuckDB without Python copies
+            con.read_parquet(str(frame)).create_view(name)
+            source = name
         else:
             con.register(name, frame)
-        cols = ["'" + t.replace("'", "''") + "' AS tbl"]
-        for role in ALL_ROLES:
+            source = name
+        cols = [f"{sql_string(t)} AS tbl"]
+        for role in ALL_ROLES:  # role names are this module's constants
             c = r.get(role)
             if c is None:
                 cols.append(f"NULL::{'DATE' if role == 'date_of_birth' else 'VARCHAR'} AS {role}")
             elif role == "date_of_birth":
-                cols.append(f'TRY_CAST("{c}" AS DATE) AS {role}')
+                cols.append(f"TRY_CAST({quote_column(c)} AS DATE) AS {role}")
             else:
-                cols.append(f"NULLIF(TRIM(CAST(\"{c}\" AS VARCHAR)), '') AS {role}")
-        parts.append(f"SELECT {', '.join(cols)} FROM {name}")
+                cols.append(f"NULLIF(TRIM(CAST({quote_column(c)} AS VARCHAR)), '') AS {role}")
+        parts.append(f"SELECT {', '.join(cols)} FROM {source}")
     con.execute("CREATE OR REPLACE TABLE records AS " + " UNION ALL ".join(parts))
+    for alias in attached.values():
+        con.execute(f"DETACH {alias}")
     # record numbers in a fixed order: component labels, profile order and profile ids (which
     # Splink's seeded u sample hashes) all follow them. `row_number() OVER ()` numbered rows in
     # arrival order, which at national size varied between runs and changed the trained model.
@@ -135,7 +159,7 @@ def _deterministic_components(con: duckdb.DuckDBPyConnection) -> np.ndarray:
     n = con.execute("SELECT count(*) FROM records").fetchone()[0]  # type: ignore[index]
     edges = con.execute(
         " UNION ALL ".join(
-            f"SELECT rec, dense_rank() OVER (ORDER BY {r}) - 1 AS id_node, '{r}' AS kind "
+            f"SELECT rec, dense_rank() OVER (ORDER BY {r}) - 1 AS id_node, {sql_string(r)} AS kind "
             f"FROM records WHERE {r} IS NOT NULL"
             for r in ID_ROLES
         )
@@ -357,13 +381,13 @@ def _score_on_duckdb(
     _train_or_load(linker, settings, prof.height)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
     # still give identical probabilities; the output is sorted below
-    con.execute(f"SET threads = {settings.duckdb_threads or os.cpu_count() or 1}")
+    con.execute("SET threads = ?", [int(settings.duckdb_threads or os.cpu_count() or 1)])
     predictions = linker.inference.predict(
         threshold_match_probability=min(0.5, settings.match_threshold)
     )
     pairs = con.sql(
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
-        f"FROM {predictions.physical_name} ORDER BY profile_id_l, profile_id_r"
+        f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
     ).pl()
     model_json = linker.misc.save_model_to_json()
     model_json.pop("linker_uid", None)  # random per session; dropped so reruns are byte-identical
@@ -457,7 +481,8 @@ def link_tables(
     ----------
     tables
         ``{table_name: frame}``; a frame is a polars / pandas DataFrame, a pyarrow Table, a
-        DuckDB relation, or the path of a Parquet file (read by DuckDB, the least memory).
+        :class:`DuckDBTable` (a table of a DuckDB file, read in place: the least memory and
+        no copy on disk), or the path of a Parquet file.
     roles
         ``{table_name: {role: column}}`` with roles from ``record_id`` (required),
         ``first_name``, ``surname``, ``date_of_birth``, ``sex``, ``postcode``, and the exact ids
@@ -473,12 +498,12 @@ def link_tables(
     settings = settings or LinkageSettings()
     if len(tables) < 1:
         raise ConfigError("link_tables needs at least one table")
+    limit = memory_size(memory_limit or settings.duckdb_memory_limit, key="duckdb_memory_limit")
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{memory_limit or settings.duckdb_memory_limit}'")
+    con.execute("SET memory_limit = ?", [limit])
     con.execute("SET threads = 2")
     if temp_directory:
-        Path(temp_directory).mkdir(parents=True, exist_ok=True)
-        con.execute("SET temp_directory = ?", [str(temp_directory)])
+        con.execute("SET temp_directory = ?", [str(private_dir(Path(temp_directory)))])
     _records(con, tables, roles)
     labels = _deterministic_components(con)
     con.register(

@@ -14,9 +14,16 @@ import duckdb
 import polars as pl
 import yaml
 
-from pipelines.db import DuckDBSettings, connect, quote_ident
+from pipelines.db import (
+    DuckDBSettings,
+    clear_linkage_scratch,
+    connect,
+    linkage_scratch,
+    quote_ident,
+    sql_string,
+)
 from pipelines.errors import RunStateError
-from pipelines.linkage.link import link_tables
+from pipelines.linkage.link import DuckDBTable, link_tables
 from pipelines.linkage.pseudonym import pseudonymise
 from pipelines.linkage.settings import LinkageSettings
 from pipelines.run_layout import RunLayout
@@ -77,23 +84,10 @@ def staged_identifiers(
     return tables
 
 
-def staged_identifier_files(
-    con: duckdb.DuckDBPyConnection, roles: dict[str, dict[str, str]], folder: Path
-) -> dict[str, Any]:
-    """The identifier columns of every staged source, written to Parquet files (DuckDB streams
-    them; nothing is held in Python) inside the run's tmp folder, for ``link_tables``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Any] = {}
-    for name, r in roles.items():
-        cols = ", ".join(quote_ident(c) for c in dict.fromkeys(r.values()))
-        path = folder / f"{name}.parquet"
-        target = str(path).replace("'", "''")
-        con.execute(
-            f"COPY (SELECT {cols} FROM {quote_ident('staging.' + name)}) "
-            f"TO '{target}' (FORMAT parquet)"
-        )
-        files[name] = path
-    return files
+def staged_identifier_tables(layout: RunLayout, roles: dict[str, Any]) -> dict[str, Any]:
+    """Every staged source as a table of the linkage zone that ``link_tables`` reads in place
+    (no copy of the identifiers is written outside the zone, nothing is held in Python)."""
+    return {name: DuckDBTable(layout.linkage_db, f"staging.{name}") for name in roles}
 
 
 def link_run(
@@ -106,29 +100,39 @@ def link_run(
     """Link the staged sources of a run and write the analysis zone."""
     settings = settings or LinkageSettings()
     step = progress or (lambda msg: log.info("%s", msg))
+    # first, whatever a killed or failed earlier stage left with identifiers in it: the
+    # linkage zone's scratch folder, and the scratch files of earlier code (Parquet copies)
+    clear_linkage_scratch(layout.root)
+    for old in ("identifiers", "duckdb_link"):
+        shutil.rmtree(layout.tmp_dir / old, ignore_errors=True)
     if not layout.linkage_db.exists():
         raise RunStateError(f"{layout.linkage_db} not found: run `cohort validate` first")
     layout.ensure()
     (layout.linkage_dir / "linkage_settings.yaml").write_text(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
-    db = DuckDBSettings(
-        memory_limit=settings.duckdb_memory_limit, temp_directory=str(layout.tmp_dir / "duckdb")
-    )
+    # every spill file of this stage holds identifiers: it goes to the linkage zone's scratch
+    # folder (owner only), removed when the stage ends, also on failure
+    with linkage_scratch(layout.root) as scratch:
+        return _link_run(layout, settings, secret, step, scratch)
+
+
+def _link_run(
+    layout: RunLayout,
+    settings: LinkageSettings,
+    secret: bytes,
+    step: Callable[[str], None],
+    scratch: Path,
+) -> LinkageSummary:
+    db = DuckDBSettings(memory_limit=settings.duckdb_memory_limit)  # spills to `scratch`
     roles = source_roles()
-    step("reading identifiers from staging")
-    con = connect(layout.linkage_db, settings=db)
-    try:
-        tables = staged_identifier_files(con, roles, layout.tmp_dir / "identifiers")
-    finally:
-        con.close()  # its buffer pool is released while linking uses the memory
     step("linking: deterministic ids, then Splink on identity profiles")
-    try:
-        result = link_tables(
-            tables, roles, settings=settings, temp_directory=layout.tmp_dir / "duckdb_link"
-        )
-    finally:
-        shutil.rmtree(layout.tmp_dir / "identifiers", ignore_errors=True)  # identifiers
+    result = link_tables(
+        staged_identifier_tables(layout, roles),
+        roles,
+        settings=settings,
+        temp_directory=scratch / "link",
+    )
     con = connect(layout.linkage_db, settings=db)
     try:
         (layout.linkage_dir / "model.json").write_text(
@@ -181,7 +185,7 @@ def write_analysis_zone(
     tmp = layout.analysis_db.with_suffix(".building.duckdb")
     if tmp.exists():
         tmp.unlink()
-    con.execute(f"ATTACH '{tmp}' AS az")
+    con.execute("ATTACH ? AS az", [str(tmp)])
     try:
         con.execute("CREATE SCHEMA az.analysis")
         for name, contract in SOURCES.items():
@@ -191,7 +195,8 @@ def write_analysis_zone(
                 SELECT rp.person_key, s.record_id, rp.link_method, rp.match_probability,
                        {content}
                 FROM {quote_ident("staging." + name)} s
-                JOIN linkage.record_person rp ON rp.source = '{name}' AND rp.record_id = s.record_id
+                JOIN linkage.record_person rp ON rp.source = {sql_string(name)}
+                    AND rp.record_id = s.record_id
                 ORDER BY rp.person_key, s.record_id"""
             )
         con.execute(
@@ -202,7 +207,8 @@ def write_analysis_zone(
                 JOIN (
                     {
                 " UNION ALL ".join(
-                    f"SELECT '{n}' AS source, record_id, date_of_birth, sex FROM staging.{n}"
+                    f"SELECT {sql_string(n)} AS source, record_id, date_of_birth, sex "
+                    f"FROM {quote_ident('staging.' + n)}"
                     for n, c in SOURCES.items()
                     if "date_of_birth" in c.column_names
                 )

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.db import MemorySize
+
 
 class LinkageSettings(BaseModel):
     """Thresholds and limits of the linkage stage."""
@@ -32,8 +34,8 @@ class LinkageSettings(BaseModel):
         True, description="train on one DuckDB thread so reruns are byte-identical"
     )
     prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
-    duckdb_memory_limit: str = Field(
-        "6GB", description="DuckDB memory limit (spills to RUN/tmp beyond it)"
+    duckdb_memory_limit: MemorySize = Field(
+        "6GB", description="DuckDB memory limit (spills to RUN/linkage_zone.tmp beyond it)"
     )
     duckdb_threads: int | None = Field(
         None, ge=1, description="DuckDB threads for scoring pairs (default: every core)"
@@ -42,12 +44,20 @@ class LinkageSettings(BaseModel):
         "duckdb", description="where Splink scores pairs: DuckDB in process, or Spark"
     )
     spark_master: str = Field(
-        "local[2]", description="Spark master URL (local[N], spark://host:7077, yarn)"
+        "local[2]",
+        pattern=r"^(local(\[(\d+|\*)(,\d+)?\])?|yarn|(spark|k8s|mesos)://[A-Za-z0-9.:/_\[\]-]+)$",
+        description="Spark master URL (local[N], spark://host:7077, yarn, k8s://...)",
     )
-    spark_driver_memory: str = "4g"
+    spark_driver_memory: str = Field(
+        "4g",
+        pattern=r"^\d+[kmgtp]?$",
+        description="Spark driver memory in Spark's notation (512m, 4g)",
+    )
     spark_shuffle_partitions: int = Field(
         8, gt=0, description="shuffle partitions; a few per core locally, more on a cluster"
     )
     prefect_secret_block: str | None = Field(
-        None, description="name of a Prefect Secret block holding the pseudonymisation key"
+        None,
+        pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",  # Prefect's rule for block names
+        description="name of a Prefect Secret block holding the pseudonymisation key",
     )

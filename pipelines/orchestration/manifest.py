@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from pipelines.db import quote_ident
 from pipelines.orchestration.state import sha256_file
 from pipelines.run_layout import RunLayout
 from schemas.contracts import SOURCES
@@ -98,7 +99,7 @@ def input_hashes(data_dir: Path) -> dict[str, str]:
 def table_hash(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """Order-independent content hash of a table (row count, XOR and sum of row hashes)."""
     n, x, s = con.execute(
-        f"SELECT count(*), bit_xor(hash(t)), sum(hash(t)::HUGEINT) FROM {table} t"
+        f"SELECT count(*), bit_xor(hash(t)), sum(hash(t)::HUGEINT) FROM {quote_ident(table)} t"
     ).fetchone()  # type: ignore[misc]
     return f"{n}:{x}:{s}"
 

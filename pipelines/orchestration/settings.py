@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.stage import ModelSettings
 from pipelines.config_files import read_yaml_mapping
+from pipelines.db import MemorySize
 from pipelines.errors import ConfigError
 from pipelines.linkage.settings import LinkageSettings
 from pipelines.validation.core import ValidationSettings
@@ -36,7 +37,7 @@ class BuildSettings(BaseModel):
     """Resources of the cohort build (what it derives is the study config's business)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    duckdb_memory_limit: str = Field("6GB", description="DuckDB memory limit for the build")
+    duckdb_memory_limit: MemorySize = Field("6GB", description="DuckDB memory limit for the build")
 
 
 class RunSettings(BaseModel):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.db import DuckDBSettings, connect, quote_ident
+from pipelines.db import DuckDBSettings, MemorySize, connect, quote_ident
 from pipelines.errors import InputDataError
 from pipelines.run_layout import RunLayout
 from pipelines.validation.delivery_files import (
@@ -68,7 +68,7 @@ class ValidationSettings(BaseModel):
     latest_plausible_date: date | None = Field(
         None, description="dates after this are quarantined as future_date (null: the run's day)"
     )
-    duckdb_memory_limit: str = Field("6GB", description="DuckDB memory limit for this stage")
+    duckdb_memory_limit: MemorySize = Field("6GB", description="DuckDB memory limit for this stage")
 
     @field_validator("encodings")
     @classmethod
