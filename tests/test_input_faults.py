@@ -164,6 +164,19 @@ def test_quoted_value_spanning_lines_is_refused(delivery: Path, tmp_path: Path) 
         _validate(delivery, tmp_path / "run")
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_blank_lines_are_counted_apart(delivery: Path, tmp_path: Path, line_end: str) -> None:
+    """The reader skips blank lines: they are counted from the bytes, not lost records."""
+    path = delivery / "attainment.csv"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    n_records = len([line for line in lines[1:] if line])
+    lines[10:10] = ["", ""]
+    path.write_bytes((line_end.join(lines) + line_end).encode())
+    result = _validate(delivery, tmp_path / "run").sources["attainment"]
+    assert result.conserved and result.file_records == result.rows_read == n_records
+    assert "3 blank line(s) in the file skipped" in result.warnings
+
+
 def test_reader_short_of_the_file_is_an_error_and_nothing_half_staged(
     delivery: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +192,7 @@ def test_reader_short_of_the_file_is_an_error_and_nothing_half_staged(
         records = real(path, contract, **kw)
         if contract.name != "looked_after_episodes":
             return records
-        return type(records)(records.records + 1, records.lines, 0, 0)
+        return type(records)(records.records + 1, records.nul_bytes)
 
     monkeypatch.setattr(core, "count_csv_records", one_more)
     with pytest.raises(InputDataError, match="reading went wrong: the file holds"):

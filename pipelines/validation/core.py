@@ -21,6 +21,7 @@ from pipelines.run_layout import RunLayout
 from pipelines.validation.delivery_files import (
     CsvRecords,
     check_encoding,
+    count_blank_lines,
     count_csv_records,
     read_header,
     refuse_duplicate_columns,
@@ -247,11 +248,12 @@ def _reader_failed(extract: Extract, exc: duckdb.Error) -> InputDataError:
     return InputDataError(
         f"{extract.where}: the reader failed"
         + (f" at line {line.group(1)}" if line else "")
-        + f" ({type(exc).__name__}); check the file's quoting and line ends, or re-export it"
+        + f" ({type(exc).__name__}); check the file's quoting and line ends (one kind, LF or "
+        "CRLF, for every line), or re-export it"
     )
 
 
-def load_raw(con: duckdb.DuckDBPyConnection, extract: Extract, read_path: Path) -> int:
+def load_raw(con: duckdb.DuckDBPyConnection, extract: Extract, read_path: Path) -> tuple[int, int]:
     """Load an extract as text into ``raw.<source>``, malformed lines into ``raw.<source>_rejects``.
 
     ``read_path``: the file to read (the delivered one, or its UTF-8 copy). The CSV is read
@@ -259,7 +261,8 @@ def load_raw(con: duckdb.DuckDBPyConnection, extract: Extract, read_path: Path) 
     was read (rows + malformed lines) must equal what the file holds (records counted from its
     bytes, or the row count in the Parquet footer); anything else is an error.
 
-    Returns the rows read (rows returned plus malformed lines rejected)."""
+    Returns the rows read (rows returned plus malformed lines rejected) and the blank lines the
+    reader skipped (counted from the bytes, only when the reader returned fewer records)."""
     contract = extract.contract
     raw = f"raw.{contract.name}"
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
@@ -305,14 +308,17 @@ def load_raw(con: duckdb.DuckDBPyConnection, extract: Extract, read_path: Path) 
         )
     n_rows = _count(con, raw)
     n_rej = _count(con, raw + "_rejects")
-    if n_rows + n_rej != extract.file_records:
+    blank = 0
+    if extract.csv is not None and n_rows + n_rej < extract.file_records:
+        blank = count_blank_lines(read_path)
+    if n_rows + n_rej + blank != extract.file_records:
         raise InputDataError(
             f"{extract.where}: reading went wrong: the file holds {extract.file_records:,} "
             "data records "
             f"but the reader returned {n_rows:,} rows and {n_rej:,} malformed lines; nothing was "
             "staged; check the file's quoting and line ends, or re-export it"
         )
-    return n_rows + n_rej
+    return n_rows + n_rej, blank
 
 
 def check_source(
@@ -334,7 +340,7 @@ def check_source(
             path, contract, extract.encoding, scratch_dir / f"{contract.name}.utf8.csv"
         )
     try:
-        rows_read = load_raw(con, extract, read_path)
+        rows_read, blank_lines = load_raw(con, extract, read_path)
     finally:
         if read_path != path:
             read_path.unlink(missing_ok=True)
@@ -354,7 +360,7 @@ def check_source(
             quote_ident(f"raw.{name}"),
             latest_date=latest_date,
             # a CSV whose bytes hold no NUL needs no NUL check per cell
-            nul_bytes=extract.csv is None or extract.csv.nul_bytes > 0,
+            nul_bytes=extract.csv is None or extract.csv.nul_bytes,
         )
     )
     # duplicates: exact duplicate rows, then duplicate primary keys. Hash every row first and
@@ -426,12 +432,12 @@ def check_source(
         rows_read,
         staged,
         quarantined,
-        extract.csv.lines if extract.csv else None,
-        extract.file_records,
+        extract.csv.records if extract.csv else None,
+        extract.file_records - blank_lines,
         reasons,
     )
-    if extract.csv is not None and extract.csv.blank_lines:
-        result.warnings.append(f"{extract.csv.blank_lines} blank line(s) in the file skipped")
+    if blank_lines:
+        result.warnings.append(f"{blank_lines} blank line(s) in the file skipped")
     result.cleaning = _cleaning_counts(con, contract, checked)
     result.completeness = _completeness(con, contract, f"staging.{name}__building", staged)
     share = quarantined / rows_read if rows_read else 0.0

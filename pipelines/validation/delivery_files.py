@@ -208,12 +208,10 @@ def refuse_duplicate_columns(header: list[str], where: str) -> None:
 
 @dataclass(frozen=True)
 class CsvRecords:
-    """Records of a CSV counted from its bytes (header excluded)."""
+    """Records of a CSV counted from its bytes, the header excluded."""
 
-    records: int  # data records: lines ending outside quotes, blank lines not counted
-    lines: int  # newline-delimited data lines, blank ones included
-    blank_lines: int
-    nul_bytes: int  # NUL bytes anywhere in the file
+    records: int  # data lines: newlines outside quotes (+1 for a last line without one)
+    nul_bytes: bool  # a NUL byte anywhere in the file
 
 
 def count_csv_records(path: Path, contract: SourceContract, *, utf8: bool = True) -> CsvRecords:
@@ -223,46 +221,41 @@ def count_csv_records(path: Path, contract: SourceContract, *, utf8: bool = True
     A newline ends a record only when the number of double quotes before it is even (RFC 4180);
     so a newline after an odd number is inside a quoted value: either a quote left open (the
     reader would swallow the lines after it into one value) or a value spanning lines, which
-    extracts must not have. Either is an error naming the line where the quote opened. Blank
-    lines (the reader skips them) are counted apart. One pass over 32 MiB chunks with numpy.
-    """
+    extracts must not have. Either is an error naming the line where the quote opened.
+
+    One pass over 32 MiB chunks: newlines counted with ``bytes.count``; only a chunk holding a
+    quote (or inside an open one) has its newline and quote positions taken with numpy, to
+    find a newline preceded by an odd number of quotes. Blank lines are counted as records
+    here (see :func:`count_blank_lines`)."""
     where = f"{path.name} (source `{contract.name}`)"
     newlines = 0  # newline bytes so far
     quotes = 0  # quote bytes so far (only the parity matters)
-    blank = 0
-    nul_bytes = 0
+    nul_bytes = False
     last_newline = -1  # absolute offset of the last newline seen
-    previous_byte = _NEWLINE
     offset = 0
     utf8_tail = b""
     with path.open("rb") as fh:
         while chunk := fh.read(SCAN_CHUNK_BYTES):
             if utf8:
                 utf8_tail = _check_utf8(utf8_tail, chunk, offset, newlines, where)
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            nl = np.flatnonzero(data == _NEWLINE)
-            qpos = np.flatnonzero(data == _QUOTE)
-            if nl.size:
+            if quotes & 1 or b'"' in chunk:
+                data = np.frombuffer(chunk, dtype=np.uint8)
+                nl = np.flatnonzero(data == _NEWLINE)
+                qpos = np.flatnonzero(data == _QUOTE)
                 odd = (quotes + np.searchsorted(qpos, nl)) & 1
                 if odd.any():
-                    first = int(np.argmax(odd))
                     raise InputDataError(
-                        f"{where}: reading went wrong at line {newlines + first + 1}: an "
-                        "unbalanced double quote (a quote opened on that line is not closed on "
-                        "it, so the lines after it would be read as one value); fix or "
+                        f"{where}: reading went wrong at line {newlines + int(np.argmax(odd)) + 1}"
+                        ": an unbalanced double quote (a quote opened on that line is not closed "
+                        "on it, so the lines after it would be read as one value); fix or "
                         "re-export the file"
                     )
-                starts = np.empty_like(nl)
-                starts[0] = last_newline - offset + 1
-                starts[1:] = nl[:-1] + 1
-                length = nl - starts
-                before = np.where(nl > 0, data[np.maximum(nl - 1, 0)], previous_byte)
-                blank += int(np.count_nonzero((length == 0) | ((length == 1) & (before == _CR))))
-                newlines += int(nl.size)
-                last_newline = offset + int(nl[-1])
-            quotes += int(qpos.size)
-            nul_bytes += chunk.count(0)
-            previous_byte = int(data[-1])
+                quotes += int(qpos.size)
+            n_newlines = chunk.count(b"\n")
+            if n_newlines:
+                newlines += n_newlines
+                last_newline = offset + chunk.rindex(b"\n")
+            nul_bytes = nul_bytes or b"\x00" in chunk
             offset += len(chunk)
     if utf8_tail:
         raise InputDataError(
@@ -274,15 +267,34 @@ def count_csv_records(path: Path, contract: SourceContract, *, utf8: bool = True
             f"{where}: reading went wrong at line {newlines + 1}: an unbalanced double quote "
             "(a quote opened on the last line is never closed); fix or re-export the file"
         )
-    lines = newlines
-    trailing = offset - last_newline - 1  # bytes after the last newline: a last line without one
-    if trailing > 0:
-        lines += 1
-        blank += int(trailing == 1 and previous_byte == _CR)
-    if lines == 0:
-        return CsvRecords(0, 0, 0, nul_bytes)
-    # the first line is the header
-    return CsvRecords(lines - blank - 1, lines - 1, blank, nul_bytes)
+    lines = newlines + (offset - last_newline - 1 > 0)  # a last line without a newline
+    return CsvRecords(max(lines - 1, 0), nul_bytes)  # the first line is the header
+
+
+def count_blank_lines(path: Path) -> int:
+    """Empty lines (``\\n`` or ``\\r\\n`` alone) of a CSV: the reader skips them. Counted only
+    when the reader returned fewer records than :func:`count_csv_records` found."""
+    blank = 0
+    last_newline = -1
+    previous = _NEWLINE  # the byte before the chunk
+    offset = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(SCAN_CHUNK_BYTES):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            nl = np.flatnonzero(data == _NEWLINE)
+            if nl.size:
+                starts = np.empty_like(nl)
+                starts[0] = last_newline - offset + 1
+                starts[1:] = nl[:-1] + 1
+                length = nl - starts
+                before = np.where(nl > 0, data[np.maximum(nl - 1, 0)], previous)
+                blank += int(np.count_nonzero((length == 0) | ((length == 1) & (before == _CR))))
+                last_newline = offset + int(nl[-1])
+            previous = int(data[-1])
+            offset += len(chunk)
+    if offset - last_newline - 1 == 1 and previous == _CR:  # a last line holding "\r" only
+        blank += 1
+    return blank
 
 
 def _check_utf8(tail: bytes, chunk: bytes, offset: int, newlines: int, where: str) -> bytes:
