@@ -287,3 +287,113 @@ def test_cohort_agrees_with_truth_for_correctly_linked_children(
     assert agreement["children_checked"] > 200
     for k in ("care_entry", "recorded_adversity", "index_date", "ks4_care_days"):
         assert agreement[k] >= 0.99, agreement
+
+
+def _register_identifiers(world: Path, n: int = 200) -> list[bytes]:
+    """NHS numbers and surnames (6+ letters: shorter ones occur by chance in binary files) of
+    the first ``n`` rows of the delivered population register."""
+    import csv
+
+    with (world / "population_register.csv").open(encoding="utf-8", newline="") as f:
+        rows = [r for _, r in zip(range(n), csv.DictReader(f), strict=False)]
+    values = {r["nhs_number"] for r in rows if r["nhs_number"]}
+    values |= {r["surname"] for r in rows if len(r["surname"]) >= 6}
+    return sorted(v.encode() for v in values)
+
+
+def _files_holding(root: Path, values: list[bytes], allowed: set[Path]) -> list[str]:
+    """Files under ``root`` (outside ``allowed`` files and folders) holding any of ``values``."""
+    found = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or any(p == a or a in p.parents for a in allowed):
+            continue
+        data = p.read_bytes()
+        if any(v in data for v in values):
+            found.append(str(p.relative_to(root)))
+    return found
+
+
+def test_sigkill_mid_link_leaves_no_identifier_outside_the_linkage_zone(
+    validated_run: Path, small_world: Path, tmp_path: Path
+) -> None:
+    """SIGKILL during `cohort link`: no file outside the linkage zone (its database and its
+    scratch folder) holds an identifier; the next link stage empties the scratch folder before
+    anything else, and removes it when it ends, also when it fails."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.e2e import ROOT, _env
+
+    run = tmp_path / "run"
+    shutil.copytree(validated_run, run)
+    for stale in ("analysis_zone.duckdb", "linkage"):  # as a run that was never linked
+        p = run / stale
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    layout = RunLayout.at(run)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "link", "--run", str(run)],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (layout.linkage_dir / "linkage_settings.yaml").exists():
+        time.sleep(0.1)
+    time.sleep(3)  # mid-linkage: identifiers read, pairs being scored
+    assert proc.poll() is None, "the link stage ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not layout.analysis_db.exists()
+
+    ids = _register_identifiers(small_world)
+    assert len(ids) > 150
+    zone = {layout.linkage_db, Path(f"{layout.linkage_db}.wal"), layout.linkage_scratch_dir}
+    assert _files_holding(run, ids, zone) == []
+    assert _files_holding(tmp_path / "prefect_home", ids, set()) == []
+    # the scratch folder, if the killed stage made one, is the owner's only
+    if layout.linkage_scratch_dir.exists():
+        assert layout.linkage_scratch_dir.stat().st_mode & 0o077 == 0
+
+    # the next link stage empties the scratch folder first, and removes it on failure
+    layout.linkage_scratch_dir.mkdir(exist_ok=True)
+    planted = layout.linkage_scratch_dir / "left_by_a_killed_stage.tmp"
+    planted.write_bytes(b"\n".join(ids))
+    seen: list[bool] = []
+
+    def first_step(message: str) -> None:
+        seen.append(planted.exists())
+        raise RuntimeError("stop after the first step")
+
+    with pytest.raises(RuntimeError, match="first step"):
+        link_run(layout=layout, secret=TEST_SECRET, progress=first_step)
+    assert seen == [False]
+    assert not layout.linkage_scratch_dir.exists()
+    assert _files_holding(run, ids, {layout.linkage_db, Path(f"{layout.linkage_db}.wal")}) == []
+
+
+def test_linkage_zone_connections_spill_inside_the_zone(tmp_path: Path) -> None:
+    """DuckDB spill files of a linkage-zone connection go to its scratch folder (mode 0700),
+    whatever temp folder the caller asked for; other databases keep theirs."""
+    from pipelines.db import DuckDBSettings, connect, linkage_scratch_dir
+
+    layout = RunLayout.at(tmp_path / "run")
+    layout.root.mkdir()
+    assert layout.linkage_scratch_dir == linkage_scratch_dir(layout.root)
+    con = connect(
+        layout.linkage_db, settings=DuckDBSettings(temp_directory=str(layout.tmp_dir / "duckdb"))
+    )
+    spill = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])  # type: ignore[index]
+    con.close()
+    assert spill.parent == layout.linkage_scratch_dir
+    assert layout.linkage_scratch_dir.stat().st_mode & 0o777 == 0o700
+    con = connect(
+        layout.analysis_db, settings=DuckDBSettings(temp_directory=str(layout.tmp_dir / "duckdb"))
+    )
+    spill = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])  # type: ignore[index]
+    con.close()
+    assert spill == layout.tmp_dir / "duckdb"
