@@ -350,6 +350,19 @@ def test_declared_legacy_encoding_is_transcoded(delivery: Path, tmp_path: Path) 
     assert not list((run / "tmp").rglob("*.csv"))  # the UTF-8 copy is gone
 
 
+def test_byte_undefined_in_the_declared_encoding_names_the_line(
+    delivery: Path, tmp_path: Path
+) -> None:
+    p = delivery / "attainment.csv"
+    lines = p.read_bytes().split(b"\n")
+    lines[30] = lines[30] + b"\x81"  # not a character in Windows-1252
+    p.write_bytes(b"\n".join(lines))
+    settings = NO_GX.model_copy(update={"encodings": {"attainment": "cp1252"}})
+    with pytest.raises(InputDataError, match="attainment.csv.*not cp1252 as declared.*line 31"):
+        _validate(delivery, tmp_path / "run", settings)
+    assert not list((tmp_path / "run" / "tmp").rglob("*.csv"))  # no partial copy left
+
+
 def test_encoding_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="unknown encoding"):
         ValidationSettings.model_validate({"encodings": {"school_census": "klingon"}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -335,11 +336,10 @@ def check_source(
     loading); ``latest_date``: dates after it are ``future_date``."""
     contract, path = extract.contract, extract.path
     read_path = path
-    if extract.encoding != "utf-8":
-        read_path = transcode_to_utf8(
-            path, contract, extract.encoding, scratch_dir / f"{contract.name}.utf8.csv"
-        )
     try:
+        if extract.encoding != "utf-8":
+            read_path = scratch_dir / f"{contract.name}.utf8.csv"
+            transcode_to_utf8(path, contract, extract.encoding, read_path)
         rows_read, blank_lines = load_raw(con, extract, read_path)
     finally:
         if read_path != path:
@@ -566,6 +566,11 @@ def validate_delivery(
     latest_date = settings.latest_plausible_date or date.today()
     settings = settings.model_copy(update={"latest_plausible_date": latest_date})
     layout.ensure()
+    # UTF-8 copies of legacy-encoded extracts (identifiers): none left from a killed run, and
+    # readable by the owner only
+    scratch = layout.tmp_dir / "validation"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
     (layout.validation_dir / "validation_settings.yaml").write_text(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
@@ -586,7 +591,7 @@ def validate_delivery(
                 con,
                 extract,
                 settings,
-                scratch_dir=layout.tmp_dir / "validation",
+                scratch_dir=scratch,
                 latest_date=latest_date,
             )
             results[name].warnings[:0] = column_warnings
