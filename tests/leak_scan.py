@@ -20,8 +20,9 @@ What is scanned (every file under the run folder and the Prefect home, except
 * SQLite files (Prefect's database): every column of every table as text, one line per row (the
   database is copied with its WAL to a temporary folder first, so the scan never touches it);
 * Parquet files: every column as text, one line per row; ``.gz`` files: decompressed.
-* PNG images are scanned as raw bytes only (their pixel data is compressed; text drawn into a
-  figure cannot be read back): listed in ``ScanReport.notes``.
+* images and fonts (:data:`MEDIA_SUFFIXES`) are scanned as raw bytes for numbers and postcodes,
+  not for name pairs (binary noise is full of letter runs; pixel data is compressed, so text drawn
+  into a figure cannot be read back): listed in ``ScanReport.notes``.
 
 Identifier kinds and how each is matched (values come from the delivery's identifier columns, as
 declared by the contracts in :mod:`schemas.contracts`):
@@ -135,6 +136,9 @@ COUNT_WORDS = ("excluded", "quarantined", "staged", "events", "n", "children", "
 
 NAMESPACE_URI_PREFIXES = ("http://www.w3.org/",)
 WEB_SUFFIXES = frozenset({".html", ".htm", ".js", ".css", ".svg"})
+MEDIA_SUFFIXES = frozenset(
+    {".png", ".gif", ".ico", ".jpg", ".jpeg", ".otf", ".ttf", ".woff", ".woff2"}
+)
 
 IDENTIFIER_KINDS = ("nhs_number", "upn", "la_child_id", "postcode", "name_pair", "date_of_birth")
 COUNT_KINDS = ("small_count", "unrounded_count")
@@ -299,10 +303,11 @@ class _Masker:
 
 
 def scan_text_for_identifiers(
-    text: str, label: str, ids: DeliveryIdentifiers, rows: bool = False
+    text: str, label: str, ids: DeliveryIdentifiers, rows: bool = False, names: bool = True
 ) -> list[Finding]:
     """Identifier findings in ``text``. With ``rows``, each line is one table row whose cells are
-    separated by ``" | "``, and a name pair may sit in any two cells of the row."""
+    separated by ``" | "``, and a name pair may sit in any two cells of the row or inside one
+    cell. Without ``names``, name pairs are not looked for (images and fonts)."""
     mask = _Masker(ids)
     hits: list[tuple[int, int, str]] = []
     for m in NHS_RE.finditer(text):
@@ -317,9 +322,10 @@ def scan_text_for_identifiers(
     for m in POSTCODE_RE.finditer(text):
         if _norm_postcode(m.group(1)) in ids.postcodes:
             hits.append((m.start(1), m.end(1), "postcode"))
-    hits.extend(_name_pairs_in_text(text, ids))
     if rows:
         hits.extend(_name_pairs_in_rows(text, ids))
+    elif names:
+        hits.extend(_name_pairs_in_text(text, ids))
     findings = [Finding(label, kind, mask(text, s, e, kind)) for s, e, kind in hits]
     # dates of birth next to another identifier
     anchors = sorted(s for s, _, _ in hits)
@@ -362,12 +368,13 @@ def _name_pairs_in_rows(text: str, ids: DeliveryIdentifiers) -> Iterator[tuple[i
     for line in text.split("\n"):
         cells = [c.strip().lower() for c in line.split(" | ")]
         surnames = [c for c in cells if c in ids.name_pairs]
-        if surnames:
-            present = set(cells)
-            for s in surnames:
-                if ids.name_pairs[s] & present:
-                    yield offset, offset + len(line), "name_pair"
-                    break
+        present = set(cells)
+        paired = any(ids.name_pairs[s] & present for s in surnames)
+        # or a whole name in one cell ("Gareth Halfield")
+        if paired or any(
+            next(_name_pairs_in_text(c, ids), None) for c in cells if " " in c or "," in c
+        ):
+            yield offset, offset + len(line), "name_pair"
         offset += len(line) + 1
 
 
@@ -664,6 +671,9 @@ class _HtmlTables(HTMLParser):
 def check_html(text: str, where: str, rule: DisclosureRule) -> list[Finding]:
     parser = _HtmlTables()
     parser.feed(text)
+    parser.close()
+    if parser._depth and parser._rows:  # a table left open at the end of the page
+        parser.tables.append((parser._rows[0], parser._rows[1:]))
     findings = []
     for header, rows in parser.tables:
         findings += check_table(header, rows, where, rule)
@@ -794,12 +804,16 @@ def files_written(run: Path, prefect_home: Path | None) -> Iterator[tuple[Path, 
 def scan_file(path: Path, label: str, ids: DeliveryIdentifiers, report: ScanReport) -> None:
     data = path.read_bytes()
     text = data.decode("utf-8", errors="replace")
-    report.findings += scan_text_for_identifiers(text, label, ids)
     suffix = path.suffix.lower()
+    media = suffix in MEDIA_SUFFIXES
+    report.findings += scan_text_for_identifiers(text, label, ids, names=not media)
     if suffix in WEB_SUFFIXES:
         report.findings += remote_references(text, label)
-    if suffix == ".png":
-        report.notes.append(f"{label}: PNG scanned as raw bytes only (pixel data is compressed)")
+    if media:
+        report.notes.append(
+            f"{label}: image or font: raw bytes scanned for numbers and postcodes only (pixel data"
+            " is compressed; text drawn into a figure cannot be read back)"
+        )
     elif suffix == ".csv":
         for col in _csv_exact_birth_columns(text):
             report.findings.append(
