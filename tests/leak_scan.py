@@ -7,11 +7,11 @@ writes makes a request to a remote server when opened. This module checks those 
 outside, knowing only the delivery a run was made from, the run folder and the Prefect home the
 run used; it shares no code with the pipeline's own disclosure control.
 
-``scan_run(run, delivery, prefect_home)`` returns a :class:`ScanReport` whose ``findings`` are
+``scan_run(run, delivery, prefect_home, temp_dir)`` returns a :class:`ScanReport` whose ``findings`` are
 ``(file, kind, context)`` with every identifier in ``context`` masked.
 
-What is scanned (every file under the run folder and the Prefect home, except
-:data:`LINKAGE_ZONE`):
+What is scanned (every file under the run folder, the Prefect home and the run's own ``TMPDIR`` if
+it was given one, except :data:`LINKAGE_ZONE`):
 
 * raw bytes of every file (decoded as UTF-8 with replacement), so a copy in any text format, a
   sqlite page or a DuckDB block that stores a string uncompressed is found;
@@ -790,11 +790,14 @@ def in_linkage_zone(path: Path, run: Path) -> bool:
     return any(rel == Path(z) or Path(z) in rel.parents for z in LINKAGE_ZONE)
 
 
-def files_written(run: Path, prefect_home: Path | None) -> Iterator[tuple[Path, str]]:
-    """(path, label) of every file under the run folder (linkage zone excepted) and Prefect home."""
-    roots = [(run, "RUN")] + ([(prefect_home, "PREFECT_HOME")] if prefect_home else [])
+def files_written(
+    run: Path, prefect_home: Path | None, temp_dir: Path | None = None
+) -> Iterator[tuple[Path, str]]:
+    """(path, label) of every file under the run folder (linkage zone excepted), the Prefect home
+    and the temporary folder the run was given (``TMPDIR``), if any."""
+    roots = [(run, "RUN"), (prefect_home, "PREFECT_HOME"), (temp_dir, "TMPDIR")]
     for root, name in roots:
-        if not root.exists():
+        if root is None or not root.exists():
             continue
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.is_symlink() and not in_linkage_zone(path, run):
@@ -851,7 +854,10 @@ def scan_file(path: Path, label: str, ids: DeliveryIdentifiers, report: ScanRepo
 
 
 def scan_identifiers(
-    run: Path, delivery: Path | DeliveryIdentifiers, prefect_home: Path | None
+    run: Path,
+    delivery: Path | DeliveryIdentifiers,
+    prefect_home: Path | None,
+    temp_dir: Path | None = None,
 ) -> ScanReport:
     """Identifier and remote-request findings in every file written (linkage zone excepted)."""
     ids = (
@@ -860,17 +866,24 @@ def scan_identifiers(
         else DeliveryIdentifiers.from_delivery(delivery)
     )
     report = ScanReport()
-    for path, label in files_written(run, prefect_home):
+    for path, label in files_written(run, prefect_home, temp_dir):
         report.files_scanned.append(label)
         scan_file(path, label, ids, report)
     return report
 
 
 def scan_run(
-    run: Path, delivery: Path | DeliveryIdentifiers, prefect_home: Path | None = None
+    run: Path,
+    delivery: Path | DeliveryIdentifiers,
+    prefect_home: Path | None = None,
+    temp_dir: Path | None = None,
 ) -> ScanReport:
-    """The whole scan: identifiers, remote requests and small counts."""
-    report = scan_identifiers(run, delivery, prefect_home)
+    """The whole scan: identifiers, remote requests and small counts.
+
+    ``run``: the run folder; ``delivery``: the delivery folder it was made from (or its
+    identifiers, read once); ``prefect_home``: the PREFECT_HOME the run used; ``temp_dir``: the
+    TMPDIR the run was given, if it was given its own."""
+    report = scan_identifiers(run, delivery, prefect_home, temp_dir)
     report.findings += scan_small_counts(run, prefect_home)
     return report
 

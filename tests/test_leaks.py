@@ -30,6 +30,7 @@ from tests.leak_scan import (
     check_csv,
     check_html,
     check_text,
+    remote_references,
     scan_file,
     scan_run,
     summary,
@@ -41,6 +42,12 @@ def _prefect_home(run: Path) -> Path:
     return run.parent / "prefect_home"
 
 
+def _temp_dir(run: Path) -> Path | None:
+    # scanned too if `_env(tmp)` gives the run its own TMPDIR, tmp / "tmpdir"
+    path = run.parent / "tmpdir"
+    return path if path.is_dir() else None
+
+
 @pytest.fixture(scope="module")
 def delivery_ids(world: Path) -> DeliveryIdentifiers:
     return DeliveryIdentifiers.from_delivery(world)
@@ -48,7 +55,7 @@ def delivery_ids(world: Path) -> DeliveryIdentifiers:
 
 @pytest.fixture(scope="module")
 def run_scan(full_run: Path, delivery_ids: DeliveryIdentifiers) -> ScanReport:
-    return scan_run(full_run, delivery_ids, _prefect_home(full_run))
+    return scan_run(full_run, delivery_ids, _prefect_home(full_run), _temp_dir(full_run))
 
 
 # --- the real run -------------------------------------------------------------------------------
@@ -138,6 +145,51 @@ def test_data_docs_index_renders_offline_in_a_browser(full_run: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     assert len(re.findall(r"ge-status[^>]*>[^<]*(Success|Failed)<", dom)) == 7
+
+
+GX_LIKE_PAGE = """<!DOCTYPE html><html><head>
+<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>
+<script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>
+<style>.x { background: url('https://great-expectations-web-assets.s3.amazonaws.com/a.png') }</style>
+</head><body>
+<img class="NO-CACHE" src="https://great-expectations-web-assets.s3.amazonaws.com/logo-long.png?d=1"
+  alt="Great Expectations" style="width: auto"/>
+<p>Powered by <a href="https://greatexpectations.io">Great Expectations</a></p>
+<i class="fas fa-check-circle text-success" ></i>
+<table
+  id="t1"
+  class="table-sm"
+  data-toggle="table"
+>
+</table>
+<script>
+  $('#t1').bootstrapTable(
+    Object.assign(
+      {
+        columns: [{'field': 'validation_success', 'title': 'Status'}, {'field': 'asset_name', 'title': 'Asset Name'}],
+        data: [{'validation_success': '<i class="fas fa-times"></i>', '_validation_success_text': 'Failed', 'asset_name': 'attainment', '_table_row_link_path': 'validations/a.html'}],
+        toolbar: '#t1-toolbar'
+      },
+      {'search': 'true'}
+    )
+  );
+</script></body></html>"""
+
+
+def test_offline_page_drops_remote_requests_and_makes_tables_static() -> None:
+    from pipelines.validation.data_docs import offline_page
+
+    page = offline_page(GX_LIKE_PAGE)
+    assert remote_references(page, "page") == []
+    assert "<script" not in page and "bootstrapTable" not in page
+    assert (
+        '<a href="validations/a.html"><span class="ge-status text-danger">✗ Failed</span></a>'
+        in page
+    )
+    assert "<td>attainment</td>" in page and "<th>Asset Name</th>" in page
+    assert '<span class="text-success">✓</span>' in page
+    assert "Great Expectations" in page  # the logo's alt text and the link's text stay
+    assert offline_page(page) == page  # a rewritten page is left as it is
 
 
 # --- the scanner's count rules ------------------------------------------------------------------
