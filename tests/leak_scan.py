@@ -32,7 +32,7 @@ declared by the contracts in :mod:`schemas.contracts`):
 * ``la_child_id``: ``XXX-dddddd`` equal to a delivered local-authority child id;
 * ``postcode``: a full postcode (with or without its space) equal to a delivered one;
 * ``name_pair``: a delivered first name and the surname delivered with it in the same record,
-  next to each other in text (at most :data:`NAME_GAP` separator characters, either order) or in
+  near each other in text (at most :data:`NAME_WINDOW` characters apart, either order) or in
   two cells of the same table row. Names alone are not searched for: first names and many
   surnames (Jones, Barley, Carton, Abby, ...) are ordinary words that appear in library text, and
   a name says little about a person until it is paired;
@@ -60,6 +60,7 @@ the run wrote (other than XML namespace names, :data:`NAMESPACE_URI_PREFIXES`).
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import html
 import io
@@ -87,7 +88,7 @@ LINKAGE_ZONE: tuple[str, ...] = (
     "linkage_zone.tmp",
 )
 
-NAME_GAP = 6
+NAME_WINDOW = 40
 DOB_CONTEXT = 200
 CONTEXT_CHARS = 30
 
@@ -227,6 +228,11 @@ class DeliveryIdentifiers:
     def first_names(self) -> set[str]:
         return set().union(*self.name_pairs.values()) if self.name_pairs else set()
 
+    @functools.cached_property
+    def first_name_set(self) -> frozenset[str]:
+        """The first names, computed once (read after the delivery is loaded)."""
+        return frozenset(self.first_names)
+
     def is_pair(self, a: str, b: str) -> bool:
         a, b = a.lower(), b.lower()
         return a in self.name_pairs.get(b, ()) or b in self.name_pairs.get(a, ())
@@ -354,13 +360,21 @@ def _near(sorted_positions: list[int], pos: int, distance: int) -> bool:
 
 
 def _name_pairs_in_text(text: str, ids: DeliveryIdentifiers) -> Iterator[tuple[int, int, str]]:
-    prev: re.Match[str] | None = None
+    """A delivered first name and its surname (either order) with at most :data:`NAME_WINDOW`
+    characters between them: "Gareth Halfield", "HALFIELD, Gareth", a CSV's adjacent cells, or
+    a JSON record's ``"first_name": "Gareth", "surname": "Halfield"``."""
+    recent: list[tuple[int, int, str]] = []  # (start, end, lower-case word) of names near here
     for m in WORD_RE.finditer(text):
-        if prev is not None:
-            gap = text[prev.end() : m.start()]
-            if len(gap) <= NAME_GAP and "\n" not in gap and ids.is_pair(prev.group(0), m.group(0)):
-                yield prev.start(), m.end(), "name_pair"
-        prev = m
+        word = m.group(0).lower()
+        is_surname, is_first = word in ids.name_pairs, word in ids.first_name_set
+        if not (is_surname or is_first):
+            continue
+        recent = [r for r in recent if m.start() - r[1] <= NAME_WINDOW]
+        for start, _end, other in recent:
+            if ids.is_pair(other, word):
+                yield start, m.end(), "name_pair"
+                break
+        recent.append((m.start(), m.end(), word))
 
 
 def _name_pairs_in_rows(text: str, ids: DeliveryIdentifiers) -> Iterator[tuple[int, int, str]]:
