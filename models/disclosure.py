@@ -502,6 +502,8 @@ def format_estimate(x: float, scale: str) -> str:
     """An estimate or CI bound at the precision its scale deserves."""
     if x is None or not np.isfinite(x):
         return ""
+    if abs(x) >= 100:  # a wild bound (a ratio on a handful of events): 3 significant figures
+        return f"{x:.3g}"
     if scale in ("hazard_ratio", "odds_ratio"):
         return f"{x:.2f}"
     if scale == "risk_difference":

@@ -24,6 +24,15 @@ def build_task(
     )
 
 
+def attrition_artifact(summary: CohortSummary) -> str:
+    """The attrition steps without their counts (Prefect's database is outside the secure
+    environment): the counts are released with the rest of the run's tables, controlled
+    together, in release/attrition.csv."""
+    lines = ["| step | description |", "|---:|---|"]
+    lines += [f"| {s} | {d} |" for s, d, _n, _x in summary.attrition]
+    return "\n".join([*lines, "", "Counts (disclosure-controlled): release/attrition.csv."])
+
+
 @flow(name="build")
 def build_flow(
     run_dir: str,
@@ -38,6 +47,6 @@ def build_flow(
     del config
     summary = build_task(run_dir, config_path, isolate, memory_limit)
     create_markdown_artifact(
-        key="cohort-attrition", markdown=summary.to_markdown(), description="attrition"
+        key="cohort-attrition", markdown=attrition_artifact(summary), description="attrition"
     )
     return summary.row_counts
