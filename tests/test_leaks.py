@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from schemas.contracts import SOURCES
 from tests.leak_scan import (
     DeliveryIdentifiers,
     DisclosureRule,
@@ -124,7 +125,7 @@ def test_data_docs_index_shows_each_status_without_network(full_run: Path) -> No
     assert "bootstrapTable" not in page and "<script" not in page
     statuses = re.findall(r'<span class="ge-status [^"]*">[^<]*(Success|Failed)</span>', page)
     links = re.findall(r'<a href="(validations/[^"]+\.html)"><span class="ge-status', page)
-    assert len(statuses) == 7 == len(links), (statuses, links)
+    assert len(statuses) == len(SOURCES) == len(links), (statuses, links)
     for link in links:
         assert (index.parent / link).is_file(), link
 
@@ -144,7 +145,7 @@ def test_data_docs_index_renders_offline_in_a_browser(full_run: Path) -> None:
          "--disable-background-networking", "--dump-dom", index.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
-    assert len(re.findall(r"ge-status[^>]*>[^<]*(Success|Failed)<", dom)) == 7
+    assert len(re.findall(r"ge-status[^>]*>[^<]*(Success|Failed)<", dom)) == len(SOURCES)
 
 
 GX_LIKE_PAGE = """<!DOCTYPE html><html><head>
