@@ -27,7 +27,7 @@ it was given one, except :data:`LINKAGE_ZONE`):
 Identifier kinds and how each is matched (values come from the delivery's identifier columns, as
 declared by the contracts in :mod:`schemas.contracts`):
 
-* ``nhs_number``: a run of exactly 10 digits (or ``ddd ddd dddd``) equal to a delivered number;
+* ``nhs_number``: a token of exactly 10 digits (or ``ddd ddd dddd``) equal to a delivered number;
 * ``upn``: a letter and 12 digits equal to a delivered pupil number;
 * ``la_child_id``: ``XXX-dddddd`` equal to a delivered local-authority child id;
 * ``postcode``: a full postcode (with or without its space) equal to a delivered one;
@@ -181,7 +181,8 @@ class ScanReport:
 
 # --- identifiers of the delivery ----------------------------------------------------------------
 
-NHS_RE = re.compile(r"(?<![0-9])([0-9]{10}|[0-9]{3} [0-9]{3} [0-9]{4})(?![0-9])")
+# a whole token: a run of 10 digits inside a hex digest or key is not a health number
+NHS_RE = re.compile(r"(?<![0-9A-Za-z])([0-9]{10}|[0-9]{3} [0-9]{3} [0-9]{4})(?![0-9A-Za-z])")
 UPN_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z][0-9]{12})(?![0-9])")
 LA_ID_RE = re.compile(r"(?<![A-Za-z0-9-])([A-Z0-9]{3,4}-[0-9]{6,8})(?![0-9])")
 POSTCODE_RE = re.compile(
