@@ -4,6 +4,7 @@ Prefect artifacts) carries no small count, exact or recoverable by subtraction a
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import re
 import shutil
@@ -433,3 +434,58 @@ def test_a_world_with_small_cells_end_to_end(tmp_path: Path) -> None:
     assert long_floats(run / "release") == []
     found = counts_in_artifacts(run, tmp_path / "prefect_home" / "prefect.db")
     assert {k: v for k, v in found.items() if v} == {}
+
+
+COUNT_HEADERS = re.compile(
+    r"^(n_.*|rows_.*|file_records|records|linked|not linked|at_risk|events_.*|total)$"
+)
+
+
+def report_count_cells(page: str) -> list[tuple[str, str]]:
+    """(column, value) of every cell of report.html under a count header."""
+    out = []
+    for table in re.findall(r"<table>(.*?)</table>", page, flags=re.S):
+        rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)
+        if not rows:
+            continue
+        head = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", rows[0])]
+        for r in rows[1:]:
+            cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r, flags=re.S)]
+            out += [(h, c) for h, c in zip(head, cells, strict=False) if COUNT_HEADERS.match(h)]
+    return out
+
+
+def test_every_count_in_the_report_is_controlled(full_run: Path) -> None:
+    cells = report_count_cells((full_run / "report.html").read_text())
+    assert len(cells) > 100
+    bad = [(h, v) for h, v in cells if not (v in ("", SUPPRESSED) or int(v.rstrip("+")) % 5 == 0)]
+    assert bad == []
+
+
+def test_data_quality_counts_are_controlled_with_linkage() -> None:
+    from pipelines.orchestration.report import _delivery_sections, scrub_counts
+
+    dq = {
+        "looked_after_episodes": {
+            "rows_read": 437,
+            "rows_staged": 434,
+            "rows_quarantined": 3,
+            "conserved": True,
+            "expectations": [{"success": True}],
+            "warnings": ["3 blank line(s) in the file skipped"],
+            "identifier_completeness": {"nhs_number": 1.0},
+        }
+    }
+    lr = {
+        "thresholds": {"match_threshold": 0.95, "high_quality_threshold": 0.99},
+        "link_rate_to_spine_by_source": {"looked_after_episodes": 1.0},
+        "link_rate_to_spine_by_subgroup_school_census": {},
+    }
+    quality, linkage = _delivery_sections(dq, lr, DisclosureSettings())
+    # quarantined 3 is suppressed, and so is staged, here and in the linkage table (else
+    # 435 - 435 = 0 < quarantined < 5 by subtraction across the two sections)
+    assert "434" not in quality + linkage and "435" not in linkage
+    assert ">3 blank" not in quality and "# blank line(s)" in quality
+    assert (
+        scrub_counts("duplicate_row (16); 40.8% below 70%") == "duplicate_row (#); 40.8% below 70%"
+    )

@@ -106,11 +106,16 @@ def _delivery_sections(
     source. Rates and percentages are computed from the released counts."""
     values: dict[Cell, int] = {}
     rel: list[Relation] = []
-    cols = ("rows_read", "rows_staged", "rows_quarantined")
+    # records counted from the file itself (when the validation stage reports them) = rows read
+    in_file = ("file_records",) if all("file_records" in v for v in dq.values()) else ()
+    cols = (*in_file, "rows_read", "rows_staged", "rows_quarantined")
     for src, v in dq.items():
         for c in cols:
             values[("dq", src, c)] = int(v.get(c, 0))
-        rel.append(sum_of(("dq", src, "rows_read"), [("dq", src, c) for c in cols[1:]]))
+        parts = [("dq", src, c) for c in ("rows_staged", "rows_quarantined")]
+        rel.append(sum_of(("dq", src, "rows_read"), parts))
+        if in_file:
+            rel.append(sum_of(("dq", src, "file_records"), [("dq", src, "rows_read")]))
         staged = ("dq", src, "rows_staged")
         for ident, share in v["identifier_completeness"].items():
             values[("id", f"{src}|{ident}", "complete")] = k = round(share * values[staged])
