@@ -7,8 +7,8 @@ writes makes a request to a remote server when opened. This module checks those 
 outside, knowing only the delivery a run was made from, the run folder and the Prefect home the
 run used; it shares no code with the pipeline's own disclosure control.
 
-``scan_run(run, delivery, prefect_home, temp_dir)`` returns a :class:`ScanReport` whose ``findings`` are
-``(file, kind, context)`` with every identifier in ``context`` masked.
+``scan_run(run, delivery, prefect_home, temp_dir)`` returns a :class:`ScanReport` whose
+``findings`` are ``(file, kind, context)`` with every identifier in ``context`` masked.
 
 What is scanned (every file under the run folder, the Prefect home and the run's own ``TMPDIR`` if
 it was given one, except :data:`LINKAGE_ZONE`):

@@ -232,10 +232,16 @@ def _one_person(world: Path) -> dict[str, str]:
     raise AssertionError("no complete population-register row in the test world")
 
 
+Planted = tuple[ScanReport, dict[str, str]]
+
+
 @pytest.fixture(scope="module")
 def planted(
-    full_run: Path, world: Path, delivery_ids: DeliveryIdentifiers, tmp_path_factory
-) -> tuple[ScanReport, dict[str, str]]:
+    full_run: Path,
+    world: Path,
+    delivery_ids: DeliveryIdentifiers,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Planted:
     """A copy of the run and its Prefect home with one planted error of each kind, scanned whole."""
     base = tmp_path_factory.mktemp("planted")
     run, home = base / "run", base / "prefect_home"
@@ -289,48 +295,48 @@ def _found(report: ScanReport, file: str, kind: str) -> list[Finding]:
     return [f for f in report.findings if f.file.startswith(file) and f.kind == kind]
 
 
-def test_planted_identifier_in_results_is_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_identifier_in_results_is_found(planted: Planted) -> None:
     report, _ = planted
     assert _found(report, "RUN/results/planted.csv", "nhs_number")
 
 
-def test_planted_identifier_in_prefect_artifact_is_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_identifier_in_prefect_artifact_is_found(planted: Planted) -> None:
     report, _ = planted
     assert _found(report, "PREFECT_HOME/prefect.db", "nhs_number")
 
 
-def test_planted_small_count_in_release_table_is_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_small_count_in_release_table_is_found(planted: Planted) -> None:
     report, _ = planted
     found = _found(report, "RUN/release/attrition.csv", "small_count")
     assert any("n_excluded = 3" in f.context for f in found), summary(report.count_findings)
 
 
-def test_planted_small_count_in_prefect_artifact_is_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_small_count_in_prefect_artifact_is_found(planted: Planted) -> None:
     report, _ = planted
     found = _found(report, "PREFECT_HOME/prefect.db artifact planted", "small_count")
     assert any("excluded 2" in f.context for f in found)
 
 
-def test_planted_names_and_exact_birth_dates_in_duckdb_are_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_names_and_exact_birth_dates_in_duckdb_are_found(planted: Planted) -> None:
     report, _ = planted
     assert _found(report, "RUN/analysis_zone.duckdb", "name_pair")
     births = _found(report, "RUN/analysis_zone.duckdb", "date_of_birth")
     assert any("planted_birth.week_of_birth" in f.context for f in births)
 
 
-def test_planted_postcode_and_date_of_birth_in_tmp_are_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_postcode_and_date_of_birth_in_tmp_are_found(planted: Planted) -> None:
     report, _ = planted
     assert _found(report, "RUN/tmp/planted.log", "postcode")
     assert _found(report, "RUN/tmp/planted.log", "date_of_birth")
 
 
-def test_planted_remote_script_in_data_docs_is_found(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_remote_script_in_data_docs_is_found(planted: Planted) -> None:
     report, _ = planted
     found = [f for f in report.remote_findings if f.file.endswith("local_site/index.html")]
     assert [f.context for f in found] == ["https://code.jquery.com/jquery-3.7.1.min.js"]
 
 
-def test_findings_never_show_the_identifier(planted) -> None:  # type: ignore[no-untyped-def]
+def test_findings_never_show_the_identifier(planted: Planted) -> None:
     report, person = planted
     shown = "\n".join(str(f) for f in report.findings)
     assert person["nhs"] not in shown
