@@ -22,13 +22,14 @@ def command(
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.orchestration.env import prefect_defaults
+    from pipelines.orchestration.env import prefect_api, prefect_defaults
 
     prefect_defaults()
-    from pipelines.orchestration.reproduce import reproduce
-
     console = Console()
-    report = reproduce(Path(run), Path(out), demo=demo)
+    with prefect_api():
+        from pipelines.orchestration.reproduce import reproduce
+
+        report = reproduce(Path(run), Path(out), demo=demo)
     table = Table(title=f"outputs of {out} vs {run}")
     table.add_column("output")
     table.add_column("status")

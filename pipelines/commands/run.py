@@ -10,7 +10,14 @@ import typer
 
 def command(
     data: Annotated[Path, typer.Option("--data", help="Delivery folder (one extract per source).")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder; rerunning resumes it.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Run folder; rerunning with the same code, data and settings resumes it. "
+            "'{date}' in the path becomes today's date.",
+        ),
+    ],
     config: Annotated[Path | None, typer.Option("--config", help="Study config YAML.")] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Allow the built-in demo pseudonymisation key.")
@@ -39,32 +46,66 @@ def command(
             "behind does not add to the next one's peak) or all in this process.",
         ),
     ] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Reuse a run folder made with other code, data or settings: stages whose "
+            "inputs and outputs still match are kept, the rest rerun.",
+        ),
+    ] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="Empty the run folder first (it must be a run folder) and run anew."
+        ),
+    ] = False,
 ) -> None:
     """Validate, link, build the cohort, fit the models and write report.html.
 
-    Stages already completed with the same inputs are skipped, so an interrupted run resumes.
-    Writes RUN/manifest.json for `cohort reproduce`.
+    Stages already completed with the same inputs, whose outputs are still intact, are skipped,
+    so an interrupted run resumes. A folder made with other code, data or settings needs
+    --resume or --replace. Writes RUN/manifest.json for `cohort reproduce`.
     """
     import logging
     import os
 
     from rich.console import Console
 
-    from pipelines.orchestration.env import prefect_defaults
+    from pipelines.orchestration.env import prefect_api, prefect_defaults
 
     prefect_defaults()
+    from pipelines.errors import InputDataError, RunStateError
     from pipelines.linkage.pseudonym import secret_from_environment
-    from pipelines.orchestration.flow import study_flow
+    from pipelines.orchestration.settings import load_run_settings
+    from pipelines.orchestration.state import (
+        RunLock,
+        check_key,
+        check_out_folder,
+        check_run_folder,
+        expand_run_dir,
+        run_stamp,
+    )
 
     console = Console(stderr=True)
-    from pipelines.orchestration.settings import load_run_settings
-    from pipelines.orchestration.state import RunLock
-
-    run_settings = load_run_settings(settings)  # a bad file fails here, before Prefect starts
-    if not (secret_block or run_settings.linkage.prefect_secret_block):
-        secret_from_environment(dict(os.environ), demo=demo)  # fail before any work if missing
-    with RunLock(out):  # a second run on the same folder is refused here, before Prefect starts
-        pass
+    if resume and replace:
+        raise RunStateError("--resume and --replace contradict each other; choose one")
+    out = Path(expand_run_dir(str(out)))
+    # everything that can be checked before work is checked here, before Prefect starts
+    run_settings = load_run_settings(settings)
+    if not data.is_dir():
+        raise InputDataError(f"--data {data} is not a folder; give the delivery folder")
+    check_out_folder(out)
+    if out.exists():
+        with RunLock(out):  # a second run on the same folder is refused here
+            stamp = run_stamp(data, str(config) if config else None, run_settings)
+            if not replace:
+                check_run_folder(out, stamp, resume=resume)
+    block = secret_block or run_settings.linkage.prefect_secret_block
+    if not block:  # fail before any work if missing; a Secret block is read by the flow
+        secret = secret_from_environment(dict(os.environ), demo=demo)
+        if not replace:
+            check_key(out, secret)
     if demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"):
         console.print(
             "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"
@@ -75,7 +116,9 @@ def command(
             status.update(record.getMessage())
 
     handler = _StatusHandler(level=logging.INFO)
-    with console.status("starting Prefect (ephemeral mode)") as status:
+    with prefect_api(), console.status("running the study") as status:
+        from pipelines.orchestration.flow import study_flow
+
         for name in ("pipelines", "models"):
             logging.getLogger(name).addHandler(handler)
         try:
@@ -87,6 +130,8 @@ def command(
                 secret_block,
                 isolate_stages,
                 str(settings) if settings else None,
+                resume=resume,
+                replace=replace,
             )
         finally:
             for name in ("pipelines", "models"):

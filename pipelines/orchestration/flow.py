@@ -1,9 +1,13 @@
 """The whole study as one parent Prefect flow, one subflow per stage, resumable.
 
-A stage is skipped when its marker records the same input fingerprint (the chain of upstream
-fingerprints plus the stage's own settings); otherwise it and every later stage rerun. Markers
-are written only after a stage's outputs are complete, so a killed run resumes at the stage it
-was in.
+Before any work: the settings are read, the pseudonymisation key is resolved (environment or
+Prefect Secret block) and checked against the key check value of the run's earlier linkage, and
+the run folder's stamp (code, inputs, settings) is checked (:func:`~pipelines.orchestration.
+state.prepare_run_folder`). A stage is skipped when its marker records the same input
+fingerprint (the chain of upstream fingerprints plus the stage's own settings) and every output
+it recorded is still there with the same hash; otherwise it and every later stage rerun, after
+the later stages' outputs are removed. Markers are written only after a stage's outputs are
+complete, so a killed run resumes at the stage it was in.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.linkage.pseudonym import DEMO_SECRET, resolve_secret
 from pipelines.orchestration.manifest import (
     code_version,
     input_hashes,
@@ -34,10 +39,18 @@ from pipelines.orchestration.settings import RunSettings, load_run_settings
 from pipelines.orchestration.state import (
     STAGES,
     RunLock,
-    clear_markers_from,
+    check_key,
+    check_out_folder,
+    clear_from,
+    expand_run_dir,
+    key_check_value,
+    outputs_intact,
+    prepare_run_folder,
     read_marker,
+    run_stamp,
     sha256_file,
     sha256_text,
+    stage_output_hashes,
     write_marker,
 )
 from pipelines.run_layout import RunLayout
@@ -112,6 +125,8 @@ def study_flow(
     secret_block: str | None = None,
     isolate_stages: bool = True,
     settings_path: str | None = None,
+    resume: bool = False,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Validate, link, build, model and report, resuming from the last completed stage.
 
@@ -119,11 +134,24 @@ def study_flow(
     Secret block named ``secret_block`` (a deployment parameter). With ``isolate_stages``
     (the default) each stage's work runs in its own child process, so memory one stage leaves
     behind does not add to the next one's peak; peaks are measured over the process tree.
-    ``settings_path``: a run-settings YAML (:mod:`pipelines.orchestration.settings`)."""
-    layout = RunLayout.at(run_dir).ensure()
+    ``settings_path``: a run-settings YAML (:mod:`pipelines.orchestration.settings`).
+    ``run_dir`` may hold ``{date}`` (today, YYYY-MM-DD): one folder per scheduled run.
+    A folder made with other code, data or settings is refused unless ``resume`` (keep what is
+    still valid) or ``replace`` (empty it first)."""
+    os.umask(0o077)  # run folders 0700, files 0600 (also for deployment runs)
+    layout = RunLayout.at(expand_run_dir(run_dir))
     data = Path(data_dir)
     settings = load_run_settings(settings_path)
+    block = secret_block or settings.linkage.prefect_secret_block
+    secret = resolve_secret(block, dict(os.environ), demo=demo)  # before any work
+    check_out_folder(layout.root)  # nothing written into a folder that is not a run folder
     with RunLock(layout.root):
+        stamp = run_stamp(data, config_path, settings)
+        if not replace:  # --replace empties the folder: the old keys go with it
+            check_key(layout.root, secret)
+        outcome = prepare_run_folder(layout.root, stamp, resume=resume, replace=replace)
+        log.info("run folder %s: %s", layout.root, outcome)
+        layout.ensure()
         fingerprints = _fingerprints(data, config_path, settings)
         stages = _stage_functions(
             str(data), str(layout.root), config_path, demo, secret_block, isolate_stages, settings
@@ -135,10 +163,18 @@ def study_flow(
         ran: list[str] = []
         for stage in STAGES:
             marker = read_marker(layout.root, stage)
-            if marker and marker.get("fingerprint") == fingerprints[stage]:
+            if (
+                not ran
+                and marker
+                and marker.get("fingerprint") == fingerprints[stage]
+                and outputs_intact(layout.root, stage, marker.get("outputs"))
+            ):
                 log.info("stage %s: already complete, skipped", stage)
                 continue
-            clear_markers_from(layout.root, stage)
+            if not ran:  # the first stage to rerun: clear it and everything after it
+                layout.manifest.unlink(missing_ok=True)
+                clear_from(layout.root, stage)
+                layout.ensure()
             log.info("stage %s: running", stage)
             t0 = time.perf_counter()
             release_memory()
@@ -147,9 +183,16 @@ def study_flow(
             timings[stage] = round(time.perf_counter() - t0, 2)
             peak_memory[stage] = mem.peak_gib
             counts[stage] = result
-            write_marker(layout.root, stage, {"fingerprint": fingerprints[stage], "stage": stage})
+            marker = {
+                "fingerprint": fingerprints[stage],
+                "stage": stage,
+                "outputs": stage_output_hashes(layout.root, stage),
+            }
+            if stage == "link":  # tells a later resume which secret made the keys
+                marker["key_check_value"] = key_check_value(secret)
+            write_marker(layout.root, stage, marker)
             ran.append(stage)
-        manifest = _manifest(layout, data, config_path, demo, counts, timings)
+        manifest = _manifest(layout, data, config_path, secret == DEMO_SECRET, counts, timings)
         manifest["run_settings"] = settings.to_yaml()
         manifest["seeds"] = {
             "linkage_u_sampling": settings.linkage.seed,
@@ -175,7 +218,7 @@ def _manifest(
     layout: RunLayout,
     data: Path,
     config_path: str | None,
-    demo: bool,
+    demo_key: bool,
     counts: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -188,7 +231,7 @@ def _manifest(
         "delivery_metadata": json.loads(delivery.read_text()) if delivery.exists() else None,
         "study_config": config_to_yaml(load_study_config(config_path)),
         "study_config_path": str(Path(config_path).resolve()) if config_path else None,
-        "demo_secret": demo and not os.environ.get("COHORT_PSEUDONYM_SECRET"),
+        "demo_secret": demo_key,  # the key the person keys were made with, not the --demo flag
         "code_version": code_version(),
         "lock_file_sha256": lock_hash(),
         "package_versions": package_versions(),

@@ -10,8 +10,14 @@ child started with ``spawn`` (a clean interpreter, no copied parent heap):
 * a user error (:class:`~pipelines.errors.CohortError`) is re-raised in the parent as the same
   class with the same message; any other exception becomes :class:`StageProcessError` carrying
   the child's traceback;
+* a filesystem error (:class:`OSError`: permission denied, disk full, also when DuckDB or
+  Arrow report it in their own exception types) is re-raised in the parent as an ``OSError``
+  with its errno and path, so the CLI reports it in one line;
 * the child is killed if the parent dies (Linux ``PR_SET_PDEATHSIG``), so a killed run leaves no
-  orphan holding the run's DuckDB files, and the resume logic sees the same state as in-process.
+  orphan holding the run's DuckDB files, and the resume logic sees the same state as in-process;
+* the child ignores a terminal's Ctrl-C (SIGINT); the parent decides: when it is interrupted it
+  sends the child SIGTERM, which the child turns into ``KeyboardInterrupt`` so the stage's own
+  cleanup runs (identifier scratch files, half-built tables), and SIGKILL after 5 s.
 
 Arguments and the result are pickled across a pipe (settings, a :class:`RunLayout`, the
 pseudonymisation key as bytes: never written to disk or logs).
@@ -20,6 +26,7 @@ pseudonymisation key as bytes: never written to disk or logs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import logging.handlers
 import multiprocessing
@@ -50,9 +57,35 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+_OS_MESSAGES = {
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+}
+
+
+def operational_os_error(exc: BaseException) -> OSError | None:
+    """``exc`` as an :class:`OSError` when it is a filesystem fault (an ``OSError``, or a
+    library's own I/O error whose message names one, e.g. DuckDB's "No space left on device");
+    None otherwise."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    for message, code in _OS_MESSAGES.items():
+        if message in text:
+            return OSError(code, f"{message} ({type(exc).__name__})")
+    return None
+
+
 def _portable(exc: BaseException) -> BaseException:
-    """The exception itself if it survives pickling and is a user error; otherwise a
-    :class:`StageProcessError` holding the formatted traceback."""
+    """The exception itself if it survives pickling and is a user error; a filesystem fault as
+    an ``OSError``; otherwise a :class:`StageProcessError` holding the formatted traceback."""
+    os_error = operational_os_error(exc)
+    if os_error is not None:  # rebuilt from its parts: always picklable, same subclass
+        if os_error.errno is None:
+            return OSError(str(os_error))
+        return OSError(os_error.errno, os_error.strerror, os_error.filename)
     if isinstance(exc, CohortError):
         try:
             pickle.loads(pickle.dumps(exc))
@@ -71,6 +104,8 @@ def _child_main(
     level: int,
 ) -> None:
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (see the module doc)
+    signal.signal(signal.SIGTERM, _interrupted)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(level)
@@ -78,12 +113,18 @@ def _child_main(
         outcome: tuple[str, Any] = ("ok", fn(**kwargs))
     except BaseException as exc:  # every failure goes back to the parent
         outcome = ("error", _portable(exc))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the work is over: a SIGTERM now just ends it
     try:
         conn.send(outcome)
     except Exception as exc:  # an unpicklable result is an internal error
         conn.send(("error", _portable(exc)))
     finally:
         conn.close()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM ends the process
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 class _ToParentLoggers(logging.Handler):
@@ -116,6 +157,10 @@ def run_in_child_process(fn: Callable[..., T], /, **kwargs: Any) -> T:
     try:
         child.start()
         send.close()  # the parent keeps only the receiving end: EOF when the child dies
+        # wait in short slices: a Ctrl-C that the kernel hands to another thread of this
+        # process only sets a flag, which the main thread acts on when it next wakes
+        while not receive.poll(0.2):
+            pass
         try:
             status, payload = receive.recv()
         except EOFError:
@@ -128,8 +173,11 @@ def run_in_child_process(fn: Callable[..., T], /, **kwargs: Any) -> T:
         child.join()
     finally:
         if child.is_alive():  # the parent is being interrupted: take the child with it
-            child.kill()
-            child.join()
+            child.terminate()  # SIGTERM: the stage cleans up
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join()
         listener.stop()
         receive.close()
         log_queue.close()
