@@ -475,6 +475,7 @@ def test_symlinked_delivery_metadata_refused(delivery: Path, tmp_path: Path) -> 
         _validate(delivery, tmp_path / "run")
 
 
+@pytest.mark.timeout(60)  # opening a fifo blocks: without the check the test would hang
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 def test_extract_that_is_not_a_regular_file_refused(
     delivery: Path, tmp_path: Path, kind: str
