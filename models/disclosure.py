@@ -191,6 +191,16 @@ def release_relations(tables: Mapping[str, pd.DataFrame]) -> list[Relation]:
                         "Table 1 children = cohort size in attrition",
                     )
                 )
+            # a yes/no characteristic: the children without it are a count too (unreleased)
+            for r in sorted(rows - {"children", *quint}):
+                for g in ("n_CLA", "n_NLA"):
+                    rel.append(
+                        sum_of(
+                            ("table1_counts", "children", g),
+                            [("table1_counts", r, g), ("table1_counts", f"not {r}", g)],
+                            f"Table 1 {g}: with + without {r} = the children",
+                        )
+                    )
     est = tables.get("estimates")
     if est is not None and len(est):
         rel += _estimate_relations(est, cohort_n)
@@ -250,6 +260,21 @@ def _estimate_relations(est: pd.DataFrame, cohort_n: Cell | None) -> list[Relati
                         f"{adv} within a group: with + without = the group",
                     )
                 )
+    # the restriction to high-quality links: the children (and events) it leaves out are a
+    # count too (unreleased)
+    for g in groups:
+        if g.endswith("|high_quality_links"):
+            full = g.removesuffix("high_quality_links") + "all"
+            if full in groups:
+                for col in COUNT_COLUMNS["estimates"]:
+                    low = g.removesuffix("high_quality_links") + "low_quality_links"
+                    rel.append(
+                        sum_of(
+                            cell(full, col),
+                            [cell(g, col), cell(low, col)],
+                            "high-quality links + the others = all",
+                        )
+                    )
     survival = [g for g in groups if scale[g] == SURVIVAL_SCALE and g.endswith("|all")]
     for a, b in itertools.pairwise(survival):
         for col in ("n_exposed", "n_unexposed"):
@@ -281,21 +306,31 @@ def protect(
     relations: list[Relation],
     threshold: int,
     known: set[Cell] | None = None,
+    unreleased: set[Cell] | None = None,
 ) -> set[Cell]:
     """The cells to suppress: ``sensitive`` ones and, relation by relation until nothing
     changes, the smallest non-zero other cell of any relation whose protected cells are alone
     or add up to less than ``threshold`` (then their sum would itself be a small count).
-    ``known`` cells (a total the reader knows exactly) are never candidates."""
+    ``known`` cells (a total the reader knows exactly) are never candidates; ``unreleased``
+    cells (a count no table shows, such as the children without a characteristic) are unknown
+    to the reader like suppressed ones, but cannot be chosen."""
     protected = set(sensitive)
     known = known or set()
+    unreleased = unreleased or set()
     changed = True
     while changed:
         changed = False
         for rel in relations:
-            inside = [c for c in rel.cells if c in protected]
-            if not inside or (len(inside) >= 2 and sum(values[c] for c in inside) >= threshold):
+            if not any(c in protected for c in rel.cells):
                 continue
-            others = [c for c in rel.cells if c not in protected and c not in known]
+            inside = [c for c in rel.cells if c in protected or c in unreleased]
+            if len(inside) >= 2 and sum(values[c] for c in inside) >= threshold:
+                continue
+            others = [
+                c
+                for c in rel.cells
+                if c not in protected and c not in known and c not in unreleased
+            ]
             if not others:
                 continue
             protected.add(min(others, key=lambda c: (values[c] == 0, values[c], c)))
@@ -316,15 +351,38 @@ def control_cells(
     ``hidden`` cells (the counts of a withheld estimate) are shown as ``[c]``; those below the
     threshold are protected like small counts, the others are treated as known to a reader."""
     hidden = hidden or set()
-    sensitive = {c for c, v in values.items() if 0 < v < settings.threshold}
-    sensitive |= {c for c in hidden if values[c] < settings.threshold}
+    derived = unreleased_values(values, relations)
+    values = {**values, **derived}
+    unreleased = set(derived)
+    known = known or set()
+    sensitive = {c for c, v in values.items() if 0 < v < settings.threshold and c not in known}
+    # a reader cannot tell a hidden or unreleased 0 from a small count: protect them too
+    sensitive |= {c for c in hidden | unreleased if values[c] < settings.threshold}
     true_relations = [r for r in relations if holds(r, values)]
-    suppressed = protect(values, sensitive, true_relations, settings.threshold, known) | hidden
+    suppressed = (
+        protect(values, sensitive, true_relations, settings.threshold, known, unreleased) | hidden
+    )
     return {
         c: SUPPRESSED if c in suppressed else str(int(round_to(v, settings.rounding)))
         for c, v in values.items()
-        if c not in (known or set())
+        if c not in known and c not in unreleased
     }
+
+
+def unreleased_values(values: Mapping[Cell, int], relations: list[Relation]) -> dict[Cell, int]:
+    """Counts no table shows but a relation defines (the one cell of a relation missing from
+    ``values``): e.g. the looked-after children without an adversity = the group - those with."""
+    out: dict[Cell, int] = {}
+    for rel in relations:
+        missing = [(c, k) for c, k in rel.terms if c not in values]
+        if len(missing) != 1:
+            continue
+        (cell, k) = missing[0]
+        rest = sum(kk * values[c] for c, kk in rel.terms if c in values)
+        v = -rest * k  # k * x + rest = 0, k = +-1
+        if v >= 0:
+            out[cell] = v
+    return out
 
 
 # --- the attacker's check --------------------------------------------------------------------
@@ -382,7 +440,15 @@ def recoverable_cells(
                     box[c] = list(iv)
                 if v.strip() == SUPPRESSED:
                     hidden.add(c)
-    relations = [r for r in release_relations(tables) if all(c in box for c in r.cells)]
+    relations = []
+    for r in release_relations(tables):
+        missing = [c for c in r.cells if c not in box]
+        if len(missing) == 1:  # a count no table shows (children without a characteristic)
+            box[missing[0]] = [0.0, math.inf]
+            hidden.add(missing[0])
+        elif missing:
+            continue
+        relations.append(r)
     for _ in range(200):
         moved = False
         for rel in relations:

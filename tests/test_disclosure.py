@@ -489,3 +489,25 @@ def test_data_quality_counts_are_controlled_with_linkage() -> None:
     assert (
         scrub_counts("duplicate_row (16); 40.8% below 70%") == "duplicate_row (#); 40.8% below 70%"
     )
+
+
+def test_children_without_a_characteristic_are_a_count_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """141 of 145 looked-after children female: '4 are not' by subtraction. The unreleased
+    complement is protected like a released small count; with secondary suppression off, the
+    checker finds it."""
+    import models.disclosure as d
+
+    t1 = pd.DataFrame(
+        {"characteristic": ["female", "children"], "n_CLA": [141, 145], "n_NLA": [80, 165]}
+    )
+    rel = control_release({"table1_counts": t1}).tables
+    assert rel["table1_counts"].set_index("characteristic").loc["female", "n_CLA"] == SUPPRESSED
+    assert recoverable_cells(as_released_text(rel, tmp_path / "ok")) == []
+    monkeypatch.setattr(d, "protect", lambda values, sensitive, *a, **k: set(sensitive))
+    rel = control_release({"table1_counts": t1}).tables
+    found = recoverable_cells(as_released_text(rel, tmp_path / "planted"))
+    assert [(r.cell, r.low, r.high) for r in found] == [
+        (("table1_counts", "not female", "n_CLA"), 1, 9)
+    ]
