@@ -606,7 +606,7 @@ def validate_delivery(
         con.execute(
             "CREATE OR REPLACE TABLE validation.summary (source VARCHAR, rows_read BIGINT, "
             "rows_staged BIGINT, rows_quarantined BIGINT, conserved BOOLEAN, "
-            "records_in_file BIGINT)"
+            "file_records BIGINT)"
         )
         con.executemany(
             "INSERT INTO validation.summary VALUES (?, ?, ?, ?, ?, ?)",
@@ -643,7 +643,7 @@ def write_report(summary: ValidationSummary, layout: RunLayout) -> None:
             "rows_staged": r.rows_staged,
             "rows_quarantined": r.rows_quarantined,
             "conserved": r.conserved,
-            "records_in_file": r.file_records,
+            "file_records": r.file_records,
             "physical_lines": r.physical_lines,
             "quarantine_reasons": r.reasons,
             "identifier_completeness": r.completeness,
