@@ -83,9 +83,14 @@ _WHAT_TO_DO = {
 
 def describe_os_error(exc: OSError) -> str:
     """One line: what failed, where, what to do."""
+    from pipelines.orchestration.isolation import operational_os_error
+
+    code = exc.errno
+    if code is None:  # e.g. a Rust library's "No space left on device (os error 28)"
+        code = getattr(operational_os_error(Exception(str(exc))), "errno", None)
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
-    todo = _WHAT_TO_DO.get(exc.errno or 0, "check the path and rerun the same command")
+    todo = _WHAT_TO_DO.get(code or 0, "check the path and rerun the same command")
     return f"{reason}{where}; {todo}"
 
 

@@ -58,6 +58,8 @@ def command(
         backend=backend,  # type: ignore[arg-type]
         spark_master=spark_master,
     )
+    from pipelines.orchestration.state import key_check_value, write_marker
+
     with console.status("linking") as status:
         summary = link_run(
             layout=RunLayout.at(run),
@@ -65,4 +67,11 @@ def command(
             secret=secret,
             progress=lambda m: status.update(m),
         )
+    # which secret made the keys (a key check value, not the secret): `cohort run` on this
+    # folder refuses to resume with another one; no fingerprint, so `cohort run` relinks
+    write_marker(
+        Path(run),
+        "link",
+        {"stage": "link", "written_by": "cohort link", "key_check_value": key_check_value(secret)},
+    )
     console.print(summary.to_markdown())

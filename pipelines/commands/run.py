@@ -96,11 +96,11 @@ def command(
     if not data.is_dir():
         raise InputDataError(f"--data {data} is not a folder; give the delivery folder")
     check_out_folder(out)
-    if out.exists():
-        with RunLock(out):  # a second run on the same folder is refused here
-            stamp = run_stamp(data, str(config) if config else None, run_settings)
-            if not replace:
-                check_run_folder(out, stamp, resume=resume)
+    out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before work
+    with RunLock(out):  # a second run on the same folder is refused here
+        stamp = run_stamp(data, str(config) if config else None, run_settings)
+        if not replace:
+            check_run_folder(out, stamp, resume=resume)
     block = secret_block or run_settings.linkage.prefect_secret_block
     if not block:  # fail before any work if missing; a Secret block is read by the flow
         secret = secret_from_environment(dict(os.environ), demo=demo)
@@ -116,26 +116,31 @@ def command(
             status.update(record.getMessage())
 
     handler = _StatusHandler(level=logging.INFO)
-    with prefect_api(), console.status("running the study") as status:
-        from pipelines.orchestration.flow import study_flow
+    try:
+        with prefect_api(), console.status("running the study") as status:
+            from pipelines.orchestration.flow import study_flow
 
-        for name in ("pipelines", "models"):
-            logging.getLogger(name).addHandler(handler)
-        try:
-            result = study_flow(
-                str(data),
-                str(out),
-                str(config) if config else None,
-                demo,
-                secret_block,
-                isolate_stages,
-                str(settings) if settings else None,
-                resume=resume,
-                replace=replace,
-            )
-        finally:
             for name in ("pipelines", "models"):
-                logging.getLogger(name).removeHandler(handler)
+                logging.getLogger(name).addHandler(handler)
+            try:
+                result = study_flow(
+                    str(data),
+                    str(out),
+                    str(config) if config else None,
+                    demo,
+                    secret_block,
+                    isolate_stages,
+                    str(settings) if settings else None,
+                    resume=resume,
+                    replace=replace,
+                )
+            finally:
+                for name in ("pipelines", "models"):
+                    logging.getLogger(name).removeHandler(handler)
+    except OSError as exc:  # a full disk mid-run: one line naming the run folder if not a file
+        from pipelines.orchestration.isolation import with_path
+
+        raise with_path(exc, out) from None
     console.print(f"stages run: {', '.join(result['ran']) or 'none (all complete)'}")
     console.print(f"report: {result['report']}")
     console.print(f"manifest: {result['manifest']}")

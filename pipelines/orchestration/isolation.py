@@ -31,10 +31,12 @@ import logging
 import logging.handlers
 import multiprocessing
 import pickle
+import re
 import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.errors import CohortError
@@ -74,8 +76,19 @@ def operational_os_error(exc: BaseException) -> OSError | None:
     text = str(exc)
     for message, code in _OS_MESSAGES.items():
         if message in text:
-            return OSError(code, f"{message} ({type(exc).__name__})")
+            quoted = re.search(r'"(/[^"]+)"', text)  # DuckDB quotes the file it could not write
+            return OSError(code, f"{message} ({type(exc).__name__})", quoted and quoted[1])
     return None
+
+
+def with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file itself (e.g. a Rust library's
+    "No space left on device (os error 28)")."""
+    if exc.filename:
+        return exc
+    reason = exc.strerror or str(exc)
+    code = exc.errno or getattr(operational_os_error(Exception(reason)), "errno", None)
+    return OSError(code, reason, str(path)) if code else OSError(f"{reason} ({path})")
 
 
 def _portable(exc: BaseException) -> BaseException:
