@@ -5,9 +5,10 @@
   without being opened; a case variant of an extract's name (``Attainment.CSV``) is an error;
   anything else (``attainment_OLD.csv``, ``notes.txt``) is a warning naming it.
 * :func:`read_header`: a CSV's header, with a byte-order mark stripped, duplicate columns refused.
-* :func:`count_csv_records`: the CSV's physical records, counted from its bytes with numpy (a
-  newline ends a record only outside double quotes), so that what the reader returned can be
-  checked against what the file holds. A quote left open is an error naming its line.
+* :func:`count_csv_records`: the CSV's physical records, counted from its bytes (a newline ends
+  a record only outside double quotes; numpy finds which newlines are inside), so that what the
+  reader returned can be checked against what the file holds. A quote left open is an error
+  naming its line. :func:`count_blank_lines`: the blank lines the reader skips.
 * :func:`transcode_to_utf8`: a copy in UTF-8 of an extract declared in a legacy encoding.
 
 Text from a delivered file (header cells, file names) reaches messages only through
@@ -34,7 +35,7 @@ EXTENSIONS = ("csv", "parquet")
 # and the synthetic generator's answer key (a folder, never read by validation)
 KNOWN_ENTRIES = ("delivery.json", "truth")
 BOM = b"\xef\xbb\xbf"
-SCAN_CHUNK_BYTES = 1 << 25  # 32 MiB per numpy pass
+SCAN_CHUNK_BYTES = 1 << 25  # 32 MiB read at a time
 SHOWN_CHARS = 40
 SHOWN_NAMES = 5
 _QUOTE, _NEWLINE, _CR = ord('"'), ord("\n"), ord("\r")
@@ -95,6 +96,7 @@ def scan_delivery(folder: Path) -> Delivery:
     unexpected: list[str] = []
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
+    names = {e.name for e in entries}
     for entry in entries:
         name = entry.name
         if name in expected:
@@ -107,11 +109,7 @@ def scan_delivery(folder: Path) -> Delivery:
                 f"{shown(name)} in {folder} looks like the extract of source "
                 f"`{expected[canonical].name}` but extract names are exact (lower case): "
                 f"rename it to {canonical}"
-                + (
-                    f" (or remove it: {canonical} is there too)"
-                    if (folder / canonical).exists()
-                    else ""
-                )
+                + (f" (or remove it: {canonical} is there too)" if canonical in names else "")
             )
         elif name == "delivery.json":
             _refuse_unless_regular(entry, folder, "delivery metadata")
