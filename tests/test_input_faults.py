@@ -347,7 +347,9 @@ def test_declared_legacy_encoding_is_transcoded(delivery: Path, tmp_path: Path) 
     for column in ("first_name", "surname"):
         assert _staged(run, "school_census", column) == _staged(reference, "school_census", column)
     assert summary.sources["school_census"].conserved
-    assert not list((run / "tmp").rglob("*.csv"))  # the UTF-8 copy is gone
+    # the UTF-8 copy (identifiers) is gone with the linkage zone's scratch folder
+    assert not (run / "linkage_zone.tmp").exists()
+    assert not list(run.rglob("school_census*.csv"))
 
 
 def test_byte_undefined_in_the_declared_encoding_names_the_line(
@@ -360,7 +362,8 @@ def test_byte_undefined_in_the_declared_encoding_names_the_line(
     settings = NO_GX.model_copy(update={"encodings": {"attainment": "cp1252"}})
     with pytest.raises(InputDataError, match="attainment.csv.*not cp1252 as declared.*line 31"):
         _validate(delivery, tmp_path / "run", settings)
-    assert not list((tmp_path / "run" / "tmp").rglob("*.csv"))  # no partial copy left
+    assert not (tmp_path / "run" / "linkage_zone.tmp").exists()  # no partial copy left
+    assert not list((tmp_path / "run").rglob("attainment*.csv"))
 
 
 def test_encoding_setting_is_checked() -> None:

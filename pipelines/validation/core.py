@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -16,7 +15,15 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.db import DuckDBSettings, MemorySize, connect, quote_ident
+from pipelines.db import (
+    DuckDBSettings,
+    MemorySize,
+    clear_linkage_scratch,
+    connect,
+    linkage_scratch_dir,
+    private_dir,
+    quote_ident,
+)
 from pipelines.errors import InputDataError
 from pipelines.run_layout import RunLayout
 from pipelines.validation.delivery_files import (
@@ -566,11 +573,11 @@ def validate_delivery(
     latest_date = settings.latest_plausible_date or date.today()
     settings = settings.model_copy(update={"latest_plausible_date": latest_date})
     layout.ensure()
-    # UTF-8 copies of legacy-encoded extracts (identifiers): none left from a killed run, and
-    # readable by the owner only
-    scratch = layout.tmp_dir / "validation"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o700)
+    # UTF-8 copies of legacy-encoded extracts and DuckDB's spill files hold identifiers: they
+    # live in the linkage zone's owner-only scratch folder, emptied first (a killed run's
+    # leftovers) and removed when validation ends, also on failure
+    clear_linkage_scratch(layout.root)
+    scratch = private_dir(linkage_scratch_dir(layout.root) / "validation")
     (layout.validation_dir / "validation_settings.yaml").write_text(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
@@ -629,6 +636,7 @@ def validate_delivery(
         raise
     finally:
         con.close()
+        clear_linkage_scratch(layout.root)
     summary = ValidationSummary(results, delivery.warnings, latest_date)
     write_report(summary, layout)
     return summary
