@@ -83,8 +83,14 @@ def test_run_settings_reach_their_stage_and_rerun_only_from_there(
         "build:\n  duckdb_memory_limit: 2GB\n",
         encoding="utf-8",
     )
+    # other settings than the folder was made with: refused unless asked to resume
     r = _cohort(
         "run", "--data", str(world), "--out", str(run), "--settings", str(settings),
+        env=_env(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "different settings" in r.stderr and "--resume" in r.stderr
+    r = _cohort(
+        "run", "--data", str(world), "--out", str(run), "--settings", str(settings), "--resume",
         env=_env(tmp_path), timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
