@@ -33,6 +33,7 @@ import multiprocessing
 import pickle
 import re
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -113,14 +114,14 @@ def _child_main(
     fn: Callable[..., Any],
     kwargs: dict[str, Any],
     conn: Connection,
-    log_queue: Any,
+    log_conn: Connection,
     level: int,
 ) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (see the module doc)
     signal.signal(signal.SIGTERM, _interrupted)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.handlers[:] = [logging.handlers.QueueHandler(_PipeQueue(log_conn))]  # type: ignore[arg-type]
     root.setLevel(level)
     try:
         outcome: tuple[str, Any] = ("ok", fn(**kwargs))
@@ -140,6 +141,30 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
+class _PipeQueue:
+    """The sending end of a pipe as the queue a :class:`logging.handlers.QueueHandler` puts
+    records on (one record at a time, whichever thread logs)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            self._conn.send(record)
+
+
+def _forward_logs(conn: Connection) -> None:
+    """In the parent: hand each record from the child to the parent's loggers until EOF."""
+    handler = _ToParentLoggers()
+    while True:
+        try:
+            record = conn.recv()
+        except (EOFError, OSError):
+            return
+        handler.handle(record)
+
+
 class _ToParentLoggers(logging.Handler):
     """Hand each record from the child to the parent's logger of the same name."""
 
@@ -155,20 +180,23 @@ def run_in_child_process(fn: Callable[..., T], /, **kwargs: Any) -> T:
     ``fn`` must be importable by name (a module-level function) and its arguments and result
     picklable."""
     ctx = multiprocessing.get_context("spawn")
-    log_queue = ctx.Queue()
-    listener = logging.handlers.QueueListener(log_queue, _ToParentLoggers())
+    # log records come back over a pipe, not a multiprocessing.Queue: a queue's semaphores
+    # outlive a stage process stopped mid-write and are reported as leaked at exit
+    log_receive, log_send = ctx.Pipe(duplex=False)
+    forwarder = threading.Thread(target=_forward_logs, args=(log_receive,), daemon=True)
     receive, send = ctx.Pipe(duplex=False)
     level = logging.getLogger().getEffectiveLevel()
     for name in ("pipelines", "models"):  # the project loggers may be more verbose than root
         level = min(level, logging.getLogger(name).getEffectiveLevel())
     child = ctx.Process(
         target=_child_main,
-        args=(fn, kwargs, send, log_queue, level),
+        args=(fn, kwargs, send, log_send, level),
         name=f"cohort-stage-{getattr(fn, '__name__', 'fn')}",
     )
-    listener.start()
     try:
         child.start()
+        log_send.close()
+        forwarder.start()
         send.close()  # the parent keeps only the receiving end: EOF when the child dies
         # wait in short slices: a Ctrl-C that the kernel hands to another thread of this
         # process only sets a flag, which the main thread acts on when it next wakes
@@ -191,9 +219,10 @@ def run_in_child_process(fn: Callable[..., T], /, **kwargs: Any) -> T:
             if child.is_alive():
                 child.kill()
                 child.join()
-        listener.stop()
+        if forwarder.is_alive():
+            forwarder.join(2)  # the child is gone: its log pipe reaches EOF
         receive.close()
-        log_queue.close()
+        log_receive.close()
     if status == "ok":
         return payload  # type: ignore[no-any-return]
     raise payload
