@@ -30,6 +30,7 @@ import errno
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import pickle
 import re
 import signal
@@ -58,6 +59,9 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os._exit(1)
 
 
 _OS_MESSAGES = {
