@@ -15,11 +15,15 @@ SECRET = "orchestration-test-secret-0123456789"
 
 
 def _env(tmp: Path) -> dict[str, str]:
+    """The CLI's environment: its own Prefect home and system temp folder under ``tmp`` (so the
+    leak scan can read everything a run wrote, tests/test_leaks.py)."""
     env = dict(os.environ)
+    (tmp / "tmpdir").mkdir(parents=True, exist_ok=True)
     env.update(
         {
             "COHORT_PSEUDONYM_SECRET": SECRET,
             "PREFECT_HOME": str(tmp / "prefect_home"),
+            "TMPDIR": str(tmp / "tmpdir"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

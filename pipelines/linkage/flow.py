@@ -8,19 +8,14 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines.linkage.pipeline import LinkageSummary, link_run
-from pipelines.linkage.pseudonym import secret_from_environment
+from pipelines.linkage.pseudonym import resolve_secret
 from pipelines.linkage.settings import LinkageSettings
 from pipelines.orchestration.isolation import call_stage
 from pipelines.run_layout import RunLayout
 
 
 def _secret(settings: LinkageSettings, demo: bool) -> bytes:
-    if settings.prefect_secret_block:
-        from prefect.blocks.system import Secret
-
-        block = Secret.load(settings.prefect_secret_block)
-        return str(block.get()).encode()  # type: ignore[union-attr]
-    return secret_from_environment(dict(os.environ), demo=demo)
+    return resolve_secret(settings.prefect_secret_block, dict(os.environ), demo=demo)
 
 
 @task(name="link-records")

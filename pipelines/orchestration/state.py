@@ -135,7 +135,12 @@ def run_stamp(data_dir: Path, config_path: str | None, settings: Any) -> dict[st
     from pipelines.orchestration.manifest import code_version, input_hashes, lock_hash
 
     return {
-        "code": {**code_version(), "lock_file_sha256": lock_hash()},
+        # the commit and a hash of uncommitted code edits; not git's "dirty" flag, which an
+        # edit to any tracked file (a README) flips
+        "code": {
+            **{k: v for k, v in code_version().items() if k != "dirty"},
+            "lock_file_sha256": lock_hash(),
+        },
         "inputs": input_hashes(data_dir),
         "settings": sha256_text(
             settings.stage_yaml("validation")
