@@ -411,3 +411,15 @@ def test_full_disk_leaves_no_half_written_world(tmp_path: Path) -> None:
     )
     _one_line_error(r, "No space left on device", str(out), "free space")
     assert r.stdout.strip() == ""  # the mount is empty: nothing half-written
+
+
+def test_input_hashes_are_read_once_and_follow_a_changed_file(tmp_path: Path) -> None:
+    from pipelines.orchestration import manifest
+
+    extract = tmp_path / "attainment.csv"
+    extract.write_text("record_id\n1\n", encoding="utf-8")
+    first = manifest.input_hashes(tmp_path)
+    assert manifest.input_hashes(tmp_path) == first  # from the cache
+    extract.write_text("record_id\n2\n", encoding="utf-8")  # same size, new content
+    os.utime(extract, ns=(1, 1))  # and a different modification time
+    assert manifest.input_hashes(tmp_path) != first

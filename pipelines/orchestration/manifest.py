@@ -86,13 +86,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# SHA-256 of input files already read by this process, keyed by what identifies one version
+# of a file (path, device, inode, size, modification time): the run stamp, the stage
+# fingerprints and the manifest each need the input hashes, and reading a national delivery
+# (about 2 GB) from a cold disk takes over a minute
+_FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _input_file_hash(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = sha256_file(path)
+    return _FILE_HASHES[key]
+
+
 def input_hashes(data_dir: Path) -> dict[str, str]:
     out = {}
     for c in SOURCES.values():
         for ext in ("csv", "parquet"):
             p = data_dir / f"{c.file_stem}.{ext}"
             if p.exists():
-                out[p.name] = sha256_file(p)
+                out[p.name] = _input_file_hash(p)
     return out
 
 
