@@ -269,6 +269,7 @@ def test_interrupt_ends_promptly_and_cleanly(
     assert not (tmp_path / "run" / ".stages" / "validate.json").exists()
 
 
+@pytest.mark.slow  # about 18 s (a Prefect server start); `make test-slow`
 def test_sigkill_leaves_no_prefect_server_or_stage_process(world: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     proc = _start_run(world, tmp_path / "run", env, tmp_path / "stderr.txt")
@@ -304,6 +305,7 @@ def test_synth_children_not_a_number(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow  # about 18 s (a Prefect server start); `make test-slow`
 def test_mistyped_secret_block_fails_before_validation(world: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     env.pop("COHORT_PSEUDONYM_SECRET")
