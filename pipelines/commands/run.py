@@ -77,6 +77,7 @@ def command(
     prefect_defaults()
     from pipelines.errors import InputDataError, RunStateError
     from pipelines.linkage.pseudonym import secret_from_environment
+    from pipelines.orchestration.manifest import run_stamp
     from pipelines.orchestration.settings import load_run_settings
     from pipelines.orchestration.state import (
         RunLock,
@@ -84,7 +85,6 @@ def command(
         check_out_folder,
         check_run_folder,
         expand_run_dir,
-        run_stamp,
     )
 
     console = Console(stderr=True)

@@ -31,6 +31,7 @@ from pipelines.orchestration.manifest import (
     lock_hash,
     output_hashes,
     package_versions,
+    run_stamp,
     write_manifest,
 )
 from pipelines.orchestration.report import build_report
@@ -47,7 +48,6 @@ from pipelines.orchestration.state import (
     outputs_intact,
     prepare_run_folder,
     read_marker,
-    run_stamp,
     sha256_file,
     sha256_text,
     stage_output_hashes,

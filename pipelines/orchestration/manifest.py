@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 
 from pipelines.db import quote_ident
-from pipelines.orchestration.state import sha256_file
+from pipelines.orchestration.state import sha256_file, sha256_text
 from pipelines.run_layout import RunLayout
 from schemas.contracts import SOURCES
 
@@ -151,3 +151,27 @@ def write_manifest(layout: RunLayout, manifest: dict[str, Any]) -> None:
 def lock_hash() -> str:
     p = PROJECT_ROOT / "uv.lock"
     return sha256_file(p) if p.exists() else "no uv.lock"
+
+
+def run_stamp(data_dir: Path, config_path: str | None, settings: Any) -> dict[str, Any]:
+    """What a run folder is made from (``RUN/.run.json``): the code version (git commit, hash
+    of uncommitted edits, ``uv.lock``), the SHA-256 of each input extract, and a hash of the run
+    settings (a :class:`~pipelines.orchestration.settings.RunSettings`) and study config."""
+    from pipelines.cohort.config import config_to_yaml, load_study_config
+
+    return {
+        # the commit and a hash of uncommitted code edits; not git's "dirty" flag, which an
+        # edit to any tracked file (a README) flips
+        "code": {
+            **{k: v for k, v in code_version().items() if k != "dirty"},
+            "lock_file_sha256": lock_hash(),
+        },
+        "inputs": input_hashes(data_dir),
+        "settings": sha256_text(
+            settings.stage_yaml("validation")
+            + settings.stage_yaml("linkage", exclude={"prefect_secret_block"})
+            + settings.stage_yaml("build")
+            + settings.stage_yaml("model")
+            + config_to_yaml(load_study_config(config_path))
+        ),
+    }

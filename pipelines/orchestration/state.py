@@ -127,31 +127,6 @@ def stamp_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[s
     return [label for key, label in labels.items() if old.get(key) != new.get(key)]
 
 
-def run_stamp(data_dir: Path, config_path: str | None, settings: Any) -> dict[str, Any]:
-    """What a run folder is made from (``RUN/.run.json``): the code version (git commit, hash
-    of uncommitted edits, ``uv.lock``), the SHA-256 of each input extract, and a hash of the run
-    settings (a :class:`~pipelines.orchestration.settings.RunSettings`) and study config."""
-    from pipelines.cohort.config import config_to_yaml, load_study_config
-    from pipelines.orchestration.manifest import code_version, input_hashes, lock_hash
-
-    return {
-        # the commit and a hash of uncommitted code edits; not git's "dirty" flag, which an
-        # edit to any tracked file (a README) flips
-        "code": {
-            **{k: v for k, v in code_version().items() if k != "dirty"},
-            "lock_file_sha256": lock_hash(),
-        },
-        "inputs": input_hashes(data_dir),
-        "settings": sha256_text(
-            settings.stage_yaml("validation")
-            + settings.stage_yaml("linkage", exclude={"prefect_secret_block"})
-            + settings.stage_yaml("build")
-            + settings.stage_yaml("model")
-            + config_to_yaml(load_study_config(config_path))
-        ),
-    }
-
-
 def check_run_folder(root: Path, stamp: dict[str, Any], *, resume: bool = False) -> None:
     """Refuse (without writing anything) a run folder made with other code, data or settings,
     unless ``resume``; see :func:`prepare_run_folder`."""
