@@ -95,13 +95,13 @@ def run_seed(
 ) -> pd.DataFrame:
     """Run the whole pipeline for one seed; return the scored estimates (one row per estimate).
     ``settings_path``: a run-settings YAML (its `model` and `linkage` sections are used)."""
+    from cohort import build_cohort
+    from ground.run_layout import RunLayout
+    from linkage import link_run
     from models import run_models
-    from pipelines.cohort import build_cohort
-    from pipelines.linkage import link_run
-    from pipelines.orchestration.settings import load_run_settings
-    from pipelines.run_layout import RunLayout
-    from pipelines.validation import ValidationSettings, validate_delivery
+    from orchestration.settings import load_run_settings
     from synthetic_data import generate_world
+    from validation import ValidationSettings, validate_delivery
 
     run_settings = load_run_settings(settings_path)
     base = Path(tempfile.mkdtemp(prefix=f"coverage_{scenario}_{seed}_", dir=workdir))
@@ -128,8 +128,8 @@ def run_seed(
 def rescore_kept(workdir: Path, scenario: str, children: int) -> pd.DataFrame:
     """Re-run only the model stage on run folders kept by ``--keep`` (after a change to
     ``models/``, minutes instead of a whole pipeline per seed) and score them."""
+    from ground.run_layout import RunLayout
     from models import run_models
-    from pipelines.run_layout import RunLayout
 
     out = []
     for base in sorted(workdir.glob(f"coverage_{scenario}_*_*")):

@@ -58,7 +58,7 @@ def run_stage(name: str, args: list[str], env: dict[str, str], log_dir: Path) ->
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *args], env=env, stdout=fh, stderr=fh
+            [sys.executable, "-m", "orchestration.cli", *args], env=env, stdout=fh, stderr=fh
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)

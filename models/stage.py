@@ -14,6 +14,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ground.db import connect
+from ground.errors import RunStateError
+from ground.run_layout import RunLayout
 from models.disclosure import (
     WITHHELD,
     DisclosureSettings,
@@ -42,9 +45,6 @@ from models.survival import (
     age_month_intervals,
     kaplan_meier_by_group,
 )
-from pipelines.db import connect
-from pipelines.errors import RunStateError
-from pipelines.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 

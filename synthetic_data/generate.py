@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from pipelines.errors import ConfigError
+from ground.errors import ConfigError
 from schemas.contracts import SOURCES
 from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config_files import read_yaml_mapping
-from pipelines.errors import ConfigError
+from ground.config_files import read_yaml_mapping
+from ground.errors import ConfigError
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 

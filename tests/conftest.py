@@ -26,8 +26,8 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def validated_run(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small world validated into a run folder (with Great Expectations)."""
-    from pipelines.run_layout import RunLayout
-    from pipelines.validation import validate_delivery
+    from ground.run_layout import RunLayout
+    from validation import validate_delivery
 
     run = tmp_path_factory.mktemp("run_small")
     validate_delivery(data_dir=small_world, layout=RunLayout.at(run))
@@ -40,8 +40,8 @@ TEST_SECRET = b"test-secret-key-0123456789abcdef"
 @pytest.fixture(scope="session")
 def linked_run(validated_run: Path) -> Path:
     """The small validated run, linked (analysis zone written)."""
-    from pipelines.linkage import link_run
-    from pipelines.run_layout import RunLayout
+    from ground.run_layout import RunLayout
+    from linkage import link_run
 
     link_run(layout=RunLayout.at(validated_run), secret=TEST_SECRET)
     return validated_run

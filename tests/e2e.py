@@ -35,7 +35,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
 def _cohort(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "orchestration.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

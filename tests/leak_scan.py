@@ -81,7 +81,7 @@ from schemas.contracts import SOURCES
 
 # The linkage zone: the only place identifiers may be. Paths relative to the run folder; a
 # directory excludes everything under it. `linkage_zone.tmp` is the linkage zone's scratch
-# folder (DuckDB spill files of the linkage stage, pipelines/db.py LINKAGE_SCRATCH_DIR).
+# folder (DuckDB spill files of the linkage stage, ground/db.py LINKAGE_SCRATCH_DIR).
 LINKAGE_ZONE: tuple[str, ...] = (
     "linkage_zone.duckdb",
     "linkage_zone.duckdb.wal",

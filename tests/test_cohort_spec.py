@@ -9,10 +9,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines.cohort import build_cohort, load_study_config
-from pipelines.cohort.config import StudyConfig
-from pipelines.errors import ConfigError
-from pipelines.run_layout import RunLayout
+from cohort import build_cohort, load_study_config
+from cohort.config import StudyConfig
+from ground.errors import ConfigError
+from ground.run_layout import RunLayout
 from tests.cohort_fixtures import write_analysis_zone
 
 BORN = "2005-01-03"  # a Monday

@@ -47,7 +47,7 @@ def as_released_text(tables: dict[str, pd.DataFrame], tmp: Path) -> dict[str, pd
 
 def true_tables(run: Path) -> dict[str, pd.DataFrame]:
     """The full-precision tables behind a run's release (secure side)."""
-    from pipelines.db import connect
+    from ground.db import connect
 
     con = connect(run / "analysis_zone.duckdb", read_only=True)
     try:
@@ -292,9 +292,9 @@ def test_below_floor_settings_are_refused_before_any_work(tmp_path: Path, world:
 
 
 def test_override_changes_the_label_in_release_and_report(full_run: Path, tmp_path: Path) -> None:
+    from ground.run_layout import RunLayout
     from models.stage import _release
-    from pipelines.orchestration.report import build_report
-    from pipelines.run_layout import RunLayout
+    from orchestration.report import build_report
 
     run = tmp_path / "run"
     shutil.copytree(full_run, run, ignore=shutil.ignore_patterns("*.wal"))
@@ -463,7 +463,7 @@ def test_every_count_in_the_report_is_controlled(full_run: Path) -> None:
 
 
 def test_data_quality_counts_are_controlled_with_linkage() -> None:
-    from pipelines.orchestration.report import _delivery_sections, scrub_counts
+    from orchestration.report import _delivery_sections, scrub_counts
 
     dq = {
         "looked_after_episodes": {

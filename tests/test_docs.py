@@ -82,7 +82,7 @@ def test_data_dictionary_lists_every_contract_column_and_code_list() -> None:
 
 
 def test_every_cli_command_is_documented_in_operations() -> None:
-    from pipelines.cli import app
+    from orchestration.cli import app
 
     names = [c.name for c in app.registered_commands]
     assert len(names) >= 8

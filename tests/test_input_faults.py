@@ -18,10 +18,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipelines.errors import InputDataError
-from pipelines.run_layout import RunLayout
-from pipelines.validation import ValidationSettings, ValidationSummary, validate_delivery
+from ground.errors import InputDataError
+from ground.run_layout import RunLayout
 from schemas.contracts import SOURCES
+from validation import ValidationSettings, ValidationSummary, validate_delivery
 
 NO_GX = ValidationSettings(run_great_expectations=False)
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_reader_short_of_the_file_is_an_error_and_nothing_half_staged(
 ) -> None:
     """If the reader returns fewer records than the file holds (planted: the file's count is
     raised by one), the run stops; earlier staging stays and no __building table is left."""
-    from pipelines.validation import core
+    from validation import core
 
     run = tmp_path / "run"
     before = _validate(delivery, run)
@@ -210,8 +210,8 @@ def test_parquet_rows_checked_against_the_footer(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.validation import core
     from synthetic_data import generate_world
+    from validation import core
 
     data = tmp_path / "pq"
     generate_world(n_children=150, seed=3, out_dir=data, file_format="parquet")
@@ -506,7 +506,7 @@ def test_cli_input_faults_exit_2_in_one_line(delivery: Path, tmp_path: Path) -> 
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "orchestration.cli",
             "validate",
             "--data",
             str(delivery),

@@ -12,19 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import InputDataError
-from pipelines.orchestration.isolation import (
+from ground.errors import InputDataError
+from orchestration.isolation import (
     StageProcessError,
     call_stage,
     run_in_child_process,
 )
-from pipelines.orchestration.resources import PeakMemory, tree_rss_bytes
+from orchestration.resources import PeakMemory, tree_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_and_log(a: int, b: int) -> dict[str, int]:
-    logging.getLogger("pipelines.test_child").info("child says %d + %d, pid %d", a, b, os.getpid())
+    logging.getLogger("orchestration.test_child").info(
+        "child says %d + %d, pid %d", a, b, os.getpid()
+    )
     return {"sum": a + b, "pid": os.getpid()}
 
 
@@ -48,7 +50,7 @@ def hold_memory(mib: int, seconds: float) -> int:
 
 
 def test_result_and_logs_come_back_from_the_child(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="pipelines"):
+    with caplog.at_level(logging.INFO, logger="orchestration"):
         out = run_in_child_process(add_and_log, a=2, b=3)
     assert out["sum"] == 5 and out["pid"] != os.getpid()
     assert any("child says 2 + 3" in r.getMessage() for r in caplog.records)
@@ -81,7 +83,7 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import sys, os, time\n"
         f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
-        "from pipelines.orchestration.isolation import run_in_child_process\n"
+        "from orchestration.isolation import run_in_child_process\n"
         "from test_isolation import write_pid_and_sleep\n"
         f"run_in_child_process(write_pid_and_sleep, path={str(pid_file)!r})\n"
     )
@@ -113,8 +115,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_run_settings_files_fail_clearly(tmp_path: Path) -> None:
-    from pipelines.errors import ConfigError
-    from pipelines.orchestration.settings import RunSettings, load_run_settings
+    from ground.errors import ConfigError
+    from orchestration.settings import RunSettings, load_run_settings
 
     assert load_run_settings(None) == RunSettings()
     f = tmp_path / "s.yaml"

@@ -178,7 +178,7 @@ GX_LIKE_PAGE = """<!DOCTYPE html><html><head>
 
 
 def test_offline_page_drops_remote_requests_and_makes_tables_static() -> None:
-    from pipelines.validation.data_docs import offline_page
+    from validation.data_docs import offline_page
 
     page = offline_page(GX_LIKE_PAGE)
     assert remote_references(page, "page") == []

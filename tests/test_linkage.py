@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import SecretError
-from pipelines.linkage import (
+from evaluation.linkage_truth import evaluate_linkage
+from ground.errors import SecretError
+from ground.run_layout import RunLayout
+from linkage import (
     LinkageSettings,
-    evaluate_linkage,
     link_run,
     link_tables,
     pseudonymise,
     secret_from_environment,
 )
-from pipelines.run_layout import RunLayout
 from schemas.contracts import SOURCES
 from tests.conftest import TEST_SECRET
 
@@ -256,8 +256,8 @@ def _model_path(linked_run: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("scenario", "floor"), [("default", 0.99), ("messy", 0.95)])
 def test_linkage_quality_at_100k(tmp_path: Path, scenario: str, floor: float) -> None:
-    from pipelines.validation import ValidationSettings, validate_delivery
     from synthetic_data import generate_world
+    from validation import ValidationSettings, validate_delivery
 
     generate_world(n_children=100_000, seed=21, scenario=scenario, out_dir=tmp_path / "w")
     layout = RunLayout.at(tmp_path / "r")
@@ -278,8 +278,8 @@ def test_linkage_quality_at_100k(tmp_path: Path, scenario: str, floor: float) ->
 def test_cohort_agrees_with_truth_for_correctly_linked_children(
     small_world: Path, linked_run: Path
 ) -> None:
-    from pipelines.cohort import build_cohort
-    from pipelines.cohort.truth_check import cohort_truth_agreement
+    from cohort import build_cohort
+    from evaluation.cohort_truth import cohort_truth_agreement
 
     layout = RunLayout.at(linked_run)
     build_cohort(layout=layout)
@@ -334,7 +334,7 @@ def test_sigkill_mid_link_leaves_no_identifier_outside_the_linkage_zone(
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     layout = RunLayout.at(run)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "link", "--run", str(run)],
+        [sys.executable, "-m", "orchestration.cli", "link", "--run", str(run)],
         cwd=ROOT,
         env=_env(tmp_path),
         stdout=subprocess.DEVNULL,
@@ -379,7 +379,7 @@ def test_sigkill_mid_link_leaves_no_identifier_outside_the_linkage_zone(
 def test_linkage_zone_connections_spill_inside_the_zone(tmp_path: Path) -> None:
     """DuckDB spill files of a linkage-zone connection go to its scratch folder (mode 0700),
     whatever temp folder the caller asked for; other databases keep theirs."""
-    from pipelines.db import DuckDBSettings, connect, linkage_scratch_dir
+    from ground.db import DuckDBSettings, connect, linkage_scratch_dir
 
     layout = RunLayout.at(tmp_path / "run")
     layout.root.mkdir()

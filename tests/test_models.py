@@ -618,9 +618,9 @@ def test_released_estimates_withhold_small_groups_but_not_within_exposed_contras
 
 
 def test_model_stage_on_a_pipeline_run(linked_run: Path) -> None:
+    from cohort import build_cohort
+    from ground.run_layout import RunLayout
     from models import run_models
-    from pipelines.cohort import build_cohort
-    from pipelines.run_layout import RunLayout
 
     layout = RunLayout.at(linked_run)
     build_cohort(layout=layout)

@@ -20,9 +20,9 @@ PSEUDONYM = re.compile(r"\b[0-9a-f]{64}\b")  # an HMAC-SHA256 person key
 @pytest.fixture(scope="module")
 def finished_run(linked_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small linked run, copied WITHOUT its linkage zone, then built and modelled."""
+    from cohort import build_cohort
+    from ground.run_layout import RunLayout
     from models import run_models
-    from pipelines.cohort import build_cohort
-    from pipelines.run_layout import RunLayout
 
     run = tmp_path_factory.mktemp("notebook_run") / "run"
     shutil.copytree(

@@ -51,7 +51,7 @@ def test_killed_run_resumes_and_equals_uninterrupted_run(
     run = tmp_path / "killed"
     env = _env(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(world), "--out", str(run)],
+        [sys.executable, "-m", "orchestration.cli", "run", "--data", str(world), "--out", str(run)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -112,8 +112,8 @@ def test_run_settings_reach_their_stage_and_rerun_only_from_there(
 
 
 def test_second_run_on_same_folder_is_refused(world: Path, tmp_path: Path) -> None:
-    from pipelines.errors import RunStateError
-    from pipelines.orchestration.state import RunLock
+    from ground.errors import RunStateError
+    from orchestration.state import RunLock
 
     with RunLock(tmp_path), pytest.raises(RunStateError, match="in use by pid"), RunLock(tmp_path):
         pass

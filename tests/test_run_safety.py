@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import RunStateError
-from pipelines.orchestration import state
+from ground.errors import RunStateError
+from orchestration import state
 from tests.e2e import ROOT, SECRET, _cohort, _env
 
 
@@ -223,7 +223,7 @@ def _processes_with(prefect_home: Path) -> list[str]:
 
 def _start_run(world: Path, run: Path, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(world), "--out", str(run)],
+        [sys.executable, "-m", "orchestration.cli", "run", "--data", str(world), "--out", str(run)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -340,8 +340,8 @@ def test_filesystem_faults_are_one_line_errors(
     raised in this process or in a stage process: one line, the path, exit code 2."""
     import errno
 
-    from pipelines import cli
-    from pipelines.orchestration.isolation import _portable
+    from orchestration import cli
+    from orchestration.isolation import _portable
 
     target = str(tmp_path / "run" / "linkage_zone.duckdb.wal")
     faults = [
@@ -398,7 +398,7 @@ def test_read_only_output_folder(world: Path, tmp_path: Path) -> None:
     r = _unshare_mount(
         tmp_path,
         "ro,size=1m",
-        f"{sys.executable} -m pipelines.cli run --data {world} --out {out}",
+        f"{sys.executable} -m orchestration.cli run --data {world} --out {out}",
     )
     _one_line_error(r, "Read-only file system", str(out), "choose a folder you can write to")
 
@@ -408,7 +408,7 @@ def test_full_disk_leaves_no_half_written_world(tmp_path: Path) -> None:
     r = _unshare_mount(
         tmp_path,
         "size=1m",
-        f"{sys.executable} -m pipelines.cli synth --children 2000 --out {out}; "
+        f"{sys.executable} -m orchestration.cli synth --children 2000 --out {out}; "
         f"rc=$?; ls -A {tmp_path / 'mnt'}; exit $rc",
     )
     _one_line_error(r, "No space left on device", str(out), "free space")
@@ -416,7 +416,7 @@ def test_full_disk_leaves_no_half_written_world(tmp_path: Path) -> None:
 
 
 def test_input_hashes_are_read_once_and_follow_a_changed_file(tmp_path: Path) -> None:
-    from pipelines.orchestration import manifest
+    from orchestration import manifest
 
     extract = tmp_path / "attainment.csv"
     extract.write_text("record_id\n1\n", encoding="utf-8")

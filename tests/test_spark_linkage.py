@@ -35,10 +35,10 @@ def _person_of_record(clusters: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def staged_20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.run_layout import RunLayout
-    from pipelines.validation import validate_delivery
-    from pipelines.validation.core import ValidationSettings
+    from ground.run_layout import RunLayout
     from synthetic_data import generate_world
+    from validation import validate_delivery
+    from validation.core import ValidationSettings
 
     n = int(os.environ.get("COHORT_SPARK_TEST_CHILDREN", "20000"))
     world = tmp_path_factory.mktemp("world_spark")
@@ -53,9 +53,9 @@ def staged_20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_spark_and_duckdb_give_the_same_clusters(staged_20k: Path, tmp_path: Path) -> None:
-    from pipelines.linkage import LinkageSettings, link_tables
-    from pipelines.linkage.pipeline import source_roles, staged_identifiers
-    from pipelines.run_layout import RunLayout
+    from ground.run_layout import RunLayout
+    from linkage import LinkageSettings, link_tables
+    from linkage.pipeline import source_roles, staged_identifiers
 
     con = duckdb.connect(str(RunLayout.at(staged_20k).linkage_db), read_only=True)
     roles = source_roles()

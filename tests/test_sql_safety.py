@@ -21,16 +21,17 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipelines.cohort.build import build_cohort
-from pipelines.cohort.config import DEFAULT_CONFIG, StudyConfig, load_study_config
-from pipelines.cohort.truth_check import cohort_truth_agreement
-from pipelines.db import DuckDBSettings, connect, memory_size, sql_string
-from pipelines.errors import ConfigError
-from pipelines.linkage import evaluate_linkage, link_run, link_tables
-from pipelines.orchestration.settings import RunSettings, load_run_settings
-from pipelines.run_layout import RunLayout
-from pipelines.validation import validate_delivery
+from cohort.build import build_cohort
+from cohort.config import DEFAULT_CONFIG, StudyConfig, load_study_config
+from evaluation.cohort_truth import cohort_truth_agreement
+from evaluation.linkage_truth import evaluate_linkage
+from ground.db import DuckDBSettings, connect, memory_size, sql_string
+from ground.errors import ConfigError
+from ground.run_layout import RunLayout
+from linkage import link_run, link_tables
+from orchestration.settings import RunSettings, load_run_settings
 from tests.conftest import TEST_SECRET
+from validation import validate_delivery
 
 Path_ = tuple[str | int, ...]
 

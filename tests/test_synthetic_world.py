@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.errors import ConfigError
+from ground.errors import ConfigError
 from synthetic_data import generate_world, load_scenario
 from synthetic_data.world import add_years, build_world, day
 

@@ -9,10 +9,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipelines.errors import InputDataError
-from pipelines.run_layout import RunLayout
-from pipelines.validation import ValidationSettings, validate_delivery
+from ground.errors import InputDataError
+from ground.run_layout import RunLayout
 from schemas.contracts import SOURCES
+from validation import ValidationSettings, validate_delivery
 
 NO_GX = ValidationSettings(run_great_expectations=False)
 
@@ -277,7 +277,7 @@ def test_cli_bad_data_exits_without_traceback(delivery: Path, tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "orchestration.cli",
             "validate",
             "--data",
             str(delivery),

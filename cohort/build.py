@@ -1,0 +1,438 @@
+"""Cohort derivation in DuckDB SQL over the analysis zone.
+
+SQL is built by pure functions (``*_sql``) from the typed config, and executed in one place
+(:func:`build_cohort`). Days are counted from the index date; an event on day ``d`` closes the
+interval ``[.., d + 1)``, so an event on the index date has time 1 day.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from cohort.config import Outcome, StudyConfig, config_to_yaml, load_study_config
+from ground.db import DuckDBSettings, connect, quote_ident, replace_table_atomically, sql_string
+from ground.errors import RunStateError
+from ground.run_layout import RunLayout
+from schemas.contracts import load_codelist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CohortSummary:
+    n_children: int
+    n_cla: int
+    n_nla: int
+    attrition: list[tuple[int, str, int, int]]
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        lines = ["| step | description | remaining | excluded |", "|---:|---|---:|---:|"]
+        lines += [f"| {s} | {d} | {n:,} | {x:,} |" for s, d, n, x in self.attrition]
+        lines += [
+            "",
+            f"Cohort: {self.n_children:,} children ({self.n_cla:,} CLA, {self.n_nla:,} NLA).",
+        ]
+        return "\n".join(lines)
+
+
+def _lit(v: object) -> str:
+    """A string literal for the SQL below (values from the typed config and code lists)."""
+    return sql_string(str(v))
+
+
+def icd_condition(column: str, group: str) -> str:
+    g = load_codelist("icd10_groups")[group]
+    return f"substr({column}, 1, 3) BETWEEN {_lit(g['code_from'])} AND {_lit(g['code_to'])}"
+
+
+def base_sql(cfg: StudyConfig) -> str:
+    """One row per child in need with index date, follow-up and inclusion flags."""
+    w = cfg.study_window
+    c = cfg.censoring
+    return f"""
+CREATE OR REPLACE TEMP TABLE base AS
+WITH idx AS (
+    SELECT person_key, min(referral_date) AS index_date
+    FROM analysis.care_support_census GROUP BY person_key
+), reg AS (
+    SELECT person_key,
+           min(period_start) AS first_residence,
+           min(CASE WHEN end_reason = 'DIED' THEN coalesce(date_of_death, period_end) END) AS death_date
+    FROM analysis.population_register GROUP BY person_key
+), left_region AS (
+    SELECT r.person_key, min(r.period_end) AS left_date
+    FROM analysis.population_register r JOIN idx USING (person_key)
+    WHERE r.end_reason = 'LEFT' AND r.period_end >= idx.index_date
+    GROUP BY r.person_key
+), first_care AS (
+    SELECT person_key, min(episode_start) AS first_episode_start
+    FROM analysis.looked_after_episodes GROUP BY person_key
+)
+SELECT i.person_key, i.index_date, p.week_of_birth, p.sex, p.ethnicity,
+       p.deprivation_decile AS person_deprivation_decile,
+       p.link_quality_min, p.high_quality_links,
+       year(p.week_of_birth + INTERVAL 3 DAY) AS birth_cohort,
+       datediff('day', p.week_of_birth, i.index_date) / 365.25 AS age_at_index,
+       reg.person_key IS NOT NULL AS on_register,
+       fc.first_episode_start,
+       CAST(p.week_of_birth + INTERVAL {int(c.at_age)} YEAR AS DATE) AS age_limit_date,
+       lr.left_date, reg.death_date
+FROM idx i
+JOIN analysis.persons p USING (person_key)
+LEFT JOIN reg USING (person_key)
+LEFT JOIN left_region lr USING (person_key)
+LEFT JOIN first_care fc USING (person_key)
+WHERE TRUE;
+CREATE OR REPLACE TEMP TABLE base2 AS
+SELECT *,
+       index_date BETWEEN DATE {_lit(w.start)} AND DATE {_lit(w.end)} AS in_window,
+       birth_cohort BETWEEN {int(cfg.birth_cohorts.first)} AND {int(cfg.birth_cohorts.last)} AS in_cohorts,
+       age_at_index < {int(c.at_age)} AS under_age_limit,
+       coalesce(first_episode_start < index_date, FALSE) AS care_before_index,
+       least(age_limit_date,
+             {"coalesce(left_date, DATE '9999-12-31')" if c.at_leaving_region else "DATE '9999-12-31'"},
+             {"coalesce(death_date, DATE '9999-12-31')" if c.at_death else "DATE '9999-12-31'"},
+             DATE {_lit(w.end)}) AS followup_end
+FROM base;
+"""
+
+
+def attrition_steps(cfg: StudyConfig) -> list[tuple[str, str]]:
+    steps = [
+        ("children with a care-and-support record (children in need)", "TRUE"),
+        ("first social-services contact (index date) in the study window", "in_window"),
+        ("born in the study's birth cohorts", "in_cohorts"),
+        (f"index date before age {cfg.censoring.at_age}", "under_age_limit"),
+        ("linked to the population register (follow-up known)", "on_register"),
+    ]
+    if cfg.exposure.exclude_care_before_index:
+        steps.append(("not looked after before the index date", "NOT care_before_index"))
+    steps.append(("follow-up after the index date", "followup_end >= index_date"))
+    if cfg.link_quality.restrict_to_high_quality:
+        steps.append(("all records linked with high quality", "high_quality_links = 1"))
+    return steps
+
+
+def care_sql(cfg: StudyConfig) -> str:
+    """Periods of care (episodes grouped at each 'S' start) on or after the index date."""
+    return f"""
+CREATE OR REPLACE TEMP TABLE episodes AS
+SELECT e.person_key, e.record_id, e.episode_start, e.episode_end, e.placement_type, e.reason_episode_started,
+       sum(CASE WHEN e.reason_episode_started = 'S' THEN 1 ELSE 0 END)
+           OVER (PARTITION BY e.person_key ORDER BY e.episode_start, e.record_id
+                 ROWS UNBOUNDED PRECEDING) AS period
+FROM analysis.looked_after_episodes e JOIN eligible USING (person_key)
+WHERE e.episode_start >= eligible.index_date AND e.episode_start <= eligible.followup_end;
+CREATE OR REPLACE TEMP TABLE periods AS
+SELECT p.person_key, p.period, p.period_start,
+       least(coalesce(p.period_end, el.followup_end), el.followup_end) AS period_end,
+       p.first_placement, p.moves
+FROM (
+    SELECT person_key, period, min(episode_start) AS period_start,
+           CASE WHEN bool_or(episode_end IS NULL) THEN NULL ELSE max(episode_end) END AS period_end,
+           first(placement_type ORDER BY episode_start, record_id) AS first_placement,
+           sum(CASE WHEN reason_episode_started IN ('P', 'T') THEN 1 ELSE 0 END) AS moves
+    FROM episodes GROUP BY person_key, period
+) p JOIN eligible el USING (person_key);
+CREATE OR REPLACE TEMP TABLE care AS
+SELECT person_key, min(period_start) AS care_entry_date,
+       sum(datediff('day', period_start, period_end)) AS care_days,
+       arg_min(datediff('day', period_start, period_end), period_start) >= {int(cfg.exposure.long_care_days)}
+           AS first_period_long,
+       sum(moves) AS placement_moves,
+       arg_min(first_placement, period_start) AS first_placement
+FROM periods GROUP BY person_key;
+"""
+
+
+def children_sql(cfg: StudyConfig) -> str:
+    long_days = int(cfg.exposure.long_care_days)
+    placement_groups = " ".join(
+        f"WHEN {_lit(code)} THEN {_lit(v['group'])}"
+        for code, v in load_codelist("placement_types").items()
+    )
+    mode = cfg.covariates.missing
+    ks2_fill = "0" if mode == "indicator" else "(SELECT mode(prior_ks2_expected) FROM ks2)"
+    return f"""
+CREATE OR REPLACE TEMP TABLE index_rows AS
+SELECT c.person_key,
+       max(CAST(c.parent_domestic_abuse AS INTEGER)) AS domestic_abuse,
+       max(CAST(c.parent_mental_ill_health AS INTEGER)) AS parental_mental_ill_health,
+       max(CAST(c.parent_substance_misuse AS INTEGER)) AS parental_substance_misuse,
+       max(CAST(c.parent_learning_disability AS INTEGER)) AS parental_learning_disability,
+       max(CASE WHEN c.child_protection_category = 'PHY' THEN 1 ELSE 0 END) AS physical_abuse,
+       max(CAST(coalesce(c.disability, FALSE) AS INTEGER)) AS disability,
+       first(c.la_code ORDER BY c.census_year, c.record_id) AS la_code
+FROM analysis.care_support_census c JOIN eligible e USING (person_key)
+WHERE c.referral_date <= e.index_date
+GROUP BY c.person_key;
+CREATE OR REPLACE TEMP TABLE depr AS
+SELECT e.person_key, arg_max(r.deprivation_decile, r.period_start) AS deprivation_decile
+FROM eligible e JOIN analysis.population_register r USING (person_key)
+WHERE r.period_start <= e.index_date
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE ks2 AS
+SELECT e.person_key, max(CAST(a.ks2_expected_standard AS INTEGER)) AS prior_ks2_expected
+FROM eligible e JOIN analysis.attainment a USING (person_key)
+WHERE a.key_stage = 'KS2' AND make_date(a.academic_year + 1, 6, 1) < e.index_date
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE ks4 AS
+SELECT e.person_key, make_date(any_value(a.academic_year), 9, 1) AS ks4_year_start,
+       any_value(a.ks4_capped_points) AS ks4_score,
+       any_value(CAST(a.ks4_level2_inclusive AS INTEGER)) AS ks4_level2_inclusive
+FROM eligible e JOIN analysis.attainment a USING (person_key)
+WHERE a.key_stage = 'KS4'
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE ks4_care AS
+SELECT k.person_key,
+       sum(greatest(0, datediff('day', p.period_start, least(p.period_end, k.ks4_year_start)))) AS ks4_care_days
+FROM ks4 k JOIN periods p USING (person_key)
+GROUP BY k.person_key;
+CREATE OR REPLACE TEMP TABLE ks4_moves AS
+SELECT e.person_key, count(*) AS ks4_placement_moves
+FROM episodes e JOIN ks4 k USING (person_key)
+WHERE e.reason_episode_started IN ('P', 'T') AND e.episode_start < k.ks4_year_start
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE prior_em AS
+SELECT e.person_key, count(*) AS prior_emergency_admissions
+FROM eligible e JOIN analysis.hospital_admissions h USING (person_key)
+WHERE h.admission_method IN ('21', '22', '28') AND h.admission_date < e.index_date
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE absence AS
+SELECT e.person_key,
+       sum(s.sessions_authorised_absence + s.sessions_unauthorised_absence) / nullif(sum(s.sessions_possible), 0)
+           AS absence_rate_after_index
+FROM eligible e JOIN analysis.school_census s USING (person_key)
+WHERE make_date(s.academic_year + 1, 1, 15) BETWEEN e.index_date AND e.followup_end
+GROUP BY e.person_key;
+CREATE OR REPLACE TEMP TABLE children AS
+SELECT e.person_key,
+       CASE WHEN c.care_entry_date IS NOT NULL THEN 'CLA' ELSE 'NLA' END AS "group",
+       CAST(c.care_entry_date IS NOT NULL AS INTEGER) AS looked_after,
+       e.index_date, c.care_entry_date,
+       e.age_at_index,
+       datediff('day', e.week_of_birth, c.care_entry_date) / 365.25 AS age_at_entry,
+       e.birth_cohort, e.sex, e.ethnicity,
+       coalesce(d.deprivation_decile, e.person_deprivation_decile) AS deprivation_decile,
+       CAST((coalesce(d.deprivation_decile, e.person_deprivation_decile) + 1) // 2 AS INTEGER) AS deprivation_quintile,
+       i.la_code,
+       coalesce(i.physical_abuse, 0) AS physical_abuse,
+       coalesce(i.parental_mental_ill_health, 0) AS parental_mental_ill_health,
+       coalesce(i.parental_substance_misuse, 0) AS parental_substance_misuse,
+       coalesce(i.domestic_abuse, 0) AS domestic_abuse,
+       coalesce(i.parental_learning_disability, 0) AS parental_learning_disability,
+       coalesce(i.disability, 0) AS disability,
+       coalesce(k2.prior_ks2_expected, {ks2_fill}) AS prior_ks2_expected,
+       CAST(k2.prior_ks2_expected IS NULL AS INTEGER) AS prior_ks2_missing,
+       coalesce(pe.prior_emergency_admissions, 0) AS prior_emergency_admissions,
+       coalesce(c.care_days, 0) AS care_days,
+       CAST(coalesce(c.first_period_long, FALSE) AS INTEGER) AS care_long,
+       CAST(c.care_entry_date IS NOT NULL AND NOT coalesce(c.first_period_long, FALSE) AS INTEGER) AS care_short,
+       coalesce(c.placement_moves, 0) AS placement_moves,
+       CASE c.first_placement {placement_groups} END AS first_placement_group,
+       CASE WHEN k4.ks4_year_start > e.index_date THEN k4.ks4_score END AS ks4_score,
+       CASE WHEN k4.ks4_year_start > e.index_date THEN k4.ks4_level2_inclusive END AS ks4_level2_inclusive,
+       CASE WHEN k4.ks4_year_start > e.index_date THEN
+            CASE WHEN coalesce(kc.ks4_care_days, 0) >= {long_days} THEN 'long'
+                 WHEN coalesce(kc.ks4_care_days, 0) > 0 THEN 'short' ELSE 'none' END END AS ks4_care_group,
+       CASE WHEN k4.ks4_year_start > e.index_date THEN coalesce(kc.ks4_care_days, 0) END AS ks4_care_days,
+       CASE WHEN k4.ks4_year_start > e.index_date THEN coalesce(km.ks4_placement_moves, 0) END AS ks4_placement_moves,
+       CASE WHEN ab.absence_rate_after_index IS NOT NULL THEN
+            CAST(ab.absence_rate_after_index >= {float(cfg.persistent_absence_rate)} AS INTEGER) END AS persistent_absence,
+       e.followup_end,
+       CASE e.followup_end WHEN e.age_limit_date THEN 'age_limit'
+                           WHEN e.left_date THEN 'left_region'
+                           WHEN e.death_date THEN 'died' ELSE 'study_end' END AS followup_end_reason,
+       e.link_quality_min, e.high_quality_links
+FROM eligible e
+LEFT JOIN care c USING (person_key)
+LEFT JOIN index_rows i USING (person_key)
+LEFT JOIN depr d USING (person_key)
+LEFT JOIN ks2 k2 USING (person_key)
+LEFT JOIN ks4 k4 USING (person_key)
+LEFT JOIN ks4_care kc USING (person_key)
+LEFT JOIN ks4_moves km USING (person_key)
+LEFT JOIN prior_em pe USING (person_key)
+LEFT JOIN absence ab USING (person_key)
+ORDER BY e.person_key;
+"""
+
+
+def outcome_events_sql(o: Outcome) -> str:
+    """First qualifying event on or after the index date, for one outcome.
+
+    Only checked config reaches the SQL: ``sources``, ``diagnosis_position`` and
+    ``admission_method_group`` are fixed choices, code-list groups must exist, and the codes
+    come from the shipped code lists (as quoted literals); the columns are this function's.
+    """
+    parts = []
+    for source in o.sources:
+        date_col = "admission_date" if source == "hospital_admissions" else "arrival_date"
+        diag_cols = (
+            ["primary_diagnosis"]
+            + (["secondary_diagnosis"] if o.diagnosis_position == "any" else [])
+            if source == "hospital_admissions"
+            else ["diagnosis"]
+        )
+        conds = []
+        if o.codelist_group:
+            conds.append(
+                "(" + " OR ".join(icd_condition(c, o.codelist_group) for c in diag_cols) + ")"
+            )
+        for g in o.exclude_groups:
+            conds.append(
+                "NOT coalesce(" + " OR ".join(icd_condition(c, g) for c in diag_cols) + ", FALSE)"
+            )
+        if source == "hospital_admissions" and o.admission_method_group != "any":
+            codes = [
+                k
+                for k, v in load_codelist("admission_methods").items()
+                if v["group"] == o.admission_method_group
+            ]
+            conds.append(f"admission_method IN ({', '.join(_lit(x) for x in codes)})")
+        where = " AND ".join(conds) or "TRUE"
+        parts.append(
+            f"SELECT person_key, {date_col} AS event_date "
+            f"FROM {quote_ident('analysis.' + source)} WHERE {where}"
+        )
+    return f"""
+SELECT c.person_key, {_lit(o.name)} AS outcome, min(ev.event_date) AS event_date
+FROM children c JOIN ({" UNION ALL ".join(parts)}) ev USING (person_key)
+WHERE ev.event_date >= c.index_date AND ev.event_date <= c.followup_end
+GROUP BY c.person_key"""
+
+
+def person_time_sql(cfg: StudyConfig) -> str:
+    """Counting-process rows split at care entry and exit, for every outcome."""
+    events = " UNION ALL ".join(outcome_events_sql(o) for o in cfg.outcomes) or (
+        "SELECT NULL::VARCHAR AS person_key, NULL::VARCHAR AS outcome, NULL::DATE AS event_date WHERE FALSE"
+    )
+    outcomes = ", ".join(f"({_lit(o.name)})" for o in cfg.outcomes) or "(NULL)"
+    return f"""
+CREATE OR REPLACE TEMP TABLE bounds AS
+SELECT DISTINCT person_key, d FROM (
+    SELECT person_key, 0 AS d FROM children
+    UNION ALL SELECT person_key, datediff('day', index_date, followup_end) + 1 FROM children
+    UNION ALL SELECT p.person_key, datediff('day', c.index_date, p.period_start)
+              FROM periods p JOIN children c USING (person_key)
+    UNION ALL SELECT p.person_key, datediff('day', c.index_date, p.period_end)
+              FROM periods p JOIN children c USING (person_key)
+);
+CREATE OR REPLACE TEMP TABLE segments AS
+SELECT s.person_key, s.start_day, s.stop_day,
+       CAST(EXISTS (SELECT 1 FROM periods p JOIN children c USING (person_key)
+                    WHERE p.person_key = s.person_key
+                      AND datediff('day', c.index_date, p.period_start) <= s.start_day
+                      AND datediff('day', c.index_date, p.period_end) > s.start_day) AS INTEGER) AS looked_after
+FROM (
+    SELECT b.person_key, b.d AS start_day, lead(b.d) OVER (PARTITION BY b.person_key ORDER BY b.d) AS stop_day
+    FROM bounds b JOIN children c USING (person_key)
+    WHERE b.d >= 0 AND b.d <= datediff('day', c.index_date, c.followup_end) + 1
+) s WHERE s.stop_day IS NOT NULL AND s.stop_day > s.start_day;
+CREATE OR REPLACE TEMP TABLE first_events AS {events};
+CREATE OR REPLACE TEMP TABLE person_time AS
+SELECT s.person_key, o.outcome, s.start_day,
+       CASE WHEN e.event_date IS NOT NULL
+                 AND datediff('day', c.index_date, e.event_date) < s.stop_day
+            THEN datediff('day', c.index_date, e.event_date) + 1 ELSE s.stop_day END AS stop_day,
+       s.looked_after,
+       CAST(e.event_date IS NOT NULL AND datediff('day', c.index_date, e.event_date) >= s.start_day
+            AND datediff('day', c.index_date, e.event_date) < s.stop_day AS INTEGER) AS event
+FROM segments s
+JOIN children c USING (person_key)
+CROSS JOIN (VALUES {outcomes}) o(outcome)
+LEFT JOIN first_events e ON e.person_key = s.person_key AND e.outcome = o.outcome
+WHERE e.event_date IS NULL OR datediff('day', c.index_date, e.event_date) >= s.start_day
+ORDER BY s.person_key, o.outcome, s.start_day;
+"""
+
+
+def school_years_sql() -> str:
+    return """
+CREATE OR REPLACE TEMP TABLE school_years AS
+SELECT s.person_key, s.academic_year,
+       s.academic_year - year(c.week_of_birth) AS age,
+       s.sessions_possible,
+       s.sessions_authorised_absence + s.sessions_unauthorised_absence AS sessions_absent,
+       (s.sessions_authorised_absence + s.sessions_unauthorised_absence) / nullif(s.sessions_possible, 0) AS absence_rate,
+       CAST((s.sessions_authorised_absence + s.sessions_unauthorised_absence)
+            / nullif(s.sessions_possible, 0) >= 0.10 AS INTEGER) AS persistent_absence,
+       s.fixed_exclusions + CAST(coalesce(s.permanent_exclusion, FALSE) AS INTEGER) AS exclusions,
+       CAST(EXISTS (SELECT 1 FROM periods p WHERE p.person_key = s.person_key
+                    AND p.period_start <= make_date(s.academic_year + 1, 8, 31)
+                    AND p.period_end >= make_date(s.academic_year, 9, 1)) AS INTEGER) AS looked_after_this_year,
+       s.academic_year - CASE WHEN month(c.index_date) >= 9 THEN year(c.index_date) ELSE year(c.index_date) - 1 END
+           AS years_from_index,
+       c."group"
+FROM analysis.school_census s
+JOIN (SELECT children.*, e.week_of_birth FROM children JOIN eligible e USING (person_key)) c USING (person_key)
+WHERE s.sessions_possible IS NOT NULL
+ORDER BY s.person_key, s.academic_year, s.record_id;
+"""
+
+
+def build_cohort(
+    *, layout: RunLayout, config: StudyConfig | None = None, memory_limit: str = "6GB"
+) -> CohortSummary:
+    """Derive ``cohort.children``, ``cohort.person_time``, ``cohort.school_years`` and
+    ``cohort.attrition`` in the analysis zone, each swapped in atomically."""
+    cfg = config or load_study_config()
+    if not layout.analysis_db.exists():
+        raise RunStateError(f"{layout.analysis_db} not found: run `cohort link` first")
+    layout.ensure()
+    (layout.cohort_dir / "study_config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    con = connect(
+        layout.analysis_db,
+        settings=DuckDBSettings(
+            memory_limit=memory_limit, temp_directory=str(layout.tmp_dir / "duckdb")
+        ),
+    )
+    try:
+        summary = _build(con, cfg)
+    finally:
+        con.close()
+    return summary
+
+
+def _build(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> CohortSummary:
+    con.execute(base_sql(cfg))
+    steps = attrition_steps(cfg)
+    attrition: list[tuple[int, str, int, int]] = []
+    cond = "TRUE"
+    prev = None
+    for i, (desc, c) in enumerate(steps, start=1):
+        cond = f"{cond} AND ({c})"
+        n = int(con.execute(f"SELECT count(*) FROM base2 WHERE {cond}").fetchone()[0])  # type: ignore[index]
+        attrition.append((i, desc, n, 0 if prev is None else prev - n))
+        prev = n
+    con.execute(f"CREATE OR REPLACE TEMP TABLE eligible AS SELECT * FROM base2 WHERE {cond}")
+    con.execute(care_sql(cfg))
+    con.execute(children_sql(cfg))
+    con.execute(person_time_sql(cfg))
+    con.execute(school_years_sql())
+    con.execute("CREATE SCHEMA IF NOT EXISTS cohort")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE attrition (step INTEGER, description VARCHAR, n_remaining BIGINT, n_excluded BIGINT)"
+    )
+    con.executemany("INSERT INTO attrition VALUES (?, ?, ?, ?)", [list(a) for a in attrition])
+    for t in ("children", "person_time", "school_years", "attrition"):
+        replace_table_atomically(con, f"cohort.{t}", f"SELECT * FROM temp.main.{t}")
+    n_cla, n_nla = con.execute(
+        "SELECT count(*) FILTER (WHERE \"group\" = 'CLA'), count(*) FILTER (WHERE \"group\" = 'NLA') FROM cohort.children"
+    ).fetchone()  # type: ignore[misc]
+    counts = {
+        f"cohort.{t}": int(con.execute(f"SELECT count(*) FROM cohort.{t}").fetchone()[0])  # type: ignore[index]
+        for t in ("children", "person_time", "school_years")
+    }
+    return CohortSummary(int(n_cla) + int(n_nla), int(n_cla), int(n_nla), attrition, counts)
+
+
+def build_cohort_from_path(
+    run_dir: str | Path, config_path: str | Path | None = None
+) -> CohortSummary:
+    return build_cohort(layout=RunLayout.at(run_dir), config=load_study_config(config_path))

@@ -1,0 +1,378 @@
+"""The linkage stage of a run: staging -> person clusters -> pseudonymous analysis zone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import yaml
+
+from ground.db import (
+    DuckDBSettings,
+    clear_linkage_scratch,
+    connect,
+    linkage_scratch,
+    quote_ident,
+    sql_string,
+)
+from ground.errors import RunStateError
+from ground.run_layout import RunLayout
+from linkage.link import DuckDBTable, link_tables
+from linkage.pseudonym import pseudonymise
+from linkage.settings import LinkageSettings
+from schemas.contracts import SOURCES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinkageSummary:
+    """Counts of the linkage stage (aggregates only)."""
+
+    records: int
+    profiles: int
+    persons: int
+    by_method: dict[str, int]
+    link_rate_to_spine: dict[str, float]
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Linked {self.records:,} records ({self.profiles:,} identity profiles) into "
+            f"{self.persons:,} persons.",
+            "",
+            "| link method | records |",
+            "|---|---:|",
+            *[f"| {k} | {v:,} |" for k, v in sorted(self.by_method.items())],
+            "",
+            "| source | linked to the population register |",
+            "|---|---:|",
+            *[f"| {k} | {v:.1%} |" for k, v in self.link_rate_to_spine.items()],
+        ]
+        return "\n".join(lines)
+
+
+def source_roles() -> dict[str, dict[str, str]]:
+    """Which column of each staged source plays which linkage role (from the contracts)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, contract in SOURCES.items():
+        roles = {"record_id": "record_id"}
+        for c in contract.columns:
+            if c.linkage_role:
+                roles[c.linkage_role] = c.name
+        out[name] = roles
+    return out
+
+
+def staged_identifiers(
+    con: duckdb.DuckDBPyConnection, roles: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The identifier columns of every staged source, as Arrow tables for ``link_tables``."""
+    tables: dict[str, Any] = {}
+    for name, r in (roles or source_roles()).items():
+        cols = ", ".join(quote_ident(c) for c in dict.fromkeys(r.values()))
+        tables[name] = con.sql(
+            f"SELECT {cols} FROM {quote_ident('staging.' + name)}"
+        ).to_arrow_table()
+    return tables
+
+
+def staged_identifier_tables(layout: RunLayout, roles: dict[str, Any]) -> dict[str, Any]:
+    """Every staged source as a table of the linkage zone that ``link_tables`` reads in place
+    (no copy of the identifiers is written outside the zone, nothing is held in Python)."""
+    return {name: DuckDBTable(layout.linkage_db, f"staging.{name}") for name in roles}
+
+
+def link_run(
+    *,
+    layout: RunLayout,
+    settings: LinkageSettings | None = None,
+    secret: bytes,
+    progress: Callable[[str], None] | None = None,
+) -> LinkageSummary:
+    """Link the staged sources of a run and write the analysis zone."""
+    settings = settings or LinkageSettings()
+    step = progress or (lambda msg: log.info("%s", msg))
+    # first, whatever a killed or failed earlier stage left with identifiers in it: the
+    # linkage zone's scratch folder, and the scratch files of earlier code (Parquet copies)
+    clear_linkage_scratch(layout.root)
+    for old in ("identifiers", "duckdb_link"):
+        shutil.rmtree(layout.tmp_dir / old, ignore_errors=True)
+    if not layout.linkage_db.exists():
+        raise RunStateError(f"{layout.linkage_db} not found: run `cohort validate` first")
+    layout.ensure()
+    (layout.linkage_dir / "linkage_settings.yaml").write_text(
+        yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+    # every spill file of this stage holds identifiers: it goes to the linkage zone's scratch
+    # folder (owner only), removed when the stage ends, also on failure
+    with linkage_scratch(layout.root) as scratch:
+        return _link_run(layout, settings, secret, step, scratch)
+
+
+def _link_run(
+    layout: RunLayout,
+    settings: LinkageSettings,
+    secret: bytes,
+    step: Callable[[str], None],
+    scratch: Path,
+) -> LinkageSummary:
+    db = DuckDBSettings(memory_limit=settings.duckdb_memory_limit)  # spills to `scratch`
+    roles = source_roles()
+    step("linking: deterministic ids, then Splink on identity profiles")
+    result = link_tables(
+        staged_identifier_tables(layout, roles),
+        roles,
+        settings=settings,
+        temp_directory=scratch / "link",
+    )
+    con = connect(layout.linkage_db, settings=db)
+    try:
+        (layout.linkage_dir / "model.json").write_text(
+            json.dumps(result.model_json, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        step("assigning pseudonymous keys")
+        # a stable internal person id: the smallest record key in the cluster (in DuckDB, which
+        # spills to disk, rather than as Python copies of 19 million rows at national scale)
+        con.register("clusters_frame", result.clusters)
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE cluster_person AS
+            SELECT cluster_id, min("table" || '|' || record_id) AS person_id
+            FROM clusters_frame GROUP BY cluster_id"""
+        )
+        ids = con.sql("SELECT person_id FROM cluster_person ORDER BY person_id").pl()["person_id"]
+        keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
+        del ids
+        con.register("keys_frame", keys)
+        con.execute("CREATE SCHEMA IF NOT EXISTS linkage")
+        con.execute(
+            """CREATE OR REPLACE TABLE linkage.record_person AS
+            SELECT c."table" AS source, c.record_id, p.person_id, k.person_key, c.component_id,
+                   c.link_method, c.match_probability
+            FROM clusters_frame c
+            JOIN cluster_person p USING (cluster_id)
+            JOIN keys_frame k USING (person_id)
+            ORDER BY source, record_id"""
+        )
+        con.unregister("keys_frame")
+        con.execute("DROP TABLE cluster_person")
+        con.register("pairs_frame", result.pairs)
+        con.execute("CREATE OR REPLACE TABLE linkage.scored_pairs AS SELECT * FROM pairs_frame")
+        con.unregister("clusters_frame")
+        con.unregister("pairs_frame")
+        result.clusters = result.clusters.clear()  # written; free the memory
+        step("writing the analysis zone")
+        write_analysis_zone(con, layout, settings)
+        step("writing the linkage report")
+        summary = _summary(con, result.profile_count)
+        write_linkage_report(con, layout, result.model_json, settings)
+    finally:
+        con.close()
+    return summary
+
+
+def write_analysis_zone(
+    con: duckdb.DuckDBPyConnection, layout: RunLayout, settings: LinkageSettings
+) -> None:
+    """Content columns + pseudonymous key only; built under a temporary file, then swapped in."""
+    tmp = layout.analysis_db.with_suffix(".building.duckdb")
+    if tmp.exists():
+        tmp.unlink()
+    con.execute("ATTACH ? AS az", [str(tmp)])
+    try:
+        con.execute("CREATE SCHEMA az.analysis")
+        for name, contract in SOURCES.items():
+            content = ", ".join(f"s.{quote_ident(c)}" for c in contract.content_columns)
+            con.execute(
+                f"""CREATE TABLE az.analysis.{quote_ident(name)} AS
+                SELECT rp.person_key, s.record_id, rp.link_method, rp.match_probability,
+                       {content}
+                FROM {quote_ident("staging." + name)} s
+                JOIN linkage.record_person rp ON rp.source = {sql_string(name)}
+                    AND rp.record_id = s.record_id
+                ORDER BY rp.person_key, s.record_id"""
+            )
+        con.execute(
+            f"""CREATE TABLE az.analysis.persons AS
+            WITH dob AS (
+                SELECT rp.person_key, s.date_of_birth, s.sex, count(*) AS n
+                FROM linkage.record_person rp
+                JOIN (
+                    {
+                " UNION ALL ".join(
+                    f"SELECT {sql_string(n)} AS source, record_id, date_of_birth, sex "
+                    f"FROM {quote_ident('staging.' + n)}"
+                    for n, c in SOURCES.items()
+                    if "date_of_birth" in c.column_names
+                )
+            }
+                ) s USING (source, record_id)
+                GROUP BY ALL
+            ), best AS (
+                SELECT person_key,
+                       first(date_of_birth ORDER BY n DESC, date_of_birth) AS date_of_birth,
+                       first(sex ORDER BY n DESC, sex) AS sex FROM dob GROUP BY person_key
+            ), reg AS (
+                SELECT rp.person_key,
+                       first(s.area_code ORDER BY s.period_start, s.area_code) AS area_code,
+                       first(s.deprivation_decile ORDER BY s.period_start, s.area_code) AS deprivation_decile,
+                       first(s.ethnicity ORDER BY s.period_start, s.ethnicity) AS ethnicity
+                FROM staging.population_register s
+                JOIN linkage.record_person rp ON rp.source = 'population_register' AND rp.record_id = s.record_id
+                GROUP BY rp.person_key
+            ), quality AS (
+                SELECT person_key, min(coalesce(match_probability, 1.0)) AS link_quality_min,
+                       count(*) AS n_records,
+                       bool_and(link_method <> 'unlinked') AS linked
+                FROM linkage.record_person GROUP BY person_key
+            )
+            SELECT q.person_key,
+                   CAST(date_trunc('week', b.date_of_birth) AS DATE) AS week_of_birth,
+                   b.sex, r.ethnicity, r.area_code, r.deprivation_decile,
+                   q.link_quality_min,
+                   CAST(q.link_quality_min >= {float(settings.high_quality_threshold)} AS INTEGER)
+                       AS high_quality_links,
+                   q.n_records
+            FROM quality q LEFT JOIN best b USING (person_key) LEFT JOIN reg r USING (person_key)
+            ORDER BY q.person_key"""
+        )
+    finally:
+        con.execute("DETACH az")
+    tmp.replace(layout.analysis_db)
+
+
+def _summary(con: duckdb.DuckDBPyConnection, profiles: int) -> LinkageSummary:
+    by_method = dict(
+        con.execute("SELECT link_method, count(*) FROM linkage.record_person GROUP BY 1").fetchall()
+    )
+    persons = con.execute(
+        "SELECT count(DISTINCT person_key) FROM linkage.record_person"
+    ).fetchone()[0]  # type: ignore[index]
+    records = sum(by_method.values())
+    rates = _spine_rates(con)
+    return LinkageSummary(
+        records=records,
+        profiles=profiles,
+        persons=int(persons),
+        by_method=by_method,
+        link_rate_to_spine=rates,
+        row_counts={"linkage.records": records, "linkage.persons": int(persons)},
+    )
+
+
+def _spine_rates(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    rows = con.execute(
+        """WITH spine AS (SELECT DISTINCT person_key FROM linkage.record_person WHERE source = 'population_register')
+        SELECT source, avg(CASE WHEN person_key IN (SELECT person_key FROM spine) THEN 1.0 ELSE 0.0 END)
+        FROM linkage.record_person WHERE source <> 'population_register' GROUP BY source ORDER BY source"""
+    ).fetchall()
+    return {s: round(float(r), 4) for s, r in rows}
+
+
+def write_linkage_report(
+    con: duckdb.DuckDBPyConnection,
+    layout: RunLayout,
+    model_json: dict[str, Any],
+    settings: LinkageSettings,
+) -> None:
+    """Link rates by source and subgroup, weights, m/u, cluster sizes; aggregates only."""
+    subgroup_sql = """
+    WITH spine AS (SELECT DISTINCT person_key FROM linkage.record_person WHERE source = 'population_register'),
+    cla AS (SELECT DISTINCT person_key FROM linkage.record_person WHERE source = 'looked_after_episodes'),
+    feat AS (
+        SELECT rp.source, rp.record_id, rp.person_key, rp.link_method,
+               s.sex, s.deprivation_decile, s.ethnicity, s.date_of_birth
+        FROM linkage.record_person rp JOIN (
+            SELECT 'school_census' AS source, record_id, sex, deprivation_decile, ethnicity, date_of_birth
+            FROM staging.school_census
+        ) s USING (source, record_id)
+    )
+    SELECT {group} AS grp, count(*) AS records,
+           avg(CASE WHEN person_key IN (SELECT person_key FROM spine) THEN 1.0 ELSE 0.0 END) AS rate
+    FROM feat GROUP BY 1 ORDER BY 1"""
+    groups = {
+        "sex": "sex",
+        "deprivation_quintile": "CAST((deprivation_decile + 1) // 2 AS VARCHAR)",
+        "ethnicity": "ethnicity",
+        "cla_nla": "CASE WHEN person_key IN (SELECT person_key FROM cla) THEN 'CLA' ELSE 'not CLA' END",
+        "birth_year": "CAST(year(date_of_birth) AS VARCHAR)",
+    }
+    by_group = {
+        g: [
+            {"group": r[0], "records": int(r[1]), "link_rate": round(float(r[2]), 4)}
+            for r in con.execute(subgroup_sql.format(group=sql)).fetchall()
+        ]
+        for g, sql in groups.items()
+    }
+    weights = con.execute(
+        "SELECT floor(match_weight) AS w, count(*) FROM linkage.scored_pairs GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    sizes = con.execute(
+        "SELECT n, count(*) FROM (SELECT person_key, count(*) AS n FROM linkage.record_person GROUP BY 1) "
+        "GROUP BY n ORDER BY n LIMIT 60"
+    ).fetchall()
+    unlinked = con.execute(
+        "SELECT source, count(*) FROM linkage.record_person WHERE link_method = 'unlinked' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    mu = []
+    for comp in model_json.get("comparisons", []):
+        for lvl in comp.get("comparison_levels", []):
+            if lvl.get("is_null_level"):
+                continue
+            mu.append(
+                {
+                    "comparison": comp.get("output_column_name"),
+                    "level": lvl.get("label_for_charts"),
+                    "m": lvl.get("m_probability"),
+                    "u": lvl.get("u_probability"),
+                }
+            )
+    report = {
+        "thresholds": {
+            "match_threshold": settings.match_threshold,
+            "high_quality_threshold": settings.high_quality_threshold,
+        },
+        "link_rate_to_spine_by_source": _spine_rates(con),
+        "link_rate_to_spine_by_subgroup_school_census": by_group,
+        "match_weight_histogram": [{"weight_floor": float(w), "pairs": int(n)} for w, n in weights],
+        "cluster_sizes": [{"records": int(n), "persons": int(c)} for n, c in sizes],
+        "unlinked_records_by_source": {s: int(n) for s, n in unlinked},
+        "m_u_parameters": mu,
+        "probability_two_random_records_match": model_json.get(
+            "probability_two_random_records_match"
+        ),
+    }
+    (layout.linkage_dir / "linkage_report.json").write_text(
+        json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    md = [
+        "# Linkage report",
+        "",
+        f"Match threshold {settings.match_threshold}; high-quality threshold "
+        f"{settings.high_quality_threshold}.",
+        "",
+        "| source | linked to register |",
+        "|---|---:|",
+    ]
+    md += [f"| {s} | {r:.1%} |" for s, r in report["link_rate_to_spine_by_source"].items()]  # type: ignore[union-attr]
+    for g, rows in by_group.items():
+        md += [
+            "",
+            f"School-census link rate by {g}:",
+            "",
+            "| group | records | link rate |",
+            "|---|---:|---:|",
+        ]
+        md += [f"| {r['group']} | {r['records']:,} | {r['link_rate']:.1%} |" for r in rows]
+    md += ["", "| comparison | level | m | u |", "|---|---|---:|---:|"]
+    md += [
+        f"| {r['comparison']} | {r['level']} | {r['m'] or 0:.4f} | {r['u'] or 0:.6f} |" for r in mu
+    ]
+    (layout.linkage_dir / "linkage_report.md").write_text("\n".join(md) + "\n", encoding="utf-8")

@@ -1,0 +1,93 @@
+"""``cohort synth``: generate a synthetic world with a known truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MIN_CHILDREN, MAX_CHILDREN = 100, 20_000_000  # the largest world the generator is meant for
+MAX_SEED = 2**32 - 1
+
+
+def command(
+    children: Annotated[
+        int, typer.Option("--children", help=f"Number of children (100 to {MAX_CHILDREN:,}).")
+    ] = 20000,
+    seed: Annotated[
+        int, typer.Option("--seed", help=f"Random seed (0 to {MAX_SEED}); same seed, same bytes.")
+    ] = 42,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario", help="Shipped scenario (default, null_effect, messy) or a YAML file."
+        ),
+    ] = "default",
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for the extracts and truth/.")
+    ] = Path("data/demo"),
+    file_format: Annotated[
+        str, typer.Option("--format", help="Extract file format: csv or parquet.")
+    ] = "csv",
+) -> None:
+    """Generate a synthetic world: seven messy source extracts plus a truth folder.
+
+    The truth folder (OUT/truth/) holds record-to-person maps, latent variables, injected
+    defects and the true causal effects; the pipeline never reads it.
+    """
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from ground.errors import ConfigError
+    from synthetic_data import generate_world
+
+    # checked before any work or any file is written
+    if not MIN_CHILDREN <= children <= MAX_CHILDREN:
+        raise ConfigError(
+            f"--children {children}: give a number from {MIN_CHILDREN} to {MAX_CHILDREN:,}"
+        )
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+
+    console = Console(stderr=True)
+    existed = set(out.rglob("*")) if out.is_dir() else set()
+    created_out = not out.exists()
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as bar:
+            task = bar.add_task("synth", total=None)
+            summary = generate_world(
+                n_children=children,
+                seed=seed,
+                scenario=scenario,
+                out_dir=out,
+                file_format=file_format,  # type: ignore[arg-type]
+                progress=lambda msg: bar.update(task, description=msg),
+            )
+    except BaseException as exc:  # e.g. a full disk or Ctrl-C: no half-written world is left
+        _remove_new_files(out, existed, created_out)
+        if isinstance(exc, OSError):
+            from orchestration.isolation import with_path
+
+            raise with_path(exc, out) from None
+        raise
+    console.print(summary.to_markdown())
+    console.print(f"extracts in {out}/, truth in {out}/truth/ (never read by the pipeline)")
+
+
+def _remove_new_files(out: Path, existed: set[Path], created_out: bool) -> None:
+    """Delete what a failed ``synth`` wrote into ``out`` (everything, if it made ``out``)."""
+    import shutil
+
+    if created_out:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for p in sorted(set(out.rglob("*")) - existed, reverse=True):  # files before their folders
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,29 @@
+"""Prefect flow of the model stage: sequencing only."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from ground.run_layout import RunLayout
+from models.stage import ModelSettings, ModelSummary, run_models
+from orchestration.isolation import call_stage
+
+
+@task(name="fit-models")
+def model_task(run_dir: str, settings: ModelSettings, isolate: bool = False) -> ModelSummary:
+    return call_stage(run_models, isolate, layout=RunLayout.at(run_dir), settings=settings)
+
+
+@flow(name="model")
+def model_flow(
+    run_dir: str, settings: ModelSettings | None = None, isolate: bool = False
+) -> dict[str, int]:
+    """Fit the outcome models; publish the main estimates (no personal rows) as an artifact.
+
+    ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
+    summary = model_task(run_dir, settings or ModelSettings(), isolate)
+    create_markdown_artifact(
+        key="main-estimates", markdown=summary.to_markdown(), description="main estimates"
+    )
+    return summary.row_counts

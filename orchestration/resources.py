@@ -1,0 +1,108 @@
+"""Peak resident memory while a block runs (for stage timings and benchmarks).
+
+Measured over the process tree (this process plus every descendant alive at a sample), so a
+stage run in a child process (see :mod:`orchestration.isolation`) is counted, and so
+is the parent that waits for it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from pathlib import Path
+from types import TracebackType
+
+
+def _rss_bytes(pid: int | str) -> int:
+    """Resident set size of one process now (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int | str) -> list[str]:
+    out: list[str] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += (task / "children").read_text().split()
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of a process and all its descendants now (Linux /proc; this process
+    when ``pid`` is None). Shared pages are counted once per process, so this can only
+    overstate the true footprint."""
+    total, todo = 0, [str(pid if pid is not None else os.getpid())]
+    seen: set[str] = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss_bytes(p)
+        todo += _children(p)
+    return total
+
+
+class PeakMemory:
+    """Context manager sampling the RSS of this process tree every ``interval`` seconds.
+
+    ``peak_gib`` is the largest sample (and at least the RSS at entry and exit). Sampling can
+    miss a spike shorter than the interval; ``ru_maxrss`` bounds each process from above.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_bytes = tree_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, tree_rss_bytes())
+
+    @property
+    def peak_gib(self) -> float:
+        return round(self.peak_bytes / 2**30, 2)
+
+
+def process_peak_gib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak RSS so far (``ru_maxrss``) of this process, or with ``RUSAGE_CHILDREN`` of the
+    largest finished child process."""
+    return round(resource.getrusage(who).ru_maxrss / 2**20, 2)
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the operating system between stages (glibc's malloc_trim).
+
+    Python and the libraries it loads keep freed memory for reuse; after a stage that held
+    large frames (validation's Great Expectations batches) that would add to the next stage's
+    peak. A no-op where glibc is absent."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
