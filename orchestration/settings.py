@@ -5,7 +5,7 @@ exposure, outcomes); these settings say how the stages run (table-check severiti
 thresholds and backend, DuckDB memory limits, model designs, disclosure thresholds). Every
 section is optional and every key has a default, so an empty file means the defaults::
 
-    validation:            # validation.core.ValidationSettings
+    validation:            # validation.settings.ValidationSettings
       duckdb_memory_limit: 4GB
     linkage:               # linkage.settings.LinkageSettings
       match_threshold: 0.95
@@ -30,7 +30,7 @@ from ground.db import MemorySize
 from ground.errors import ConfigError
 from linkage.settings import LinkageSettings
 from models.stage import ModelSettings
-from validation.core import ValidationSettings
+from validation.settings import ValidationSettings
 
 
 class BuildSettings(BaseModel):
