@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ground.db import MemorySize
@@ -62,10 +60,6 @@ class ValidationSettings(BaseModel):
                 f"encodings: unknown source(s) {unknown}; sources are {', '.join(SOURCES)}"
             )
         return {source: check_encoding(codec) for source, codec in value.items()}
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ValidationSettings:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
 
 
 @dataclass
