@@ -13,18 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ground import PROJECT_PACKAGES as PACKAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = (
-    "ground",
-    "schemas",
-    "synthetic_data",
-    "validation",
-    "linkage",
-    "cohort",
-    "models",
-    "evaluation",
-    "orchestration",
-)
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 # Private names that still cross modules inside models/ (issue #17 item 5, being removed by the
