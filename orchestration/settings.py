@@ -11,7 +11,7 @@ section is optional and every key has a default, so an empty file means the defa
       match_threshold: 0.95
     build:
       duckdb_memory_limit: 4GB
-    model:                 # models.stage.ModelSettings
+    model:                 # models.ModelSettings
       bootstrap_replicates: 100
       disclosure: {threshold: 10, rounding: 5}
 
@@ -35,7 +35,7 @@ from ground.config_files import read_yaml_mapping
 from ground.db import MemorySize
 from ground.errors import ConfigError
 from linkage.settings import LinkageSettings
-from models.stage import ModelSettings
+from models import ModelSettings
 from validation.settings import ValidationSettings
 
 
