@@ -21,9 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ground.config_files import read_yaml_mapping
 from ground.errors import ConfigError
@@ -43,37 +43,55 @@ EVERY_TIME_TO_EVENT_OUTCOME = "every_time_to_event_outcome"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _identifier(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(f"{v!r} must be lower-case letters, digits and _ (a-z first)")
+    return v
+
+
+def _identifier_or_empty(v: str) -> str:
+    return v if v == "" else _identifier(v)
+
+
+def _identifier_keys(v: dict[str, Any]) -> dict[str, Any]:
+    for k in v:
+        _identifier(k)
+    return v
+
+
+# names of analyses, estimators, outcomes, contrasts, methods and option keys: what ends up in
+# results' columns and file names, never free text
+Name = Annotated[str, AfterValidator(_identifier)]
+
+
 class Analysis(BaseModel):
     """One declared analysis: ``estimator`` applied to ``outcomes`` in ``population``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: Name
+    # free text: progress messages and docs
     label: str
     # the name of an estimator class registered in models.estimators
-    estimator: str
-    outcomes: tuple[str, ...] | Literal["every_time_to_event_outcome"] = ()
+    estimator: Name
+    outcomes: tuple[Name, ...] | Literal["every_time_to_event_outcome"] = ()
     # the contrast column of results/estimates.csv (an estimator that writes several, such as
     # effect_modification, names its rows itself)
-    contrast: str = ""
+    contrast: Annotated[str, AfterValidator(_identifier_or_empty)] = ""
     population: Population = "all"
-    options: dict[str, Any] = Field(default_factory=dict)
+    # the estimator's own options, checked by its class (models/estimators.py)
+    options: Annotated[dict[str, Any], AfterValidator(_identifier_keys)] = Field(
+        default_factory=dict
+    )
     report_section: ReportSection = "estimates"
     # outcomes of this analysis that care cannot affect: shown again in the report's
     # negative-control table
-    negative_controls: tuple[str, ...] = ()
+    negative_controls: tuple[Name, ...] = ()
     # which of the analysis's methods (as in the `method` column, without a population suffix)
     # go to the forest plots, to the flow's headline artifact and get an E-value
-    forest_plot_methods: tuple[str, ...] = ()
-    headline_methods: tuple[str, ...] = ()
-    e_value_methods: tuple[str, ...] = ()
-
-    @field_validator("name", "estimator")
-    @classmethod
-    def _identifier(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"{v!r} must be lower-case letters, digits and _ (a-z first)")
-        return v
+    forest_plot_methods: tuple[Name, ...] = ()
+    headline_methods: tuple[Name, ...] = ()
+    e_value_methods: tuple[Name, ...] = ()
 
     @property
     def method_suffix(self) -> str:
