@@ -107,6 +107,14 @@ class AnalysisResults:
     balance: list[pd.DataFrame]
 
 
+def check_analyses(analyses: Sequence[Analysis], s: ModelSettings) -> None:
+    """Every declaration names a registered estimator with valid options (a ConfigError naming
+    the analysis and the key otherwise): what a flow can check before any stage runs."""
+    check_unique(analyses)
+    for a in analyses:
+        estimator_for(a, s)
+
+
 def run_analyses(
     cohort: CohortData,
     analyses: Sequence[Analysis],
