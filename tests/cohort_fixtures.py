@@ -24,7 +24,8 @@ lines of only ``-``, ``+`` and ``|`` are ignored. Input cells are text that Duck
 column's type (``2012-03-01``, ``true``, ``30.0``); columns a test leaves out take
 :data:`DEFAULTS`. :func:`derived` runs the cohort steps up to the table under test on an
 in-memory database and returns that table's rows as text in the same form, so the comparison
-is by column name and a failing assert shows which cell differs.
+is by column name and a failing assert shows which cell differs (:class:`Derivation` does the
+same for several tables of the same patients, running each step once).
 """
 
 from __future__ import annotations
@@ -207,6 +208,30 @@ def as_text(value: Any) -> str | None:
     return str(value)
 
 
+class Derivation:
+    """``patients`` in an in-memory analysis zone, and the cohort steps run on demand: asking
+    for a table runs only the steps up to it that have not run yet."""
+
+    def __init__(self, patients: Patients, config: StudyConfig | None = None) -> None:
+        self.steps = cohort_steps(config or load_study_config())
+        self.con = duckdb.connect()
+        load_analysis_zone(self.con, patients)
+        self.made = 0
+
+    def rows(self, step: str, columns: Rows | Sequence[str], *, where: str = "TRUE") -> Rows:
+        """``step``'s rows, the given columns only (or the expected rows' columns), ordered by
+        those columns in turn; ``where`` filters them (SQL written in the test, e.g.
+        ``"outcome = 'self_harm'"``)."""
+        names = list(columns[0]) if columns and isinstance(columns[0], dict) else list(columns)
+        if not names:
+            raise ValueError("name the columns to compare (or give expected rows with a header)")
+        todo = self.steps.until(step)
+        for s in todo[self.made :]:
+            s.run(self.con)
+        self.made = max(self.made, len(todo))
+        return read_rows(self.con, step, names, where=where)
+
+
 def derived(
     step: str,
     patients: Patients,
@@ -215,17 +240,10 @@ def derived(
     where: str = "TRUE",
     config: StudyConfig | None = None,
 ) -> Rows:
-    """Run the cohort steps up to ``step`` over ``patients`` and return ``step``'s rows, the
-    given columns only (or the expected rows' columns), ordered by those columns in turn.
-
-    ``where`` filters the rows (SQL written in the test, e.g. ``"outcome = 'self_harm'"``)."""
-    names = list(columns[0]) if columns and isinstance(columns[0], dict) else list(columns)
-    if not names:
-        raise ValueError("name the columns to compare (or give expected rows with a header)")
-    with duckdb.connect() as con:
-        load_analysis_zone(con, patients)
-        cohort_steps(config or load_study_config()).run(con, stop_after=step)
-        return read_rows(con, step, names, where=where)
+    """Run the cohort steps up to ``step`` over ``patients`` and return ``step``'s rows (see
+    :meth:`Derivation.rows`); a test that checks several tables of the same patients can keep
+    one :class:`Derivation` instead."""
+    return Derivation(patients, config).rows(step, columns, where=where)
 
 
 def read_rows(

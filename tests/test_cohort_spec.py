@@ -21,6 +21,7 @@ from cohort.config import StudyConfig
 from ground.errors import ConfigError
 from ground.run_layout import RunLayout
 from tests.cohort_fixtures import (
+    Derivation,
     derived,
     load_analysis_zone,
     read_rows,
@@ -52,26 +53,25 @@ def test_care_starting_on_the_index_date() -> None:
             P1         | KS4       | 2019          | 30.0              | false
         """,
     }
+    cohort = Derivation(patients)
     # the abuse is recorded at the index referral, so it is pre-care
     children = table("""
         person_key | group | index_date | care_entry_date | care_days | care_long | care_short | domestic_abuse
         P1         | CLA   | 2012-03-01 | 2012-03-01      | 457       | 1         | 0          | 1
     """)
-    assert derived("children", patients, children) == children
+    assert cohort.rows("children", children) == children
     ks4 = table("""
         person_key | ks4_score | ks4_care_group | ks4_care_days
         P1         | 30.0      | long           | 457
     """)
-    assert derived("children", patients, ks4) == ks4
+    assert cohort.rows("children", ks4) == ks4
     # exposed from day 0 to the end of care (2013-06-01 is day 457)
     person_time = table("""
         person_key | start_day | stop_day | looked_after | event
         P1         | 0         | 457      | 1            | 0
         P1         | 457       | 3961     | 0            | 0
     """)
-    assert derived("person_time", patients, person_time, where="outcome = 'self_harm'") == (
-        person_time
-    )
+    assert cohort.rows("person_time", person_time, where="outcome = 'self_harm'") == person_time
 
 
 def test_adversity_recorded_after_care_entry_is_not_pre_care() -> None:
@@ -94,17 +94,18 @@ def test_adversity_recorded_after_care_entry_is_not_pre_care() -> None:
             P2         | 2012-05-01    | 2012-09-01
         """,
     }
+    cohort = Derivation(patients)
     # the second referral (after care entry on 2012-05-01) is not read for the index covariates
     index_rows = table("""
         person_key | parental_mental_ill_health
         P2         | 0
     """)
-    assert derived("index_rows", patients, index_rows) == index_rows
+    assert cohort.rows("index_rows", index_rows) == index_rows
     children = table("""
         person_key | group | parental_mental_ill_health | care_days | care_short | care_long
         P2         | CLA   | 0                          | 123       | 1          | 0
     """)
-    assert derived("children", patients, children) == children
+    assert cohort.rows("children", children) == children
 
 
 @pytest.mark.xfail(
@@ -158,19 +159,18 @@ def test_child_who_leaves_the_region_and_returns_is_censored_at_leaving() -> Non
             P3         | 2012-01-10
         """,
     }
+    cohort = Derivation(patients)
     children = table("""
         person_key | group | followup_end | followup_end_reason
         P3         | NLA   | 2013-05-31   | left_region
     """)
-    assert derived("children", patients, children) == children
+    assert cohort.rows("children", children) == children
     # 2012-01-10 .. 2013-05-31 inclusive is 508 days (2012 is a leap year)
     person_time = table("""
         person_key | outcome   | start_day | stop_day | looked_after | event
         P3         | self_harm | 0         | 508      | 0            | 0
     """)
-    assert derived("person_time", patients, person_time, where="outcome = 'self_harm'") == (
-        person_time
-    )
+    assert cohort.rows("person_time", person_time, where="outcome = 'self_harm'") == person_time
 
 
 def test_death_before_the_outcome() -> None:
@@ -192,19 +192,18 @@ def test_death_before_the_outcome() -> None:
             P4         | 2013-02-01   | X60
         """,
     }
+    cohort = Derivation(patients)
     children = table("""
         person_key | followup_end | followup_end_reason
         P4         | 2012-06-01   | died
     """)
-    assert derived("children", patients, children) == children
+    assert cohort.rows("children", children) == children
     # the self-harm record dated after death is not an event; follow-up ends on day 93
     person_time = table("""
         person_key | outcome   | start_day | stop_day | looked_after | event
         P4         | self_harm | 0         | 93       | 0            | 0
     """)
-    assert derived("person_time", patients, person_time, where="outcome = 'self_harm'") == (
-        person_time
-    )
+    assert cohort.rows("person_time", person_time, where="outcome = 'self_harm'") == person_time
 
 
 def test_two_periods_with_a_gap_re_entry() -> None:
@@ -233,11 +232,12 @@ def test_two_periods_with_a_gap_re_entry() -> None:
             P5         | 2013
         """,
     }
+    cohort = Derivation(patients)
     children = table("""
         person_key | care_days | physical_abuse
         P5         | 151       | 1
     """)  # 92 + 59 days
-    assert derived("children", patients, children) == children
+    assert cohort.rows("children", children) == children
     person_time = table("""
         person_key | start_day | stop_day | looked_after | event
         P5         | 0         | 92       | 1            | 0
@@ -246,7 +246,7 @@ def test_two_periods_with_a_gap_re_entry() -> None:
         P5         | 365       | 3961     | 0            | 0
     """)
     where = "outcome = 'emergency_admission'"
-    assert derived("person_time", patients, person_time, where=where) == person_time
+    assert cohort.rows("person_time", person_time, where=where) == person_time
     # academic year 2013 (Sept 2013 - Aug 2014) has no care
     school_years = table("""
         person_key | academic_year | looked_after_this_year
@@ -254,7 +254,7 @@ def test_two_periods_with_a_gap_re_entry() -> None:
         P5         | 2012          | 1
         P5         | 2013          | 0
     """)
-    assert derived("school_years", patients, school_years) == school_years
+    assert cohort.rows("school_years", school_years) == school_years
 
 
 def test_placement_move_on_the_day_of_entry() -> None:
@@ -313,9 +313,46 @@ def test_outcome_on_the_day_of_care_entry_counts_as_looked_after() -> None:
         P7         | 0         | 61       | 0            | 0
         P7         | 61        | 62       | 1            | 1
     """)
-    assert derived("person_time", patients, person_time, where="outcome = 'self_harm'") == (
-        person_time
-    )
+    self_harm = "outcome = 'self_harm'"
+    assert derived("person_time", patients, person_time, where=self_harm) == person_time
+
+
+def test_care_still_open_at_the_end_of_follow_up_ends_there() -> None:
+    patients = {
+        "persons": """
+            person_key | week_of_birth
+            P7         | 2005-01-03
+        """,
+        "population_register": """
+            person_key | period_start
+            P7         | 2005-01-03
+        """,
+        "care_support_census": """
+            person_key | referral_date
+            P7         | 2012-03-01
+        """,
+        "looked_after_episodes": """
+            person_key | episode_start | episode_end
+            P7         | 2012-05-01    |
+        """,
+    }
+    cohort = Derivation(patients)
+    # follow-up ends at 18 (2023-01-03, day 3960); care from day 61 is cut there
+    children = table("""
+        person_key | care_entry_date | care_days | followup_end | followup_end_reason
+        P7         | 2012-05-01      | 3899      | 2023-01-03   | age_limit
+    """)
+    assert cohort.rows("children", children) == children
+    # the day care ends counts as not looked after (docs/cohort.md), also when the end is the
+    # cut at the end of follow-up: the last day of follow-up is unexposed
+    person_time = table("""
+        person_key | start_day | stop_day | looked_after | event
+        P7         | 0         | 61       | 0            | 0
+        P7         | 61        | 3960     | 1            | 0
+        P7         | 3960      | 3961     | 0            | 0
+    """)
+    where = "outcome = 'emergency_admission'"
+    assert cohort.rows("person_time", person_time, where=where) == person_time
 
 
 def test_child_with_no_school_record() -> None:
@@ -337,13 +374,14 @@ def test_child_with_no_school_record() -> None:
             P8         | 2011-01-01     | 21               | J45.9
         """,
     }
+    cohort = Derivation(patients)
     # the emergency admission before the index date is prior use
     children = table("""
         person_key | group | persistent_absence | prior_emergency_admissions | prior_ks2_missing
         P8         | NLA   |                    | 1                          | 1
     """)
-    assert derived("children", patients, children) == children
-    assert derived("school_years", patients, ["person_key"]) == []
+    assert cohort.rows("children", children) == children
+    assert cohort.rows("school_years", ["person_key"]) == []
 
 
 def test_each_inclusion_criterion_excludes_its_child() -> None:
@@ -383,6 +421,7 @@ def test_each_inclusion_criterion_excludes_its_child() -> None:
             A6         | 2011-01-01    | 2011-06-01
         """,
     }
+    cohort = Derivation(patients)
     # A2 referred after the window, A3 born in 1998, A4 referred at 18, A5 not on the register,
     # A6 looked after before the referral, A7 registered dead before it
     attrition = table("""
@@ -395,8 +434,8 @@ def test_each_inclusion_criterion_excludes_its_child() -> None:
         6    | not looked after before the index date                         | 2           | 1
         7    | follow-up after the index date                                 | 1           | 1
     """)
-    assert derived("attrition", patients, attrition) == attrition
-    assert derived("eligible", patients, ["person_key"]) == [{"person_key": "A1"}]
+    assert cohort.rows("attrition", attrition) == attrition
+    assert cohort.rows("eligible", ["person_key"]) == [{"person_key": "A1"}]
 
 
 def test_low_quality_link_kept_by_default_and_dropped_when_restricted(tmp_path: Path) -> None:
