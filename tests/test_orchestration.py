@@ -330,3 +330,30 @@ def test_stage_command_settings_error_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr[-2000:]
     assert "settings.yaml: build.duckdb_memory_limit" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_link_takes_the_key_from_the_settings_secret_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cohort link --settings` finds the key where `cohort run` would: the Prefect Secret block
+    the linkage section names, not the environment (the Prefect API is stubbed here; the real
+    look-up is tested with `cohort run --secret-block` in test_run_safety)."""
+    import contextlib
+
+    import orchestration.env
+    import orchestration.secrets
+
+    looked_up: list[str] = []
+
+    def from_block(name: str) -> bytes:
+        looked_up.append(name)
+        return b"key-from-the-block-0123456789"
+
+    monkeypatch.setattr(orchestration.secrets, "secret_from_block", from_block)
+    monkeypatch.setattr(orchestration.env, "prefect_api", contextlib.nullcontext)
+    monkeypatch.setattr(orchestration.env, "prefect_defaults", lambda: None)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("linkage:\n  prefect_secret_block: cohort-key\n", encoding="utf-8")
+    seen = _invoke_stage(["link", "--run", str(tmp_path), "--settings", str(settings)], monkeypatch)
+    assert looked_up == ["cohort-key"]
+    assert seen["secret"] == b"key-from-the-block-0123456789"
