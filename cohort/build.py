@@ -56,6 +56,24 @@ def icd_condition(column: str, group: str) -> str:
     return f"substr({column}, 1, 3) BETWEEN {_lit(g['code_from'])} AND {_lit(g['code_to'])}"
 
 
+def inclusion_criteria(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """The attrition steps: a description and a condition on ``inclusion``'s columns (SQL
+    written here; the config only chooses which criteria apply)."""
+    criteria = [
+        ("children with a care-and-support record (children in need)", "TRUE"),
+        ("first social-services contact (index date) in the study window", "in_window"),
+        ("born in the study's birth cohorts", "in_cohorts"),
+        (f"index date before age {cfg.censoring.at_age}", "under_age_limit"),
+        ("linked to the population register (follow-up known)", "on_register"),
+    ]
+    if cfg.exposure.exclude_care_before_index:
+        criteria.append(("not looked after before the index date", "NOT care_before_index"))
+    criteria.append(("follow-up after the index date", "followup_end >= index_date"))
+    if cfg.link_quality.restrict_to_high_quality:
+        criteria.append(("all records linked with high quality", "high_quality_links = 1"))
+    return criteria
+
+
 def index_steps(cfg: StudyConfig) -> list[Step]:
     """Children in need, their index date and follow-up, and who is eligible."""
     w, c = cfg.study_window, cfg.censoring
@@ -149,24 +167,6 @@ FROM (
         f"SELECT * FROM inclusion WHERE {cumulative[-1]}",
     )
     return [children_in_need, inclusion, attrition, eligible]
-
-
-def inclusion_criteria(cfg: StudyConfig) -> list[tuple[str, str]]:
-    """The attrition steps: a description and a condition on ``inclusion``'s columns (SQL
-    written here; the config only chooses which criteria apply)."""
-    criteria = [
-        ("children with a care-and-support record (children in need)", "TRUE"),
-        ("first social-services contact (index date) in the study window", "in_window"),
-        ("born in the study's birth cohorts", "in_cohorts"),
-        (f"index date before age {cfg.censoring.at_age}", "under_age_limit"),
-        ("linked to the population register (follow-up known)", "on_register"),
-    ]
-    if cfg.exposure.exclude_care_before_index:
-        criteria.append(("not looked after before the index date", "NOT care_before_index"))
-    criteria.append(("follow-up after the index date", "followup_end >= index_date"))
-    if cfg.link_quality.restrict_to_high_quality:
-        criteria.append(("all records linked with high quality", "high_quality_links = 1"))
-    return criteria
 
 
 def care_steps(cfg: StudyConfig) -> list[Step]:
