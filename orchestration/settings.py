@@ -118,8 +118,14 @@ def _refuse_keys_outside_their_section(data: dict[str, Any], path: Path) -> None
             and issubclass(field.annotation, BaseModel)
             and key in field.annotation.model_fields
         ]
-        if owners:
+        if len(owners) == 1:
             raise ConfigError(
                 f"settings file {path}: `{key}` is a key of the `{owners[0]}:` section, not a "
                 f"section; indent it under `{owners[0]}:` (sections: {', '.join(sections)})"
+            )
+        if owners:
+            raise ConfigError(
+                f"settings file {path}: `{key}` is a key of the sections "
+                f"{', '.join(f'`{o}:`' for o in owners)}, not a section; indent it under the "
+                "one it is for"
             )

@@ -311,6 +311,9 @@ def test_stage_settings_errors_name_the_file_and_key(tmp_path: Path) -> None:
     settings.write_text("min_rows: 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"settings\.yaml: `min_rows` .* under `validation:`"):
         load_run_settings(settings)
+    settings.write_text("duckdb_memory_limit: 2GB\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sections `validation:`, `linkage:`, `build:`"):
+        load_run_settings(settings)
     # a flag is validated as the file is, and named
     with pytest.raises(ConfigError, match=r"--threshold 1\.5: .*less than 1"):
         linkage_settings(None, threshold=1.5)
