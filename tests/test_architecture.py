@@ -18,13 +18,6 @@ from ground import PROJECT_PACKAGES as PACKAGES
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
-# Private names that still cross modules inside models/ (issue #17 item 5, being removed by the
-# models refactor). Listed exactly, so no new one can join them; delete entries as they go.
-PENDING_IN_MODELS = {
-    ("models/effects.py", "models.propensity", "_standardise"),
-    ("models/effects.py", "models.propensity", "_inverse_link"),
-}
-
 
 def _lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -101,7 +94,7 @@ def _private_names_imported_across_modules() -> set[tuple[str, str, str]]:
 
 
 def test_no_private_name_is_imported_across_modules() -> None:
-    crossing = _private_names_imported_across_modules() - PENDING_IN_MODELS
+    crossing = _private_names_imported_across_modules()
     assert not crossing, (
         "private names used outside their module (make them public, or move the code): "
         + "; ".join(f"{f}: {m}.{n}" for f, m, n in sorted(crossing))
