@@ -122,7 +122,7 @@ class ExposureEffectFitter:
     ) -> ExposureEffectFitter:
         """The fitter the model stage uses for ``method``. No model setting changes this
         fitter today (the stage passes it the outcome design chosen by cross-validation, see
-        :func:`models.analyses.choose_outcome_design`); building it here keeps the stage and
+        :func:`models.estimators.choose_outcome_design`); building it here keeps the stage and
         the notebooks on one path when one does."""
         return cls(method, binary=binary)
 

@@ -416,7 +416,7 @@ class PropensityScoreFitter:
     def from_settings(cls, s: ModelSettings, link: Link = "logit") -> PropensityScoreFitter:
         """The ATT fitter the model stage uses: method, trimming, truncation and balance
         threshold from ``s`` (``link`` matters for ``propensity_method="likelihood"`` only, where
-        the stage chooses it by cross-validation, see :func:`models.analyses.fit_propensity`)."""
+        the stage chooses it by cross-validation, see :func:`models.estimators.fit_propensity`)."""
         return cls(
             "ATT",
             trim=s.trim,
