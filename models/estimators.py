@@ -193,6 +193,9 @@ class AnalysisEstimator:
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
+    # where the declared outcomes are looked up before anything is fitted: columns of
+    # cohort.children or cohort.school_years, or outcomes of cohort.person_time
+    outcomes_in: ClassVar[Literal["children", "school_years", "person_time"]] = "children"
 
     def __init__(self, analysis: Analysis, settings: ModelSettings) -> None:
         self.analysis = analysis
@@ -213,6 +216,32 @@ class AnalysisEstimator:
     @classmethod
     def from_settings(cls, s: ModelSettings, analysis: Analysis) -> AnalysisEstimator:
         return cls(analysis, s)
+
+    def check_outcomes(self, cohort: CohortData) -> None:
+        """A ConfigError naming the analysis when a declared outcome is not in the cohort."""
+        a = self.analysis
+        if isinstance(a.outcomes, str):
+            if self.outcomes_in == "person_time":
+                return
+            raise ConfigError(
+                f"analysis {a.name!r} (estimator {self.name}): `outcomes` must list columns; "
+                f"{a.outcomes} is for time-to-event estimators"
+            )
+        if not a.outcomes:
+            raise ConfigError(f"analysis {a.name!r} (estimator {self.name}): `outcomes` is empty")
+        known = (
+            set(cohort.person_time["outcome"].unique())
+            if self.outcomes_in == "person_time"
+            else set(getattr(cohort, self.outcomes_in).columns)
+        )
+        if self.outcomes_in == "person_time" and cohort.person_time.empty:
+            return
+        missing = [o for o in a.outcomes if o not in known]
+        if missing:
+            raise ConfigError(
+                f"analysis {a.name!r}: outcome(s) {', '.join(missing)} not in cohort."
+                f"{self.outcomes_in}; check `outcomes` in the study config's analyses"
+            )
 
     def fit(self, cohort: CohortData) -> AnalysisEstimator:
         """Run the analysis on ``cohort``: every estimate goes to ``estimates_`` with the
@@ -553,6 +582,7 @@ class AbsenceGEE(AnalysisEstimator):
     looked after vs other years: GEE with exchangeable correlation within the child."""
 
     name = "absence_gee"
+    outcomes_in = "school_years"
 
     def _fit(self, cohort: CohortData) -> None:
         import statsmodels.api as sm
@@ -618,6 +648,7 @@ class TimeVaryingSurvival(AnalysisEstimator):
     ``cox_tv_unadjusted``, ``poisson_pw`` (piecewise-exponential Poisson, the scalable check)."""
 
     name = "time_varying_survival"
+    outcomes_in = "person_time"
     Options = TimeVaryingSurvivalOptions
     options: TimeVaryingSurvivalOptions
 
@@ -706,15 +737,7 @@ class KaplanMeier(AnalysisEstimator):
     the declared outcomes."""
 
     name = "kaplan_meier"
+    outcomes_in = "person_time"
 
     def _fit(self, cohort: CohortData) -> None:
-        missing = set(self.analysis.outcomes) - set(cohort.person_time["outcome"].unique())
-        if missing and len(cohort.person_time):
-            self.diagnostics_.append(
-                diagnostic(
-                    f"kaplan_meier:{self.analysis.name}",
-                    "missing_outcomes",
-                    float(len(missing)),
-                    "outcomes without person-time: " + ", ".join(sorted(missing)),
-                )
-            )
+        """Nothing to fit: the declared outcomes were checked against cohort.person_time."""

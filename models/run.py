@@ -126,6 +126,8 @@ def run_analyses(
     it is the whole cohort its analyses are skipped, with one diagnostic saying so."""
     check_unique(analyses)
     estimators = [estimator_for(a, s) for a in analyses]  # every declaration checked first
+    for est in estimators:
+        est.check_outcomes(cohort)
     rows: list[dict[str, Any]] = []
     row_analysis: list[str] = []
     diag: list[Diagnostic] = []

@@ -866,3 +866,25 @@ def test_a_contrast_and_an_estimator_added_in_config_only(built_copy: Path, tmp_
     page = build_report(layout).read_text(encoding="utf-8")
     main = page[page.index('<section id="estimates">') : page.index('<section id="km">')]
     assert "long_vs_short" in main and "raw_gap" in main
+
+
+def test_a_declared_outcome_missing_from_the_cohort_is_named_before_any_fit() -> None:
+    from ground.errors import ConfigError
+    from models import CohortData, ModelSettings, run_analyses
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    cohort = CohortData(
+        pd.DataFrame({"person_key": ["a"], "ks4_score": [40.0], "high_quality_links": [1]}),
+        pd.DataFrame({"person_key": ["a"], "outcome": ["self_harm"]}),
+        pd.DataFrame({"person_key": ["a"], "absence_rate": [0.1]}),
+    )
+    typo = DEFAULT_ANALYSES[0].model_copy(update={"outcomes": ("ks4_scor",)})
+    with pytest.raises(ConfigError, match=r"'ks4_cla_vs_nla': outcome\(s\) ks4_scor not in"):
+        run_analyses(cohort, [typo], ModelSettings())
+    km = next(a for a in DEFAULT_ANALYSES if a.estimator == "kaplan_meier")
+    with pytest.raises(ConfigError, match="emergency_admission not in cohort.person_time"):
+        run_analyses(cohort, [km], ModelSettings())
+    survival = next(a for a in DEFAULT_ANALYSES if a.estimator == "time_varying_survival")
+    wrong = typo.model_copy(update={"outcomes": survival.outcomes})
+    with pytest.raises(ConfigError, match="`outcomes` must list columns"):
+        run_analyses(cohort, [wrong], ModelSettings())
