@@ -92,7 +92,7 @@ def truth_cohort(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.effects import _ipw_point
+    from models.effects import ipw_point
     from models.propensity import PropensityScoreFitter
     from synthetic_data import generate_world
     from synthetic_data.scenario import load_scenario
@@ -125,14 +125,14 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "seed": seed,
                 "propensity": "the world's own (no estimation)",
-                "bias": _ipw_point(y, t, exact) - truth,
+                "bias": ipw_point(y, t, exact) - truth,
             }
         )
         for name, (method, link, design) in models.items():
             ps = PropensityScoreFitter("ATT", truncate=None, method=method, link=link).fit(
                 designs[design], t
             )
-            bias = _ipw_point(y, t, ps.weights_) - truth
+            bias = ipw_point(y, t, ps.weights_) - truth
             rows.append({"seed": seed, "propensity": name, "bias": bias})
         sys.stderr.write(f"seed {seed}: {int(t.sum())} exposed, {int((1 - t).sum())} not\n")
     d = pd.DataFrame(rows).groupby("propensity", sort=False)["bias"]

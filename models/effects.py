@@ -388,10 +388,6 @@ def _untreated_coefficients(y: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.n
     return b
 
 
-# benchmarks/ipw_oracle.py still imports the old private name; remove once it uses ipw_point
-_ipw_point = ipw_point
-
-
 def _aipw_point(y: np.ndarray, t: np.ndarray, m0: np.ndarray, w: np.ndarray) -> float:
     r = y - m0
     return float((np.sum(t * r) - np.sum((1 - t) * w * r)) / t.sum())

@@ -293,7 +293,7 @@ def test_below_floor_settings_are_refused_before_any_work(tmp_path: Path, world:
 
 def test_override_changes_the_label_in_release_and_report(full_run: Path, tmp_path: Path) -> None:
     from ground.run_layout import RunLayout
-    from models.stage import _release
+    from models.outputs import write_release
     from orchestration.report import build_report
 
     run = tmp_path / "run"
@@ -302,13 +302,19 @@ def test_override_changes_the_label_in_release_and_report(full_run: Path, tmp_pa
     ms = yaml.safe_load((layout.results_dir / "model_settings.yaml").read_text())
     ms["disclosure"] = {"threshold": 1, "rounding": 1, "override_reason": "internal QA <only>"}
     (layout.results_dir / "model_settings.yaml").write_text(yaml.safe_dump(ms))
-    from models.stage import ModelSettings, _load
+    from models.run import load_cohort
+    from models.settings import ModelSettings
 
     s = ModelSettings.model_validate(ms)
-    children, pt, _ = _load(layout)
+    children, pt, _ = load_cohort(layout)
     truth = true_tables(run)
-    _release(
-        layout, truth["estimates"], pd.read_csv(layout.results_dir / "table1.csv"), children, pt, s
+    write_release(
+        layout,
+        truth["estimates"],
+        pd.read_csv(layout.results_dir / "table1.csv"),
+        children,
+        pt,
+        s.disclosure,
     )
     label = "NOT disclosure-controlled: threshold 1, rounding 1 (override: internal QA <only>)"
     assert (layout.release_dir / "README.txt").read_text().startswith("NOT disclosure-controlled")

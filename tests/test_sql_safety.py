@@ -187,7 +187,7 @@ def test_build_refuses_an_unparsed_memory_limit(quoted_run: Path, tmp_path: Path
 def _run_stage(section: str, settings: RunSettings, quoted_run: Path, work: Path) -> None:
     """The stage that reads ``section`` of the settings, on a copy of the quoted run; any error
     is fine (the payload is not a sensible value), a written ``pwned.csv`` is not."""
-    from models.stage import run_models
+    from models.run import run_models
 
     run = work / "run"
     if run.exists():
