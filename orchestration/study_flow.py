@@ -24,8 +24,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from cohort.config import load_study_config
 from ground.run_layout import RunLayout
 from linkage.pseudonym import DEMO_SECRET
+from models.run import check_analyses
 from orchestration.manifest import (
     code_version,
     input_hashes,
@@ -143,6 +145,9 @@ def study_flow(
     layout = RunLayout.at(expand_run_dir(run_dir))
     data = Path(data_dir)
     settings = load_run_settings(settings_path)
+    # a bad analysis declaration (unknown estimator, option, duplicate name) fails here,
+    # before validation and linkage run, not when the model stage starts
+    check_analyses(load_study_config(config_path).analyses, settings.model)
     block = secret_block or settings.linkage.prefect_secret_block
     secret = resolve_secret(block, dict(os.environ), demo=demo)  # before any work
     check_out_folder(layout.root)  # nothing written into a folder that is not a run folder

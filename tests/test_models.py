@@ -727,6 +727,25 @@ def test_an_unknown_estimator_or_option_is_refused_before_any_fit() -> None:
     check_analyses(DEFAULT_ANALYSES, ModelSettings())
 
 
+def test_the_study_flow_refuses_a_bad_analysis_before_any_stage(tmp_path: Path) -> None:
+    """``cohort run --config`` with an unknown estimator fails before validation starts (it
+    used to surface only when the model stage began, after validation and linkage)."""
+    import yaml
+
+    from cohort.config import DEFAULT_CONFIG
+    from ground.errors import ConfigError
+    from orchestration.study_flow import study_flow
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config["analyses"][0]["estimator"] = "tmle"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="unknown estimator 'tmle'"):
+        study_flow.fn(str(tmp_path / "no_delivery"), str(run), str(path), demo=True)
+    assert not run.exists()
+
+
 def test_fitters_built_from_settings_are_the_stages() -> None:
     """A notebook that builds its fitters with from_settings gets the pipeline's defaults
     (the notebook's old PropensityScoreFitter("ATT", trim=..., truncate=...) fitted by
