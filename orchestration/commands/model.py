@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from orchestration.commands import settings_option
+
 
 def command(
     run: Annotated[Path, typer.Option("--run", help="Run folder after `cohort build`.")],
+    settings_file: Annotated[Path | None, settings_option("model")] = None,
 ) -> None:
     """Fit the analyses the study config declares (its `analyses:` section, as saved with the
     cohort in RUN/cohort/study_config.yaml): by default propensity scores, weights and balance;
@@ -23,8 +26,12 @@ def command(
 
     from ground.run_layout import RunLayout
     from models.run import run_models
+    from orchestration.settings import load_run_settings
 
+    settings = load_run_settings(settings_file).model
     console = Console(stderr=True)
     with console.status("fitting models") as status:
-        summary = run_models(layout=RunLayout.at(run), progress=lambda m: status.update(m))
+        summary = run_models(
+            layout=RunLayout.at(run), settings=settings, progress=lambda m: status.update(m)
+        )
     console.print(summary.to_markdown())
