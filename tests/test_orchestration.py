@@ -229,6 +229,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
     import cohort
     import linkage
+    import models.run
     import orchestration.state
     import validation
     from orchestration.cli import app
@@ -246,6 +247,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     monkeypatch.setattr(validation, "validate_delivery", record)
     monkeypatch.setattr(linkage, "link_run", record)
     monkeypatch.setattr(cohort, "build_cohort", record)
+    monkeypatch.setattr(models.run, "run_models", record)
     monkeypatch.setattr(orchestration.state, "write_marker", lambda *a, **k: None)
     monkeypatch.setenv("COHORT_PSEUDONYM_SECRET", "orchestration-test-secret-0123456789")
     result = CliRunner().invoke(app, args)
@@ -275,6 +277,9 @@ def test_stage_commands_use_their_section_of_the_run_settings(
 
     seen = _invoke_stage(["build", "--run", run, "--settings", str(settings)], monkeypatch)
     assert seen["memory_limit"] == "3GB"
+
+    seen = _invoke_stage(["model", "--run", run, "--settings", str(settings)], monkeypatch)
+    assert seen["settings"].bootstrap_replicates == 0  # type: ignore[attr-defined]
 
     # without --settings: the defaults, as `cohort run` uses them
     seen = _invoke_stage(["link", "--run", run], monkeypatch)
