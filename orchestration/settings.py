@@ -35,7 +35,7 @@ from ground.config_files import read_yaml_mapping
 from ground.db import MemorySize
 from ground.errors import ConfigError
 from linkage.settings import LinkageSettings
-from models import ModelSettings
+from models.settings import ModelSettings
 from validation.settings import ValidationSettings
 
 

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from ground.run_layout import RunLayout
 from orchestration.isolation import call_stage
-from validation.core import ValidationSettings, ValidationSummary, validate_delivery
+from validation import ValidationSettings, ValidationSummary, validate_delivery
 
 
 @task(name="validate-delivery")
