@@ -18,7 +18,14 @@ from ground.errors import ConfigError
 from schemas.contracts import SOURCES
 from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
-from synthetic_data.world import ADVERSITIES, World, build_world, observed_ks4
+from synthetic_data.world import (
+    ADVERSITIES,
+    MAX_YEARS_SINCE_ENTRY,
+    YEAR,
+    World,
+    build_world,
+    observed_ks4,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +246,8 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
         data[f"true_{a}"] = w.adversity[:, k].astype(np.int8)
         data[f"{a}_onset"] = iso(w.onset[:, k])
         data[f"recorded_{a}"] = w.recorded1[:, k].astype(np.int8)
+        data[f"pre_care_{a}"] = w.pre_care_adversity[:, k].astype(np.int8)
+        data[f"{a}_onset_no_care"] = iso(w.onset_no_care[:, k])
     data |= {
         "ever_cin": (w.ref1 >= 0).astype(np.int8),
         "first_cin_date": iso(w.ref1),
@@ -313,22 +322,178 @@ def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
             "description": "conditional on the latent KS4 score (not identifiable from data)",
         }
     )
+    est += _modified_ks4_effects(w, groups["cla_vs_nla"], observed_effect)
+    est += _absence_effects(w)
     for outcome, lhr in (
         ("self_harm", e.log_hr_self_harm),
         ("emergency_admission", e.log_hr_emergency_admission),
         ("mental_health_admission", e.log_hr_mental_health_admission),
         ("appendicitis", 0.0),
+        ("dental_caries_admission", 0.0),
     ):
+        affected = lhr != 0.0 or outcome not in NEGATIVE_CONTROLS
         est.append(
             {
                 "outcome": outcome,
                 "contrast": "cla_vs_nla",
                 "scale": "hazard_ratio",
                 "value": float(np.exp(lhr)),
-                "description": "hazard ratio while looked after (time-varying)",
+                "description": "hazard ratio while looked after (time-varying)"
+                + (
+                    "; negative control (shares care's causes: adversity, deprivation, authority)"
+                    if outcome == "dental_caries_admission"
+                    else "; negative control"
+                    if outcome in NEGATIVE_CONTROLS
+                    else "; for a child with no pre-care adversity in the first year after "
+                    "entry when the scenario modifies it"
+                ),
+            }
+        )
+        if not affected:
+            continue
+        for j in range(MAX_YEARS_SINCE_ENTRY + 1):
+            est.append(
+                {
+                    "outcome": outcome,
+                    "contrast": f"cla_vs_nla_year_since_entry_{j}",
+                    "scale": "hazard_ratio",
+                    "value": float(np.exp(lhr + e.log_hr_care_per_year_since_entry * j)),
+                    "description": f"hazard ratio while looked after, {j}"
+                    + ("+" if j == MAX_YEARS_SINCE_ENTRY else "")
+                    + " whole years after first entry, no pre-care adversity",
+                }
+            )
+        est.append(
+            {
+                "outcome": outcome,
+                "contrast": "cla_vs_nla_per_pre_care_adversity",
+                "scale": "ratio_of_hazard_ratios",
+                "value": float(np.exp(e.log_hr_care_x_adversity)),
+                "description": "how much each true adversity begun before entry multiplies the "
+                "hazard ratio of being looked after",
             }
         )
     return {"scenario": sc.name, "estimands": est}
+
+
+NEGATIVE_CONTROLS = ("appendicitis", "dental_caries_admission")
+ENTRY_AGE_BANDS = ((0, 5), (5, 11), (11, 18))  # whole years at first entry: 0-4, 5-10, 11-17
+
+
+def _with_without(
+    outcome: str,
+    contrast: str,
+    scale: str,
+    effect: np.ndarray,
+    exposed: np.ndarray,
+    modifier: np.ndarray,
+    what: str,
+) -> list[dict[str, object]]:
+    """ATT among the exposed with and without a modifier, and their difference."""
+    rows: list[dict[str, object]] = []
+    means = {}
+    for label, sel in (("with", exposed & modifier), ("without", exposed & ~modifier)):
+        n = int(sel.sum())
+        means[label] = float(effect[sel].mean()) if n else 0.0
+        rows.append(
+            {
+                "outcome": outcome,
+                "contrast": f"{contrast}_{label}_{what}",
+                "scale": scale,
+                "value": means[label],
+                "description": f"ATT among the {n} exposed {label} {what} (begun before entry)",
+            }
+        )
+    rows.append(
+        {
+            "outcome": outcome,
+            "contrast": f"{contrast}_with_minus_without_{what}",
+            "scale": f"difference_in_{scale}",
+            "value": means["with"] - means["without"],
+            "description": f"ATT with {what} minus ATT without it (effect modification)",
+        }
+    )
+    return rows
+
+
+def _modified_ks4_effects(
+    w: World, exposed: np.ndarray, observed_effect: np.ndarray
+) -> list[dict[str, object]]:
+    """KS4 score and level 2 among exposed children (care before year 11) by each pre-care
+    adversity and by age at first entry."""
+    rows: list[dict[str, object]] = []
+    l2 = w.level2_p1 - w.level2_p0
+    for k, a in enumerate(ADVERSITIES):
+        pre = w.pre_care_adversity[:, k]
+        rows += _with_without(
+            "ks4_score", "cla_vs_nla", "mean_difference", observed_effect, exposed, pre, a
+        )
+        rows += _with_without(
+            "ks4_level2_inclusive", "cla_vs_nla", "risk_difference", l2, exposed, pre, a
+        )
+    age = np.where(w.first_entry >= 0, (w.first_entry - w.birth) // YEAR, -1)
+    for lo, hi in ENTRY_AGE_BANDS:
+        sel = exposed & (age >= lo) & (age < hi)
+        n = int(sel.sum())
+        rows.append(
+            {
+                "outcome": "ks4_score",
+                "contrast": f"cla_vs_nla_entry_age_{lo}_{hi - 1}",
+                "scale": "mean_difference",
+                "value": float(observed_effect[sel].mean()) if n else 0.0,
+                "description": f"ATT among the {n} exposed children first entering care aged "
+                f"{lo}-{hi - 1}",
+            }
+        )
+    return rows
+
+
+def _absence_effects(w: World) -> list[dict[str, object]]:
+    """Absence: ATT over looked-after school years (looked after on at least one day of the
+    academic year), overall, by whole years since first entry and by pre-care adversity."""
+    sy = w.school_years
+    if not sy:
+        return []
+    effect = sy["absence_rate_factual"].astype(np.float64) - sy["absence_rate_no_care"]
+    exposed = sy["looked_after_share"] > 0
+    n = int(exposed.sum())
+    rows: list[dict[str, object]] = [
+        {
+            "outcome": "absence_rate",
+            "contrast": "looked_after_year",
+            "scale": "mean_difference",
+            "value": float(effect[exposed].mean()) if n else 0.0,
+            "description": f"ATT over the {n} looked-after pupil-years (looked after on at least "
+            "one day of the academic year 1 September - 31 August)",
+        }
+    ]
+    since = sy["years_since_entry"]
+    for j in range(MAX_YEARS_SINCE_ENTRY + 1):
+        sel = exposed & ((since == j) if j < MAX_YEARS_SINCE_ENTRY else (since >= j))
+        m = int(sel.sum())
+        rows.append(
+            {
+                "outcome": "absence_rate",
+                "contrast": f"looked_after_year_since_entry_{j}",
+                "scale": "mean_difference",
+                "value": float(effect[sel].mean()) if m else 0.0,
+                "description": f"ATT over the {m} looked-after pupil-years starting {j}"
+                + ("+" if j == MAX_YEARS_SINCE_ENTRY else "")
+                + " whole years after first entry",
+            }
+        )
+    person = sy["person_id"]
+    for k, a in enumerate(ADVERSITIES):
+        rows += _with_without(
+            "absence_rate",
+            "looked_after_year",
+            "mean_difference",
+            effect,
+            exposed,
+            w.pre_care_adversity[person, k],
+            a,
+        )
+    return rows
 
 
 def generate_world(
@@ -434,6 +599,7 @@ def generate_world(
             "level2_p1": w.level2_p1,
         }
     ).write_parquet(truth / "potential_outcomes.parquet", statistics=False)
+    pl.DataFrame(w.school_years).write_parquet(truth / "school_years.parquet", statistics=False)
     (truth / "scenario.yaml").write_text(scenario_to_yaml(sc), encoding="utf-8")
     (truth / "effects.json").write_text(
         json.dumps(_effects(w, sc, ks4_has), indent=2, sort_keys=True) + "\n", encoding="utf-8"
