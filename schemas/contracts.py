@@ -485,7 +485,11 @@ EMERGENCY_DEPARTMENT = SourceContract(
 
 CARE_SUPPORT_CENSUS = SourceContract(
     name="care_support_census",
-    description="Children receiving care and support census: one row per child per census year",
+    description=(
+        "Children receiving care and support census: one row per child per census year per "
+        "assessment (the latest assessment by census day, plus any assessment superseded within "
+        "the year); factors and protection plan as recorded at `assessment_date`"
+    ),
     grain="child x census year x assessment",
     file_stem="care_support_census",
     primary_key=("record_id",),
