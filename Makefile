@@ -31,8 +31,9 @@ run: sync
 ## make test: sync, lint, type-check and run the test suite (what CI runs).
 test: sync lint typecheck pytest
 
+## make lint: ruff, and the import contract (pyproject.toml [tool.importlinter]).
 lint:
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked ruff check . && $$UV run --locked ruff format --check .
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked ruff check . && $$UV run --locked ruff format --check . && $$UV run --locked lint-imports
 
 typecheck:
 	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked mypy

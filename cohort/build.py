@@ -1,7 +1,10 @@
-"""Cohort derivation in DuckDB SQL over the analysis zone.
+"""Cohort derivation in DuckDB SQL over the analysis zone, as named steps.
 
-SQL is built by pure functions (``*_sql``) from the typed config, and executed in one place
-(:func:`build_cohort`). Days are counted from the index date; an event on day ``d`` closes the
+Each function below returns the :class:`~cohort.steps.Step` s of one part of the derivation
+(one temporary table per step); :func:`cohort_steps` lists them all in order and
+:func:`build_cohort` runs them and swaps the four cohort tables into the analysis zone. Values
+from the study config are named parameters; code-list values (shipped files, not config) are
+quoted literals. Days are counted from the index date; an event on day ``d`` closes the
 interval ``[.., d + 1)``, so an event on the index date has time 1 day.
 """
 
@@ -14,12 +17,15 @@ from pathlib import Path
 import duckdb
 
 from cohort.config import Outcome, StudyConfig, config_to_yaml, load_study_config
+from cohort.steps import CohortSteps, Step
 from ground.db import DuckDBSettings, connect, quote_ident, replace_table_atomically, sql_string
 from ground.errors import RunStateError
 from ground.run_layout import RunLayout
 from schemas.contracts import load_codelist
 
 log = logging.getLogger(__name__)
+
+COHORT_TABLES = ("children", "person_time", "school_years", "attrition")
 
 
 @dataclass
@@ -41,7 +47,7 @@ class CohortSummary:
 
 
 def _lit(v: object) -> str:
-    """A string literal for the SQL below (values from the typed config and code lists)."""
+    """A string literal for a code-list value (shipped files, not config)."""
     return sql_string(str(v))
 
 
@@ -50,12 +56,32 @@ def icd_condition(column: str, group: str) -> str:
     return f"substr({column}, 1, 3) BETWEEN {_lit(g['code_from'])} AND {_lit(g['code_to'])}"
 
 
-def base_sql(cfg: StudyConfig) -> str:
-    """One row per child in need with index date, follow-up and inclusion flags."""
-    w = cfg.study_window
-    c = cfg.censoring
-    return f"""
-CREATE OR REPLACE TEMP TABLE base AS
+def inclusion_criteria(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """The attrition steps: a description and a condition on ``inclusion``'s columns (SQL
+    written here; the config only chooses which criteria apply)."""
+    criteria = [
+        ("children with a care-and-support record (children in need)", "TRUE"),
+        ("first social-services contact (index date) in the study window", "in_window"),
+        ("born in the study's birth cohorts", "in_cohorts"),
+        (f"index date before age {cfg.censoring.at_age}", "under_age_limit"),
+        ("linked to the population register (follow-up known)", "on_register"),
+    ]
+    if cfg.exposure.exclude_care_before_index:
+        criteria.append(("not looked after before the index date", "NOT care_before_index"))
+    criteria.append(("follow-up after the index date", "followup_end >= index_date"))
+    if cfg.link_quality.restrict_to_high_quality:
+        criteria.append(("all records linked with high quality", "high_quality_links = 1"))
+    return criteria
+
+
+def index_steps(cfg: StudyConfig) -> list[Step]:
+    """Children in need, their index date and follow-up, and who is eligible."""
+    w, c = cfg.study_window, cfg.censoring
+    children_in_need = Step(
+        "children_in_need",
+        "one row per child with a care-and-support record: index date (first referral), "
+        "demographics, first care episode, age limit, leaving and death dates",
+        """
 WITH idx AS (
     SELECT person_key, min(referral_date) AS index_date
     FROM analysis.care_support_census GROUP BY person_key
@@ -80,55 +106,88 @@ SELECT i.person_key, i.index_date, p.week_of_birth, p.sex, p.ethnicity,
        datediff('day', p.week_of_birth, i.index_date) / 365.25 AS age_at_index,
        reg.person_key IS NOT NULL AS on_register,
        fc.first_episode_start,
-       CAST(p.week_of_birth + INTERVAL {int(c.at_age)} YEAR AS DATE) AS age_limit_date,
+       CAST(p.week_of_birth + to_years($age_limit) AS DATE) AS age_limit_date,
        lr.left_date, reg.death_date
 FROM idx i
 JOIN analysis.persons p USING (person_key)
 LEFT JOIN reg USING (person_key)
 LEFT JOIN left_region lr USING (person_key)
-LEFT JOIN first_care fc USING (person_key)
-WHERE TRUE;
-CREATE OR REPLACE TEMP TABLE base2 AS
+LEFT JOIN first_care fc USING (person_key)""",
+        {"age_limit": c.at_age},
+    )
+    inclusion = Step(
+        "inclusion",
+        "children_in_need with one flag per inclusion criterion and the end of follow-up",
+        """
 SELECT *,
-       index_date BETWEEN DATE {_lit(w.start)} AND DATE {_lit(w.end)} AS in_window,
-       birth_cohort BETWEEN {int(cfg.birth_cohorts.first)} AND {int(cfg.birth_cohorts.last)} AS in_cohorts,
-       age_at_index < {int(c.at_age)} AS under_age_limit,
+       index_date BETWEEN $window_start AND $window_end AS in_window,
+       birth_cohort BETWEEN $first_birth_cohort AND $last_birth_cohort AS in_cohorts,
+       age_at_index < $age_limit AS under_age_limit,
        coalesce(first_episode_start < index_date, FALSE) AS care_before_index,
        least(age_limit_date,
-             {"coalesce(left_date, DATE '9999-12-31')" if c.at_leaving_region else "DATE '9999-12-31'"},
-             {"coalesce(death_date, DATE '9999-12-31')" if c.at_death else "DATE '9999-12-31'"},
-             DATE {_lit(w.end)}) AS followup_end
-FROM base;
-"""
+             CASE WHEN $censor_at_leaving_region THEN coalesce(left_date, DATE '9999-12-31')
+                  ELSE DATE '9999-12-31' END,
+             CASE WHEN $censor_at_death THEN coalesce(death_date, DATE '9999-12-31')
+                  ELSE DATE '9999-12-31' END,
+             $window_end) AS followup_end
+FROM children_in_need""",
+        {
+            "window_start": w.start,
+            "window_end": w.end,
+            "first_birth_cohort": cfg.birth_cohorts.first,
+            "last_birth_cohort": cfg.birth_cohorts.last,
+            "age_limit": c.at_age,
+            "censor_at_leaving_region": c.at_leaving_region,
+            "censor_at_death": c.at_death,
+        },
+    )
+    criteria = inclusion_criteria(cfg)
+    cumulative = ["TRUE"]
+    for _, condition in criteria:
+        cumulative.append(f"{cumulative[-1]} AND ({condition})")
+    counts = "\nUNION ALL ".join(
+        f"SELECT {i} AS step, $criterion_{i} AS description, count(*) AS n_remaining "
+        f"FROM inclusion WHERE {where}"
+        for i, where in enumerate(cumulative[1:], start=1)
+    )
+    attrition = Step(
+        "attrition",
+        "one row per inclusion criterion, in order: children remaining after it and excluded by it",
+        f"""
+SELECT CAST(step AS INTEGER) AS step, description, n_remaining,
+       coalesce(lag(n_remaining) OVER (ORDER BY step) - n_remaining, 0) AS n_excluded
+FROM (
+{counts}
+) ORDER BY step""",
+        {f"criterion_{i}": description for i, (description, _) in enumerate(criteria, start=1)},
+    )
+    eligible = Step(
+        "eligible",
+        "the rows of inclusion that meet every criterion: the cohort, one row per child",
+        f"SELECT * FROM inclusion WHERE {cumulative[-1]}",
+    )
+    return [children_in_need, inclusion, attrition, eligible]
 
 
-def attrition_steps(cfg: StudyConfig) -> list[tuple[str, str]]:
-    steps = [
-        ("children with a care-and-support record (children in need)", "TRUE"),
-        ("first social-services contact (index date) in the study window", "in_window"),
-        ("born in the study's birth cohorts", "in_cohorts"),
-        (f"index date before age {cfg.censoring.at_age}", "under_age_limit"),
-        ("linked to the population register (follow-up known)", "on_register"),
-    ]
-    if cfg.exposure.exclude_care_before_index:
-        steps.append(("not looked after before the index date", "NOT care_before_index"))
-    steps.append(("follow-up after the index date", "followup_end >= index_date"))
-    if cfg.link_quality.restrict_to_high_quality:
-        steps.append(("all records linked with high quality", "high_quality_links = 1"))
-    return steps
-
-
-def care_sql(cfg: StudyConfig) -> str:
+def care_steps(cfg: StudyConfig) -> list[Step]:
     """Periods of care (episodes grouped at each 'S' start) on or after the index date."""
-    return f"""
-CREATE OR REPLACE TEMP TABLE episodes AS
+    episodes = Step(
+        "episodes",
+        "one row per looked-after episode starting between the index date and the end of "
+        "follow-up, numbered by its period of care (a new period at each start reason 'S')",
+        """
 SELECT e.person_key, e.record_id, e.episode_start, e.episode_end, e.placement_type, e.reason_episode_started,
        sum(CASE WHEN e.reason_episode_started = 'S' THEN 1 ELSE 0 END)
            OVER (PARTITION BY e.person_key ORDER BY e.episode_start, e.record_id
                  ROWS UNBOUNDED PRECEDING) AS period
 FROM analysis.looked_after_episodes e JOIN eligible USING (person_key)
-WHERE e.episode_start >= eligible.index_date AND e.episode_start <= eligible.followup_end;
-CREATE OR REPLACE TEMP TABLE periods AS
+WHERE e.episode_start >= eligible.index_date AND e.episode_start <= eligible.followup_end""",
+    )
+    periods = Step(
+        "periods",
+        "one row per period of care: start, end (open or late ends cut at the end of "
+        "follow-up), first placement, placement moves",
+        """
 SELECT p.person_key, p.period, p.period_start,
        least(coalesce(p.period_end, el.followup_end), el.followup_end) AS period_end,
        p.first_placement, p.moves
@@ -138,28 +197,33 @@ FROM (
            first(placement_type ORDER BY episode_start, record_id) AS first_placement,
            sum(CASE WHEN reason_episode_started IN ('P', 'T') THEN 1 ELSE 0 END) AS moves
     FROM episodes GROUP BY person_key, period
-) p JOIN eligible el USING (person_key);
-CREATE OR REPLACE TEMP TABLE care AS
+) p JOIN eligible el USING (person_key)""",
+    )
+    care = Step(
+        "care",
+        "one row per looked-after child: care entry date, days in care, whether the first "
+        "period was long, placement moves, first placement",
+        """
 SELECT person_key, min(period_start) AS care_entry_date,
        sum(datediff('day', period_start, period_end)) AS care_days,
-       arg_min(datediff('day', period_start, period_end), period_start) >= {int(cfg.exposure.long_care_days)}
+       arg_min(datediff('day', period_start, period_end), period_start) >= $long_care_days
            AS first_period_long,
        sum(moves) AS placement_moves,
        arg_min(first_placement, period_start) AS first_placement
-FROM periods GROUP BY person_key;
-"""
-
-
-def children_sql(cfg: StudyConfig) -> str:
-    long_days = int(cfg.exposure.long_care_days)
-    placement_groups = " ".join(
-        f"WHEN {_lit(code)} THEN {_lit(v['group'])}"
-        for code, v in load_codelist("placement_types").items()
+FROM periods GROUP BY person_key""",
+        {"long_care_days": cfg.exposure.long_care_days},
     )
-    mode = cfg.covariates.missing
-    ks2_fill = "0" if mode == "indicator" else "(SELECT mode(prior_ks2_expected) FROM ks2)"
-    return f"""
-CREATE OR REPLACE TEMP TABLE index_rows AS
+    return [episodes, periods, care]
+
+
+def covariate_steps() -> list[Step]:
+    """Pre-care covariates and the per-child outcome measures read from other sources."""
+    return [
+        Step(
+            "index_rows",
+            "one row per child: adversity factors and disability on census rows whose "
+            "referral is on or before the index date, and the earliest such row's LA",
+            """
 SELECT c.person_key,
        max(CAST(c.parent_domestic_abuse AS INTEGER)) AS domestic_abuse,
        max(CAST(c.parent_mental_ill_health AS INTEGER)) AS parental_mental_ill_health,
@@ -170,47 +234,96 @@ SELECT c.person_key,
        first(c.la_code ORDER BY c.census_year, c.record_id) AS la_code
 FROM analysis.care_support_census c JOIN eligible e USING (person_key)
 WHERE c.referral_date <= e.index_date
-GROUP BY c.person_key;
-CREATE OR REPLACE TEMP TABLE depr AS
+GROUP BY c.person_key""",
+        ),
+        Step(
+            "deprivation_at_index",
+            "one row per child with a register period starting on or before the index date: "
+            "the latest such period's deprivation decile",
+            """
 SELECT e.person_key, arg_max(r.deprivation_decile, r.period_start) AS deprivation_decile
 FROM eligible e JOIN analysis.population_register r USING (person_key)
 WHERE r.period_start <= e.index_date
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE ks2 AS
+GROUP BY e.person_key""",
+        ),
+        Step(
+            "ks2",
+            "one row per child with a KS2 result from a year ending before the index date",
+            """
 SELECT e.person_key, max(CAST(a.ks2_expected_standard AS INTEGER)) AS prior_ks2_expected
 FROM eligible e JOIN analysis.attainment a USING (person_key)
 WHERE a.key_stage = 'KS2' AND make_date(a.academic_year + 1, 6, 1) < e.index_date
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE ks4 AS
+GROUP BY e.person_key""",
+        ),
+        Step(
+            "ks4",
+            "one row per child with a KS4 result: start of the KS4 year, score, level 2",
+            """
 SELECT e.person_key, make_date(any_value(a.academic_year), 9, 1) AS ks4_year_start,
        any_value(a.ks4_capped_points) AS ks4_score,
        any_value(CAST(a.ks4_level2_inclusive AS INTEGER)) AS ks4_level2_inclusive
 FROM eligible e JOIN analysis.attainment a USING (person_key)
 WHERE a.key_stage = 'KS4'
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE ks4_care AS
+GROUP BY e.person_key""",
+        ),
+        Step(
+            "ks4_care",
+            "one row per child with a KS4 result: days in care before the KS4 year started",
+            """
 SELECT k.person_key,
        sum(greatest(0, datediff('day', p.period_start, least(p.period_end, k.ks4_year_start)))) AS ks4_care_days
 FROM ks4 k JOIN periods p USING (person_key)
-GROUP BY k.person_key;
-CREATE OR REPLACE TEMP TABLE ks4_moves AS
+GROUP BY k.person_key""",
+        ),
+        Step(
+            "ks4_moves",
+            "one row per child with a KS4 result and a placement move before the KS4 year",
+            """
 SELECT e.person_key, count(*) AS ks4_placement_moves
 FROM episodes e JOIN ks4 k USING (person_key)
 WHERE e.reason_episode_started IN ('P', 'T') AND e.episode_start < k.ks4_year_start
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE prior_em AS
+GROUP BY e.person_key""",
+        ),
+        Step(
+            "prior_emergency_admissions",
+            "one row per child with an emergency admission (methods 21, 22, 28) before the "
+            "index date: how many",
+            """
 SELECT e.person_key, count(*) AS prior_emergency_admissions
 FROM eligible e JOIN analysis.hospital_admissions h USING (person_key)
 WHERE h.admission_method IN ('21', '22', '28') AND h.admission_date < e.index_date
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE absence AS
+GROUP BY e.person_key""",
+        ),
+        Step(
+            "absence",
+            "one row per child with school census years dated (15 January) within follow-up: "
+            "the absence rate over them",
+            """
 SELECT e.person_key,
        sum(s.sessions_authorised_absence + s.sessions_unauthorised_absence) / nullif(sum(s.sessions_possible), 0)
            AS absence_rate_after_index
 FROM eligible e JOIN analysis.school_census s USING (person_key)
 WHERE make_date(s.academic_year + 1, 1, 15) BETWEEN e.index_date AND e.followup_end
-GROUP BY e.person_key;
-CREATE OR REPLACE TEMP TABLE children AS
+GROUP BY e.person_key""",
+        ),
+    ]
+
+
+def children_step(cfg: StudyConfig) -> Step:
+    placement_groups = " ".join(
+        f"WHEN {_lit(code)} THEN {_lit(v['group'])}"
+        for code, v in load_codelist("placement_types").items()
+    )
+    # a fixed choice of SQL text: the config field is a Literal["indicator", "mode"]
+    ks2_fill = {
+        "indicator": "0",
+        "mode": "(SELECT mode(prior_ks2_expected) FROM ks2)",
+    }[cfg.covariates.missing]
+    return Step(
+        "children",
+        "cohort.children: one row per child in the cohort, its group, covariates, "
+        "exposure summaries, education outcomes and follow-up",
+        f"""
 SELECT e.person_key,
        CASE WHEN c.care_entry_date IS NOT NULL THEN 'CLA' ELSE 'NLA' END AS "group",
        CAST(c.care_entry_date IS NOT NULL AS INTEGER) AS looked_after,
@@ -238,12 +351,12 @@ SELECT e.person_key,
        CASE WHEN k4.ks4_year_start > e.index_date THEN k4.ks4_score END AS ks4_score,
        CASE WHEN k4.ks4_year_start > e.index_date THEN k4.ks4_level2_inclusive END AS ks4_level2_inclusive,
        CASE WHEN k4.ks4_year_start > e.index_date THEN
-            CASE WHEN coalesce(kc.ks4_care_days, 0) >= {long_days} THEN 'long'
+            CASE WHEN coalesce(kc.ks4_care_days, 0) >= $long_care_days THEN 'long'
                  WHEN coalesce(kc.ks4_care_days, 0) > 0 THEN 'short' ELSE 'none' END END AS ks4_care_group,
        CASE WHEN k4.ks4_year_start > e.index_date THEN coalesce(kc.ks4_care_days, 0) END AS ks4_care_days,
        CASE WHEN k4.ks4_year_start > e.index_date THEN coalesce(km.ks4_placement_moves, 0) END AS ks4_placement_moves,
        CASE WHEN ab.absence_rate_after_index IS NOT NULL THEN
-            CAST(ab.absence_rate_after_index >= {float(cfg.persistent_absence_rate)} AS INTEGER) END AS persistent_absence,
+            CAST(ab.absence_rate_after_index >= $persistent_absence_rate AS INTEGER) END AS persistent_absence,
        e.followup_end,
        CASE e.followup_end WHEN e.age_limit_date THEN 'age_limit'
                            WHEN e.left_date THEN 'left_region'
@@ -252,23 +365,28 @@ SELECT e.person_key,
 FROM eligible e
 LEFT JOIN care c USING (person_key)
 LEFT JOIN index_rows i USING (person_key)
-LEFT JOIN depr d USING (person_key)
+LEFT JOIN deprivation_at_index d USING (person_key)
 LEFT JOIN ks2 k2 USING (person_key)
 LEFT JOIN ks4 k4 USING (person_key)
 LEFT JOIN ks4_care kc USING (person_key)
 LEFT JOIN ks4_moves km USING (person_key)
-LEFT JOIN prior_em pe USING (person_key)
+LEFT JOIN prior_emergency_admissions pe USING (person_key)
 LEFT JOIN absence ab USING (person_key)
-ORDER BY e.person_key;
-"""
+ORDER BY e.person_key""",
+        {
+            "long_care_days": cfg.exposure.long_care_days,
+            "persistent_absence_rate": cfg.persistent_absence_rate,
+        },
+    )
 
 
-def outcome_events_sql(o: Outcome) -> str:
+def outcome_events_sql(o: Outcome, name_param: str) -> str:
     """First qualifying event on or after the index date, for one outcome.
 
-    Only checked config reaches the SQL: ``sources``, ``diagnosis_position`` and
+    Only checked config shapes the SQL: ``sources``, ``diagnosis_position`` and
     ``admission_method_group`` are fixed choices, code-list groups must exist, and the codes
     come from the shipped code lists (as quoted literals); the columns are this function's.
+    The outcome's name is the parameter ``name_param``.
     """
     parts = []
     for source in o.sources:
@@ -301,20 +419,26 @@ def outcome_events_sql(o: Outcome) -> str:
             f"FROM {quote_ident('analysis.' + source)} WHERE {where}"
         )
     return f"""
-SELECT c.person_key, {_lit(o.name)} AS outcome, min(ev.event_date) AS event_date
+SELECT c.person_key, ${name_param} AS outcome, min(ev.event_date) AS event_date
 FROM children c JOIN ({" UNION ALL ".join(parts)}) ev USING (person_key)
 WHERE ev.event_date >= c.index_date AND ev.event_date <= c.followup_end
 GROUP BY c.person_key"""
 
 
-def person_time_sql(cfg: StudyConfig) -> str:
+def person_time_steps(cfg: StudyConfig) -> list[Step]:
     """Counting-process rows split at care entry and exit, for every outcome."""
-    events = " UNION ALL ".join(outcome_events_sql(o) for o in cfg.outcomes) or (
+    outcome_names = {f"outcome_{i}": o.name for i, o in enumerate(cfg.outcomes, start=1)}
+    events = " UNION ALL ".join(
+        outcome_events_sql(o, p) for p, o in zip(outcome_names, cfg.outcomes, strict=True)
+    ) or (
         "SELECT NULL::VARCHAR AS person_key, NULL::VARCHAR AS outcome, NULL::DATE AS event_date WHERE FALSE"
     )
-    outcomes = ", ".join(f"({_lit(o.name)})" for o in cfg.outcomes) or "(NULL)"
-    return f"""
-CREATE OR REPLACE TEMP TABLE bounds AS
+    outcomes = ", ".join(f"(${p})" for p in outcome_names) or "(NULL)"
+    bounds = Step(
+        "bounds",
+        "the days (from the index date) where a child's follow-up is split: day 0, the day "
+        "after follow-up ends, and each start and end of a period of care",
+        """
 SELECT DISTINCT person_key, d FROM (
     SELECT person_key, 0 AS d FROM children
     UNION ALL SELECT person_key, datediff('day', index_date, followup_end) + 1 FROM children
@@ -322,8 +446,13 @@ SELECT DISTINCT person_key, d FROM (
               FROM periods p JOIN children c USING (person_key)
     UNION ALL SELECT p.person_key, datediff('day', c.index_date, p.period_end)
               FROM periods p JOIN children c USING (person_key)
-);
-CREATE OR REPLACE TEMP TABLE segments AS
+)""",
+    )
+    segments = Step(
+        "segments",
+        "one row per interval between consecutive bounds within follow-up, and whether a "
+        "period of care covers its start",
+        """
 SELECT s.person_key, s.start_day, s.stop_day,
        CAST(EXISTS (SELECT 1 FROM periods p JOIN children c USING (person_key)
                     WHERE p.person_key = s.person_key
@@ -333,9 +462,18 @@ FROM (
     SELECT b.person_key, b.d AS start_day, lead(b.d) OVER (PARTITION BY b.person_key ORDER BY b.d) AS stop_day
     FROM bounds b JOIN children c USING (person_key)
     WHERE b.d >= 0 AND b.d <= datediff('day', c.index_date, c.followup_end) + 1
-) s WHERE s.stop_day IS NOT NULL AND s.stop_day > s.start_day;
-CREATE OR REPLACE TEMP TABLE first_events AS {events};
-CREATE OR REPLACE TEMP TABLE person_time AS
+) s WHERE s.stop_day IS NOT NULL AND s.stop_day > s.start_day""",
+    )
+    first_events = Step(
+        "first_events",
+        "one row per child and outcome with a qualifying event in follow-up: the first one",
+        events,
+        outcome_names,
+    )
+    person_time = Step(
+        "person_time",
+        "cohort.person_time: counting-process rows per child and outcome, cut at the event",
+        f"""
 SELECT s.person_key, o.outcome, s.start_day,
        CASE WHEN e.event_date IS NOT NULL
                  AND datediff('day', c.index_date, e.event_date) < s.stop_day
@@ -348,13 +486,17 @@ JOIN children c USING (person_key)
 CROSS JOIN (VALUES {outcomes}) o(outcome)
 LEFT JOIN first_events e ON e.person_key = s.person_key AND e.outcome = o.outcome
 WHERE e.event_date IS NULL OR datediff('day', c.index_date, e.event_date) >= s.start_day
-ORDER BY s.person_key, o.outcome, s.start_day;
-"""
+ORDER BY s.person_key, o.outcome, s.start_day""",
+        outcome_names,
+    )
+    return [bounds, segments, first_events, person_time]
 
 
-def school_years_sql() -> str:
-    return """
-CREATE OR REPLACE TEMP TABLE school_years AS
+def school_years_step() -> Step:
+    return Step(
+        "school_years",
+        "cohort.school_years: one row per child per school census year with sessions recorded",
+        """
 SELECT s.person_key, s.academic_year,
        s.academic_year - year(c.week_of_birth) AS age,
        s.sessions_possible,
@@ -372,8 +514,23 @@ SELECT s.person_key, s.academic_year,
 FROM analysis.school_census s
 JOIN (SELECT children.*, e.week_of_birth FROM children JOIN eligible e USING (person_key)) c USING (person_key)
 WHERE s.sessions_possible IS NOT NULL
-ORDER BY s.person_key, s.academic_year, s.record_id;
-"""
+ORDER BY s.person_key, s.academic_year, s.record_id""",
+    )
+
+
+def cohort_steps(config: StudyConfig | None = None) -> CohortSteps:
+    """Every step of the cohort build, in the order they run."""
+    cfg = config or load_study_config()
+    return CohortSteps(
+        (
+            *index_steps(cfg),
+            *care_steps(cfg),
+            *covariate_steps(),
+            children_step(cfg),
+            *person_time_steps(cfg),
+            school_years_step(),
+        )
+    )
 
 
 def build_cohort(
@@ -393,40 +550,26 @@ def build_cohort(
         ),
     )
     try:
-        summary = _build(con, cfg)
+        cohort_steps(cfg).run(con)
+        summary = _publish(con)
     finally:
         con.close()
     return summary
 
 
-def _build(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> CohortSummary:
-    con.execute(base_sql(cfg))
-    steps = attrition_steps(cfg)
-    attrition: list[tuple[int, str, int, int]] = []
-    cond = "TRUE"
-    prev = None
-    for i, (desc, c) in enumerate(steps, start=1):
-        cond = f"{cond} AND ({c})"
-        n = int(con.execute(f"SELECT count(*) FROM base2 WHERE {cond}").fetchone()[0])  # type: ignore[index]
-        attrition.append((i, desc, n, 0 if prev is None else prev - n))
-        prev = n
-    con.execute(f"CREATE OR REPLACE TEMP TABLE eligible AS SELECT * FROM base2 WHERE {cond}")
-    con.execute(care_sql(cfg))
-    con.execute(children_sql(cfg))
-    con.execute(person_time_sql(cfg))
-    con.execute(school_years_sql())
-    con.execute("CREATE SCHEMA IF NOT EXISTS cohort")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE attrition (step INTEGER, description VARCHAR, n_remaining BIGINT, n_excluded BIGINT)"
-    )
-    con.executemany("INSERT INTO attrition VALUES (?, ?, ?, ?)", [list(a) for a in attrition])
-    for t in ("children", "person_time", "school_years", "attrition"):
+def _publish(con: duckdb.DuckDBPyConnection) -> CohortSummary:
+    """Swap the steps' four cohort tables into schema ``cohort`` and summarise them."""
+    for t in COHORT_TABLES:
         replace_table_atomically(con, f"cohort.{t}", f"SELECT * FROM temp.main.{t}")
-    n_cla, n_nla = con.execute(
+    attrition = [
+        (int(s), str(d), int(n), int(x))
+        for s, d, n, x in con.execute("SELECT * FROM cohort.attrition ORDER BY step").fetchall()
+    ]
+    ((n_cla, n_nla),) = con.execute(
         "SELECT count(*) FILTER (WHERE \"group\" = 'CLA'), count(*) FILTER (WHERE \"group\" = 'NLA') FROM cohort.children"
-    ).fetchone()  # type: ignore[misc]
+    ).fetchall()
     counts = {
-        f"cohort.{t}": int(con.execute(f"SELECT count(*) FROM cohort.{t}").fetchone()[0])  # type: ignore[index]
+        f"cohort.{t}": int(con.execute(f"SELECT count(*) FROM cohort.{t}").fetchall()[0][0])
         for t in ("children", "person_time", "school_years")
     }
     return CohortSummary(int(n_cla) + int(n_nla), int(n_cla), int(n_nla), attrition, counts)

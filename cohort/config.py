@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ground.config_files import read_yaml_mapping
 from ground.errors import ConfigError
+from schemas.analyses import DEFAULT_ANALYSES, Analysis
 from schemas.contracts import load_codelist
 
 DEFAULT_CONFIG = Path(__file__).parent / "study_default.yaml"
@@ -101,6 +102,16 @@ class StudyConfig(_Strict):
     censoring: Censoring = Censoring()
     link_quality: LinkQuality = LinkQuality()
     persistent_absence_rate: float = Field(0.10, gt=0, lt=1)
+    # what the model stage fits (schemas/analyses.py, docs/models.md#analyses); the default is
+    # the study's analyses as published
+    analyses: tuple[Analysis, ...] = DEFAULT_ANALYSES
+
+    @model_validator(mode="after")
+    def _analyses_named_once(self) -> StudyConfig:
+        names = [a.name for a in self.analyses]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"analyses named more than once: {', '.join(twice)}")
+        return self
 
     @model_validator(mode="after")
     def _outcomes_known(self) -> StudyConfig:

@@ -1,19 +1,29 @@
-"""Outcome models with a lifelines-like fit / summary / plot API, and disclosure control."""
+"""Outcome models with a lifelines-like fit / summary / plot API, and disclosure control.
+
+The model stage runs one loop over the analyses the study config declares
+(:mod:`schemas.analyses`): :mod:`models.estimators` holds one class per estimator,
+:mod:`models.run` the loop, :mod:`models.outputs` what it writes."""
 
 from models.disclosure import DisclosureSettings, control_counts, control_estimates
 from models.effects import Estimate, ExposureEffectFitter, e_value
-from models.propensity import PropensityScoreFitter, design_matrix
-from models.stage import (
-    ModelSettings,
-    ModelSummary,
+from models.estimators import (
+    ESTIMATORS,
+    AnalysisEstimator,
+    CohortData,
     candidate_designs,
     choose_outcome_design,
     fit_propensity,
-    run_models,
+    register,
 )
+from models.propensity import PropensityScoreFitter, design_matrix
+from models.run import ModelSummary, load_cohort, run_analyses, run_models
+from models.settings import ModelSettings
 from models.survival import PiecewisePoissonFitter, TimeVaryingCoxFitter
 
 __all__ = [
+    "ESTIMATORS",
+    "AnalysisEstimator",
+    "CohortData",
     "DisclosureSettings",
     "Estimate",
     "ExposureEffectFitter",
@@ -29,5 +39,8 @@ __all__ = [
     "design_matrix",
     "e_value",
     "fit_propensity",
+    "load_cohort",
+    "register",
+    "run_analyses",
     "run_models",
 ]

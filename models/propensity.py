@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-Link = Literal["logit", "cloglog"]
+from models.settings import Link, ModelSettings
+
 LINKS: tuple[Link, ...] = ("logit", "cloglog")
 # Harrell (Regression Modeling Strategies, 2nd ed., table 2.3): knot quantiles by number of knots
 MAX_LOG_WEIGHT_RANGE = 60.0  # entropy balancing gives up when weights would differ by e^60
@@ -136,7 +137,7 @@ def flexible_design(
     return x.loc[:, x.std(ddof=0) > 0]
 
 
-def _inverse_link(eta: np.ndarray, link: Link) -> np.ndarray:
+def inverse_link(eta: np.ndarray, link: Link) -> np.ndarray:
     eta = np.clip(eta, -30, 30)
     if link == "logit":
         return 1.0 / (1.0 + np.exp(-eta))
@@ -178,7 +179,7 @@ def fit_binary_glm(
     b[0] = np.log(prev / (1 - prev)) if link == "logit" else np.log(-np.log1p(-prev))
 
     def objective(beta: np.ndarray) -> float:
-        mu = np.clip(_inverse_link(design @ beta, link), 1e-12, 1 - 1e-12)
+        mu = np.clip(inverse_link(design @ beta, link), 1e-12, 1 - 1e-12)
         ll = np.sum(t * np.log(mu) + (1 - t) * np.log1p(-mu))
         return float(-ll + 0.5 * np.sum(pen * beta**2))
 
@@ -190,7 +191,7 @@ def fit_binary_glm(
     converged = False
     for _ in range(max_iter):
         eta = design @ b
-        mu = np.clip(_inverse_link(eta, link), 1e-12, 1 - 1e-12)
+        mu = np.clip(inverse_link(eta, link), 1e-12, 1 - 1e-12)
         d = _mu_eta(eta, link)
         var = mu * (1 - mu)
         score = design.T @ ((t - mu) * d / var) - pen * b
@@ -290,7 +291,7 @@ def entropy_balance(
     return lam, gap
 
 
-def _standardise(xv: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def standardise(xv: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return (xv - mean) / np.where(sd > 0, sd, 1)
 
 
@@ -309,9 +310,9 @@ def cross_validated_deviance(
     for f in range(folds):
         tr, te = fold != f, fold == f
         m, s = xv[tr].mean(axis=0), xv[tr].std(axis=0)
-        b, _ = fit_binary_glm(_standardise(xv[tr], m, s), t[tr], link)
-        eta = b[0] + _standardise(xv[te], m, s) @ b[1:]
-        mu = np.clip(_inverse_link(eta, link), 1e-12, 1 - 1e-12)
+        b, _ = fit_binary_glm(standardise(xv[tr], m, s), t[tr], link)
+        eta = b[0] + standardise(xv[te], m, s) @ b[1:]
+        mu = np.clip(inverse_link(eta, link), 1e-12, 1 - 1e-12)
         dev += -2.0 * float(np.sum(t[te] * np.log(mu) + (1 - t[te]) * np.log1p(-mu)))
     return dev
 
@@ -411,6 +412,20 @@ class PropensityScoreFitter:
         self.method = method
         self.warnings_: list[str] = []
 
+    @classmethod
+    def from_settings(cls, s: ModelSettings, link: Link = "logit") -> PropensityScoreFitter:
+        """The ATT fitter the model stage uses: method, trimming, truncation and balance
+        threshold from ``s`` (``link`` matters for ``propensity_method="likelihood"`` only, where
+        the stage chooses it by cross-validation, see :func:`models.analyses.fit_propensity`)."""
+        return cls(
+            "ATT",
+            trim=s.trim,
+            truncate=s.weight_truncation_percentile,
+            balance_threshold=s.balance_threshold,
+            link=link,
+            method=s.propensity_method,
+        )
+
     def fit(
         self,
         x: pd.DataFrame,
@@ -425,7 +440,7 @@ class PropensityScoreFitter:
         self.columns_ = list(x.columns)
         xv = x.to_numpy(dtype=float)
         self.mean_, self.sd_ = xv.mean(axis=0), xv.std(axis=0)
-        z = _standardise(xv, self.mean_, self.sd_)
+        z = standardise(xv, self.mean_, self.sd_)
         self.method_ = self.method
         self.link_: Link = self.link
         if self.method == "balancing":
@@ -439,9 +454,7 @@ class PropensityScoreFitter:
                 for _ in range(200):
                     mid = (lo + hi) / 2
                     lo, hi = (
-                        (mid, hi)
-                        if _inverse_link(mid + eta, "logit").sum() < t.sum()
-                        else (lo, mid)
+                        (mid, hi) if inverse_link(mid + eta, "logit").sum() < t.sum() else (lo, mid)
                     )
                 self.params_ = np.r_[(lo + hi) / 2, lam]
             else:
@@ -454,7 +467,7 @@ class PropensityScoreFitter:
             self.params_, converged = fit_binary_glm(z, t.astype(float), self.link_)
             if not converged:
                 self.warnings_.append("propensity model did not converge")
-        ps = _inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
+        ps = inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
         self.auc_ = float(roc_auc_score(t, ps))
         p = t.mean()
         ps_c = np.clip(ps, 1e-6, 1 - 1e-6)
@@ -512,7 +525,7 @@ class PropensityScoreFitter:
         link are the ones the full-sample fit ended with (``method_``, ``link_``): where exact
         balance was infeasible there, every replicate uses maximum likelihood too."""
         xv = x.to_numpy(dtype=float)
-        z = _standardise(xv, xv.mean(axis=0), xv.std(axis=0))
+        z = standardise(xv, xv.mean(axis=0), xv.std(axis=0))
         return self._weights_refitted(z, np.asarray(treatment, dtype=int))
 
     def bootstrap_refitter(
@@ -523,7 +536,7 @@ class PropensityScoreFitter:
         this fit's full-sample means and SDs, instead of once per replicate: balancing weights
         do not depend on the scaling and a likelihood fit's 1e-4 ridge barely does, and it
         saves copying the design through pandas in every replicate."""
-        z = _standardise(x[self.columns_].to_numpy(dtype=float), self.mean_, self.sd_)
+        z = standardise(x[self.columns_].to_numpy(dtype=float), self.mean_, self.sd_)
         t = np.asarray(treatment, dtype=int)
         return lambda rows: self._weights_refitted(z[rows], t[rows])
 
@@ -537,7 +550,7 @@ class PropensityScoreFitter:
                 w[t == 0] = e * t.sum() / e.sum()
                 return self._truncated(w)
         b, _ = fit_binary_glm(z, t.astype(float), self.link_, init=self.params_)
-        ps = np.clip(_inverse_link(b[0] + z @ b[1:], self.link_), 1e-6, 1 - 1e-6)
+        ps = np.clip(inverse_link(b[0] + z @ b[1:], self.link_), 1e-6, 1 - 1e-6)
         if self.estimand == "ATT":
             w = np.where(t == 1, 1.0, ps / (1 - ps))
             w[t == 0] *= t.sum() / max(w[t == 0].sum(), 1e-12)
@@ -553,8 +566,8 @@ class PropensityScoreFitter:
 
     def predict(self, x: pd.DataFrame) -> np.ndarray:
         """Propensity for new rows of the same design."""
-        z = _standardise(x[self.columns_].to_numpy(dtype=float), self.mean_, self.sd_)
-        return _inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
+        z = standardise(x[self.columns_].to_numpy(dtype=float), self.mean_, self.sd_)
+        return inverse_link(self.params_[0] + z @ self.params_[1:], self.link_)
 
     @property
     def summary(self) -> pd.DataFrame:

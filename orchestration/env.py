@@ -33,11 +33,12 @@ DEFAULTS = {
 }
 
 
-def prefect_defaults(environ: dict[str, str] | None = None) -> None:
-    env = os.environ if environ is None else environ
+def prefect_defaults() -> None:
+    """Put :data:`DEFAULTS` (and a project-local ``PREFECT_HOME``) into this process's
+    environment where not already set, before Prefect is imported."""
     for k, v in DEFAULTS.items():
-        env.setdefault(k, v)
-    env.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 
 
 class PrefectServerError(CohortError):

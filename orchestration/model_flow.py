@@ -6,7 +6,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from ground.run_layout import RunLayout
-from models.stage import ModelSettings, ModelSummary, run_models
+from models.run import ModelSummary, run_models
+from models.settings import ModelSettings
 from orchestration.isolation import call_stage
 
 
@@ -19,7 +20,8 @@ def model_task(run_dir: str, settings: ModelSettings, isolate: bool = False) -> 
 def model_flow(
     run_dir: str, settings: ModelSettings | None = None, isolate: bool = False
 ) -> dict[str, int]:
-    """Fit the outcome models; publish the main estimates (no personal rows) as an artifact.
+    """Fit the analyses the run's study config declares (``RUN/cohort/study_config.yaml``);
+    publish the headline estimates (released, no personal rows) as an artifact.
 
     ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
     summary = model_task(run_dir, settings or ModelSettings(), isolate)

@@ -32,6 +32,8 @@ from models.disclosure import (
     control_cells,
     sum_of,
 )
+from models.outputs import ESTIMATE_ANALYSES, km_outcomes
+from schemas.analyses import Analysis, load_run_analyses
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
@@ -259,9 +261,40 @@ def _diagnostics(diag: pd.DataFrame) -> pd.DataFrame:
     return keep.fillna("")
 
 
+def _analyses(layout: RunLayout) -> tuple[Analysis, ...]:
+    """The analyses the run's cohort was built with (``RUN/cohort/study_config.yaml``)."""
+    return load_run_analyses(layout.cohort_dir / "study_config.yaml")
+
+
+def _rows_by_analysis(
+    layout: RunLayout, est: pd.DataFrame, analyses: tuple[Analysis, ...]
+) -> pd.DataFrame:
+    """For each row of ``est`` (release/estimates.csv): the report section its analysis
+    declares (``section``) and whether its outcome is one of that analysis's negative controls
+    (``negative_control``), from ``results/estimate_analyses.csv``, which the model stage writes
+    beside the estimates. Rows without a known analysis (a run modelled before that file
+    existed) get the section "results_only"."""
+    keys = ["outcome", "contrast", "method", "scale"]
+    path = layout.results_dir / ESTIMATE_ANALYSES
+    named = _read(path) if path.exists() else pd.DataFrame(columns=[*keys, "analysis"])
+    by_name = {a.name: a for a in analyses}
+    rows = est[keys].merge(named, on=keys, how="left", validate="one_to_one")
+    declared = [by_name.get(n) if isinstance(n, str) else None for n in rows["analysis"]]
+    return pd.DataFrame(
+        {
+            "section": [a.report_section if a else "results_only" for a in declared],
+            "negative_control": [
+                a is not None and o in a.negative_controls
+                for a, o in zip(declared, rows["outcome"], strict=True)
+            ],
+        }
+    )
+
+
 def build_report(layout: RunLayout) -> Path:
     """Write ``report.html`` from the files of a finished run."""
     s = _disclosure_settings(layout)
+    analyses = _analyses(layout)
     released = _status(s.label)
     parts: dict[str, str] = {}
     dq_path = layout.validation_dir / "dq_report.json"
@@ -293,18 +326,8 @@ def build_report(layout: RunLayout) -> Path:
     est_path = rel / "estimates.csv"
     if est_path.exists():
         est = _read(est_path)
-        main = est[
-            est["contrast"].isin(
-                [
-                    "cla_vs_nla",
-                    "long_vs_nla",
-                    "short_vs_nla",
-                    "per_placement_move",
-                    "looked_after_year",
-                ]
-            )
-            & ~est["method"].str.endswith("_high_quality_links")
-        ]
+        rows = _rows_by_analysis(layout, est, analyses)
+        main = est[(rows["section"] == "estimates").to_numpy()]
         parts["estimates"] = (
             _table(main)
             + released
@@ -313,9 +336,10 @@ def build_report(layout: RunLayout) -> Path:
                 for f in ("forest_ks4.png", "forest_level2.png", "forest_hazard_ratios.png")
             )
         )
-        em = est[est["contrast"].str.contains("_x_cla|_in_cla|_in_nla", regex=True)]
-        hq = est[est["method"].str.endswith("_high_quality_links")]
-        neg = est[est["outcome"] == "appendicitis"]
+        em = est[(rows["section"] == "effect_modification").to_numpy()]
+        hq = est[(rows["section"] == "high_quality_links").to_numpy()]
+        neg = est[rows["negative_control"].to_numpy()]
+        negative_controls = sorted({o for a in analyses for o in a.negative_controls})
         sens_path = layout.results_dir / "sensitivity.csv"
         evalues = ""
         if sens_path.exists():
@@ -332,7 +356,8 @@ def build_report(layout: RunLayout) -> Path:
             + evalues
             + "<h3>Restricted to high-quality links</h3>"
             + (_table(hq) if len(hq) else "<p>all links high quality</p>")
-            + "<h3>Negative-control outcome (appendicitis: care cannot affect it)</h3>"
+            + f"<h3>Negative-control outcome ({html.escape(', '.join(negative_controls))}: care "
+            "cannot affect it)</h3>"
             + _table(neg)
             + "<h3>Effect modification: adversity x looked after (KS4)</h3>"
             + _table(em)
@@ -346,7 +371,7 @@ def build_report(layout: RunLayout) -> Path:
         "curves stay in results/figures (secure).</p>"
         + "".join(
             _img(layout.figures_dir / f"km_{o}_released.png", f"Kaplan-Meier {o}")
-            for o in ("self_harm", "emergency_admission")
+            for o in km_outcomes(analyses)
         )
         + (_table(_read(km_path)) if km_path.exists() else "")
         + released

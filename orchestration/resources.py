@@ -34,11 +34,10 @@ def _children(pid: int | str) -> list[str]:
     return out
 
 
-def tree_rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of a process and all its descendants now (Linux /proc; this process
-    when ``pid`` is None). Shared pages are counted once per process, so this can only
-    overstate the true footprint."""
-    total, todo = 0, [str(pid if pid is not None else os.getpid())]
+def tree_rss_bytes() -> int:
+    """Resident set size of this process and all its descendants now (Linux /proc). Shared
+    pages are counted once per process, so this can only overstate the true footprint."""
+    total, todo = 0, [str(os.getpid())]
     seen: set[str] = set()
     while todo:
         p = todo.pop()

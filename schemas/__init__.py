@@ -6,7 +6,6 @@ from schemas.contracts import (
     CrossFieldRule,
     SourceContract,
     codelist_version,
-    get_contract,
     load_codelist,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "CrossFieldRule",
     "SourceContract",
     "codelist_version",
-    "get_contract",
     "load_codelist",
 ]

@@ -100,10 +100,6 @@ class SourceContract:
     def content_columns(self) -> list[str]:
         return [c.name for c in self.columns if c.role == "content"]
 
-    @property
-    def date_columns(self) -> list[str]:
-        return [c.name for c in self.columns if c.dtype == "date"]
-
 
 @cache
 def load_codelist(name: str) -> dict[str, dict[str, str]]:
@@ -659,11 +655,3 @@ SOURCES: dict[str, SourceContract] = {
         LOOKED_AFTER_EPISODES,
     )
 }
-
-
-def get_contract(source: str) -> SourceContract:
-    """Return the contract of ``source`` or raise a KeyError listing the known sources."""
-    try:
-        return SOURCES[source]
-    except KeyError:
-        raise KeyError(f"unknown source {source!r}; known sources: {', '.join(SOURCES)}") from None

@@ -113,3 +113,46 @@ def test_link_checker_finds_links() -> None:
     assert "validation.md" in links
     assert "#code-list-sex" in links
     assert "code-list-sex" in _anchors(sample)
+
+
+CODE_PATH = re.compile(r"`((?:[a-z_]+/)+[A-Za-z0-9_.-]+\.(?:py|sh))(?::\w+)?`")
+
+
+@pytest.mark.parametrize("path", MARKDOWN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_paths_in_docs_exist(path: Path) -> None:
+    """A source path written in the docs (`orchestration/study_flow.py`, `linkage/link.py:x`)
+    names a file that exists: moving a module means updating the docs that point to it. Run
+    folder paths (`RUN/...`, `cohort/study_config.yaml`) are not source files and are skipped."""
+    text = path.read_text(encoding="utf-8")
+    stale = sorted(
+        {
+            p
+            for p in CODE_PATH.findall(text)
+            if p.split("/", 1)[0] in _source_roots() and not (ROOT / p).exists()
+        }
+    )
+    assert not stale, f"{path.relative_to(ROOT)} names files that do not exist: {stale}"
+
+
+def _source_roots() -> set[str]:
+    from ground import PROJECT_PACKAGES
+
+    return {*PROJECT_PACKAGES, "tests", "benchmarks", "scripts", "notebooks", "pipelines"}
+
+
+def test_readme_architecture_names_every_package() -> None:
+    """The README's architecture section (folder table and package picture) names every
+    package of the project and no folder that does not exist."""
+    from ground import PROJECT_PACKAGES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture and data flow", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)/` \|", section, re.MULTILINE)
+    picture = re.search(r"```mermaid\n(.*?)```", section, re.DOTALL)
+    assert picture, "no package picture (a mermaid block) in the architecture section"
+    missing = [p for p in PROJECT_PACKAGES if p not in rows]
+    assert not missing, f"README folder table does not list: {missing}"
+    absent = [p for p in PROJECT_PACKAGES if f"{p}/" not in picture.group(1)]
+    assert not absent, f"README package picture does not show: {absent}"
+    gone = [r for r in rows if not (ROOT / r).is_dir()]
+    assert not gone, f"README folder table lists folders that do not exist: {gone}"

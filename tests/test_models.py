@@ -660,3 +660,209 @@ def test_model_stage_on_a_pipeline_run(linked_run: Path) -> None:
     released = pd.read_csv(layout.release_dir / "table1_counts.csv", dtype=str)
     for v in released[["n_CLA", "n_NLA"]].to_numpy().ravel():
         assert v == "[c]" or int(v) % 5 == 0
+
+
+# --- analyses declared as data (schemas/analyses.py, models/estimators.py) ---------------------
+
+
+def test_default_study_config_declares_todays_analyses() -> None:
+    """study_default.yaml's `analyses:` section, StudyConfig's default and schemas'
+    DEFAULT_ANALYSES are one list (the one that reproduces the published estimates)."""
+    from cohort.config import StudyConfig, load_study_config
+    from models.estimators import ESTIMATORS
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    assert load_study_config().analyses == DEFAULT_ANALYSES == StudyConfig().analyses
+    assert {a.estimator for a in DEFAULT_ANALYSES} <= set(ESTIMATORS)
+    assert [a.contrast for a in DEFAULT_ANALYSES[:3]] == [
+        "cla_vs_nla",
+        "long_vs_nla",
+        "short_vs_nla",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"outcome": ["ks4_score"]}, "analyses.0.outcome`: Extra inputs are not permitted"),
+        ({"contrast": "CLA vs NLA"}, "analyses.0.contrast`: Value error, 'CLA vs NLA' must be"),
+        ({"population": "linked"}, "analyses.0.population`: Input should be 'all' or"),
+        ({"options": {"x'; DROP": 1}}, "analyses.0.options`: Value error"),
+    ],
+)
+def test_a_bad_declaration_names_the_analysis_and_the_key(
+    tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
+    import yaml
+
+    from cohort.config import DEFAULT_CONFIG, load_study_config
+    from ground.errors import ConfigError
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config["analyses"][0].update(entry)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid study config") as err:
+        load_study_config(path)
+    assert message in str(err.value)
+
+
+def test_an_unknown_estimator_or_option_is_refused_before_any_fit() -> None:
+    from ground.errors import ConfigError
+    from models import ModelSettings
+    from models.run import check_analyses
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    first = DEFAULT_ANALYSES[0]
+    typo = first.model_copy(update={"options": {**first.options, "methodz": ["aipw"]}})
+    with pytest.raises(ConfigError, match=r"'ks4_cla_vs_nla' \(estimator exposure_effect\): "):
+        check_analyses([typo], ModelSettings())
+    with pytest.raises(ConfigError, match="`options.methodz`: Extra inputs are not permitted"):
+        check_analyses([typo], ModelSettings())
+    unknown = first.model_copy(update={"estimator": "tmle"})
+    with pytest.raises(ConfigError, match="unknown estimator 'tmle'; known: absence_gee, "):
+        check_analyses([unknown], ModelSettings())
+    with pytest.raises(ConfigError, match="two analyses are named 'ks4_cla_vs_nla'"):
+        check_analyses([first, first], ModelSettings())
+    check_analyses(DEFAULT_ANALYSES, ModelSettings())
+
+
+def test_fitters_built_from_settings_are_the_stages() -> None:
+    """A notebook that builds its fitters with from_settings gets the pipeline's defaults
+    (the notebook's old PropensityScoreFitter("ATT", trim=..., truncate=...) fitted by
+    maximum likelihood, where the stage balances exactly)."""
+    from models import ModelSettings
+
+    ps = PropensityScoreFitter.from_settings(ModelSettings())
+    assert (ps.method, ps.estimand, ps.truncate, ps.trim, ps.balance_threshold, ps.link) == (
+        "balancing",
+        "ATT",
+        None,
+        0.0,
+        0.1,
+        "logit",
+    )
+    other = ModelSettings(
+        propensity_method="likelihood", weight_truncation_percentile=99.0, trim=0.01
+    )
+    ps = PropensityScoreFitter.from_settings(other, link="cloglog")
+    assert (ps.method, ps.truncate, ps.trim, ps.link) == ("likelihood", 99.0, 0.01, "cloglog")
+    f = ExposureEffectFitter.from_settings(ModelSettings(), "ipw", binary=True)
+    assert (f.method, f.binary) == ("ipw", True)
+    # the stage's path reproduces the estimate a direct fit on the same design gives
+    y, t, x = confounded(1500, 3)
+    w = PropensityScoreFitter.from_settings(ModelSettings()).fit(x, t).weights_
+    direct = ExposureEffectFitter("ipw").fit(y, t, x, w).estimate_
+    assert ExposureEffectFitter.from_settings(ModelSettings(), "ipw").fit(
+        y, t, x, w
+    ).estimate_ == pytest.approx(direct, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def built_copy(full_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's full run, copied without its linkage zone (a run to rebuild and refit)."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("analyses") / "run"
+    shutil.copytree(
+        full_run,
+        run,
+        ignore=shutil.ignore_patterns("linkage_zone.duckdb*", "*.wal", "validation", "tmp"),
+    )
+    return run
+
+
+def test_a_contrast_and_an_estimator_added_in_config_only(built_copy: Path, tmp_path: Path) -> None:
+    """One entry in the study config adds a contrast (an existing estimator on other care
+    groups); one more entry plus one class adds an estimator. Both are fitted, written with
+    their analysis named, put where their declaration says in the report, and the existing
+    analyses' rows are unchanged."""
+    import yaml
+
+    from cohort import build_cohort
+    from cohort.config import DEFAULT_CONFIG, load_study_config
+    from ground.run_layout import RunLayout
+    from models import ModelSettings, run_models
+    from models.effects import Estimate
+    from models.estimators import ESTIMATORS, AnalysisEstimator, CohortData, register
+    from orchestration.report import build_report
+
+    layout = RunLayout.at(built_copy)
+    before = pd.read_csv(layout.results_dir / "estimates.csv")
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config["analyses"].insert(
+        3,
+        {
+            "name": "ks4_long_vs_short",
+            "label": "KS4: long vs short care",
+            "estimator": "exposure_effect",
+            "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+            "contrast": "long_vs_short",
+            "options": {"exposed": ["long"], "unexposed": ["short"], "methods": ["aipw"]},
+            "e_value_methods": ["aipw"],
+        },
+    )
+    config["analyses"].append(
+        {
+            "name": "ks4_raw_gap",
+            "label": "KS4: raw CLA-NLA gap",
+            "estimator": "raw_gap",
+            "outcomes": ["ks4_score"],
+            "contrast": "raw_gap",
+        }
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    @register
+    class RawGap(AnalysisEstimator):
+        """Mean outcome of the CLA minus the NLA: the smallest estimator there is."""
+
+        name = "raw_gap"
+
+        def _fit(self, cohort: CohortData) -> None:
+            out = self.analysis.outcomes[0]
+            kids = self.population(cohort)
+            cla = kids.loc[kids["group"] == "CLA", out].dropna()
+            nla = kids.loc[kids["group"] == "NLA", out].dropna()
+            gap = float(cla.mean() - nla.mean())
+            self.estimates_.append(
+                Estimate(
+                    out, "raw_gap", "raw", "mean_difference", gap, gap, gap, 1.0, len(cla), len(nla)
+                )
+            )
+
+    try:
+        build_cohort(layout=layout, config=load_study_config(path))
+        run_models(layout=layout, settings=ModelSettings(bootstrap_replicates=0))
+    finally:
+        ESTIMATORS.pop("raw_gap")
+    est = pd.read_csv(layout.results_dir / "estimates.csv")
+    named = pd.read_csv(layout.results_dir / "estimate_analyses.csv")
+    new = est[est["contrast"] == "long_vs_short"]
+    assert new["method"].tolist() == ["aipw", "aipw"]
+    assert new["outcome"].tolist() == ["ks4_score", "ks4_level2_inclusive"]
+    assert set(named.loc[new.index, "analysis"]) == {"ks4_long_vs_short"}
+    # the unexposed are the short-care children: as many as short_vs_nla's exposed
+    short = est[(est["contrast"] == "short_vs_nla") & (est["method"] == "aipw")]
+    assert new["n_unexposed"].tolist() == short["n_exposed"].tolist()
+    gap = est[est["contrast"] == "raw_gap"]
+    assert len(gap) == 1 and named.loc[gap.index[0], "analysis"] == "ks4_raw_gap"
+    # declaration order is row order: the new contrast right after the three care contrasts
+    # (9 rows each: 4 methods for the score, 4 plus an odds ratio for level 2)
+    contrasts = ["cla_vs_nla", "long_vs_nla", "short_vs_nla"]
+    assert (
+        est["contrast"].tolist()[:29]
+        == [c for c in contrasts for _ in range(9)] + ["long_vs_short"] * 2
+    )
+    assert gap.index[0] == len(est) - 1
+    # the existing analyses' rows: same rows, same point estimates (bootstrap SEs aside)
+    keys = ["outcome", "contrast", "method", "scale"]
+    old = est[~est["contrast"].isin(["long_vs_short", "raw_gap"])]
+    assert old[keys].reset_index(drop=True).equals(before[keys])
+    assert np.allclose(old["estimate"], before["estimate"], rtol=1e-9, equal_nan=True)
+    sens = pd.read_csv(layout.results_dir / "sensitivity.csv")
+    assert (sens["contrast"] == "long_vs_short").sum() == 2
+    page = build_report(layout).read_text(encoding="utf-8")
+    main = page[page.index('<section id="estimates">') : page.index('<section id="km">')]
+    assert "long_vs_short" in main and "raw_gap" in main

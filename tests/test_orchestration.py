@@ -210,3 +210,153 @@ def test_prefect_server_deploy_worker_run(world: Path, tmp_path: Path) -> None:
         ["pgrep", "-f", f"PREFECT_HOME={env['PREFECT_HOME']}"], capture_output=True
     )
     assert leftover.returncode != 0
+
+
+# --- every stage command reads its section of the run settings the same way ----------------
+
+STAGE_SETTINGS = (
+    "validation:\n  min_rows: 7\n  run_great_expectations: false\n"
+    "linkage:\n  match_threshold: 0.9\n  spark_master: local[3]\n"
+    "build:\n  duckdb_memory_limit: 3GB\n"
+    "model:\n  bootstrap_replicates: 0\n"
+)
+
+
+def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Run a stage command in process with its stage function replaced by one that records
+    the keyword arguments it was given."""
+    from typer.testing import CliRunner
+
+    import cohort
+    import linkage
+    import orchestration.state
+    import validation
+    from orchestration.cli import app
+
+    seen: dict[str, object] = {}
+
+    class _Summary:
+        def to_markdown(self) -> str:
+            return ""
+
+    def record(**kwargs: object) -> _Summary:
+        seen.update(kwargs)
+        return _Summary()
+
+    monkeypatch.setattr(validation, "validate_delivery", record)
+    monkeypatch.setattr(linkage, "link_run", record)
+    monkeypatch.setattr(cohort, "build_cohort", record)
+    monkeypatch.setattr(orchestration.state, "write_marker", lambda *a, **k: None)
+    monkeypatch.setenv("COHORT_PSEUDONYM_SECRET", "orchestration-test-secret-0123456789")
+    result = CliRunner().invoke(app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_stage_commands_use_their_section_of_the_run_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(STAGE_SETTINGS, encoding="utf-8")
+    run = str(tmp_path / "run")
+
+    seen = _invoke_stage(
+        ["validate", "--data", str(tmp_path), "--out", run, "--settings", str(settings)],
+        monkeypatch,
+    )
+    assert seen["settings"].min_rows == 7  # type: ignore[attr-defined]
+    assert seen["settings"].run_great_expectations is False  # type: ignore[attr-defined]
+
+    seen = _invoke_stage(["link", "--run", run, "--settings", str(settings)], monkeypatch)
+    assert seen["settings"].match_threshold == 0.9  # type: ignore[attr-defined]
+    assert seen["settings"].spark_master == "local[3]"  # type: ignore[attr-defined]
+
+    seen = _invoke_stage(["build", "--run", run, "--settings", str(settings)], monkeypatch)
+    assert seen["memory_limit"] == "3GB"
+
+    # without --settings: the defaults, as `cohort run` uses them
+    seen = _invoke_stage(["link", "--run", run], monkeypatch)
+    assert seen["settings"].match_threshold == 0.95  # type: ignore[attr-defined]
+    seen = _invoke_stage(["build", "--run", run], monkeypatch)
+    assert seen["memory_limit"] == "6GB"
+
+
+def test_link_flags_override_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(STAGE_SETTINGS, encoding="utf-8")
+    seen = _invoke_stage(
+        ["link", "--run", str(tmp_path), "--settings", str(settings), "--threshold", "0.97",
+         "--model", "m.json"],
+        monkeypatch,
+    )  # fmt: skip
+    used = seen["settings"]
+    assert used.match_threshold == 0.97 and used.model_path == "m.json"  # type: ignore[attr-defined]
+    assert used.spark_master == "local[3]"  # type: ignore[attr-defined]  # from the file
+
+
+def test_stage_settings_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    from ground.errors import ConfigError
+    from orchestration.commands.link import linkage_settings
+    from orchestration.settings import load_run_settings
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("linkage:\n  match_treshold: 0.9\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"settings\.yaml: linkage\.match_treshold: Extra"):
+        linkage_settings(settings)
+    # a file written for the old `cohort validate --settings` (the validation keys alone)
+    settings.write_text("min_rows: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"settings\.yaml: `min_rows` .* under `validation:`"):
+        load_run_settings(settings)
+    settings.write_text("duckdb_memory_limit: 2GB\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sections `validation:`, `linkage:`, `build:`"):
+        load_run_settings(settings)
+    # a flag is validated as the file is, and named
+    with pytest.raises(ConfigError, match=r"--threshold 1\.5: .*less than 1"):
+        linkage_settings(None, threshold=1.5)
+    with pytest.raises(ConfigError, match=r"--backend sprak: .*'duckdb' or 'spark'"):
+        linkage_settings(None, backend="sprak")
+    with pytest.raises(ConfigError, match="does not exist"):
+        linkage_settings(tmp_path / "missing.yaml")
+
+
+def test_stage_command_settings_error_is_one_line(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("build:\n  duckdb_memory_limit: lots\n", encoding="utf-8")
+    r = _cohort(
+        "build", "--run", str(tmp_path), "--settings", str(settings), env=_env(tmp_path),
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "settings.yaml: build.duckdb_memory_limit" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_link_takes_the_key_from_the_settings_secret_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cohort link --settings` finds the key where `cohort run` would: the Prefect Secret block
+    the linkage section names, not the environment (the Prefect API is stubbed here; the real
+    look-up is tested with `cohort run --secret-block` in test_run_safety)."""
+    import contextlib
+
+    import orchestration.env
+    import orchestration.secrets
+
+    looked_up: list[str] = []
+
+    def from_block(name: str) -> bytes:
+        looked_up.append(name)
+        return b"key-from-the-block-0123456789"
+
+    monkeypatch.setattr(orchestration.secrets, "secret_from_block", from_block)
+    monkeypatch.setattr(orchestration.env, "prefect_api", contextlib.nullcontext)
+    monkeypatch.setattr(orchestration.env, "prefect_defaults", lambda: None)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("linkage:\n  prefect_secret_block: cohort-key\n", encoding="utf-8")
+    seen = _invoke_stage(["link", "--run", str(tmp_path), "--settings", str(settings)], monkeypatch)
+    assert looked_up == ["cohort-key"]
+    assert seen["secret"] == b"key-from-the-block-0123456789"

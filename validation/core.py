@@ -8,16 +8,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ground.db import (
     DuckDBSettings,
-    MemorySize,
     clear_linkage_scratch,
     connect,
     linkage_scratch_dir,
@@ -29,7 +26,6 @@ from ground.run_layout import RunLayout
 from schemas.contracts import SOURCES, SourceContract
 from validation.delivery_files import (
     CsvRecords,
-    check_encoding,
     count_blank_lines,
     count_csv_records,
     read_header,
@@ -39,83 +35,9 @@ from validation.delivery_files import (
     transcode_to_utf8,
 )
 from validation.rules import checked_select_sql, lit, q
+from validation.settings import SourceResult, ValidationSettings
 
 log = logging.getLogger(__name__)
-
-Severity = Literal["error", "warn", "ignore"]
-
-
-class TableCheck(BaseModel):
-    """A table-level check: severity, tolerance and a note (as OHDSI's DQD does)."""
-
-    model_config = ConfigDict(extra="forbid")
-    severity: Severity = "error"
-    tolerance: float = 0.0
-    note: str = ""
-
-
-class ValidationSettings(BaseModel):
-    """Severity and tolerances of the table checks; saved into the run folder."""
-
-    model_config = ConfigDict(extra="forbid")
-    extra_columns: TableCheck = TableCheck(note="a column the contract does not declare")
-    max_failing_share: TableCheck = TableCheck(
-        tolerance=0.05, note="share of rows quarantined above which the delivery is refused"
-    )
-    min_rows: int = Field(1, ge=0, description="fewer data rows stop the run")
-    identifier_completeness: TableCheck = TableCheck(
-        severity="warn", tolerance=0.7, note="health-number completeness below this is reported"
-    )
-    gx_max_rows: int = Field(
-        1_000_000, ge=1000, description="rows per source fed to Great Expectations (sampled)"
-    )
-    run_great_expectations: bool = True
-    encodings: dict[str, str] = Field(
-        default_factory=dict,
-        description="source -> encoding of its CSV when not UTF-8 (a Python codec, e.g. cp1252)",
-    )
-    latest_plausible_date: date | None = Field(
-        None, description="dates after this are quarantined as future_date (null: the run's day)"
-    )
-    duckdb_memory_limit: MemorySize = Field("6GB", description="DuckDB memory limit for this stage")
-
-    @field_validator("encodings")
-    @classmethod
-    def _known_sources_and_codecs(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(SOURCES))
-        if unknown:
-            raise ValueError(
-                f"encodings: unknown source(s) {unknown}; sources are {', '.join(SOURCES)}"
-            )
-        return {source: check_encoding(codec) for source, codec in value.items()}
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ValidationSettings:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-
-
-@dataclass
-class SourceResult:
-    source: str
-    file: str
-    rows_read: int
-    rows_staged: int
-    rows_quarantined: int
-    physical_lines: int | None
-    file_records: int
-    reasons: dict[str, int] = field(default_factory=dict)
-    completeness: dict[str, float] = field(default_factory=dict)
-    cleaning: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    expectations: list[dict[str, object]] = field(default_factory=list)
-
-    @property
-    def conserved(self) -> bool:
-        """Every record the file holds was read, and every row read is staged or quarantined.
-
-        ``file_records`` is counted from the file itself (CSV bytes, Parquet footer), not from
-        what the reader returned."""
-        return self.file_records == self.rows_read == self.rows_staged + self.rows_quarantined
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 
@@ -22,9 +22,7 @@ from ground.run_layout import RunLayout
 from schemas.contracts import SOURCES, SourceContract, load_codelist
 from validation.data_docs import make_offline
 from validation.rules import q
-
-if TYPE_CHECKING:
-    from validation.core import SourceResult, ValidationSettings
+from validation.settings import SourceResult, ValidationSettings
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ import typer
 def command(
     run: Annotated[Path, typer.Option("--run", help="Run folder after `cohort build`.")],
 ) -> None:
-    """Propensity scores, weights and balance; KS4 and level-2 effects (unadjusted, regression,
-    IPW, AIPW); time-varying Cox and Poisson; GEE; effect modification; sensitivity analyses.
+    """Fit the analyses the study config declares (its `analyses:` section, as saved with the
+    cohort in RUN/cohort/study_config.yaml): by default propensity scores, weights and balance;
+    KS4 and level-2 effects (unadjusted, regression, IPW, AIPW); time-varying Cox and Poisson;
+    GEE; effect modification; sensitivity analyses.
 
     Writes RUN/results/ (full precision), RUN/results/figures/*.png and RUN/release/
     (disclosure-controlled).
@@ -20,7 +22,7 @@ def command(
     from rich.console import Console
 
     from ground.run_layout import RunLayout
-    from models import run_models
+    from models.run import run_models
 
     console = Console(stderr=True)
     with console.status("fitting models") as status:

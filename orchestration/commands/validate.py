@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 
+from orchestration.commands import settings_option
+
 
 def command(
     data: Annotated[
         Path, typer.Option("--data", help="Delivery folder with one extract per source.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (created if missing).")],
-    settings_file: Annotated[
-        Path | None, typer.Option("--settings", help="YAML with table-check severities.")
-    ] = None,
+    settings_file: Annotated[Path | None, settings_option("validation")] = None,
 ) -> None:
     """Validate every extract against its contract; stage valid rows, quarantine the rest.
 
@@ -25,12 +25,11 @@ def command(
     from rich.console import Console
 
     from ground.run_layout import RunLayout
-    from validation import ValidationSettings, validate_delivery
+    from orchestration.settings import load_run_settings
+    from validation import validate_delivery
 
+    settings = load_run_settings(settings_file).validation
     console = Console(stderr=True)
-    settings = (
-        ValidationSettings.from_yaml(settings_file) if settings_file else ValidationSettings()
-    )
     with console.status("validating") as status:
         summary = validate_delivery(
             data_dir=data,

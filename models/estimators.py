@@ -1,0 +1,720 @@
+"""The estimators an analysis can name (``schemas.analyses.Analysis.estimator``), one class each.
+
+Each class is registered by name with :func:`register`, checks its own ``options`` (a pydantic
+model, ``Options``), is built from the run's settings (``from_settings``) and has one entry point
+in lifelines' style: ``fit(cohort)`` sets ``estimates_`` (rows of results/estimates.csv),
+``diagnostics_`` (rows of results/diagnostics.csv) and ``balance_`` (covariate balance tables),
+and ``summary`` shows the estimates. Adding an estimator is one class here plus one entry in the
+study config's ``analyses:`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ground.errors import ConfigError
+from models.effects import (
+    Estimate,
+    ExposureEffectFitter,
+    Method,
+    bootstrap_weighting_se,
+    select_outcome_design,
+)
+from models.propensity import (
+    PropensityScoreFitter,
+    design_matrix,
+    flexible_design,
+    select_propensity_model,
+)
+from models.settings import ADVERSITIES, Link, ModelSettings
+from models.survival import PiecewisePoissonFitter, TimeVaryingCoxFitter, age_month_intervals
+from schemas.analyses import EVERY_TIME_TO_EVENT_OUTCOME, Analysis
+
+log = logging.getLogger(__name__)
+
+Diagnostic = dict[str, Any]
+
+
+def diagnostic(analysis: str, item: str, value: float, warning: str = "") -> Diagnostic:
+    """One row of results/diagnostics.csv."""
+    return {"analysis": analysis, "item": item, "value": value, "warning": warning}
+
+
+# ---- the cohort the estimators read ---------------------------------------------------------
+
+
+@dataclass
+class CohortData:
+    """The run's cohort tables (as :func:`models.run.load_cohort` returns them), the populations
+    analyses run in, and what several analyses share (the outcome design chosen per outcome)."""
+
+    children: pd.DataFrame
+    person_time: pd.DataFrame
+    school_years: pd.DataFrame
+    # (population, outcome, exposure, unexposed levels) -> name of the chosen outcome design
+    outcome_designs: dict[tuple[str, str, str, tuple[str, ...]], str] = field(default_factory=dict)
+
+    def population(self, name: str) -> pd.DataFrame | None:
+        """The children of a population, or None when it is the whole cohort under another name
+        (every link high quality: the restriction changes nothing, see :meth:`skipped_note`)."""
+        if name == "all":
+            return self.children
+        hq = self.children["high_quality_links"] == 1
+        if hq.sum() == len(self.children):
+            return None
+        return self.children[hq].reset_index(drop=True)
+
+    def skipped_note(self, name: str) -> Diagnostic:
+        """The diagnostic written once when a population's analyses are skipped."""
+        return diagnostic(
+            "sensitivity",
+            name,
+            float(len(self.children)),
+            "all links high quality: restriction changes nothing",
+        )
+
+
+# ---- designs, propensity and outcome models, shared with the notebooks ------------------------
+
+
+def candidate_designs(df: pd.DataFrame, s: ModelSettings) -> dict[str, pd.DataFrame]:
+    """The ladder of designs the propensity and outcome models choose from."""
+    main = design_matrix(df, s.covariates, s.categorical)
+    return {
+        "main": main,
+        "splines": flexible_design(df, main, splines=s.spline_knots, count_of=s.count_of),
+        "splines_interactions": flexible_design(
+            df,
+            main,
+            splines=s.spline_knots,
+            count_of=s.count_of,
+            interact_with=s.interaction_with,
+            interaction_terms=s.interaction_terms,
+        ),
+    }
+
+
+def fit_propensity(
+    df: pd.DataFrame,
+    t: np.ndarray,
+    s: ModelSettings,
+    diag: list[Diagnostic] | None = None,
+    analysis: str = "propensity",
+) -> tuple[PropensityScoreFitter, dict[str, pd.DataFrame], str]:
+    """Fit the propensity model the settings ask for; return it, the candidate designs and the
+    name of the design it was fitted on (candidates and the fit go to ``diag``).
+
+    Balance is reported on the richest design (main covariates plus spline, count and
+    interaction terms), so a balancing fit, exact on the main covariates by construction, is
+    still checked on their non-linear functions.
+    """
+    diag = [] if diag is None else diag
+    designs = candidate_designs(df, s)
+    design: str = s.balancing_design
+    link: Link = "logit"
+    if s.propensity_method == "likelihood":
+        sel = select_propensity_model(
+            {k: designs[k] for k in s.propensity_designs},
+            t,
+            s.propensity_links,
+            s.cv_folds,
+            s.cv_seed,
+        )
+        best = sel[sel["selected"]].iloc[0]
+        design, link = str(best["design"]), "cloglog" if best["link"] == "cloglog" else "logit"
+        for r in sel.itertuples():
+            selected = ":selected" if r.selected else ""
+            diag.append(
+                diagnostic(
+                    analysis, f"cv_deviance:{r.design}:{r.link}{selected}", float(r.cv_deviance)
+                )
+            )
+    ps = PropensityScoreFitter.from_settings(s, link=link).fit(
+        designs[design], t, balance_covariates=designs["splines_interactions"]
+    )
+    diag.append(
+        diagnostic(
+            analysis, f"fitted:{ps.method_}:{design}:{ps.link_}", float(designs[design].shape[1])
+        )
+    )
+    return ps, designs, design
+
+
+def choose_outcome_design(
+    designs: dict[str, pd.DataFrame],
+    y: np.ndarray,
+    t: np.ndarray,
+    binary: bool,
+    s: ModelSettings,
+    diag: list[Diagnostic] | None = None,
+    outcome: str = "",
+) -> str:
+    """Name of the design (among ``s.outcome_designs``) whose untreated-outcome model has the
+    smallest cross-validated prediction error in the unexposed (see
+    :func:`models.effects.select_outcome_design`); the candidates go to ``diag``."""
+    osel = select_outcome_design(
+        {k: designs[k] for k in s.outcome_designs}, y, t, binary, s.cv_folds, s.cv_seed
+    )
+    for r in osel.itertuples():
+        if diag is not None:
+            selected = ":selected" if r.selected else ""
+            diag.append(
+                diagnostic(
+                    f"outcome_model:{outcome}", f"cv_error:{r.design}{selected}", float(r.cv_error)
+                )
+            )
+    return str(osel.loc[osel["selected"], "design"].iloc[0])
+
+
+def is_binary(y: np.ndarray) -> bool:
+    """A 0/1 outcome (its effect is a risk difference) rather than a score."""
+    return bool(np.isin(y[~np.isnan(y)], (0.0, 1.0)).all())
+
+
+# ---- the estimator classes ----------------------------------------------------------------------
+
+
+class Options(BaseModel):
+    """An estimator's options: typed, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AnalysisEstimator:
+    """One kind of analysis. Subclasses set ``name`` and ``Options`` and implement
+    :meth:`_fit`; :func:`register` makes them nameable in the study config."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, analysis: Analysis, settings: ModelSettings) -> None:
+        self.analysis = analysis
+        self.settings = settings
+        try:
+            self.options = self.Options.model_validate(analysis.options)
+        except ValidationError as exc:
+            msgs = [
+                f"`options.{'.'.join(str(p) for p in e['loc'])}`: {e['msg']}" for e in exc.errors()
+            ]
+            raise ConfigError(
+                f"analysis {analysis.name!r} (estimator {self.name}): " + "; ".join(msgs)
+            ) from None
+        self.estimates_: list[Estimate] = []
+        self.diagnostics_: list[Diagnostic] = []
+        self.balance_: list[pd.DataFrame] = []
+
+    @classmethod
+    def from_settings(cls, s: ModelSettings, analysis: Analysis) -> AnalysisEstimator:
+        return cls(analysis, s)
+
+    def fit(self, cohort: CohortData) -> AnalysisEstimator:
+        """Run the analysis on ``cohort``: every estimate goes to ``estimates_`` with the
+        population's suffix on its method (``aipw_high_quality_links``)."""
+        self._fit(cohort)
+        suffix = self.analysis.method_suffix
+        for e in self.estimates_:
+            e.method += suffix
+        return self
+
+    def _fit(self, cohort: CohortData) -> None:
+        raise NotImplementedError
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return pd.DataFrame([e.row() for e in self.estimates_])
+
+    def population(self, cohort: CohortData) -> pd.DataFrame:
+        kids = cohort.population(self.analysis.population)
+        if kids is None:  # the runner skips such analyses
+            raise ValueError(f"population {self.analysis.population} is the whole cohort")
+        return kids
+
+
+ESTIMATORS: dict[str, type[AnalysisEstimator]] = {}
+
+
+def register(cls: type[AnalysisEstimator]) -> type[AnalysisEstimator]:
+    """Class decorator: make ``cls`` available to the study config under ``cls.name``."""
+    if cls.name in ESTIMATORS:
+        raise ValueError(f"two estimators named {cls.name!r}")
+    ESTIMATORS[cls.name] = cls
+    return cls
+
+
+def estimator_for(analysis: Analysis, s: ModelSettings) -> AnalysisEstimator:
+    """The estimator a declaration names, with its options checked (a ConfigError naming the
+    analysis and the key otherwise)."""
+    cls = ESTIMATORS.get(analysis.estimator)
+    if cls is None:
+        raise ConfigError(
+            f"analysis {analysis.name!r}: unknown estimator {analysis.estimator!r}; known: "
+            + ", ".join(sorted(ESTIMATORS))
+        )
+    return cls.from_settings(s, analysis)
+
+
+class ExposureEffectOptions(Options):
+    exposure: str = "ks4_care_group"
+    exposed: tuple[str, ...]
+    unexposed: tuple[str, ...] = ("none",)
+    methods: tuple[Method, ...] = ("unadjusted", "regression", "ipw", "aipw")
+    # bootstrap standard errors for ipw / aipw when the settings ask for replicates
+    bootstrap: bool = True
+
+
+@register
+class ExposureEffect(AnalysisEstimator):
+    """ATT of being in the ``exposed`` levels of ``exposure`` vs the ``unexposed`` ones, among
+    children with every outcome measured: one propensity model (:func:`fit_propensity`) shared
+    by the outcomes, each outcome by ``methods`` (:class:`models.effects.ExposureEffectFitter`);
+    a binary outcome is a risk difference plus, for ``regression``, an odds ratio."""
+
+    name = "exposure_effect"
+    Options = ExposureEffectOptions
+    options: ExposureEffectOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        s, o, a = self.settings, self.options, self.analysis
+        outcomes = list(a.outcomes)
+        contrast, diag = a.contrast, self.diagnostics_
+        kids = self.population(cohort)
+        ed = kids[kids[outcomes].notna().all(axis=1)].reset_index(drop=True)
+        outcome_design = self._outcome_designs(cohort, ed, outcomes)
+        sub = ed[ed[o.exposure].isin([*o.exposed, *o.unexposed])].reset_index(drop=True)
+        t = sub[o.exposure].isin(o.exposed).to_numpy().astype(int)
+        if t.sum() < 2 or (1 - t).sum() < 2:
+            diag.append(
+                diagnostic(
+                    contrast, "skipped", float(t.sum()), "too few exposed or unexposed children"
+                )
+            )
+            return
+        ps, designs, ps_design = fit_propensity(sub, t, s, diag, f"propensity:{contrast}")
+        # exact balance (the stacked sandwich's premise) survives neither truncation nor trimming
+        exact = ps.method_ == "balancing" and s.weight_truncation_percentile is None and s.trim == 0
+        for r in ps.summary.itertuples():
+            diag.append(diagnostic(f"propensity:{contrast}", r.metric, float(r.value)))
+        for w in ps.warnings_:
+            diag.append(diagnostic(f"propensity:{contrast}", "warning", np.nan, w))
+        self.balance_.append(ps.balance_.assign(contrast=contrast))
+        ys = {out: sub[out].to_numpy(float) for out in outcomes}
+        binary = {out: is_binary(ys[out]) for out in outcomes}
+        boot: dict[tuple[str, str], float] = {}
+        if s.bootstrap_replicates > 0 and o.bootstrap:
+            boot = bootstrap_weighting_se(
+                t,
+                ps.bootstrap_refitter(designs[ps_design], t),
+                {out: (ys[out], designs[outcome_design[out]], binary[out]) for out in outcomes},
+                s.bootstrap_replicates,
+                s.cv_seed,
+            )
+            usable = all(np.isfinite(v) for v in boot.values())
+            diag.append(
+                diagnostic(
+                    f"propensity:{contrast}",
+                    "bootstrap_replicates",
+                    float(s.bootstrap_replicates),
+                    ""
+                    if usable
+                    else "too few usable bootstrap replicates: analytic standard errors kept",
+                )
+            )
+        for out in outcomes:
+            y = ys[out]
+            scale = "risk_difference" if binary[out] else "mean_difference"
+            # children with the outcome per group: disclosure control needs them
+            events: dict[str, Any] = (
+                {
+                    "events_exposed": int(np.nansum(y[t == 1])),
+                    "events_unexposed": int(np.nansum(y[t == 0])),
+                }
+                if binary[out]
+                else {}
+            )
+            for method in o.methods:
+                try:
+                    f = ExposureEffectFitter.from_settings(s, method, binary=binary[out]).fit(
+                        y,
+                        t,
+                        designs[outcome_design[out]],
+                        ps.weights_,
+                        balanced_on=designs[ps_design] if exact and method == "ipw" else None,
+                    )
+                except Exception as exc:
+                    self.estimates_.append(
+                        failed(out, contrast, method, scale, t, f"{type(exc).__name__}: {exc}")
+                    )
+                    self.estimates_[-1].events_exposed = events.get("events_exposed")
+                    self.estimates_[-1].events_unexposed = events.get("events_unexposed")
+                    continue
+                if np.isfinite(boot.get((out, method), np.nan)):
+                    f.se_ = boot[(out, method)]
+                est = f.result(out, contrast, scale)
+                est.events_exposed = events.get("events_exposed")
+                est.events_unexposed = events.get("events_unexposed")
+                weighted = method in ("ipw", "aipw")
+                est.warning = "; ".join(
+                    filter(None, [est.warning, *(ps.warnings_ if weighted else [])])
+                )
+                self.estimates_.append(est)
+                if binary[out] and method == "regression":
+                    lo, hi = f.odds_ratio_ci_
+                    self.estimates_.append(
+                        Estimate(
+                            out,
+                            contrast,
+                            "regression",
+                            "odds_ratio",
+                            f.odds_ratio_,
+                            lo,
+                            hi,
+                            f.odds_ratio_p_,
+                            int(t.sum()),
+                            int((1 - t).sum()),
+                            est.warning,
+                            **events,
+                        )
+                    )
+
+    def _outcome_designs(
+        self, cohort: CohortData, ed: pd.DataFrame, outcomes: list[str]
+    ) -> dict[str, str]:
+        """The untreated-outcome model is fitted in the same unexposed children for every
+        contrast: its design is chosen once per population and outcome (cached on ``cohort``)."""
+        o = self.options
+        t_any = (~ed[o.exposure].isin(o.unexposed)).to_numpy().astype(int)
+        designs: dict[str, pd.DataFrame] | None = None
+        chosen: dict[str, str] = {}
+        for out in outcomes:
+            key = (self.analysis.population, out, o.exposure, o.unexposed)
+            if key not in cohort.outcome_designs:
+                if t_any.sum() == len(t_any) or ed.empty:
+                    cohort.outcome_designs[key] = "main"
+                else:
+                    designs = designs or candidate_designs(ed, self.settings)
+                    y = ed[out].to_numpy(float)
+                    cohort.outcome_designs[key] = choose_outcome_design(
+                        designs, y, t_any, is_binary(y), self.settings, self.diagnostics_, out
+                    )
+            chosen[out] = cohort.outcome_designs[key]
+        return chosen
+
+
+def failed(
+    outcome: str, contrast: str, method: str, scale: str, t: np.ndarray, why: str
+) -> Estimate:
+    """The row of an estimate whose fit raised: no numbers, the reason in ``warning``."""
+    nan = float("nan")
+    return Estimate(
+        outcome,
+        contrast,
+        method,
+        scale,
+        nan,
+        nan,
+        nan,
+        nan,
+        int(t.sum()),
+        int((1 - t).sum()),
+        f"failed: {why}",
+    )
+
+
+def _ols_term(y: pd.Series, design: pd.DataFrame, term: str) -> tuple[float, float, float]:
+    """Coefficient, robust (HC1) SE and p value of ``term`` in an OLS fit."""
+    import statsmodels.api as sm
+
+    res = sm.OLS(y.astype(float), design).fit(cov_type="HC1")
+    return float(res.params[term]), float(res.bse[term]), float(res.pvalues[term])
+
+
+def _regression_estimate(
+    outcome: str, contrast: str, b: float, se: float, p: float, n1: int, n0: int
+) -> Estimate:
+    return Estimate(
+        outcome,
+        contrast,
+        "regression",
+        "mean_difference",
+        b,
+        b - 1.96 * se,
+        b + 1.96 * se,
+        p,
+        n1,
+        n0,
+    )
+
+
+class CareCharacteristicOptions(Options):
+    term: str
+
+
+@register
+class CareCharacteristic(AnalysisEstimator):
+    """Among children looked after before year 11 (long or short care) with the outcome: the
+    outcome's change per unit of a characteristic of their care (``term``), adjusted for long
+    care and the covariates (OLS, HC1)."""
+
+    name = "care_characteristic"
+    Options = CareCharacteristicOptions
+    options: CareCharacteristicOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        import statsmodels.api as sm
+
+        s, term, outcome = self.settings, self.options.term, self.analysis.outcomes[0]
+        kids = self.population(cohort)
+        cla = kids[
+            kids[outcome].notna() & kids["ks4_care_group"].isin(["long", "short"])
+        ].reset_index(drop=True)
+        if len(cla) < 20:
+            return
+        x = design_matrix(cla, s.covariates, s.categorical)
+        design = pd.concat(
+            [
+                cla[[term]].astype(float),
+                (cla["ks4_care_group"] == "long").astype(float).rename("long"),
+                x,
+            ],
+            axis=1,
+        )
+        design = sm.add_constant(design.loc[:, design.std() > 0], has_constant="add")
+        b, se, p = _ols_term(cla[outcome], design, term)
+        self.estimates_.append(
+            _regression_estimate(outcome, self.analysis.contrast, b, se, p, len(cla), 0)
+        )
+
+
+class EffectModificationOptions(Options):
+    modifiers: tuple[str, ...] = tuple(ADVERSITIES)
+
+
+@register
+class EffectModification(AnalysisEstimator):
+    """Does each modifier's association with the outcome differ between CLA and NLA? Per
+    modifier: the interaction (``{m}_x_cla``) and the association within each group
+    (``{m}_in_cla``, ``{m}_in_nla``), OLS with HC1 standard errors."""
+
+    name = "effect_modification"
+    Options = EffectModificationOptions
+    options: EffectModificationOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        import statsmodels.api as sm
+
+        s, outcome = self.settings, self.analysis.outcomes[0]
+        kids = self.population(cohort)
+        ed = kids[kids[outcome].notna()].reset_index(drop=True)
+        t = ed["ks4_care_group"].isin(["long", "short"]).astype(float)
+        y = ed[outcome]
+        for adv in self.options.modifiers:
+            others = [c for c in s.covariates if c != adv]
+            x = design_matrix(ed, others, s.categorical)
+            inter = (t * ed[adv]).rename("interaction")
+            design = sm.add_constant(
+                pd.concat([t.rename("cla"), ed[adv].astype(float), inter, x], axis=1),
+                has_constant="add",
+            )
+            design = design.loc[:, (design.std() > 0) | (design.columns == "const")]
+            if "interaction" not in design:
+                continue
+            b, se, p = _ols_term(y, design, "interaction")
+            self.estimates_.append(
+                _regression_estimate(
+                    outcome, f"{adv}_x_cla", b, se, p, int(t.sum()), int((1 - t).sum())
+                )
+            )
+            for label, sel in (("cla", t == 1), ("nla", t == 0)):
+                sub = ed[sel.to_numpy()].reset_index(drop=True)
+                xs = design_matrix(sub, others, s.categorical)
+                d = sm.add_constant(
+                    pd.concat([sub[[adv]].astype(float), xs], axis=1), has_constant="add"
+                )
+                d = d.loc[:, (d.std() > 0) | (d.columns == "const")]
+                if adv not in d or len(sub) < 20:
+                    continue
+                b, se, p = _ols_term(sub[outcome], d, adv)
+                n_with, n_without = int(sub[adv].sum()), int((1 - sub[adv]).sum())
+                self.estimates_.append(
+                    _regression_estimate(outcome, f"{adv}_in_{label}", b, se, p, n_with, n_without)
+                )
+
+
+@register
+class AbsenceGEE(AnalysisEstimator):
+    """The outcome across school years (three before to six after the index date), years
+    looked after vs other years: GEE with exchangeable correlation within the child."""
+
+    name = "absence_gee"
+
+    def _fit(self, cohort: CohortData) -> None:
+        import statsmodels.api as sm
+
+        sy, outcome = cohort.school_years, self.analysis.outcomes[0]
+        if sy.empty:
+            return
+        covs = ["deprivation_decile", *ADVERSITIES, "disability", "sex_male"]
+        kids = self.population(cohort)
+        d = sy.merge(kids[["person_key", *covs]], on="person_key").dropna(subset=[outcome])
+        d = d[d["years_from_index"].between(-3, 6)].reset_index(drop=True)
+        if d["looked_after_this_year"].nunique() < 2:
+            return
+        x = sm.add_constant(
+            pd.concat(
+                [
+                    d[["looked_after_this_year", "years_from_index", "age"]].astype(float),
+                    d[covs].astype(float),
+                ],
+                axis=1,
+            ),
+            has_constant="add",
+        )
+        res = sm.GEE(
+            d[outcome].astype(float),
+            x,
+            groups=d["person_key"],
+            family=sm.families.Gaussian(),
+            cov_struct=sm.cov_struct.Exchangeable(),
+        ).fit()
+        term = "looked_after_this_year"
+        b, se = float(res.params[term]), float(res.bse[term])
+        n_exp = int(d.loc[d[term] == 1, "person_key"].nunique())
+        self.estimates_.append(
+            Estimate(
+                outcome,
+                self.analysis.contrast,
+                "gee",
+                "mean_difference",
+                b,
+                b - 1.96 * se,
+                b + 1.96 * se,
+                float(res.pvalues[term]),
+                n_exp,
+                int(d["person_key"].nunique()) - n_exp,
+            )
+        )
+
+
+SurvivalModel = Literal["cox_tv", "cox_tv_unadjusted", "poisson_pw"]
+
+
+class TimeVaryingSurvivalOptions(Options):
+    models: tuple[SurvivalModel, ...] = ("cox_tv", "cox_tv_unadjusted", "poisson_pw")
+    # test proportional hazards for care (looked_after x log age, Wald) per outcome
+    proportional_hazards_check: bool = True
+
+
+@register
+class TimeVaryingSurvival(AnalysisEstimator):
+    """Hazard of each outcome with care as a time-varying exposure, on age-month intervals:
+    ``cox_tv`` (adjusted time-varying Cox; categorical covariates as strata),
+    ``cox_tv_unadjusted``, ``poisson_pw`` (piecewise-exponential Poisson, the scalable check)."""
+
+    name = "time_varying_survival"
+    Options = TimeVaryingSurvivalOptions
+    options: TimeVaryingSurvivalOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        s, pt = self.settings, cohort.person_time
+        kids = self.population(cohort).reset_index(drop=True)
+        # categorical covariates (the local authority): strata of the Cox model (own baseline
+        # hazard per level), dummies (first level dropped) in the Poisson model
+        strata = [c for c in s.categorical if c in s.survival_covariates]
+        x = design_matrix(kids, s.survival_covariates, strata)
+        covs = list(x.columns)
+        cox_covs = [c for c in s.survival_covariates if c not in strata]
+        kids_x = pd.concat([kids[["person_key", *strata]], x], axis=1)
+        robust = s.cox_standard_errors == "robust"
+        fitters: dict[str, Callable[[pd.DataFrame], Any]] = {
+            "cox_tv": lambda rows: TimeVaryingCoxFitter(robust=robust).fit(
+                rows, cox_covs, strata=strata
+            ),
+            "cox_tv_unadjusted": lambda rows: TimeVaryingCoxFitter().fit(rows, []),
+            "poisson_pw": lambda rows: PiecewisePoissonFitter().fit(rows, covs),
+        }
+        outcomes = self.analysis.outcomes
+        if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
+            outcomes = tuple(sorted(pt["outcome"].unique()))
+        for outcome in outcomes:
+            rows = age_month_intervals(
+                pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
+            )
+            rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
+            n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
+            n_unexp = int(rows["person_key"].nunique()) - n_exp
+            exposed_rows = rows["looked_after"] == 1
+            events = {
+                "events_exposed": int(rows.loc[exposed_rows, "event"].sum()),
+                "events_unexposed": int(rows.loc[~exposed_rows, "event"].sum()),
+            }
+            for model in self.options.models:
+                nan, warning = float("nan"), ""
+                hr, lo, hi, p = nan, nan, nan, nan
+                try:
+                    f = fitters[model](rows)
+                    hr, (lo, hi), p = f.hazard_ratio_, f.ci_, f.p_value_
+                    warning = "; ".join(f.warnings_)
+                except Exception as exc:
+                    warning = f"failed: {type(exc).__name__}: {exc}"
+                self.estimates_.append(
+                    Estimate(
+                        outcome,
+                        self.analysis.contrast,
+                        model,
+                        "hazard_ratio",
+                        hr,
+                        lo,
+                        hi,
+                        p,
+                        n_exp,
+                        n_unexp,
+                        warning,
+                        **events,
+                    )
+                )
+            if self.options.proportional_hazards_check:
+                self.diagnostics_.append(
+                    proportional_hazards_check(rows, cox_covs, outcome, strata)
+                )
+
+
+def proportional_hazards_check(
+    rows: pd.DataFrame, covs: list[str], outcome: str, strata: list[str] | None = None
+) -> Diagnostic:
+    """Proportional hazards for care: add looked_after x log(age) and test it (Wald)."""
+    r = rows.assign(la_x_logage=rows["looked_after"] * np.log1p(rows["start"] / 12.0))
+    try:
+        f = TimeVaryingCoxFitter().fit(r, [*covs, "la_x_logage"], strata=strata)
+        p = float(f.summary.loc["la_x_logage", "p"])
+        warn = "proportional hazards for care rejected at 0.01" if p < 0.01 else ""
+    except Exception as exc:
+        p, warn = float("nan"), f"PH check failed: {type(exc).__name__}"
+    return diagnostic(f"proportional_hazards:{outcome}", "p_looked_after_x_log_age", p, warn)
+
+
+@register
+class KaplanMeier(AnalysisEstimator):
+    """Cumulative incidence of a first event per group (CLA / NLA), unweighted and ATT-weighted:
+    no estimates; :mod:`models.outputs` draws its figures and writes release/km_yearly.csv for
+    the declared outcomes."""
+
+    name = "kaplan_meier"
+
+    def _fit(self, cohort: CohortData) -> None:
+        missing = set(self.analysis.outcomes) - set(cohort.person_time["outcome"].unique())
+        if missing and len(cohort.person_time):
+            self.diagnostics_.append(
+                diagnostic(
+                    f"kaplan_meier:{self.analysis.name}",
+                    "missing_outcomes",
+                    float(len(missing)),
+                    "outcomes without person-time: " + ", ".join(sorted(missing)),
+                )
+            )
