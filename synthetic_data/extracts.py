@@ -429,7 +429,7 @@ def _school_census(
     rate = np.clip(0.04 + 0.012 * n_adv + 0.003 * dep + effect + noise, 0, 0.9)
     rate0 = np.clip(0.04 + 0.012 * n_adv0 + 0.003 * dep + noise, 0, 0.9)
     w.school_years = {
-        "person_id": person,
+        "person_id": person.astype(np.int32),
         "academic_year": ayv.astype(np.int16),
         "looked_after_share": care_share.astype(np.float32),
         "years_since_entry": since.astype(np.int8),
