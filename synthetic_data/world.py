@@ -395,7 +395,7 @@ def care(
     same_day = rng.random(n) < 0.1 * (1 - np.exp(-rate))
     entry = w.ref1 + (t * YEAR).astype(np.int64)
     if after_referral_active(sc):
-        entry = after_referral(w, sc, tv_rng, rate, exp1)
+        entry = after_referral(w, sc, tv_rng, rate, np.where(same_day, 0.0, exp1))
     entry = np.where(same_day, w.ref1, entry)
     age18 = add_years(w.birth, 18)
     enters = has & (entry < w.fu_end) & (entry < age18 - 30)
@@ -472,7 +472,8 @@ def after_referral(
     Updates the world's true adversity (``adversity``, ``onset``: the factual history), keeps
     ``onset_no_care`` (the same draws had the child never entered care: common random numbers,
     so it differs only after entry) and the review assessments (``rev_*``). Returns the entry
-    day (a day after the window for children who never enter)."""
+    day (a day after the window for children who never enter). ``exp1`` is 0 for a child who
+    enters on the referral day."""
     ar, e = sc.after_referral, sc.effects
     has = np.flatnonzero(w.ref1 >= 0)
     m = has.size
@@ -496,7 +497,7 @@ def after_referral(
         rate = rate0[has] * np.exp(
             ar.care_log_hr_new_factor * n_new + ar.care_log_hr_cp_plan * cp_new
         )
-        reach = ~entered & (cum + rate * interval_years >= exp1[has])
+        reach = ~entered & (cum + rate * interval_years >= exp1[has])  # exp1 0: on referral
         entry = np.where(reach, t0 + ((exp1[has] - cum) / rate * YEAR).astype(np.int64), entry)
         cum = cum + rate * interval_years
         # new adversity during the year: common random numbers for with and without care
