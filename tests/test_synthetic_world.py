@@ -479,7 +479,8 @@ def test_dental_caries_shares_cares_causes_and_has_no_care_effect() -> None:
     assert cnt[adv].sum() / years[adv].sum() > 1.2 * cnt[~adv].sum() / years[~adv].sum()
     la_eff = w.la_care_effect[w.la_at_referral]
     hi = la_eff > np.median(la_eff)
-    assert cnt[hi].sum() / years[hi].sum() > cnt[~hi].sum() / years[~hi].sum()
+    # about 1.8 with the default loading of 1.0 (1.0 without it)
+    assert cnt[hi].sum() / years[hi].sum() > 1.4 * cnt[~hi].sum() / years[~hi].sum()
 
 
 def test_causal_graph_names_every_causal_key() -> None:
