@@ -267,7 +267,12 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
     return _typed_frame(data)
 
 
-def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
+def _effects(
+    w: World,
+    sc: Scenario,
+    ks4_has: np.ndarray,
+    absence: list[dict[str, object]] | None = None,
+) -> dict[str, object]:
     """True effects on the scale each estimator targets (ATT among the exposed children)."""
     e = sc.effects
     eligible = (w.ref1 >= 0) & ks4_has & (w.ref1 < w.ks4_start)
@@ -323,7 +328,7 @@ def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
         }
     )
     est += _modified_ks4_effects(w, groups["cla_vs_nla"], observed_effect)
-    est += _absence_effects(w)
+    est += _absence_effects(w) if absence is None else absence
     for outcome, lhr in (
         ("self_harm", e.log_hr_self_harm),
         ("emergency_admission", e.log_hr_emergency_admission),
@@ -528,12 +533,19 @@ def generate_world(
     summary = SynthSummary(out, sc.name, n_children, seed)
     record_person, defect_rows = [], []
     ks4_has = np.zeros(w.n, bool)
+    absence: list[dict[str, object]] = []
     # Each source is written (defects, frame, file) on one writer thread while the next one is
     # built: polars and most of numpy release the GIL, so the two cores overlap. One write in
     # flight at a time, in source order, so the defect generator draws in the same order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer") as writer:
         pending: Future[tuple[str, int, list[tuple[str, str]]]] | None = None
         for source, source_cols, owner in build_sources(w, sc, seed, nlog):
+            if source == "school_census":  # its per-pupil-year truth, then freed
+                absence = _absence_effects(w)
+                pl.DataFrame(w.school_years).write_parquet(
+                    truth / "school_years.parquet", statistics=False
+                )
+                w.school_years = {}
             if source == "attainment":
                 ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
             record_person.append(
@@ -599,10 +611,10 @@ def generate_world(
             "level2_p1": w.level2_p1,
         }
     ).write_parquet(truth / "potential_outcomes.parquet", statistics=False)
-    pl.DataFrame(w.school_years).write_parquet(truth / "school_years.parquet", statistics=False)
     (truth / "scenario.yaml").write_text(scenario_to_yaml(sc), encoding="utf-8")
     (truth / "effects.json").write_text(
-        json.dumps(_effects(w, sc, ks4_has), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps(_effects(w, sc, ks4_has, absence), indent=2, sort_keys=True) + "\n",
+        encoding="utf-8",
     )
     return summary
 
