@@ -462,7 +462,7 @@ WITH first_recorded AS (
     INTO NAME covariate VALUE record_date
 )
 SELECT person_key, record_date,
-       sum(count(*) FILTER (WHERE covariate <> 'protection_plan')) OVER running AS new_factors_recorded,
+       CAST(sum(count(*) FILTER (WHERE covariate <> 'protection_plan')) OVER running AS INTEGER) AS new_factors_recorded,
        max(max(CAST(covariate = 'protection_plan' AS INTEGER))) OVER running AS new_protection_plan
 FROM changes
 GROUP BY person_key, record_date
