@@ -499,3 +499,12 @@ def test_causal_graph_names_every_causal_key() -> None:
     text = mermaid(load_scenario("time_varying_confounding"))
     assert "review --> care" in text and "care --> newadv" in text
     assert "review -.-> care" in mermaid(sc)  # switched off by default
+
+
+@pytest.mark.parametrize("scenario", ["time_varying_confounding", "effect_modification"])
+def test_new_scenarios_give_identical_bytes_per_seed(tmp_path: Path, scenario: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=a)
+    generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=b)
+    assert _hashes(a) == _hashes(b)
+    assert len(_hashes(a)) == 7 + 1 + 9
