@@ -475,7 +475,7 @@ def _attainment(w: World, ids: Identities, rng: np.random.Generator, window_end:
     has2 &= rng.random(w.n) > 0.01
     has4 &= rng.random(w.n) > 0.02
     p2, p4 = np.flatnonzero(has2), np.flatnonzero(has4)
-    ks2_ok = rng.random(p2.size) < 1 / (1 + np.exp(-((w.ks4_y0[p2] - 40) / 7)))
+    ks2_ok = rng.random(p2.size) < w.ks2_p1[p2]
     score = observed_ks4(w.ks4_y0[p4] + w.ks4_effect[p4])
     level2 = rng.random(p4.size) < w.level2_p1[p4]
     person = np.r_[p2, p4]

@@ -223,7 +223,7 @@ def _write_source(
     return source, rows_out.size, defects
 
 
-def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
+def _persons_truth(w: World, ks4_has: np.ndarray, ks2_has: np.ndarray) -> pl.DataFrame:
     first_entry = np.full(w.n, -1, np.int64)
     firsts = np.r_[True, w.care_person[1:] != w.care_person[:-1]]
     first_entry[w.care_person[firsts]] = w.care_start[firsts]
@@ -260,6 +260,9 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
         "moves_before_ks4": w.moves_before_ks4,
         "ks4_year_start": iso(w.ks4_start),
         "has_ks4": ks4_has.astype(np.int8),
+        "care_days_before_ks2": w.care_days_before_ks2,
+        "ks2_year_start": iso(w.ks2_start),
+        "has_ks2": ks2_has.astype(np.int8),
         "follow_up_start": iso(w.fu_start),
         "follow_up_end": iso(w.fu_end),
         "follow_up_end_reason": reasons[w.fu_end_reason],
@@ -272,6 +275,7 @@ def _effects(
     sc: Scenario,
     ks4_has: np.ndarray,
     absence: list[dict[str, object]] | None = None,
+    ks2_has: np.ndarray | None = None,
 ) -> dict[str, object]:
     """True effects on the scale each estimator targets (ATT among the exposed children)."""
     e = sc.effects
@@ -328,6 +332,23 @@ def _effects(
         }
     )
     est += _modified_ks4_effects(w, groups["cla_vs_nla"], observed_effect)
+    ks2_exposed = (
+        (w.ref1 >= 0)
+        & (w.ref1 < w.ks2_start)
+        & (ks2_has if ks2_has is not None else True)
+        & (w.care_days_before_ks2 > 0)
+    )
+    n2 = int(ks2_exposed.sum())
+    est.append(
+        {
+            "outcome": "ks2_expected_standard",
+            "contrast": "cla_vs_nla",
+            "scale": "risk_difference",
+            "value": float((w.ks2_p1 - w.ks2_p0)[ks2_exposed].mean()) if n2 else 0.0,
+            "description": f"ATT: mean change in probability of the KS2 expected standard among "
+            f"{n2} children in need looked after before the KS2 year (year 6)",
+        }
+    )
     est += _absence_effects(w) if absence is None else absence
     for outcome, lhr in (
         ("self_harm", e.log_hr_self_harm),
@@ -533,6 +554,7 @@ def generate_world(
     summary = SynthSummary(out, sc.name, n_children, seed)
     record_person, defect_rows = [], []
     ks4_has = np.zeros(w.n, bool)
+    ks2_has = np.zeros(w.n, bool)
     absence: list[dict[str, object]] = []
     # Each source is written (defects, frame, file) on one writer thread while the next one is
     # built: polars and most of numpy release the GIL, so the two cores overlap. One write in
@@ -548,6 +570,7 @@ def generate_world(
                 w.school_years = {}
             if source == "attainment":
                 ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
+                ks2_has[owner[(source_cols["key_stage"] == "KS2").to_numpy()]] = True
             record_person.append(
                 pl.DataFrame({"record_id": source_cols["record_id"], "person_id": owner}).select(
                     source=pl.lit(source), record_id="record_id", person_id="person_id"
@@ -580,7 +603,7 @@ def generate_world(
     )
     step("writing truth")
     pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
-    _persons_truth(w, ks4_has).write_parquet(truth / "persons.parquet", statistics=False)
+    _persons_truth(w, ks4_has, ks2_has).write_parquet(truth / "persons.parquet", statistics=False)
     _typed_frame(
         {
             "person_id": w.ep_person,
@@ -609,11 +632,13 @@ def generate_world(
             "ks4_effect": w.ks4_effect,
             "level2_p0": w.level2_p0,
             "level2_p1": w.level2_p1,
+            "ks2_p0": w.ks2_p0,
+            "ks2_p1": w.ks2_p1,
         }
     ).write_parquet(truth / "potential_outcomes.parquet", statistics=False)
     (truth / "scenario.yaml").write_text(scenario_to_yaml(sc), encoding="utf-8")
     (truth / "effects.json").write_text(
-        json.dumps(_effects(w, sc, ks4_has, absence), indent=2, sort_keys=True) + "\n",
+        json.dumps(_effects(w, sc, ks4_has, absence, ks2_has), indent=2, sort_keys=True) + "\n",
         encoding="utf-8",
     )
     return summary

@@ -169,6 +169,9 @@ class Effects(_Strict):
     log_hr_mental_health_admission: float = Field(
         0.405, description="log HR while looked after (1.5)"
     )
+    ks2_log_or_care: float = Field(
+        0.0, description="log OR of KS2 expected standard, looked after before the KS2 year"
+    )
     # effect modification (all zero by default: the same effect for every child)
     ks4_care_x_adversity: float = Field(
         0.0, description="KS4 points of care's effect per true adversity begun before entry"

@@ -166,6 +166,10 @@ class World:
     ep_placement: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     # education truth
     ks4_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ks2_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1 Sep, year 6
+    care_days_before_ks2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ks2_p0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ks2_p1: np.ndarray = field(default_factory=lambda: np.zeros(0))
     first_entry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # -1 none
     pre_care_adversity: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
     care_days_before_ks4: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -620,6 +624,12 @@ def _education_exposure(w: World) -> None:
     w.care_days_before_ks4 = np.bincount(w.care_person, weights=days, minlength=w.n).astype(
         np.int64
     )
+    w.ks2_start = sept1(ay0 + 11)  # year 6 (reception is the year starting at ay0 + 5)
+    cut2 = w.ks2_start[w.care_person]
+    days2 = np.clip(np.minimum(w.care_end, cut2) - w.care_start, 0, None)
+    w.care_days_before_ks2 = np.bincount(w.care_person, weights=days2, minlength=w.n).astype(
+        np.int64
+    )
     moves = (np.isin(w.ep_reason_start, ["P", "T"])) & (w.ep_start < w.ks4_start[w.ep_person])
     w.moves_before_ks4 = np.bincount(w.ep_person, weights=moves, minlength=w.n).astype(np.int64)
     w.first_entry = np.full(w.n, -1, np.int64)
@@ -677,6 +687,11 @@ def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     )
     w.ks4_y0 = y0
     w.ks4_effect = direct + mediated
+    # KS2 expected standard (a flag): probability expit((Y(0) - 40)/7) without care; being
+    # looked after before the KS2 year (year 6) shifts its log odds by ks2_log_or_care
+    ks2_logit0 = (y0 - 40.0) / 7.0
+    w.ks2_p0 = expit(ks2_logit0)
+    w.ks2_p1 = expit(ks2_logit0 + e.ks2_log_or_care * (w.care_days_before_ks2 > 0))
     logit0 = (y0 - 52.0) / 5.0
     w.level2_p0 = expit(logit0)
     w.level2_p1 = expit(

@@ -302,6 +302,15 @@ def test_modified_effects_computed_by_hand_from_potential_outcomes(modified_worl
     assert with_ == pytest.approx(by[1]) and without == pytest.approx(by[0])
     diff = _effect(truth, "ks4_score", "cla_vs_nla_with_minus_without_domestic_abuse")
     assert diff == pytest.approx(by[1] - by[0])
+    ks2 = persons.filter(
+        (pl.col("ever_cin") == 1)
+        & (pl.col("has_ks2") == 1)
+        & (pl.col("first_cin_date") < pl.col("ks2_year_start"))
+        & (pl.col("care_days_before_ks2") > 0)
+    )
+    ks2_truth = _effect(truth, "ks2_expected_standard", "cla_vs_nla")
+    assert ks2_truth == pytest.approx((ks2["ks2_p1"] - ks2["ks2_p0"]).mean())
+    assert ks2_truth < -0.01  # ks2_log_or_care -0.3 in this scenario
     sy = pl.read_parquet(truth / "school_years.parquet").filter(pl.col("looked_after_share") > 0)
     sy = sy.with_columns(
         effect=pl.col("absence_rate_factual").cast(pl.Float64) - pl.col("absence_rate_no_care")
