@@ -777,3 +777,32 @@ def test_wrong_config_is_a_clear_error(tmp_path: Path, yaml_text: str, message: 
     p.write_text(yaml_text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_study_config(p)
+
+
+def test_school_years_exposure_is_the_one_the_worlds_truth_uses(
+    world: Path, full_run: Path
+) -> None:
+    """Issue 18: the yearly exposure of cohort.school_years and of the synthetic truth
+    (truth/school_years.parquet, behind effects.json's absence estimand) are one definition:
+    on the shared run, each linked pupil-year's share of the academic year looked after, and
+    so looked_after_this_year, is the truth's (a few may differ through linkage)."""
+    truth = world / "truth"
+    with duckdb.connect() as con:
+        con.execute("ATTACH ? AS az (READ_ONLY)", [str(full_run / "analysis_zone.duckdb")])
+        (n, n_exposed, same_share, same_exposure) = con.execute(
+            """
+            SELECT count(*), count(*) FILTER (WHERE y.looked_after_this_year = 1 OR t.looked_after_share > 0),
+                   count(*) FILTER (WHERE abs(y.looked_after_share - t.looked_after_share) < 1e-6),
+                   count(*) FILTER (WHERE (y.looked_after_this_year = 1 OR t.looked_after_share > 0)
+                                      AND y.looked_after_this_year = CAST(t.looked_after_share > 0 AS INTEGER))
+            FROM az.cohort.school_years y
+            JOIN (SELECT person_key, academic_year, min(record_id) AS record_id
+                  FROM az.analysis.school_census GROUP BY ALL) s USING (person_key, academic_year)
+            JOIN read_parquet(?) r ON r.source = 'school_census' AND r.record_id = s.record_id
+            JOIN read_parquet(?) t ON t.person_id = r.person_id AND t.academic_year = y.academic_year
+            """,
+            [str(truth / "record_person.parquet"), str(truth / "school_years.parquet")],
+        ).fetchall()[0]
+    assert n > 1000 and n_exposed > 50
+    assert same_share >= 0.995 * n
+    assert same_exposure >= 0.98 * n_exposed
