@@ -493,6 +493,18 @@ def _absence_effects(w: World) -> list[dict[str, object]]:
             "one day of the academic year 1 September - 31 August)",
         }
     ]
+    share = sy["looked_after_share"].astype(np.float64)
+    rows.append(
+        {
+            "outcome": "absence_rate",
+            "contrast": "looked_after_share",
+            "scale": "mean_difference",
+            "value": float((effect[exposed] / share[exposed]).mean()) if n else 0.0,
+            "description": "effect per full academic year looked after: mean over the "
+            f"{n} looked-after pupil-years of the effect divided by the share of the year "
+            "looked after (for a model with the share as exposure)",
+        }
+    )
     since = sy["years_since_entry"]
     for j in range(MAX_YEARS_SINCE_ENTRY + 1):
         sel = exposed & ((since == j) if j < MAX_YEARS_SINCE_ENTRY else (since >= j))

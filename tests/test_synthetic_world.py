@@ -318,6 +318,8 @@ def test_modified_effects_computed_by_hand_from_potential_outcomes(modified_worl
     assert _effect(truth, "absence_rate", "looked_after_year") == pytest.approx(
         sy["effect"].mean(), rel=1e-6
     )
+    per_year = (sy["effect"] / sy["looked_after_share"]).mean()
+    assert _effect(truth, "absence_rate", "looked_after_share") == pytest.approx(per_year, rel=1e-5)
     by_year = [sy.filter(pl.col("years_since_entry") == j)["effect"].mean() for j in range(4)] + [
         sy.filter(pl.col("years_since_entry") >= 4)["effect"].mean()
     ]
