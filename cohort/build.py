@@ -221,8 +221,9 @@ def covariate_steps() -> list[Step]:
     return [
         Step(
             "index_rows",
-            "one row per child: adversity factors and disability on census rows whose "
-            "referral is on or before the index date, and the earliest such row's LA",
+            "one row per child: adversity factors and disability recorded at assessments "
+            "dated on or before the index date (the index referral's own assessment, whatever "
+            "census year files it), and the earliest such row's LA",
             """
 SELECT c.person_key,
        max(CAST(c.parent_domestic_abuse AS INTEGER)) AS domestic_abuse,
@@ -233,7 +234,7 @@ SELECT c.person_key,
        max(CAST(coalesce(c.disability, FALSE) AS INTEGER)) AS disability,
        first(c.la_code ORDER BY c.census_year, c.record_id) AS la_code
 FROM analysis.care_support_census c JOIN eligible e USING (person_key)
-WHERE c.referral_date <= e.index_date
+WHERE c.referral_date <= e.index_date AND c.assessment_date <= e.index_date
 GROUP BY c.person_key""",
         ),
         Step(
@@ -425,6 +426,63 @@ WHERE ev.event_date >= c.index_date AND ev.event_date <= c.followup_end
 GROUP BY c.person_key"""
 
 
+def time_varying_covariate_steps() -> list[Step]:
+    """What changes after the index date, for the g-methods' time-varying covariates: factors
+    and child-protection plans recorded later, and each school year's absence. Each value is
+    used only for intervals that start after it was measured (``person_time``: the day after
+    the record's date or the end of the school year; ``school_years``: the year before)."""
+    return [
+        Step(
+            "recorded_after_index",
+            "one row per child and date after the index date (to the end of follow-up) on "
+            "which an assessment first recorded an adversity factor not recorded at the index "
+            "date, or a child-protection plan begun after the index date started: the running "
+            "count of such factors and whether such a plan has started, as of that date",
+            """
+WITH first_recorded AS (
+    -- per child: the first assessment after the index date recording each factor that the
+    -- index assessment did not record, and the start of the first plan begun after it
+    SELECT c.person_key,
+           min(c.assessment_date) FILTER (WHERE c.parent_domestic_abuse AND coalesce(i.domestic_abuse, 0) = 0) AS domestic_abuse,
+           min(c.assessment_date) FILTER (WHERE c.parent_mental_ill_health AND coalesce(i.parental_mental_ill_health, 0) = 0) AS parental_mental_ill_health,
+           min(c.assessment_date) FILTER (WHERE c.parent_substance_misuse AND coalesce(i.parental_substance_misuse, 0) = 0) AS parental_substance_misuse,
+           min(c.assessment_date) FILTER (WHERE c.parent_learning_disability AND coalesce(i.parental_learning_disability, 0) = 0) AS parental_learning_disability,
+           min(c.assessment_date) FILTER (WHERE c.child_protection_category = 'PHY' AND coalesce(i.physical_abuse, 0) = 0) AS physical_abuse,
+           min(c.child_protection_plan_start) FILTER (WHERE c.child_protection_plan_start > e.index_date) AS protection_plan
+    FROM analysis.care_support_census c
+    JOIN eligible e USING (person_key)
+    LEFT JOIN index_rows i USING (person_key)
+    WHERE c.assessment_date > e.index_date AND c.assessment_date <= e.followup_end
+    GROUP BY c.person_key
+), changes AS (
+    -- one row per newly recorded factor or new plan (UNPIVOT drops the nulls)
+    UNPIVOT first_recorded
+    ON domestic_abuse, parental_mental_ill_health, parental_substance_misuse,
+       parental_learning_disability, physical_abuse, protection_plan
+    INTO NAME covariate VALUE record_date
+)
+SELECT person_key, record_date,
+       CAST(sum(count(*) FILTER (WHERE covariate <> 'protection_plan')) OVER running AS INTEGER) AS new_factors_recorded,
+       max(max(CAST(covariate = 'protection_plan' AS INTEGER))) OVER running AS new_protection_plan
+FROM changes
+GROUP BY person_key, record_date
+WINDOW running AS (PARTITION BY person_key ORDER BY record_date ROWS UNBOUNDED PRECEDING)""",
+        ),
+        Step(
+            "school_year_absence",
+            "one row per child in the cohort and academic year with sessions recorded: the "
+            "absence rate over that year's school census rows",
+            """
+SELECT s.person_key, s.academic_year,
+       sum(s.sessions_authorised_absence + s.sessions_unauthorised_absence) / nullif(sum(s.sessions_possible), 0)
+           AS absence_rate
+FROM analysis.school_census s JOIN eligible e USING (person_key)
+WHERE s.sessions_possible IS NOT NULL
+GROUP BY s.person_key, s.academic_year""",
+        ),
+    ]
+
+
 def person_time_steps(cfg: StudyConfig) -> list[Step]:
     """Counting-process rows split at care entry and exit, for every outcome."""
     outcome_names = {f"outcome_{i}": o.name for i, o in enumerate(cfg.outcomes, start=1)}
@@ -437,7 +495,8 @@ def person_time_steps(cfg: StudyConfig) -> list[Step]:
     bounds = Step(
         "bounds",
         "the days (from the index date) where a child's follow-up is split: day 0, the day "
-        "after follow-up ends, and each start and end of a period of care",
+        "after follow-up ends, each start and end of a period of care, the day after each "
+        "date in recorded_after_index, and each 1 September that changes last year's absence",
         """
 SELECT DISTINCT person_key, d FROM (
     SELECT person_key, 0 AS d FROM children
@@ -446,23 +505,40 @@ SELECT DISTINCT person_key, d FROM (
               FROM periods p JOIN children c USING (person_key)
     UNION ALL SELECT p.person_key, datediff('day', c.index_date, p.period_end)
               FROM periods p JOIN children c USING (person_key)
+    UNION ALL SELECT r.person_key, datediff('day', c.index_date, r.record_date) + 1
+              FROM recorded_after_index r JOIN children c USING (person_key)
+    -- a school year's absence is last year's from the 1 September after it to the next one
+    UNION ALL SELECT a.person_key, datediff('day', c.index_date, make_date(a.academic_year + k.k, 9, 1))
+              FROM school_year_absence a JOIN children c USING (person_key)
+              CROSS JOIN (VALUES (1), (2)) k(k)
 )""",
     )
     segments = Step(
         "segments",
-        "one row per interval between consecutive bounds within follow-up, and whether a "
-        "period of care covers its start",
+        "one row per interval between consecutive bounds within follow-up: whether a period "
+        "of care covers its start, and the time-varying covariates measured before it starts",
         """
 SELECT s.person_key, s.start_day, s.stop_day,
        CAST(EXISTS (SELECT 1 FROM periods p JOIN children c USING (person_key)
                     WHERE p.person_key = s.person_key
                       AND datediff('day', c.index_date, p.period_start) <= s.start_day
-                      AND datediff('day', c.index_date, p.period_end) > s.start_day) AS INTEGER) AS looked_after
+                      AND datediff('day', c.index_date, p.period_end) > s.start_day) AS INTEGER) AS looked_after,
+       coalesce(r.new_factors_recorded, 0) AS new_factors_recorded,
+       coalesce(r.new_protection_plan, 0) AS new_protection_plan,
+       a.absence_rate AS last_year_absence_rate
 FROM (
-    SELECT b.person_key, b.d AS start_day, lead(b.d) OVER (PARTITION BY b.person_key ORDER BY b.d) AS stop_day
+    SELECT b.person_key, b.d AS start_day, lead(b.d) OVER (PARTITION BY b.person_key ORDER BY b.d) AS stop_day,
+           c.index_date + CAST(b.d AS INTEGER) AS start_date
     FROM bounds b JOIN children c USING (person_key)
     WHERE b.d >= 0 AND b.d <= datediff('day', c.index_date, c.followup_end) + 1
-) s WHERE s.stop_day IS NOT NULL AND s.stop_day > s.start_day""",
+) s
+-- the latest record dated before the interval's first day
+ASOF LEFT JOIN recorded_after_index r ON r.person_key = s.person_key AND s.start_date > r.record_date
+-- the academic year before the one the interval starts in
+LEFT JOIN school_year_absence a ON a.person_key = s.person_key
+     AND a.academic_year = CASE WHEN month(s.start_date) >= 9 THEN year(s.start_date)
+                                ELSE year(s.start_date) - 1 END - 1
+WHERE s.stop_day IS NOT NULL AND s.stop_day > s.start_day""",
     )
     first_events = Step(
         "first_events",
@@ -480,7 +556,8 @@ SELECT s.person_key, o.outcome, s.start_day,
             THEN datediff('day', c.index_date, e.event_date) + 1 ELSE s.stop_day END AS stop_day,
        s.looked_after,
        CAST(e.event_date IS NOT NULL AND datediff('day', c.index_date, e.event_date) >= s.start_day
-            AND datediff('day', c.index_date, e.event_date) < s.stop_day AS INTEGER) AS event
+            AND datediff('day', c.index_date, e.event_date) < s.stop_day AS INTEGER) AS event,
+       s.new_factors_recorded, s.new_protection_plan, s.last_year_absence_rate
 FROM segments s
 JOIN children c USING (person_key)
 CROSS JOIN (VALUES {outcomes}) o(outcome)
@@ -493,28 +570,58 @@ ORDER BY s.person_key, o.outcome, s.start_day""",
 
 
 def school_years_step() -> Step:
+    """A child's school census years, with the yearly exposure (the share of the academic year
+    looked after, and looked after on at least one day of it: the definition the synthetic
+    truth's yearly absence effect uses) and the covariates measured before the year starts."""
     return Step(
         "school_years",
-        "cohort.school_years: one row per child per school census year with sessions recorded",
+        "cohort.school_years: one row per child per school census year with sessions "
+        "recorded: absence, exposure during the year, covariates from before it",
         """
-SELECT s.person_key, s.academic_year,
-       s.academic_year - year(c.week_of_birth) AS age,
-       s.sessions_possible,
-       s.sessions_authorised_absence + s.sessions_unauthorised_absence AS sessions_absent,
-       (s.sessions_authorised_absence + s.sessions_unauthorised_absence) / nullif(s.sessions_possible, 0) AS absence_rate,
-       CAST((s.sessions_authorised_absence + s.sessions_unauthorised_absence)
-            / nullif(s.sessions_possible, 0) >= 0.10 AS INTEGER) AS persistent_absence,
-       s.fixed_exclusions + CAST(coalesce(s.permanent_exclusion, FALSE) AS INTEGER) AS exclusions,
-       CAST(EXISTS (SELECT 1 FROM periods p WHERE p.person_key = s.person_key
-                    AND p.period_start <= make_date(s.academic_year + 1, 8, 31)
-                    AND p.period_end >= make_date(s.academic_year, 9, 1)) AS INTEGER) AS looked_after_this_year,
-       s.academic_year - CASE WHEN month(c.index_date) >= 9 THEN year(c.index_date) ELSE year(c.index_date) - 1 END
+WITH care_share AS (
+    -- days looked after in the academic year [1 September, next 1 September): a period of
+    -- care covers its start day, not its end day (as in person_time)
+    SELECT y.person_key, y.academic_year,
+           sum(greatest(0, datediff('day', greatest(p.period_start, make_date(y.academic_year, 9, 1)),
+                                           least(p.period_end, make_date(y.academic_year + 1, 9, 1)))))
+           / datediff('day', make_date(y.academic_year, 9, 1), make_date(y.academic_year + 1, 9, 1))
+               AS looked_after_share
+    FROM (SELECT DISTINCT person_key, academic_year FROM analysis.school_census) y
+    JOIN periods p USING (person_key)
+    GROUP BY y.person_key, y.academic_year
+), years AS (
+    SELECT s.*, c."group", c.index_date, c.care_entry_date, c.week_of_birth,
+           make_date(s.academic_year, 9, 1) AS year_start,
+           coalesce(cs.looked_after_share, 0) AS looked_after_share
+    FROM analysis.school_census s
+    JOIN (SELECT children.*, e.week_of_birth FROM children JOIN eligible e USING (person_key)) c USING (person_key)
+    LEFT JOIN care_share cs USING (person_key, academic_year)
+    WHERE s.sessions_possible IS NOT NULL
+)
+SELECT y.person_key, y.academic_year,
+       y.academic_year - year(y.week_of_birth) AS age,
+       y.sessions_possible,
+       y.sessions_authorised_absence + y.sessions_unauthorised_absence AS sessions_absent,
+       (y.sessions_authorised_absence + y.sessions_unauthorised_absence) / nullif(y.sessions_possible, 0) AS absence_rate,
+       CAST((y.sessions_authorised_absence + y.sessions_unauthorised_absence)
+            / nullif(y.sessions_possible, 0) >= 0.10 AS INTEGER) AS persistent_absence,
+       y.fixed_exclusions + CAST(coalesce(y.permanent_exclusion, FALSE) AS INTEGER) AS exclusions,
+       y.looked_after_share,
+       CAST(y.looked_after_share > 0 AS INTEGER) AS looked_after_this_year,
+       CASE WHEN y.care_entry_date < make_date(y.academic_year + 1, 9, 1)
+            THEN CAST(greatest(0, floor(datediff('day', y.care_entry_date, y.year_start) / 365.25)) AS INTEGER) END
+           AS years_since_entry,
+       y.academic_year - CASE WHEN month(y.index_date) >= 9 THEN year(y.index_date) ELSE year(y.index_date) - 1 END
            AS years_from_index,
-       c."group"
-FROM analysis.school_census s
-JOIN (SELECT children.*, e.week_of_birth FROM children JOIN eligible e USING (person_key)) c USING (person_key)
-WHERE s.sessions_possible IS NOT NULL
-ORDER BY s.person_key, s.academic_year, s.record_id""",
+       y."group",
+       coalesce(r.new_factors_recorded, 0) AS new_factors_recorded,
+       coalesce(r.new_protection_plan, 0) AS new_protection_plan,
+       a.absence_rate AS last_year_absence_rate
+FROM years y
+-- the latest record dated before the academic year starts
+ASOF LEFT JOIN recorded_after_index r ON r.person_key = y.person_key AND y.year_start > r.record_date
+LEFT JOIN school_year_absence a ON a.person_key = y.person_key AND a.academic_year = y.academic_year - 1
+ORDER BY y.person_key, y.academic_year, y.record_id""",
     )
 
 
@@ -527,6 +634,7 @@ def cohort_steps(config: StudyConfig | None = None) -> CohortSteps:
             *care_steps(cfg),
             *covariate_steps(),
             children_step(cfg),
+            *time_varying_covariate_steps(),
             *person_time_steps(cfg),
             school_years_step(),
         )

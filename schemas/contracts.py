@@ -481,8 +481,12 @@ EMERGENCY_DEPARTMENT = SourceContract(
 
 CARE_SUPPORT_CENSUS = SourceContract(
     name="care_support_census",
-    description="Children receiving care and support census: one row per child per census year",
-    grain="child x census year",
+    description=(
+        "Children receiving care and support census: one row per child per census year per "
+        "assessment (the latest assessment by census day, plus any assessment superseded within "
+        "the year); factors and protection plan as recorded at `assessment_date`"
+    ),
+    grain="child x census year x assessment",
     file_stem="care_support_census",
     primary_key=("record_id",),
     columns=(
@@ -512,6 +516,14 @@ CARE_SUPPORT_CENSUS = SourceContract(
         ),
         Column("closure_date", "date", "Date the case closed (null: open at census)"),
         Column(
+            "assessment_date",
+            "date",
+            "Date of the assessment whose factors and protection plan this row records (the "
+            "referral's assessment, or a later review that recorded new factors); a late "
+            "record is filed in a later census year than its assessment",
+            nullable=False,
+        ),
+        Column(
             "category_of_need",
             "string",
             "Primary category of need",
@@ -529,6 +541,11 @@ CARE_SUPPORT_CENSUS = SourceContract(
             "string",
             "Child-protection category (when registered)",
             codelist="child_protection_categories",
+        ),
+        Column(
+            "child_protection_plan_start",
+            "date",
+            "Start of the child-protection plan in force at the assessment (null: none)",
         ),
         Column("parent_domestic_abuse", "bool", "Parenting factor: domestic abuse", nullable=False),
         Column(
@@ -564,6 +581,17 @@ CARE_SUPPORT_CENSUS = SourceContract(
             "referral_after_birth",
             "referral on or after birth",
             _before("date_of_birth", "referral_date"),
+        ),
+        CrossFieldRule(
+            "assessment_after_referral",
+            "assessment on or after the episode's referral",
+            _before("referral_date", "assessment_date"),
+        ),
+        CrossFieldRule(
+            "plan_within_episode",
+            "protection plan starting between the referral and the assessment",
+            f"{_before('referral_date', 'child_protection_plan_start')} AND "
+            f"{_before('child_protection_plan_start', 'assessment_date')}",
         ),
     ),
 )

@@ -34,10 +34,13 @@ from synthetic_data.names import (
 from synthetic_data.scenario import Scenario
 from synthetic_data.world import (
     EVENT_KINDS,
+    MAX_YEARS_SINCE_ENTRY,
+    YEAR,
     World,
     academic_year_of_birth,
     make_date,
     observed_ks4,
+    sept1,
 )
 
 log = logging.getLogger(__name__)
@@ -395,12 +398,15 @@ def _school_census(
     school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
     col["school_id"] = fmt_int(school, 7, "S")
     col["academic_year"] = _num(ayv)
-    del res, school, ayv
-    in_care = _looked_after_on(w, person, cday)
+    del res, school
+    care_share, since = school_year_care(w, person, ayv)
     n_adv = np.zeros(m, np.int64)
+    n_adv0 = np.zeros(m, np.int8)  # had the child never entered care (differs only after entry)
     for k in range(w.onset.shape[1]):
         onset = w.onset[person, k]
         n_adv += (onset >= 0) & (onset <= cday)
+        onset = w.onset_no_care[person, k]
+        n_adv0 += (onset >= 0) & (onset <= cday)
     del onset
     dep = 10 - w.decile[person]
     col["free_school_meals"] = _bool(
@@ -412,16 +418,25 @@ def _school_census(
     )
     del sen_p
     possible = rng.integers(300, 331, m)
-    rate = np.clip(
-        0.04
-        + 0.012 * n_adv
-        + 0.003 * dep
-        + sc.effects.absence_rate_looked_after * in_care
-        + rng.gamma(2.0, 0.01, m),
-        0,
-        0.9,
+    noise = rng.gamma(2.0, 0.01, m)
+    e = sc.effects
+    n_pre = w.pre_care_adversity.sum(axis=1)[person]
+    effect = care_share * (
+        e.absence_rate_looked_after
+        + e.absence_care_x_adversity * n_pre
+        + e.absence_care_per_year_since_entry * np.clip(since, 0, MAX_YEARS_SINCE_ENTRY)
     )
-    del dep, in_care
+    rate = np.clip(0.04 + 0.012 * n_adv + 0.003 * dep + effect + noise, 0, 0.9)
+    rate0 = np.clip(0.04 + 0.012 * n_adv0 + 0.003 * dep + noise, 0, 0.9)
+    w.school_years = {
+        "person_id": person.astype(np.int32),
+        "academic_year": ayv.astype(np.int16),
+        "looked_after_share": care_share.astype(np.float32),
+        "years_since_entry": since.astype(np.int8),
+        "absence_rate_factual": rate.astype(np.float32),
+        "absence_rate_no_care": rate0.astype(np.float32),
+    }
+    del dep, care_share, since, noise, effect, rate0, n_pre, n_adv0, ayv
     absent = rng.binomial(possible, rate)
     del rate
     col["sessions_possible"] = _num(possible)
@@ -460,7 +475,7 @@ def _attainment(w: World, ids: Identities, rng: np.random.Generator, window_end:
     has2 &= rng.random(w.n) > 0.01
     has4 &= rng.random(w.n) > 0.02
     p2, p4 = np.flatnonzero(has2), np.flatnonzero(has4)
-    ks2_ok = rng.random(p2.size) < 1 / (1 + np.exp(-((w.ks4_y0[p2] - 40) / 7)))
+    ks2_ok = rng.random(p2.size) < w.ks2_p1[p2]
     score = observed_ks4(w.ks4_y0[p4] + w.ks4_effect[p4])
     level2 = rng.random(p4.size) < w.level2_p1[p4]
     person = np.r_[p2, p4]
@@ -497,6 +512,7 @@ def _hospital(
         | (kind == "mental_health")
         | (kind == "appendicitis")
         | (kind == "elective")
+        | (kind == "dental_caries")
         | ((kind == "self_harm") & (rng.random(kind.size) < 0.35))
     )
     ed_mask = (
@@ -523,6 +539,7 @@ def _hospital(
         "appendicitis": ["K35.8", "K35.3", "K37"],
         "ed_injury": ["S00.9", "S01.8", "S52.5", "S93.4", "T14.0", "S60.0"],
         "elective": ["J35.0", "K40.9", "Z01.8", "H65.3", "N47", "Q53.1"],
+        "dental_caries": ["K02.1", "K02.9"],  # negative control (elective extractions)
     }
     diag_codes: list[str] = []  # every pool one after another; diag indexes into it
     diag = np.zeros(kind.size, np.int64)
@@ -538,7 +555,7 @@ def _hospital(
     rid = _record_ids("HA", m)
     methods = ["11", "12", "13", "21", "22", "28"]
     method = np.where(
-        ak == "elective",
+        (ak == "elective") | (ak == "dental_caries"),
         rng.integers(0, 3, m),
         np.array([3, 3, 4, 5])[rng.integers(0, 4, m)],
     )
@@ -614,15 +631,61 @@ def _looked_after_episodes(
     return cols, p
 
 
-def _looked_after_on(w: World, person: np.ndarray, when: np.ndarray) -> np.ndarray:
-    out = np.zeros(person.size, bool)
+def school_year_care(
+    w: World, person: np.ndarray, academic_year: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each pupil-year: the share of the academic year (1 September to 31 August) spent
+    looked after, and whole years from first entry to 1 September (0 if entry falls in the
+    year; -1 if not yet entered by the year's end). The yearly exposure ("looked after this
+    year") is a share above 0: looked after on at least one day of the academic year."""
+    start = sept1(academic_year.astype(np.int64))
+    stop = sept1(academic_year.astype(np.int64) + 1)  # exclusive
+    days = np.zeros(person.size, np.int64)
     first = np.searchsorted(w.care_person, person, side="left")
     cnt = np.bincount(w.care_person, minlength=w.n)[person]
-    for j in range(3):
-        sel = cnt > j
+    for j in range(int(cnt.max(initial=0))):
+        sel = np.flatnonzero(cnt > j)
         pos = first[sel] + j
-        out[sel] |= (w.care_start[pos] <= when[sel]) & (when[sel] < w.care_end[pos])
-    return out
+        overlap = np.minimum(w.care_end[pos], stop[sel]) - np.maximum(w.care_start[pos], start[sel])
+        days[sel] += np.clip(overlap, 0, None)
+    entry = w.first_entry[person]
+    since = np.where((entry >= 0) & (entry < stop), np.maximum((start - entry) // YEAR, 0), -1)
+    return days / (stop - start), since
+
+
+def census_year_of(days: np.ndarray) -> np.ndarray:
+    """The care-and-support census year (31 March) a day is reported in: the first census
+    day on or after it (approximately: 90 days before the day, plus one year)."""
+    d = np.asarray(days).astype("datetime64[D]") - np.timedelta64(90, "D")
+    return d.astype("datetime64[Y]").astype(np.int64) + 1971
+
+
+def assessments(w: World) -> dict[str, np.ndarray]:
+    """Every assessment of every episode of need: the one at each referral (factors recorded
+    then, child-protection category) and each yearly review that recorded new factors (all
+    factors recorded in the episode by then; a plan started then, else the episode's plan so
+    far). Sorted by person, episode, day. ``cp_start``: start day of the plan in force (-1)."""
+    ep0, ep1 = np.flatnonzero(w.ref1 >= 0), np.flatnonzero(w.ref2 >= 0)
+    p = np.r_[ep0, ep1, w.rev_person]
+    ep = np.r_[np.zeros(ep0.size, np.int64), np.ones(ep1.size, np.int64), w.rev_episode]
+    day = np.r_[w.ref1[ep0], w.ref2[ep1], w.rev_day]
+    known = np.concatenate([w.recorded1[ep0], w.recorded2[ep1], w.rev_known])
+    cp = np.r_[w.cp1[ep0], w.cp2[ep1], np.maximum(w.rev_cp_start, 0)]
+    cp_start = np.r_[
+        np.where(w.cp1[ep0] > 0, w.ref1[ep0], -1),
+        np.where(w.cp2[ep1] > 0, w.ref2[ep1], -1),
+        np.where(w.rev_cp_start >= 0, w.rev_day, -1),
+    ]
+    # a review that started no plan keeps the plan (or none) of the episode's last assessment
+    sets_plan = np.r_[np.ones(ep0.size + ep1.size, bool), w.rev_cp_start >= 0]
+    order = np.lexsort((day, ep, p))
+    p, ep, day, known, cp, cp_start, sets_plan = (
+        x[order] for x in (p, ep, day, known, cp, cp_start, sets_plan)
+    )
+    src = np.where(sets_plan, np.arange(p.size), 0)
+    np.maximum.accumulate(src, out=src)  # each episode starts with its referral assessment
+    cp, cp_start = cp[src], cp_start[src]
+    return {"person": p, "episode": ep, "day": day, "known": known, "cp": cp, "cp_start": cp_start}
 
 
 def _care_support(
@@ -633,47 +696,59 @@ def _care_support(
     nlog: NoiseLog,
     window_end: int,
 ) -> Built:
-    """One row per child per census year (31 March) in which an episode of need was open."""
+    """One row per child per census year (31 March) per assessment: each census year in which
+    an episode of need was open carries the episode's latest assessment by census day, and an
+    assessment superseded within its census year has its own row too. Some assessment rows
+    arrive late: filed in the next census year's return (``late_record_share``)."""
     cp_code = [None, "NEG", "PHY", "SAB", "EMO"]
-    rows_p, rows_y, rows_ref, rows_close, rows_ep = [], [], [], [], []
+    last_census = int(census_year_of(np.array([window_end]))[0])
+    if make_date(np.array([last_census]), 3, 31)[0] > window_end:
+        last_census -= 1
+    asm = assessments(w)
+    group = asm["person"] * 2 + asm["episode"]
+    asm_key = group * 1_000_000 + asm["day"] + 100_000
+    # (assessment, census year) rows: each open episode-year carries its latest assessment
+    rows_a, rows_y = [], []
     for ep, (ref, close) in enumerate(((w.ref1, w.close1), (w.ref2, w.close2))):
-        has = ref >= 0
-        pp = np.flatnonzero(has)
+        pp = np.flatnonzero(ref >= 0)
         r, c = ref[pp], np.minimum(close[pp], w.fu_end[pp])
-        y_first = (r.astype("datetime64[D]") - np.timedelta64(90, "D")).astype(
-            "datetime64[Y]"
-        ).astype(np.int64) + 1971
-        y_last = (c.astype("datetime64[D]") - np.timedelta64(90, "D")).astype(
-            "datetime64[Y]"
-        ).astype(np.int64) + 1971
-        last_census = int(
-            (np.datetime64(window_end, "D") - np.timedelta64(90, "D"))
-            .astype("datetime64[Y]")
-            .astype(np.int64)
-            + 1970
-        )
-        y_last = np.minimum(y_last, last_census)
+        y_first = census_year_of(r)
+        y_last = np.minimum(census_year_of(c), last_census)
         k = np.maximum(y_last - y_first + 1, 0)
         rp = np.repeat(pp, k)
         ry = np.repeat(y_first, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
-        rows_p.append(rp)
+        q = (rp * 2 + ep) * 1_000_000 + make_date(ry, 3, 31) + 100_000
+        rows_a.append(np.searchsorted(asm_key, q, side="right") - 1)
         rows_y.append(ry)
-        rows_ref.append(np.repeat(r, k))
-        rows_close.append(np.repeat(np.where(close[pp] <= window_end, close[pp], -1), k))
-        rows_ep.append(np.full(rp.size, ep))
-    p = np.concatenate(rows_p)
-    y = np.concatenate(rows_y)
-    ref = np.concatenate(rows_ref)
-    close = np.concatenate(rows_close)
-    epi = np.concatenate(rows_ep)
+    carry_a, carry_y = np.concatenate(rows_a), np.concatenate(rows_y)
+    # every assessment in its own census year; a late one in the next year's return instead
+    own_y = census_year_of(asm["day"])
+    late = (rng.random(own_y.size) < sc.social_services.late_record_share) & (
+        own_y + 1 <= last_census
+    )
+    keep_own = own_y <= last_census
+    n_years = 256
+    own_key = np.arange(own_y.size) * n_years + (own_y - 1980)
+    carry_key = carry_a * n_years + (carry_y - 1980)
+    carry_key = carry_key[~np.isin(carry_key, own_key[late])]
+    filed_key = np.arange(own_y.size) * n_years + (own_y + late - 1980)
+    key = np.unique(np.r_[carry_key, filed_key[keep_own]])
+    a_idx, y = key // n_years, key % n_years + 1980
+    p = asm["person"][a_idx]
+    epi = asm["episode"][a_idx]
+    ref = np.where(epi == 0, w.ref1[p], w.ref2[p])
+    close_ep = np.where(epi == 0, w.close1[p], w.close2[p])
     census_day = make_date(y, 3, 31)
-    close = np.where(close > census_day, -1, close)  # still open at census: no closure yet
-    order = np.lexsort((p, ref, y))
-    p, y, ref, close, epi, census_day = (a[order] for a in (p, y, ref, close, epi, census_day))
+    close = np.where((close_ep <= window_end) & (close_ep <= census_day), close_ep, -1)
+    order = np.lexsort((asm["day"][a_idx], p, ref, y))
+    p, y, ref, close, epi, census_day, a_idx = (
+        x[order] for x in (p, y, ref, close, epi, census_day, a_idx)
+    )
+    rec = asm["known"][a_idx]
+    cp = asm["cp"][a_idx]
+    assessment_day, plan_start = asm["day"][a_idx], asm["cp_start"][a_idx]
     m = p.size
     rid = _record_ids("CS", m)
-    rec = np.where(epi[:, None] == 0, w.recorded1[p], w.recorded2[p])
-    cp = np.where(epi == 0, w.cp1[p], w.cp2[p])
     res = w.residence_at(p, np.minimum(census_day, w.fu_end[p] - 1))
     la = w.res_la[res]
     needs = ["N1", "N2", "N3", "N4", "N5", "N6", "N7", "N8"]
@@ -713,9 +788,11 @@ def _care_support(
         "census_year": _num(y),
         "referral_date": iso(ref),
         "closure_date": iso(close),
+        "assessment_date": iso(assessment_day),
         "category_of_need": text(needs, need),
         "child_protection_registered": _bool(cp > 0),
         "child_protection_category": text(cp_code, cp),
+        "child_protection_plan_start": iso(plan_start),
         "parent_domestic_abuse": _bool(rec[:, 3]),
         "parent_mental_ill_health": _bool(rec[:, 1]),
         "parent_substance_misuse": _bool(rec[:, 2]),

@@ -18,7 +18,14 @@ from ground.errors import ConfigError
 from schemas.contracts import SOURCES
 from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
-from synthetic_data.world import ADVERSITIES, World, build_world, observed_ks4
+from synthetic_data.world import (
+    ADVERSITIES,
+    MAX_YEARS_SINCE_ENTRY,
+    YEAR,
+    World,
+    build_world,
+    observed_ks4,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +223,7 @@ def _write_source(
     return source, rows_out.size, defects
 
 
-def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
+def _persons_truth(w: World, ks4_has: np.ndarray, ks2_has: np.ndarray) -> pl.DataFrame:
     first_entry = np.full(w.n, -1, np.int64)
     firsts = np.r_[True, w.care_person[1:] != w.care_person[:-1]]
     first_entry[w.care_person[firsts]] = w.care_start[firsts]
@@ -239,6 +246,8 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
         data[f"true_{a}"] = w.adversity[:, k].astype(np.int8)
         data[f"{a}_onset"] = iso(w.onset[:, k])
         data[f"recorded_{a}"] = w.recorded1[:, k].astype(np.int8)
+        data[f"pre_care_{a}"] = w.pre_care_adversity[:, k].astype(np.int8)
+        data[f"{a}_onset_no_care"] = iso(w.onset_no_care[:, k])
     data |= {
         "ever_cin": (w.ref1 >= 0).astype(np.int8),
         "first_cin_date": iso(w.ref1),
@@ -251,6 +260,9 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
         "moves_before_ks4": w.moves_before_ks4,
         "ks4_year_start": iso(w.ks4_start),
         "has_ks4": ks4_has.astype(np.int8),
+        "care_days_before_ks2": w.care_days_before_ks2,
+        "ks2_year_start": iso(w.ks2_start),
+        "has_ks2": ks2_has.astype(np.int8),
         "follow_up_start": iso(w.fu_start),
         "follow_up_end": iso(w.fu_end),
         "follow_up_end_reason": reasons[w.fu_end_reason],
@@ -258,7 +270,13 @@ def _persons_truth(w: World, ks4_has: np.ndarray) -> pl.DataFrame:
     return _typed_frame(data)
 
 
-def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
+def _effects(
+    w: World,
+    sc: Scenario,
+    ks4_has: np.ndarray,
+    absence: list[dict[str, object]] | None = None,
+    ks2_has: np.ndarray | None = None,
+) -> dict[str, object]:
     """True effects on the scale each estimator targets (ATT among the exposed children)."""
     e = sc.effects
     eligible = (w.ref1 >= 0) & ks4_has & (w.ref1 < w.ks4_start)
@@ -313,22 +331,207 @@ def _effects(w: World, sc: Scenario, ks4_has: np.ndarray) -> dict[str, object]:
             "description": "conditional on the latent KS4 score (not identifiable from data)",
         }
     )
+    est += _modified_ks4_effects(w, groups["cla_vs_nla"], observed_effect)
+    ks2_exposed = (
+        (w.ref1 >= 0)
+        & (w.ref1 < w.ks2_start)
+        & (ks2_has if ks2_has is not None else True)
+        & (w.care_days_before_ks2 > 0)
+    )
+    n2 = int(ks2_exposed.sum())
+    est.append(
+        {
+            "outcome": "ks2_expected_standard",
+            "contrast": "cla_vs_nla",
+            "scale": "risk_difference",
+            "value": float((w.ks2_p1 - w.ks2_p0)[ks2_exposed].mean()) if n2 else 0.0,
+            "description": f"ATT: mean change in probability of the KS2 expected standard among "
+            f"{n2} children in need looked after before the KS2 year (year 6)",
+        }
+    )
+    est += _absence_effects(w) if absence is None else absence
     for outcome, lhr in (
         ("self_harm", e.log_hr_self_harm),
         ("emergency_admission", e.log_hr_emergency_admission),
         ("mental_health_admission", e.log_hr_mental_health_admission),
         ("appendicitis", 0.0),
+        ("dental_caries_admission", 0.0),
     ):
+        affected = lhr != 0.0 or outcome not in NEGATIVE_CONTROLS
         est.append(
             {
                 "outcome": outcome,
                 "contrast": "cla_vs_nla",
                 "scale": "hazard_ratio",
                 "value": float(np.exp(lhr)),
-                "description": "hazard ratio while looked after (time-varying)",
+                "description": "hazard ratio while looked after (time-varying)"
+                + (
+                    "; negative control (shares care's causes: adversity, deprivation, authority)"
+                    if outcome == "dental_caries_admission"
+                    else "; negative control"
+                    if outcome in NEGATIVE_CONTROLS
+                    else "; for a child with no pre-care adversity in the first year after "
+                    "entry when the scenario modifies it"
+                ),
+            }
+        )
+        if not affected:
+            continue
+        for j in range(MAX_YEARS_SINCE_ENTRY + 1):
+            est.append(
+                {
+                    "outcome": outcome,
+                    "contrast": f"cla_vs_nla_year_since_entry_{j}",
+                    "scale": "hazard_ratio",
+                    "value": float(np.exp(lhr + e.log_hr_care_per_year_since_entry * j)),
+                    "description": f"hazard ratio while looked after, {j}"
+                    + ("+" if j == MAX_YEARS_SINCE_ENTRY else "")
+                    + " whole years after first entry, no pre-care adversity",
+                }
+            )
+        est.append(
+            {
+                "outcome": outcome,
+                "contrast": "cla_vs_nla_per_pre_care_adversity",
+                "scale": "ratio_of_hazard_ratios",
+                "value": float(np.exp(e.log_hr_care_x_adversity)),
+                "description": "how much each true adversity begun before entry multiplies the "
+                "hazard ratio of being looked after",
             }
         )
     return {"scenario": sc.name, "estimands": est}
+
+
+NEGATIVE_CONTROLS = ("appendicitis", "dental_caries_admission")
+ENTRY_AGE_BANDS = ((0, 5), (5, 11), (11, 18))  # whole years at first entry: 0-4, 5-10, 11-17
+
+
+def _with_without(
+    outcome: str,
+    contrast: str,
+    scale: str,
+    effect: np.ndarray,
+    exposed: np.ndarray,
+    modifier: np.ndarray,
+    what: str,
+) -> list[dict[str, object]]:
+    """ATT among the exposed with and without a modifier, and their difference."""
+    rows: list[dict[str, object]] = []
+    means = {}
+    for label, sel in (("with", exposed & modifier), ("without", exposed & ~modifier)):
+        n = int(sel.sum())
+        means[label] = float(effect[sel].mean()) if n else 0.0
+        rows.append(
+            {
+                "outcome": outcome,
+                "contrast": f"{contrast}_{label}_{what}",
+                "scale": scale,
+                "value": means[label],
+                "description": f"ATT among the {n} exposed {label} {what} (begun before entry)",
+            }
+        )
+    rows.append(
+        {
+            "outcome": outcome,
+            "contrast": f"{contrast}_with_minus_without_{what}",
+            "scale": f"difference_in_{scale}",
+            "value": means["with"] - means["without"],
+            "description": f"ATT with {what} minus ATT without it (effect modification)",
+        }
+    )
+    return rows
+
+
+def _modified_ks4_effects(
+    w: World, exposed: np.ndarray, observed_effect: np.ndarray
+) -> list[dict[str, object]]:
+    """KS4 score and level 2 among exposed children (care before year 11) by each pre-care
+    adversity and by age at first entry."""
+    rows: list[dict[str, object]] = []
+    l2 = w.level2_p1 - w.level2_p0
+    for k, a in enumerate(ADVERSITIES):
+        pre = w.pre_care_adversity[:, k]
+        rows += _with_without(
+            "ks4_score", "cla_vs_nla", "mean_difference", observed_effect, exposed, pre, a
+        )
+        rows += _with_without(
+            "ks4_level2_inclusive", "cla_vs_nla", "risk_difference", l2, exposed, pre, a
+        )
+    age = np.where(w.first_entry >= 0, (w.first_entry - w.birth) // YEAR, -1)
+    for lo, hi in ENTRY_AGE_BANDS:
+        sel = exposed & (age >= lo) & (age < hi)
+        n = int(sel.sum())
+        rows.append(
+            {
+                "outcome": "ks4_score",
+                "contrast": f"cla_vs_nla_entry_age_{lo}_{hi - 1}",
+                "scale": "mean_difference",
+                "value": float(observed_effect[sel].mean()) if n else 0.0,
+                "description": f"ATT among the {n} exposed children first entering care aged "
+                f"{lo}-{hi - 1}",
+            }
+        )
+    return rows
+
+
+def _absence_effects(w: World) -> list[dict[str, object]]:
+    """Absence: ATT over looked-after school years (looked after on at least one day of the
+    academic year), overall, by whole years since first entry and by pre-care adversity."""
+    sy = w.school_years
+    if not sy:
+        return []
+    effect = sy["absence_rate_factual"].astype(np.float64) - sy["absence_rate_no_care"]
+    exposed = sy["looked_after_share"] > 0
+    n = int(exposed.sum())
+    rows: list[dict[str, object]] = [
+        {
+            "outcome": "absence_rate",
+            "contrast": "looked_after_year",
+            "scale": "mean_difference",
+            "value": float(effect[exposed].mean()) if n else 0.0,
+            "description": f"ATT over the {n} looked-after pupil-years (looked after on at least "
+            "one day of the academic year 1 September - 31 August)",
+        }
+    ]
+    share = sy["looked_after_share"].astype(np.float64)
+    rows.append(
+        {
+            "outcome": "absence_rate",
+            "contrast": "looked_after_share",
+            "scale": "mean_difference",
+            "value": float((effect[exposed] / share[exposed]).mean()) if n else 0.0,
+            "description": "effect per full academic year looked after: mean over the "
+            f"{n} looked-after pupil-years of the effect divided by the share of the year "
+            "looked after (for a model with the share as exposure)",
+        }
+    )
+    since = sy["years_since_entry"]
+    for j in range(MAX_YEARS_SINCE_ENTRY + 1):
+        sel = exposed & ((since == j) if j < MAX_YEARS_SINCE_ENTRY else (since >= j))
+        m = int(sel.sum())
+        rows.append(
+            {
+                "outcome": "absence_rate",
+                "contrast": f"looked_after_year_since_entry_{j}",
+                "scale": "mean_difference",
+                "value": float(effect[sel].mean()) if m else 0.0,
+                "description": f"ATT over the {m} looked-after pupil-years starting {j}"
+                + ("+" if j == MAX_YEARS_SINCE_ENTRY else "")
+                + " whole years after first entry",
+            }
+        )
+    person = sy["person_id"]
+    for k, a in enumerate(ADVERSITIES):
+        rows += _with_without(
+            "absence_rate",
+            "looked_after_year",
+            "mean_difference",
+            effect,
+            exposed,
+            w.pre_care_adversity[person, k],
+            a,
+        )
+    return rows
 
 
 def generate_world(
@@ -363,14 +566,23 @@ def generate_world(
     summary = SynthSummary(out, sc.name, n_children, seed)
     record_person, defect_rows = [], []
     ks4_has = np.zeros(w.n, bool)
+    ks2_has = np.zeros(w.n, bool)
+    absence: list[dict[str, object]] = []
     # Each source is written (defects, frame, file) on one writer thread while the next one is
     # built: polars and most of numpy release the GIL, so the two cores overlap. One write in
     # flight at a time, in source order, so the defect generator draws in the same order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer") as writer:
         pending: Future[tuple[str, int, list[tuple[str, str]]]] | None = None
         for source, source_cols, owner in build_sources(w, sc, seed, nlog):
+            if source == "school_census":  # its per-pupil-year truth, then freed
+                absence = _absence_effects(w)
+                pl.DataFrame(w.school_years).write_parquet(
+                    truth / "school_years.parquet", statistics=False
+                )
+                w.school_years = {}
             if source == "attainment":
                 ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
+                ks2_has[owner[(source_cols["key_stage"] == "KS2").to_numpy()]] = True
             record_person.append(
                 pl.DataFrame({"record_id": source_cols["record_id"], "person_id": owner}).select(
                     source=pl.lit(source), record_id="record_id", person_id="person_id"
@@ -403,7 +615,7 @@ def generate_world(
     )
     step("writing truth")
     pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
-    _persons_truth(w, ks4_has).write_parquet(truth / "persons.parquet", statistics=False)
+    _persons_truth(w, ks4_has, ks2_has).write_parquet(truth / "persons.parquet", statistics=False)
     _typed_frame(
         {
             "person_id": w.ep_person,
@@ -432,11 +644,14 @@ def generate_world(
             "ks4_effect": w.ks4_effect,
             "level2_p0": w.level2_p0,
             "level2_p1": w.level2_p1,
+            "ks2_p0": w.ks2_p0,
+            "ks2_p1": w.ks2_p1,
         }
     ).write_parquet(truth / "potential_outcomes.parquet", statistics=False)
     (truth / "scenario.yaml").write_text(scenario_to_yaml(sc), encoding="utf-8")
     (truth / "effects.json").write_text(
-        json.dumps(_effects(w, sc, ks4_has), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps(_effects(w, sc, ks4_has, absence, ks2_has), indent=2, sort_keys=True) + "\n",
+        encoding="utf-8",
     )
     return summary
 

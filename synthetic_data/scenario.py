@@ -113,6 +113,42 @@ class SocialServices(_Strict):
     case_open_years: float = Field(
         2.2, gt=0, le=10, description="mean length of an episode of need"
     )
+    late_record_share: float = Field(
+        0.03,
+        ge=0,
+        le=0.5,
+        description="share of assessment rows filed in the next census year's return",
+    )
+
+
+class AfterReferral(_Strict):
+    """What happens after the first referral: yearly reviews while an episode of need is open,
+    new adversity, later recording, child-protection plans, and how they move entry to care.
+    All zero by default (the factors recorded at referral are then the only ones recorded in
+    an episode and the care-entry hazard is fixed at the first referral)."""
+
+    new_adversity_rate: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="per year after the first referral, per adversity kind the child lacks",
+    )
+    new_adversity_log_hr_family_risk: float = Field(0.5, ge=-3, le=3)
+    reassessment_sensitivity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance a yearly review records a present, unrecorded adversity",
+    )
+    cp_plan_prob_per_new_factor: float = Field(
+        0.0, ge=0, le=1, description="chance a newly recorded factor starts a protection plan"
+    )
+    care_log_hr_new_factor: float = Field(
+        0.0, ge=-3, le=3, description="care-entry log HR per factor recorded at a review"
+    )
+    care_log_hr_cp_plan: float = Field(
+        0.0, ge=-3, le=3, description="care-entry log HR of a plan started at a review"
+    )
 
 
 class Effects(_Strict):
@@ -132,6 +168,37 @@ class Effects(_Strict):
     log_hr_emergency_admission: float = Field(0.262, description="log HR while looked after (1.3)")
     log_hr_mental_health_admission: float = Field(
         0.405, description="log HR while looked after (1.5)"
+    )
+    ks2_log_or_care: float = Field(
+        0.0, description="log OR of KS2 expected standard, looked after before the KS2 year"
+    )
+    # effect modification (all zero by default: the same effect for every child)
+    ks4_care_x_adversity: float = Field(
+        0.0, description="KS4 points of care's effect per true adversity begun before entry"
+    )
+    ks4_care_per_year_in_care: float = Field(
+        0.0, description="KS4 points of care's effect per year looked after before year 11"
+    )
+    ks4_care_per_year_age_at_entry: float = Field(
+        0.0, description="KS4 points of care's effect per year of age at first entry above 10"
+    )
+    level2_log_or_care_x_adversity: float = Field(
+        0.0, description="level-2 log OR of care per true adversity begun before entry"
+    )
+    absence_care_x_adversity: float = Field(
+        0.0, description="absence-rate effect per true adversity begun before entry"
+    )
+    absence_care_per_year_since_entry: float = Field(
+        0.0, description="absence-rate effect per year since first entry (0-4, capped)"
+    )
+    log_hr_care_x_adversity: float = Field(
+        0.0, description="log HR of care per true adversity begun before entry (3 hazards)"
+    )
+    log_hr_care_per_year_since_entry: float = Field(
+        0.0, description="log HR of care per year since first entry (0-4, capped; 3 hazards)"
+    )
+    new_adversity_log_hr_looked_after: float = Field(
+        0.0, description="log HR of new adversity (after referral) while looked after"
     )
 
 
@@ -153,6 +220,12 @@ class Outcomes(_Strict):
     elective_rate: float = Field(0.02, ge=0)
     log_hr_per_adversity: float = Field(0.35, description="outcome hazards per true adversity")
     log_hr_per_deprivation_decile: float = Field(0.05)
+    dental_caries_rate: float = Field(
+        0.0015, ge=0, description="negative control: per year from age 2, no care effect"
+    )
+    dental_caries_log_hr_per_la_propensity: float = Field(
+        1.0, description="log HR per unit of the authority's log care-entry multiplier"
+    )
 
 
 class Noise(_Strict):
@@ -196,6 +269,7 @@ class Scenario(_Strict):
     population: Population = Population()
     adversity: Adversity = Adversity()
     social_services: SocialServices = SocialServices()
+    after_referral: AfterReferral = AfterReferral()
     effects: Effects = Effects()
     outcomes: Outcomes = Outcomes()
     noise: Noise = Noise()

@@ -134,6 +134,19 @@ class World:
     # (benchmarks/ipw_oracle.py)
     care_entry_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     la_at_referral: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # the authorities' log care-entry multipliers (shared cause of care and the negative control)
+    la_care_effect: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # true adversity onsets had the child never entered care (== onset unless new adversity
+    # after referral is changed by care; see after_referral)
+    onset_no_care: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
+    # yearly review assessments that recorded new factors (after_referral): flat, by person
+    # then day; rev_known = all factors recorded in the episode by then; rev_cp_start = the
+    # category code of a child-protection plan started at the review (-1 none); rev_episode 0/1
+    rev_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rev_day: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rev_known: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
+    rev_cp_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rev_episode: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # care periods: flat, sorted by person then start
     care_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     care_period: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -153,12 +166,21 @@ class World:
     ep_placement: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     # education truth
     ks4_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ks2_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1 Sep, year 6
+    care_days_before_ks2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ks2_p0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ks2_p1: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    first_entry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # -1 none
+    pre_care_adversity: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), bool))
     care_days_before_ks4: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     moves_before_ks4: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ks4_y0: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ks4_effect: np.ndarray = field(default_factory=lambda: np.zeros(0))
     level2_p0: np.ndarray = field(default_factory=lambda: np.zeros(0))
     level2_p1: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # per pupil-year truth of the school census (extracts._school_census): person_id,
+    # academic_year, looked_after_share, years_since_entry, absence_rate_factual/_no_care
+    school_years: dict[str, np.ndarray] = field(default_factory=dict)
     # health events: flat
     ev_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ev_day: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -173,7 +195,15 @@ class World:
         return np.maximum(idx, first)
 
 
-EVENT_KINDS = ("self_harm", "emergency", "mental_health", "appendicitis", "ed_injury", "elective")
+EVENT_KINDS = (
+    "self_harm",
+    "emergency",
+    "mental_health",
+    "appendicitis",
+    "ed_injury",
+    "elective",
+    "dental_caries",
+)
 
 
 def _calibrate_intercept(lp: np.ndarray, target: float) -> float:
@@ -336,8 +366,15 @@ def social_services(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     w.recorded1, w.recorded2, w.cp1, w.cp2 = rec1, rec2, cp1, cp2
 
 
-def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
-    """Entry to care as a hazard driven by RECORDED factors; periods, placements, re-entry."""
+def care(
+    w: World, sc: Scenario, rng: np.random.Generator, tv_rng: np.random.Generator | None = None
+) -> None:
+    """Entry to care as a hazard driven by RECORDED factors; periods, placements, re-entry.
+
+    The hazard is fixed at the first referral unless the scenario's ``after_referral`` section
+    makes yearly reviews record new factors and start protection plans (:func:`after_referral`,
+    drawing from ``tv_rng``), which then raise it."""
+    tv_rng = tv_rng if tv_rng is not None else np.random.default_rng(0)
     ss = sc.social_services
     n = w.n
     has = w.ref1 >= 0
@@ -356,10 +393,14 @@ def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     )
     rate = ss.care_base_rate * np.exp(lp)
     w.care_entry_rate, w.la_at_referral = np.where(has, rate, 0.0), la_at_ref
-    t = rng.exponential(1.0, n) / rate
+    w.la_care_effect = la_eff
+    exp1 = rng.exponential(1.0, n)  # entry when the cumulative hazard from referral reaches it
+    t = exp1 / rate
     same_day = rng.random(n) < 0.1 * (1 - np.exp(-rate))
-    t = np.where(same_day, 0.0, t)
     entry = w.ref1 + (t * YEAR).astype(np.int64)
+    if after_referral_active(sc):
+        entry = after_referral(w, sc, tv_rng, rate, np.where(same_day, 0.0, exp1))
+    entry = np.where(same_day, w.ref1, entry)
     age18 = add_years(w.birth, 18)
     enters = has & (entry < w.fu_end) & (entry < age18 - 30)
     # periods
@@ -412,6 +453,120 @@ def care(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     _education_exposure(w)
 
 
+REVIEW_DAYS = 365  # yearly reviews from the first referral, while an episode of need is open
+MAX_REVIEWS = 18
+
+
+def after_referral_active(sc: Scenario) -> bool:
+    """Whether anything can happen after the first referral (else the hazard stays fixed)."""
+    ar = sc.after_referral
+    return ar.new_adversity_rate > 0 or ar.reassessment_sensitivity > 0
+
+
+def after_referral(
+    w: World, sc: Scenario, rng: np.random.Generator, rate0: np.ndarray, exp1: np.ndarray
+) -> np.ndarray:
+    """Time-varying confounding: year by year after the first referral, new adversity arises
+    (less often once the child has entered care), yearly reviews in an open episode of need
+    record present but unrecorded adversities and may start a child-protection plan, and the
+    care-entry hazard for the next year is ``rate0`` x exp(``care_log_hr_new_factor`` x factors
+    recorded at reviews so far + ``care_log_hr_cp_plan`` x a plan started at a review). Entry
+    is the day the cumulative hazard reaches ``exp1`` (the same draw as the fixed hazard).
+
+    Updates the world's true adversity (``adversity``, ``onset``: the factual history), keeps
+    ``onset_no_care`` (the same draws had the child never entered care: common random numbers,
+    so it differs only after entry) and the review assessments (``rev_*``). Returns the entry
+    day (a day after the window for children who never enter). ``exp1`` is 0 for a child who
+    enters on the referral day."""
+    ar, e = sc.after_referral, sc.effects
+    has = np.flatnonzero(w.ref1 >= 0)
+    m = has.size
+    ref1, close1, ref2, close2 = (a[has] for a in (w.ref1, w.close1, w.ref2, w.close2))
+    limit = np.minimum(w.fu_end[has], add_years(w.birth[has], 18))
+    onset = w.onset[has].copy()
+    onset0 = onset.copy()
+    fr = w.family_risk[has]
+    known = w.recorded1[has].copy()
+    n_new = np.zeros(m, np.int64)
+    cp_new = np.zeros(m, bool)
+    on_plan = w.cp1[has] > 0
+    cum = np.zeros(m)
+    entry = np.full(m, np.iinfo(np.int64).max // 4)
+    entered = np.zeros(m, bool)
+    interval_years = REVIEW_DAYS / YEAR
+    rev_p, rev_d, rev_known, rev_cp, rev_ep = [], [], [], [], []
+    for k in range(MAX_REVIEWS):
+        t0 = ref1 + k * REVIEW_DAYS
+        # entry to care during (t0, t0 + 1 year] at this year's hazard
+        rate = rate0[has] * np.exp(
+            ar.care_log_hr_new_factor * n_new + ar.care_log_hr_cp_plan * cp_new
+        )
+        reach = ~entered & (cum + rate * interval_years >= exp1[has])  # exp1 0: on referral
+        entry = np.where(reach, t0 + ((exp1[has] - cum) / rate * YEAR).astype(np.int64), entry)
+        cum = cum + rate * interval_years
+        # new adversity during the year: common random numbers for with and without care
+        in_care = entry <= t0  # entered care before this year began
+        u = rng.random((m, 5))
+        when = t0[:, None] + (rng.random((m, 5)) * REVIEW_DAYS).astype(np.int64)
+        base = (
+            ar.new_adversity_rate
+            * interval_years
+            * np.exp(ar.new_adversity_log_hr_family_risk * fr)
+        )
+        p1 = 1 - np.exp(-base * np.exp(e.new_adversity_log_hr_looked_after * in_care))
+        p0 = 1 - np.exp(-base)
+        ok = when < limit[:, None]
+        for o, p in ((onset, p1), (onset0, p0)):
+            free = (o < 0) | (o > when)
+            new = free & ok & (u < p[:, None])
+            o[new] = when[new]
+        entered |= reach
+        # the review at the end of the year, if an episode of need is open then
+        t1 = t0 + REVIEW_DAYS
+        ep1 = (t1 >= ref1) & (t1 < close1)
+        ep2 = (ref2 >= 0) & (t1 >= ref2) & (t1 < close2)
+        review = (ep1 | ep2) & (t1 < limit)
+        known |= w.recorded2[has] & ep2[:, None]
+        present = (onset >= 0) & (onset <= t1[:, None])
+        rec = (
+            present & ~known & review[:, None] & (rng.random((m, 5)) < ar.reassessment_sensitivity)
+        )
+        newly = rec.sum(axis=1)
+        known |= rec
+        n_new += newly
+        start_plan = (
+            ~on_plan
+            & (newly > 0)
+            & (rng.random(m) < 1 - (1 - ar.cp_plan_prob_per_new_factor) ** newly)
+        )
+        on_plan |= start_plan
+        cp_new |= start_plan
+        changed = np.flatnonzero(newly > 0)
+        if changed.size:
+            rev_p.append(has[changed])
+            rev_d.append(t1[changed])
+            rev_known.append(known[changed].copy())
+            # the plan's category: physical abuse if recorded, else neglect (codes as cp1)
+            cat = np.where(known[changed, 0], 2, 1)
+            rev_cp.append(np.where(start_plan[changed], cat, -1))
+            rev_ep.append(np.where(ep2[changed], 1, 0))
+    w.onset = w.onset.copy()
+    w.onset[has] = onset
+    w.adversity = w.onset >= 0
+    w.onset_no_care = w.onset.copy()
+    w.onset_no_care[has] = onset0
+    if rev_p:
+        p, d = np.concatenate(rev_p), np.concatenate(rev_d)
+        order = np.lexsort((d, p))
+        w.rev_person, w.rev_day = p[order], d[order]
+        w.rev_known = np.concatenate(rev_known)[order]
+        w.rev_cp_start = np.concatenate(rev_cp)[order]
+        w.rev_episode = np.concatenate(rev_ep)[order]
+    out = np.full(w.n, np.iinfo(np.int64).max // 4)
+    out[has] = entry
+    return out
+
+
 def _placements(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     """Split periods into episodes at placement moves (P) and a legal-status change (L).
 
@@ -460,7 +615,8 @@ def _placements(w: World, sc: Scenario, rng: np.random.Generator) -> None:
 
 
 def _education_exposure(w: World) -> None:
-    """Care days and placement moves before 1 September of the KS4 year (year 11)."""
+    """Care days and placement moves before 1 September of the KS4 year (year 11); first
+    entry; true adversities begun before first entry (the effect modifier)."""
     ay0 = academic_year_of_birth(w.birth)
     w.ks4_start = sept1(ay0 + 15)
     cut = w.ks4_start[w.care_person]
@@ -468,8 +624,19 @@ def _education_exposure(w: World) -> None:
     w.care_days_before_ks4 = np.bincount(w.care_person, weights=days, minlength=w.n).astype(
         np.int64
     )
+    w.ks2_start = sept1(ay0 + 11)  # year 6 (reception is the year starting at ay0 + 5)
+    cut2 = w.ks2_start[w.care_person]
+    days2 = np.clip(np.minimum(w.care_end, cut2) - w.care_start, 0, None)
+    w.care_days_before_ks2 = np.bincount(w.care_person, weights=days2, minlength=w.n).astype(
+        np.int64
+    )
     moves = (np.isin(w.ep_reason_start, ["P", "T"])) & (w.ep_start < w.ks4_start[w.ep_person])
     w.moves_before_ks4 = np.bincount(w.ep_person, weights=moves, minlength=w.n).astype(np.int64)
+    w.first_entry = np.full(w.n, -1, np.int64)
+    firsts = np.r_[True, w.care_person[1:] != w.care_person[:-1]] if w.care_person.size else []
+    w.first_entry[w.care_person[firsts]] = w.care_start[firsts]
+    entered = w.first_entry >= 0
+    w.pre_care_adversity = w.adversity & (w.onset < w.first_entry[:, None]) & entered[:, None]
 
 
 KS4_POINTS_RANGE = (0.0, 90.0)  # the released capped points score is the latent one clipped
@@ -481,14 +648,21 @@ def observed_ks4(latent: np.ndarray) -> np.ndarray:
 
 
 def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
-    """Latent KS4 potential outcomes and their care effects."""
+    """Latent KS4 potential outcomes and their care effects.
+
+    Y(0) is the score had the child never entered care (true adversity as it would then have
+    been: ``onset_no_care``); the effect of the child's own care is the direct effect (by
+    length, placement moves, and the scenario's modifiers: pre-care adversity, years in care,
+    age at entry) plus the KS4 cost of any new adversity that care prevented or caused."""
     o, e = sc.outcomes, sc.effects
     n = w.n
-    adv16 = (w.adversity & (w.onset < w.ks4_start[:, None])).sum(axis=1)
+    before = w.ks4_start[:, None]
+    adv16 = ((w.onset >= 0) & (w.onset < before)).sum(axis=1)
+    adv16_0 = ((w.onset_no_care >= 0) & (w.onset_no_care < before)).sum(axis=1)
     y0 = (
         o.ks4_intercept
         + o.ks4_per_deprivation_decile * (10 - w.decile)
-        + o.ks4_per_adversity * adv16
+        + o.ks4_per_adversity * adv16_0
         + o.ks4_family_risk * np.maximum(w.family_risk, -1)
         + 3.0 * ~w.sex_male
         - 8.0 * w.disability
@@ -497,16 +671,46 @@ def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     days = w.care_days_before_ks4
     long_ = days >= 365
     short = (days > 0) & ~long_
-    effect = (
+    n_pre = w.pre_care_adversity.sum(axis=1)
+    age_entry = np.where(w.first_entry >= 0, (w.first_entry - w.birth) / YEAR, 10.0)
+    mediated = o.ks4_per_adversity * (adv16 - adv16_0)
+    direct = (
         e.ks4_long_care * long_
         + e.ks4_short_care * short
         + e.ks4_per_placement_move * w.moves_before_ks4
+        + (days > 0)
+        * (
+            e.ks4_care_x_adversity * n_pre
+            + e.ks4_care_per_year_in_care * days / YEAR
+            + e.ks4_care_per_year_age_at_entry * (age_entry - 10.0)
+        )
     )
     w.ks4_y0 = y0
-    w.ks4_effect = effect
+    w.ks4_effect = direct + mediated
+    # KS2 expected standard (a flag): probability expit((Y(0) - 40)/7) without care; being
+    # looked after before the KS2 year (year 6) shifts its log odds by ks2_log_or_care
+    ks2_logit0 = (y0 - 40.0) / 7.0
+    w.ks2_p0 = expit(ks2_logit0)
+    w.ks2_p1 = expit(ks2_logit0 + e.ks2_log_or_care * (w.care_days_before_ks2 > 0))
     logit0 = (y0 - 52.0) / 5.0
     w.level2_p0 = expit(logit0)
-    w.level2_p1 = expit(logit0 + e.level2_log_or_long * long_ + e.level2_log_or_short * short)
+    w.level2_p1 = expit(
+        logit0
+        + mediated / 5.0
+        + e.level2_log_or_long * long_
+        + e.level2_log_or_short * short
+        + e.level2_log_or_care_x_adversity * n_pre * (days > 0)
+    )
+
+
+def care_log_hr(w: World, sc: Scenario, gamma: float) -> np.ndarray:
+    """Each person's log hazard ratio of being looked after at 0 years since first entry:
+    the kind's ``gamma`` + ``log_hr_care_x_adversity`` x true adversities begun before entry."""
+    return gamma + sc.effects.log_hr_care_x_adversity * w.pre_care_adversity.sum(axis=1)
+
+
+CARE_AFFECTED_KINDS = ("self_harm", "emergency", "mental_health")
+MAX_YEARS_SINCE_ENTRY = 4  # effects by years since entry: 0, 1, 2, 3, 4 and more
 
 
 def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
@@ -527,8 +731,17 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         pos = first[sel] + j
         care_pts[sel, 2 * j] = w.care_start[pos]
         care_pts[sel, 2 * j + 1] = w.care_end[pos]
+    slope = e.log_hr_care_per_year_since_entry
+    entry_years = (
+        anniversaries(np.where(w.first_entry >= 0, w.first_entry, w.birth), list(range(1, 5)))
+        if slope
+        else np.zeros((n, 0), np.int64)
+    )  # split at entry anniversaries only when the care effect changes with them
+    if slope:
+        entry_years[w.first_entry < 0] = -1
     pts = np.concatenate(
-        [w.fu_start[:, None], bdays, care_pts, w.onset[:, :4], w.fu_end[:, None]], axis=1
+        [w.fu_start[:, None], bdays, care_pts, w.onset[:, :4], entry_years, w.fu_end[:, None]],
+        axis=1,
     )
     pts = np.clip(pts, w.fu_start[:, None], w.fu_end[:, None])
     pts.sort(axis=1)
@@ -549,9 +762,28 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         n_adv += (onset >= 0) & (onset <= mid)
     dep = 10 - w.decile[person]
     base_lp = o.log_hr_per_adversity * n_adv + o.log_hr_per_deprivation_decile * dep
+    # care's log HR beyond gamma: pre-care adversity and years since first entry (0-4)
+    care_mod: np.ndarray | float = 0.0  # an array only when the scenario modifies the effect
+    if e.log_hr_care_x_adversity:
+        care_mod = e.log_hr_care_x_adversity * w.pre_care_adversity.sum(axis=1)[person]
+    if slope:
+        since = np.clip((mid - w.first_entry[person]) // YEAR, 0, MAX_YEARS_SINCE_ENTRY)
+        care_mod = care_mod + slope * since
+        del since
     years = (t - s) / YEAR
     girl = ~w.sex_male[person]
-    del pts, a, b, valid, mid, onset, dep, care_pts, bdays  # only the segment arrays below remain
+    del (
+        pts,
+        a,
+        b,
+        valid,
+        mid,
+        onset,
+        dep,
+        care_pts,
+        bdays,
+        entry_years,
+    )  # only the segment arrays below remain
 
     def profile(name: str) -> tuple[np.ndarray, np.ndarray | float, float]:
         """Baseline rate, log hazard ratio from covariates, and care's log hazard ratio;
@@ -571,12 +803,17 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
             return o.appendicitis_rate * (age >= 4), 0.0, 0.0
         if name == "ed_injury":
             return o.ed_injury_rate * np.ones(s.size), base_lp, 0.0
+        if name == "dental_caries":  # negative control: care's causes, no care effect
+            rate = o.dental_caries_rate * (age >= 2)
+            la_eff = w.la_care_effect[w.la_at_referral][person]  # authority at referral
+            return rate, base_lp + o.dental_caries_log_hr_per_la_propensity * la_eff, 0.0
         return o.elective_rate * np.ones(s.size), 0.0, 0.0
 
     ev_p, ev_d, ev_k = [], [], []
     for k, name in enumerate(EVENT_KINDS):
         base, lp, gamma = profile(name)
-        rate = base * np.exp(lp + gamma * in_care)
+        affected = name in CARE_AFFECTED_KINDS
+        rate = base * np.exp(lp + ((gamma + care_mod) * in_care if affected else 0.0))
         del base, lp
         count = rng.poisson(rate * years)
         seg = np.repeat(np.arange(s.size), count)
@@ -591,12 +828,13 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
 
 def build_world(n: int, sc: Scenario, seed: int) -> World:
     """Run every causal process in order, each from its own child seed."""
-    seeds = np.random.SeedSequence(seed).spawn(5)
+    seeds = np.random.SeedSequence(seed).spawn(6)  # the first five as before the sixth
     rngs = [np.random.default_rng(s) for s in seeds]
     w = build_people(n, sc, rngs[0])
     log.info("people and places: %d children", n)
     social_services(w, sc, rngs[1])
-    care(w, sc, rngs[2])
+    w.onset_no_care = w.onset
+    care(w, sc, rngs[2], rngs[5])
     log.info(
         "social services: %d children in need, %d looked after",
         int((w.ref1 >= 0).sum()),

@@ -66,8 +66,9 @@ PERSON_COLUMNS = {
 }
 LA = "W06000015"
 # What a column a test leaves out holds (any other column is NULL). Also: a census row's
-# census_year defaults to the year after its referral, an episode's reason_episode_ended to
-# E4A when it has an end, and record_id to the table's prefix and the row's number.
+# census_year defaults to the year after its referral and its assessment_date to the referral
+# date (the referral's own assessment), an episode's reason_episode_ended to E4A when it has
+# an end, and record_id to the table's prefix and the row's number.
 DEFAULTS: dict[str, dict[str, str]] = {
     "persons": {
         "sex": "F",
@@ -155,6 +156,7 @@ def _filled(name: str, i: int, row: dict[str, str | None]) -> dict[str, str | No
         }
     if name == "care_support_census" and row.get("referral_date"):
         full["census_year"] = str(int(str(row["referral_date"])[:4]) + 1)
+        full["assessment_date"] = str(row["referral_date"])
     if name == "looked_after_episodes" and row.get("episode_end"):
         full["reason_episode_ended"] = "E4A"
     return full | row

@@ -108,15 +108,10 @@ def test_adversity_recorded_after_care_entry_is_not_pre_care() -> None:
     assert cohort.rows("children", children) == children
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18 item 6: index_rows reads every census row of the index referral, "
-    "including later census years recorded after care began",
-)
 def test_factors_recorded_in_a_census_year_after_care_entry_are_not_pre_care() -> None:
     """The same referral returned again in the 2015 census (after care began in May 2013)
-    with a newly recorded factor. Today the factor counts as pre-care; when issue 18 fixes
-    the derivation this test passes and its xfail mark must go."""
+    with a factor newly recorded at a review in November 2014: it is not pre-care, although
+    the row's referral is the index referral."""
     patients = {
         "persons": """
             person_key | week_of_birth
@@ -127,9 +122,9 @@ def test_factors_recorded_in_a_census_year_after_care_entry_are_not_pre_care() -
             P1         | 2005-01-03
         """,
         "care_support_census": """
-            person_key | referral_date | census_year | parent_domestic_abuse
-            P1         | 2012-03-01    | 2013        | false
-            P1         | 2012-03-01    | 2015        | true
+            person_key | referral_date | census_year | assessment_date | parent_domestic_abuse
+            P1         | 2012-03-01    | 2013        | 2012-03-01      | false
+            P1         | 2012-03-01    | 2015        | 2014-11-20      | true
         """,
         "looked_after_episodes": """
             person_key | episode_start | episode_end
@@ -141,6 +136,225 @@ def test_factors_recorded_in_a_census_year_after_care_entry_are_not_pre_care() -
         P1         | 0
     """)
     assert derived("index_rows", patients, index_rows) == index_rows
+
+
+PRE_CARE_COLUMNS = (
+    "index_date",
+    "age_at_index",
+    "la_code",
+    "physical_abuse",
+    "parental_mental_ill_health",
+    "parental_substance_misuse",
+    "domestic_abuse",
+    "parental_learning_disability",
+    "disability",
+    "deprivation_decile",
+    "prior_ks2_expected",
+    "prior_ks2_missing",
+    "prior_emergency_admissions",
+)
+# a census row recording every factor, a PHY protection plan, a disability and another LA
+EVERYTHING = "true | true | true | true | PHY | true | W06000001"
+# one child per kind of census row dated after the index date (all but B5 after care entry)
+LATER_ROWS = {
+    # a review of the index referral filed in a later census year
+    "B1": f"2012-03-01 | 2015 | 2014-11-20 | 2014-11-20 | {EVERYTHING}",
+    # the same review filed late, two census years after its assessment
+    "B2": f"2012-03-01 | 2017 | 2014-11-20 | 2014-11-20 | {EVERYTHING}",
+    # a review dated after entry but filed in the index census year (a wrong census year)
+    "B3": f"2012-03-01 | 2012 | 2013-06-01 | 2013-06-01 | {EVERYTHING}",
+    # a review dated on the day care starts
+    "B4": f"2012-03-01 | 2013 | 2013-05-01 | 2013-05-01 | {EVERYTHING}",
+    # a review after the index date but before care starts: not a baseline record either
+    "B5": f"2012-03-01 | 2013 | 2012-09-10 | 2012-09-10 | {EVERYTHING}",
+    # a second referral after care began
+    "B6": f"2014-02-01 | 2014 | 2014-02-01 | 2014-02-01 | {EVERYTHING}",
+}
+
+
+def test_a_census_row_dated_after_the_index_date_never_changes_a_pre_care_covariate() -> None:
+    """Issue 18: children B0-B6 have the same records (index referral 2012-03-01 recording
+    parental mental ill health, care from 2013-05-01), and B1-B6 one more census row dated
+    after the index date (LATER_ROWS): every pre-care covariate is B0's."""
+    keys = ["B0", *LATER_ROWS]
+    census = [
+        "person_key | referral_date | census_year | assessment_date | child_protection_plan_start"
+        " | parent_domestic_abuse | parent_mental_ill_health | parent_substance_misuse"
+        " | parent_learning_disability | child_protection_category | disability | la_code"
+    ]
+    census += [
+        f"{k} | 2012-03-01 | 2012 | 2012-03-01 | | false | true | false | false | | false | W06000015"
+        for k in keys
+    ]
+    census += [f"{k} | {row}" for k, row in LATER_ROWS.items()]
+    patients = {
+        "persons": "person_key | week_of_birth\n" + "\n".join(f"{k} | 2005-01-03" for k in keys),
+        "population_register": "person_key | period_start\n"
+        + "\n".join(f"{k} | 2005-01-03" for k in keys),
+        "looked_after_episodes": "person_key | episode_start | episode_end\n"
+        + "\n".join(f"{k} | 2013-05-01 | 2014-06-01" for k in keys),
+        "attainment": "person_key | key_stage | academic_year | ks2_expected_standard\n"
+        + "\n".join(f"{k} | KS2 | 2015 | true" for k in keys),
+        "hospital_admissions": "person_key | admission_date | admission_method | primary_diagnosis\n"
+        + "\n".join(f"{k} | 2013-08-01 | 21 | J45.9" for k in keys),
+        "care_support_census": "\n".join(census),
+    }
+    children = derived("children", patients, ["person_key", *PRE_CARE_COLUMNS])
+    baseline = {c: v for c, v in children[0].items() if c != "person_key"}
+    assert baseline["parental_mental_ill_health"] == "1" and baseline["domestic_abuse"] == "0"
+    assert children == [{"person_key": k} | baseline for k in keys]
+
+
+def test_factors_and_plans_recorded_after_the_index_date_are_time_varying() -> None:
+    """P1: domestic abuse recorded at the index referral (2012-03-01); a review on 2012-09-10
+    (day 193) records parental mental ill health and starts a protection plan; one on the day
+    care starts (2013-01-15, day 320) records a parental learning disability; a record of a
+    review on 2013-06-01 (day 457) adding substance misuse is filed late, in the 2015 census.
+    Each applies from the day after its date. P2: a PHY plan from the index referral, carried
+    on later rows, is neither a new plan nor a new factor."""
+    patients = {
+        "persons": """
+            person_key | week_of_birth
+            P1         | 2005-01-03
+            P2         | 2005-01-03
+        """,
+        "population_register": """
+            person_key | period_start
+            P1         | 2005-01-03
+            P2         | 2005-01-03
+        """,
+        "care_support_census": """
+            person_key | referral_date | census_year | assessment_date | child_protection_registered | child_protection_category | child_protection_plan_start | parent_domestic_abuse | parent_mental_ill_health | parent_learning_disability | parent_substance_misuse
+            P1         | 2012-03-01    | 2012        | 2012-03-01      | false                       |                           |                             | true                  | false                    | false                      | false
+            P1         | 2012-03-01    | 2013        | 2012-09-10      | true                        | NEG                       | 2012-09-10                  | true                  | true                     | false                      | false
+            P1         | 2012-03-01    | 2013        | 2013-01-15      | true                        | NEG                       | 2012-09-10                  | true                  | true                     | true                       | false
+            P1         | 2012-03-01    | 2015        | 2013-06-01      | true                        | NEG                       | 2012-09-10                  | true                  | true                     | true                       | true
+            P2         | 2012-03-01    | 2012        | 2012-03-01      | true                        | PHY                       | 2012-03-01                  | false                 | false                    | false                      | false
+            P2         | 2012-03-01    | 2014        | 2013-06-01      | true                        | PHY                       | 2012-03-01                  | false                 | false                    | false                      | false
+        """,
+        "looked_after_episodes": """
+            person_key | episode_start | episode_end
+            P1         | 2013-01-15    | 2014-01-01
+        """,
+    }
+    cohort = Derivation(patients)
+    person_time = table("""
+        person_key | start_day | stop_day | looked_after | new_factors_recorded | new_protection_plan
+        P1         | 0         | 194      | 0            | 0                    | 0
+        P1         | 194       | 320      | 0            | 1                    | 1
+        P1         | 320       | 321      | 1            | 1                    | 1
+        P1         | 321       | 458      | 1            | 2                    | 1
+        P1         | 458       | 671      | 1            | 3                    | 1
+        P1         | 671       | 3961     | 0            | 3                    | 1
+        P2         | 0         | 3961     | 0            | 0                    | 0
+    """)
+    where = "outcome = 'emergency_admission'"
+    assert cohort.rows("person_time", person_time, where=where) == person_time
+    # and none of it is a pre-care covariate
+    children = table("""
+        person_key | domestic_abuse | parental_mental_ill_health | parental_learning_disability | parental_substance_misuse | physical_abuse
+        P1         | 1              | 0                          | 0                            | 0                         | 0
+        P2         | 0              | 0                          | 0                            | 0                         | 1
+    """)
+    assert cohort.rows("children", children) == children
+
+
+def test_school_years_exposure_and_covariates_measured_before_the_year() -> None:
+    """Care from 2012-03-01 to 2012-09-01 (the end day is not in care): 184 of the 366 days of
+    academic year 2011 and none of 2012. A review on 2012-09-01 (day 184) records parental
+    mental ill health: not before academic year 2012 starts that day, so from 2013 only.
+    Absence 10%, 20%, 5% in academic years 2011-2013."""
+    patients = {
+        "persons": """
+            person_key | week_of_birth
+            P3         | 2005-01-03
+        """,
+        "population_register": """
+            person_key | period_start
+            P3         | 2005-01-03
+        """,
+        "care_support_census": """
+            person_key | referral_date | census_year | assessment_date | parent_mental_ill_health
+            P3         | 2012-03-01    | 2012        | 2012-03-01      | false
+            P3         | 2012-03-01    | 2013        | 2012-09-01      | true
+        """,
+        "looked_after_episodes": """
+            person_key | episode_start | episode_end
+            P3         | 2012-03-01    | 2012-09-01
+        """,
+        "school_census": """
+            person_key | academic_year | sessions_possible | sessions_authorised_absence | sessions_unauthorised_absence
+            P3         | 2011          | 300               | 30                          | 0
+            P3         | 2012          | 300               | 40                          | 20
+            P3         | 2013          | 300               | 10                          | 5
+        """,
+    }
+    cohort = Derivation(patients)
+    school_years = table("""
+        academic_year | looked_after_share | looked_after_this_year | years_since_entry | new_factors_recorded | last_year_absence_rate
+        2011          | 0.5027322404371585 | 1                      | 0                 | 0                    |
+        2012          | 0.0                | 0                      | 0                 | 0                    | 0.1
+        2013          | 0.0                | 0                      | 1                 | 1                    | 0.2
+    """)
+    assert cohort.rows("school_years", school_years) == school_years
+    # person time: split at care's end (day 184), the day after the review (185) and each
+    # 1 September that changes last year's absence (days 184, 549, 914, 1279)
+    person_time = table("""
+        start_day | stop_day | looked_after | new_factors_recorded | last_year_absence_rate
+        0         | 184      | 1            | 0                    |
+        184       | 185      | 0            | 0                    | 0.1
+        185       | 549      | 0            | 1                    | 0.1
+        549       | 914      | 0            | 1                    | 0.2
+        914       | 1279     | 0            | 1                    | 0.05
+        1279      | 3961     | 0            | 1                    |
+    """)
+    where = "outcome = 'self_harm'"
+    assert cohort.rows("person_time", person_time, where=where) == person_time
+
+
+def test_years_since_entry_counts_whole_years_to_each_1_september() -> None:
+    patients = {
+        "persons": """
+            person_key | week_of_birth
+            P4         | 2005-01-03
+            P5         | 2005-01-03
+        """,
+        "population_register": """
+            person_key | period_start
+            P4         | 2005-01-03
+            P5         | 2005-01-03
+        """,
+        "care_support_census": """
+            person_key | referral_date
+            P4         | 2011-03-01
+            P5         | 2011-03-01
+        """,
+        "looked_after_episodes": """
+            person_key | episode_start | episode_end
+            P4         | 2012-03-01    | 2014-01-01
+        """,
+        "school_census": """
+            person_key | academic_year
+            P4         | 2010
+            P4         | 2011
+            P4         | 2012
+            P4         | 2013
+            P4         | 2015
+            P5         | 2012
+        """,
+    }
+    # P4 enters during academic year 2011 (0 whole years to its 1 September); 2012-09-01 is 184
+    # days after entry (0), 2013-09-01 549 (1), 2015-09-01 1279 (3); P5 is never looked after
+    school_years = table("""
+        person_key | academic_year | years_since_entry | looked_after_this_year
+        P4         | 2010          |                   | 0
+        P4         | 2011          | 0                 | 1
+        P4         | 2012          | 0                 | 1
+        P4         | 2013          | 1                 | 1
+        P4         | 2015          | 3                 | 0
+        P5         | 2012          |                   | 0
+    """)
+    assert derived("school_years", patients, school_years) == school_years
 
 
 def test_child_who_leaves_the_region_and_returns_is_censored_at_leaving() -> None:
@@ -238,12 +452,18 @@ def test_two_periods_with_a_gap_re_entry() -> None:
         P5         | 151       | 1
     """)  # 92 + 59 days
     assert cohort.rows("children", children) == children
+    # also split at each 1 September that changes last year's absence (2012 to 2015: days
+    # 184, 549, 914, 1279), which leaves looked_after as it was
     person_time = table("""
         person_key | start_day | stop_day | looked_after | event
         P5         | 0         | 92       | 1            | 0
-        P5         | 92        | 306      | 0            | 0
+        P5         | 92        | 184      | 0            | 0
+        P5         | 184       | 306      | 0            | 0
         P5         | 306       | 365      | 1            | 0
-        P5         | 365       | 3961     | 0            | 0
+        P5         | 365       | 549      | 0            | 0
+        P5         | 549       | 914      | 0            | 0
+        P5         | 914       | 1279     | 0            | 0
+        P5         | 1279      | 3961     | 0            | 0
     """)
     where = "outcome = 'emergency_admission'"
     assert cohort.rows("person_time", person_time, where=where) == person_time
@@ -557,3 +777,32 @@ def test_wrong_config_is_a_clear_error(tmp_path: Path, yaml_text: str, message: 
     p.write_text(yaml_text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_study_config(p)
+
+
+def test_school_years_exposure_is_the_one_the_worlds_truth_uses(
+    world: Path, full_run: Path
+) -> None:
+    """Issue 18: the yearly exposure of cohort.school_years and of the synthetic truth
+    (truth/school_years.parquet, behind effects.json's absence estimand) are one definition:
+    on the shared run, each linked pupil-year's share of the academic year looked after, and
+    so looked_after_this_year, is the truth's (a few may differ through linkage)."""
+    truth = world / "truth"
+    with duckdb.connect() as con:
+        con.execute("ATTACH ? AS az (READ_ONLY)", [str(full_run / "analysis_zone.duckdb")])
+        (n, n_exposed, same_share, same_exposure) = con.execute(
+            """
+            SELECT count(*), count(*) FILTER (WHERE y.looked_after_this_year = 1 OR t.looked_after_share > 0),
+                   count(*) FILTER (WHERE abs(y.looked_after_share - t.looked_after_share) < 1e-6),
+                   count(*) FILTER (WHERE (y.looked_after_this_year = 1 OR t.looked_after_share > 0)
+                                      AND y.looked_after_this_year = CAST(t.looked_after_share > 0 AS INTEGER))
+            FROM az.cohort.school_years y
+            JOIN (SELECT person_key, academic_year, min(record_id) AS record_id
+                  FROM az.analysis.school_census GROUP BY ALL) s USING (person_key, academic_year)
+            JOIN read_parquet(?) r ON r.source = 'school_census' AND r.record_id = s.record_id
+            JOIN read_parquet(?) t ON t.person_id = r.person_id AND t.academic_year = y.academic_year
+            """,
+            [str(truth / "record_person.parquet"), str(truth / "school_years.parquet")],
+        ).fetchall()[0]
+    assert n > 1000 and n_exposed > 50
+    assert same_share >= 0.995 * n
+    assert same_exposure >= 0.98 * n_exposed

@@ -163,7 +163,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, fmt: str) -> None:
     generate_world(n_children=1500, seed=9, out_dir=a, file_format=fmt)  # type: ignore[arg-type]
     generate_world(n_children=1500, seed=9, out_dir=b, file_format=fmt)  # type: ignore[arg-type]
     ha, hb = _hashes(a), _hashes(b)
-    assert len(ha) == 7 + 1 + 8 and ha == hb
+    assert len(ha) == 7 + 1 + 9 and ha == hb
     c = tmp_path / "c"
     generate_world(n_children=1500, seed=10, out_dir=c, file_format=fmt)  # type: ignore[arg-type]
     assert _hashes(c) != ha
@@ -247,5 +247,275 @@ def test_unquoted_yaml_date_and_unknown_scenario_name(tmp_path: Path) -> None:
     path = tmp_path / "window.yaml"
     path.write_text("population:\n  window_end: 2023-08-31\n", encoding="utf-8")
     assert load_scenario(path).population.window_end == "2023-08-31"
-    with pytest.raises(ConfigError, match="shipped scenarios: default, messy, null_effect"):
+    with pytest.raises(
+        ConfigError,
+        match="shipped scenarios: default, effect_modification, messy, null_effect, "
+        "time_varying_confounding",
+    ):
         load_scenario("nonsense")
+
+
+# --- issue #18: effect modification, time-varying confounding, yearly outcomes ----------------
+
+
+@pytest.fixture(scope="module")
+def modified_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("effect_modification")
+    generate_world(
+        n_children=4000, seed=21, scenario="effect_modification", out_dir=out, file_format="parquet"
+    )
+    return out
+
+
+def _effect(truth: Path, outcome: str, contrast: str) -> float:
+    import json
+
+    rows = json.loads((truth / "effects.json").read_text(encoding="utf-8"))["estimands"]
+    (value,) = [r["value"] for r in rows if r["outcome"] == outcome and r["contrast"] == contrast]
+    return float(value)
+
+
+def test_modified_effects_computed_by_hand_from_potential_outcomes(modified_world: Path) -> None:
+    """The ATT of care on the released KS4 score among exposed children with and without
+    pre-care domestic abuse, and the yearly absence ATT by years since entry, recomputed from
+    potential_outcomes, persons and school_years as the docs define them."""
+    truth = modified_world / "truth"
+    po = pl.read_parquet(truth / "potential_outcomes.parquet")
+    persons = pl.read_parquet(truth / "persons.parquet").join(po, on="person_id")
+    exposed = persons.filter(
+        (pl.col("ever_cin") == 1)
+        & (pl.col("has_ks4") == 1)
+        & (pl.col("first_cin_date") < pl.col("ks4_year_start"))
+        & (pl.col("care_days_before_ks4") > 0)
+    ).with_columns(
+        effect=(pl.col("ks4_y0") + pl.col("ks4_effect")).clip(0, 90) - pl.col("ks4_y0").clip(0, 90)
+    )
+    by = {
+        flag: exposed.filter(pl.col("pre_care_domestic_abuse") == flag)["effect"].mean()
+        for flag in (0, 1)
+    }
+    assert exposed.filter(pl.col("pre_care_domestic_abuse") == 1).height >= 20
+    with_, without = (
+        _effect(truth, "ks4_score", "cla_vs_nla_with_domestic_abuse"),
+        _effect(truth, "ks4_score", "cla_vs_nla_without_domestic_abuse"),
+    )
+    assert with_ == pytest.approx(by[1]) and without == pytest.approx(by[0])
+    diff = _effect(truth, "ks4_score", "cla_vs_nla_with_minus_without_domestic_abuse")
+    assert diff == pytest.approx(by[1] - by[0])
+    ks2 = persons.filter(
+        (pl.col("ever_cin") == 1)
+        & (pl.col("has_ks2") == 1)
+        & (pl.col("first_cin_date") < pl.col("ks2_year_start"))
+        & (pl.col("care_days_before_ks2") > 0)
+    )
+    ks2_truth = _effect(truth, "ks2_expected_standard", "cla_vs_nla")
+    assert ks2_truth == pytest.approx((ks2["ks2_p1"] - ks2["ks2_p0"]).mean())
+    assert ks2_truth < -0.01  # ks2_log_or_care -0.3 in this scenario
+    sy = pl.read_parquet(truth / "school_years.parquet").filter(pl.col("looked_after_share") > 0)
+    sy = sy.with_columns(
+        effect=pl.col("absence_rate_factual").cast(pl.Float64) - pl.col("absence_rate_no_care")
+    )
+    assert _effect(truth, "absence_rate", "looked_after_year") == pytest.approx(
+        sy["effect"].mean(), rel=1e-6
+    )
+    per_year = (sy["effect"] / sy["looked_after_share"]).mean()
+    assert _effect(truth, "absence_rate", "looked_after_share") == pytest.approx(per_year, rel=1e-5)
+    by_year = [sy.filter(pl.col("years_since_entry") == j)["effect"].mean() for j in range(4)] + [
+        sy.filter(pl.col("years_since_entry") >= 4)["effect"].mean()
+    ]
+    for j, v in enumerate(by_year):
+        assert _effect(truth, "absence_rate", f"looked_after_year_since_entry_{j}") == (
+            pytest.approx(v, rel=1e-6)
+        )
+    assert by_year[4] < by_year[0] < 0  # the scenario deepens the absence effect each year
+
+
+def test_null_effect_zeroes_every_new_effect_also_with_time_varying_confounding(
+    tmp_path: Path,
+) -> None:
+    """null_effect's effects section with the time-varying confounding world: every estimand
+    in effects.json is exactly null (0 difference, ratio 1), the mediated path included."""
+    import json
+
+    tvc = load_scenario("time_varying_confounding")
+    null = load_scenario("null_effect")
+    sc = tvc.model_copy(update={"effects": null.effects, "name": "null_tvc"})
+    generate_world(n_children=3000, seed=4, scenario=sc, out_dir=tmp_path, file_format="parquet")
+    rows = json.loads((tmp_path / "truth" / "effects.json").read_text(encoding="utf-8"))
+    assert len(rows["estimands"]) > 80
+    for r in rows["estimands"]:
+        null_value = (
+            1.0 if r["scale"] in ("hazard_ratio", "odds_ratio", "ratio_of_hazard_ratios") else 0.0
+        )
+        assert r["value"] == null_value, r
+    po = pl.read_parquet(tmp_path / "truth" / "potential_outcomes.parquet")
+    assert (po["ks4_effect"] == 0).all()
+
+
+def test_census_records_factors_at_each_assessment_with_its_date(tmp_path: Path) -> None:
+    """Under time_varying_confounding: later census rows carry reviews (assessment date after
+    the referral) that add factors; every recorded factor was truly present by its assessment
+    date; no assessment postdates its census day; some rows arrive in a later year's return."""
+    generate_world(
+        n_children=4000,
+        seed=8,
+        scenario="time_varying_confounding",
+        out_dir=tmp_path,
+        file_format="parquet",
+    )
+    truth = tmp_path / "truth"
+    rp = pl.read_parquet(truth / "record_person.parquet").filter(
+        pl.col("source") == "care_support_census"
+    )
+    d = pl.read_parquet(tmp_path / "care_support_census.parquet").join(
+        rp.select("record_id", "person_id"), on="record_id"
+    )
+    ok = pl.col("assessment_date").str.contains(r"^\d{4}-\d\d-\d\d$") & pl.col(
+        "referral_date"
+    ).str.contains(r"^(19|20)\d\d-\d\d-\d\d$")
+    d = (
+        d.filter(ok & (pl.col("referral_date") != "1900-01-01"))
+        .with_columns(
+            a=pl.col("assessment_date").str.to_date(strict=False),
+            r=pl.col("referral_date").str.to_date(strict=False),
+            census=pl.date(pl.col("census_year").cast(pl.Int32), 3, 31),
+        )
+        .drop_nulls(["a", "r"])
+    )
+    reviews = d.filter(pl.col("a") > pl.col("r"))
+    assert reviews.height > 100
+    assert d.filter(pl.col("a") > pl.col("census")).height == 0
+    persons = pl.read_parquet(truth / "persons.parquet")
+    factors = {
+        "parent_domestic_abuse": "domestic_abuse",
+        "parent_mental_ill_health": "parental_mental_ill_health",
+        "parent_substance_misuse": "parental_substance_misuse",
+        "parent_learning_disability": "parental_learning_disability",
+    }
+    j = d.join(persons, on="person_id")
+    for col, adv in factors.items():
+        rec = j.filter(pl.col(col) == "1")
+        onset = pl.col(f"{adv}_onset").str.to_date()
+        assert rec.filter(onset.is_null() | (onset > pl.col("a"))).height == 0, col
+    # a review adds a factor its referral's row did not have
+    first = (
+        d.sort("a")
+        .group_by("person_id", "r")
+        .agg(
+            pl.col("parent_domestic_abuse", "parent_substance_misuse")
+            .first()
+            .name.prefix("first_"),
+            pl.col("parent_domestic_abuse", "parent_substance_misuse").last().name.prefix("last_"),
+        )
+    )
+    added = first.filter(
+        (
+            (pl.col("first_parent_domestic_abuse") == "0")
+            & (pl.col("last_parent_domestic_abuse") == "1")
+        )
+        | (
+            (pl.col("first_parent_substance_misuse") == "0")
+            & (pl.col("last_parent_substance_misuse") == "1")
+        )
+    )
+    assert added.height > 20
+    # late records: an assessment whose first row is in a later census year than its own
+    own_year = (pl.col("a") - pl.duration(days=90)).dt.year() + 1
+    first_filed = d.group_by("person_id", "a").agg(
+        own=own_year.first(), filed=pl.col("census_year").cast(pl.Int64).min()
+    )
+    late = first_filed.filter(pl.col("filed") > pl.col("own")).height
+    assert 0.01 * first_filed.height < late < 0.1 * first_filed.height, late
+    plans = d.filter(pl.col("child_protection_plan_start").is_not_null())
+    assert (
+        plans.filter(pl.col("child_protection_plan_start") > pl.col("assessment_date")).height == 0
+    )
+    assert plans.filter(pl.col("child_protection_plan_start") > pl.col("referral_date")).height > 10
+
+
+def _baseline_only_bias(scenario: str, n: int = 60_000) -> tuple[float, float]:
+    """Regression-imputation ATT of any care before year 11 on the latent KS4 score, adjusting
+    for everything true about the child up to the first referral (family risk, true adversity
+    before referral, deprivation, authority's care propensity, age at referral, recorded
+    factors, sex, disability), against the true ATT."""
+    sc = load_scenario(scenario)
+    w = build_world(n, sc, 11)
+    elig = (w.ref1 >= 0) & (w.ref1 < w.ks4_start)
+    exposed = (w.care_days_before_ks4 > 0)[elig]
+    y = (w.ks4_y0 + w.ks4_effect)[elig]
+    adv_ref = ((w.onset >= 0) & (w.onset <= w.ref1[:, None]))[elig].astype(float)
+    x = np.c_[
+        np.ones(y.size),
+        adv_ref,
+        adv_ref.sum(axis=1) ** 2,
+        10 - w.decile[elig],
+        np.maximum(w.family_risk[elig], -1),
+        w.family_risk[elig],
+        w.la_care_effect[w.la_at_referral[elig]],
+        (w.ref1 - w.birth)[elig] / 365.25,
+        (w.ks4_start - w.ref1)[elig] / 365.25,
+        w.recorded1[elig].astype(float),
+        w.cp1[elig] > 0,
+        ~w.sex_male[elig],
+        w.disability[elig],
+    ].astype(float)
+    beta = np.linalg.lstsq(x[~exposed], y[~exposed], rcond=None)[0]
+    att_hat = float((y[exposed] - x[exposed] @ beta).mean())
+    return att_hat, float(w.ks4_effect[elig][exposed].mean())
+
+
+def test_baseline_only_adjustment_is_biased_under_time_varying_confounding() -> None:
+    """With everything true up to the first referral adjusted for, the ATT is right under
+    default and visibly wrong under time_varying_confounding (later recorded adversity drives
+    entry and lowers the score)."""
+    est, truth = _baseline_only_bias("default")
+    assert abs(est - truth) < 0.8, (est, truth)
+    est, truth = _baseline_only_bias("time_varying_confounding")
+    assert est - truth < -2.0, (est, truth)
+
+
+def test_dental_caries_shares_cares_causes_and_has_no_care_effect() -> None:
+    """The negative control: more frequent with adversity, deprivation and in authorities with
+    more care entry; care itself leaves its rate unchanged (the world's own hazard uses no
+    care term, so among children in need the looked-after excess is confounding only)."""
+    from synthetic_data.world import EVENT_KINDS
+
+    w = build_world(40_000, load_scenario("default"), 6)
+    k = EVENT_KINDS.index("dental_caries")
+    cnt = np.bincount(w.ev_person[w.ev_kind == k], minlength=w.n)
+    years = (w.fu_end - w.fu_start) / 365.25
+    rate = cnt.sum() / years.sum()
+    assert 0.001 < rate < 0.01, rate
+    adv = w.adversity.sum(axis=1) > 0
+    assert cnt[adv].sum() / years[adv].sum() > 1.2 * cnt[~adv].sum() / years[~adv].sum()
+    la_eff = w.la_care_effect[w.la_at_referral]
+    hi = la_eff > np.median(la_eff)
+    # about 1.8 with the default loading of 1.0 (1.0 without it)
+    assert cnt[hi].sum() / years[hi].sum() > 1.4 * cnt[~hi].sum() / years[~hi].sum()
+
+
+def test_causal_graph_names_every_causal_key() -> None:
+    from synthetic_data.causal_graph import CAUSAL_KEYS_ELSEWHERE, CAUSAL_SECTIONS, EDGES, mermaid
+    from synthetic_data.scenario import Scenario
+
+    sc = Scenario()
+    on_edges = {k for e in EDGES for k in e.keys}
+    for key in on_edges:  # every key an edge names exists
+        section, name = key.split(".")
+        assert name in type(getattr(sc, section)).model_fields, key
+    causal = {f"{s}.{k}" for s in CAUSAL_SECTIONS for k in type(getattr(sc, s)).model_fields} | set(
+        CAUSAL_KEYS_ELSEWHERE
+    )
+    assert causal <= on_edges, causal - on_edges
+    text = mermaid(load_scenario("time_varying_confounding"))
+    assert "review --> care" in text and "care --> newadv" in text
+    assert "review -.-> care" in mermaid(sc)  # switched off by default
+
+
+@pytest.mark.parametrize("scenario", ["time_varying_confounding", "effect_modification"])
+def test_new_scenarios_give_identical_bytes_per_seed(tmp_path: Path, scenario: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=a)
+    generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=b)
+    assert _hashes(a) == _hashes(b)
+    assert len(_hashes(a)) == 7 + 1 + 9
