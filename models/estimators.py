@@ -576,13 +576,24 @@ class EffectModification(AnalysisEstimator):
                 )
 
 
+class AbsenceGEEOptions(Options):
+    # the exposure column of cohort.school_years: `looked_after_this_year` (0/1: looked after
+    # on at least one day of the academic year) or `looked_after_share` (the share of the year
+    # looked after: the coefficient is the effect of a full year in care, the estimand a world
+    # whose effect grows with the time in care answers; see docs/cohort.md)
+    exposure: Literal["looked_after_this_year", "looked_after_share"] = "looked_after_this_year"
+
+
 @register
 class AbsenceGEE(AnalysisEstimator):
     """The outcome across school years (three before to six after the index date), years
-    looked after vs other years: GEE with exchangeable correlation within the child."""
+    looked after vs other years (or per share of the year looked after, option ``exposure``):
+    GEE with exchangeable correlation within the child."""
 
     name = "absence_gee"
     outcomes_in = "school_years"
+    Options = AbsenceGEEOptions
+    options: AbsenceGEEOptions
 
     def _fit(self, cohort: CohortData) -> None:
         import statsmodels.api as sm
@@ -594,12 +605,13 @@ class AbsenceGEE(AnalysisEstimator):
         kids = self.population(cohort)
         d = sy.merge(kids[["person_key", *covs]], on="person_key").dropna(subset=[outcome])
         d = d[d["years_from_index"].between(-3, 6)].reset_index(drop=True)
+        term = self.options.exposure
         if d["looked_after_this_year"].nunique() < 2:
             return
         x = sm.add_constant(
             pd.concat(
                 [
-                    d[["looked_after_this_year", "years_from_index", "age"]].astype(float),
+                    d[[term, "years_from_index", "age"]].astype(float),
                     d[covs].astype(float),
                 ],
                 axis=1,
@@ -613,9 +625,8 @@ class AbsenceGEE(AnalysisEstimator):
             family=sm.families.Gaussian(),
             cov_struct=sm.cov_struct.Exchangeable(),
         ).fit()
-        term = "looked_after_this_year"
         b, se = float(res.params[term]), float(res.bse[term])
-        n_exp = int(d.loc[d[term] == 1, "person_key"].nunique())
+        n_exp = int(d.loc[d["looked_after_this_year"] == 1, "person_key"].nunique())
         self.estimates_.append(
             Estimate(
                 outcome,

@@ -167,6 +167,14 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "contrast": "looked_after_year",
     },
     {
+        "name": "absence_per_year_looked_after",
+        "label": "Absence: per full school year looked after (GEE on the share of the year)",
+        "estimator": "absence_gee",
+        "outcomes": ["absence_rate"],
+        "contrast": "looked_after_share",
+        "options": {"exposure": "looked_after_share"},
+    },
+    {
         "name": "time_to_event",
         "label": "Hospital outcomes: care as a time-varying exposure",
         "estimator": "time_varying_survival",
