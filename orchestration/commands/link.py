@@ -15,8 +15,12 @@ def command(
         typer.Option("--model", help="Reuse a trained Splink model JSON (no training)."),
     ] = None,
     threshold: Annotated[
-        float, typer.Option("--threshold", help="Match probability to link at.")
-    ] = 0.95,
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Match probability to link at (default: chosen from the trained model).",
+        ),
+    ] = None,
     backend: Annotated[
         str,
         typer.Option("--backend", help="Where Splink scores pairs: duckdb (default) or spark."),

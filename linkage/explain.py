@@ -1,0 +1,102 @@
+"""Explain a trained model: Splink's match-weight and m/u charts (no identifiers), and, in a
+private folder, waterfall charts and a clerical-review sample of pairs near the threshold
+(both show identifiers). Charts are standalone HTML with Splink's bundled JavaScript inlined,
+so they open offline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ground.db import private_dir as make_private_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Explain:
+    """Where the model's explanations go.
+
+    ``charts_dir``: ``match_weights.html`` and ``m_u_parameters.html`` (the model's parameters
+    only). ``private_dir`` (created owner-only; keep it with the identifiers, never in a
+    release): ``waterfall.html`` for ``waterfall_pairs`` pairs nearest the threshold and
+    ``clerical_review.csv``, ``review_pairs`` pairs around the threshold for people to label
+    (an empty ``is_match`` column).
+    """
+
+    charts_dir: Path | None = None
+    private_dir: Path | None = None
+    waterfall_pairs: int = 12
+    review_pairs: int = 200
+    seed: int = 42
+    keep_review: bool = False  # also return the review sample (LinkResult.review)
+
+
+def review_sample(
+    prof: pl.DataFrame, pairs: pl.DataFrame, threshold: float, n: int, seed: int
+) -> pl.DataFrame:
+    """Up to ``n`` scored pairs near the threshold (half just above, half just below, by
+    match weight), both sides' profile columns side by side, and an empty ``is_match``."""
+    if pairs.is_empty():
+        return pl.DataFrame()
+    above = pairs.filter(pl.col("match_probability") >= threshold).sort("match_weight")
+    below = pairs.filter(pl.col("match_probability") < threshold).sort(
+        "match_weight", descending=True
+    )
+    picked = pl.concat([above.head(n - n // 2), below.head(n // 2)]).sort(
+        ["match_weight", "profile_id_l", "profile_id_r"]
+    )
+    shown = [c for c in prof.columns if c not in {"component"} and not c.endswith("_phonetic")]
+    side = prof.select(shown)
+    out = picked.join(
+        side.rename({c: f"{c}_l" for c in shown}), on="profile_id_l", how="left"
+    ).join(side.rename({c: f"{c}_r" for c in shown}), on="profile_id_r", how="left")
+    return out.with_columns(is_match=pl.lit(None, dtype=pl.Boolean))
+
+
+def explain_model(
+    linker: Any, prof: pl.DataFrame, pairs: pl.DataFrame, threshold: float, explain: Explain
+) -> tuple[dict[str, Path], pl.DataFrame | None]:
+    """Save the charts (and the private review files) ``explain`` asks for: their paths, and
+    the clerical-review sample when ``explain.keep_review``."""
+    saved: dict[str, Path] = {}
+    review = None
+    if explain.keep_review:
+        review = review_sample(prof, pairs, threshold, explain.review_pairs, explain.seed)
+    if explain.charts_dir is not None:
+        explain.charts_dir.mkdir(parents=True, exist_ok=True)
+        for name, chart in (
+            ("match_weights", linker.visualisations.match_weights_chart()),
+            ("m_u_parameters", linker.visualisations.m_u_parameters_chart()),
+        ):
+            path = explain.charts_dir / f"{name}.html"
+            path.write_text(chart.to_html(inline=True), encoding="utf-8")
+            saved[name] = path
+    if explain.private_dir is not None:
+        folder = make_private_dir(explain.private_dir)
+        sample = review_sample(prof, pairs, threshold, explain.review_pairs, explain.seed)
+        path = folder / "clerical_review.csv"
+        sample.write_csv(path)
+        saved["clerical_review"] = path
+        nearest = (
+            pairs.with_columns(gap=(pl.col("match_probability") - threshold).abs())
+            .sort(["gap", "profile_id_l", "profile_id_r"])
+            .head(explain.waterfall_pairs)
+        )
+        if nearest.height:
+            records = []
+            by_id = prof.drop("component").to_dicts()
+            for left, right in zip(nearest["profile_id_l"], nearest["profile_id_r"], strict=True):
+                compared = linker.inference.compare_two_records(by_id[left], by_id[right])
+                records += compared.as_record_list()
+            chart = linker.visualisations.waterfall_chart(records, filter_nulls=False)
+            path = folder / "waterfall.html"
+            path.write_text(chart.to_html(inline=True), encoding="utf-8")
+            saved["waterfall"] = path
+    for name, path in saved.items():
+        log.info("linkage: %s saved to %s", name, path)
+    return saved, review
