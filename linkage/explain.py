@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from ground.db import private_dir as make_private_dir
+from linkage.training import quiet_splink
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class Explain:
     """Where the model's explanations go.
 
     ``charts_dir``: ``match_weights.html`` and ``m_u_parameters.html`` (the model's parameters
-    only). ``private_dir`` (created owner-only; keep it with the identifiers, never in a
+    only; names after ``chart_prefix``). ``private_dir`` (created owner-only; keep it with the identifiers, never in a
     release): ``waterfall.html`` for ``waterfall_pairs`` pairs nearest the threshold and
     ``clerical_review.csv``, ``review_pairs`` pairs around the threshold for people to label
     (an empty ``is_match`` column).
@@ -34,6 +35,7 @@ class Explain:
     review_pairs: int = 200
     seed: int = 42
     keep_review: bool = False  # also return the review sample (LinkResult.review)
+    chart_prefix: str = ""  # e.g. "model_": RUN/linkage/model_match_weights.html
 
 
 def review_sample(
@@ -73,7 +75,7 @@ def explain_model(
             ("match_weights", linker.visualisations.match_weights_chart()),
             ("m_u_parameters", linker.visualisations.m_u_parameters_chart()),
         ):
-            path = explain.charts_dir / f"{name}.html"
+            path = explain.charts_dir / f"{explain.chart_prefix}{name}.html"
             path.write_text(chart.to_html(inline=True), encoding="utf-8")
             saved[name] = path
     if explain.private_dir is not None:
@@ -88,11 +90,32 @@ def explain_model(
             .head(explain.waterfall_pairs)
         )
         if nearest.height:
+            from splink import Linker
+
+            # waterfalls need the comparison columns that scoring at scale does not keep: the
+            # same trained model, on a linker that keeps them, scores just these pairs
+            model = linker.misc.save_model_to_json()
+            model["retain_intermediate_calculation_columns"] = True
+            model["retain_matching_columns"] = True
+            source = linker.table_management.register_table(
+                prof.to_arrow(), "__waterfall_profiles", overwrite=True
+            )
+            linker = Linker(source, model, log_level=logging.ERROR)
             records = []
-            by_id = prof.drop("component").to_dicts()
-            for left, right in zip(nearest["profile_id_l"], nearest["profile_id_r"], strict=True):
-                compared = linker.inference.compare_two_records(by_id[left], by_id[right])
-                records += compared.as_record_list()
+            side = prof
+            for i, (left, right) in enumerate(
+                zip(nearest["profile_id_l"], nearest["profile_id_r"], strict=True)
+            ):
+                # registered one-row tables keep the column types (a dict with a null date
+                # does not)
+                frames = [
+                    linker.table_management.register_table(
+                        side.slice(pid, 1).to_arrow(), f"__waterfall_{i}_{s}", overwrite=True
+                    )
+                    for pid, s in ((left, "l"), (right, "r"))
+                ]
+                with quiet_splink([]):  # untrained levels were reported once, by training
+                    records += linker.inference.score_pair(*frames).as_record_list()
             chart = linker.visualisations.waterfall_chart(records, filter_nulls=False)
             path = folder / "waterfall.html"
             path.write_text(chart.to_html(inline=True), encoding="utf-8")

@@ -432,17 +432,18 @@ def _train(
             linker.training.estimate_probability_two_random_records_match(
                 [prior], recall=settings.prior_recall or 0.8
             )
-        except Exception as e:  # no pair agrees on the rule
-            raise LinkageTrainingError(
-                f"linkage: no two records agree exactly on {'+'.join(plan.prior_rule)}, so the "
-                "share of matches cannot be estimated; link more records at once, or reuse a "
-                f"trained model (model_path) ({type(e).__name__})"
-            ) from e
+        except Exception as e:
+            raise _no_prior(plan.prior_rule) from e
+        if not linker.misc.save_model_to_json()["probability_two_random_records_match"] > 0:
+            raise _no_prior(plan.prior_rule)
         linker.training.estimate_u_using_random_sampling(
             max_pairs=settings.u_max_pairs, seed=settings.seed
         )
         if con is not None and settings.deterministic:
             con.execute("SET threads = 1")
+        trained: set[str] = set()
+        failed: list[str] = []
+        name_of = {c.block_key: c.name for c in columns}
         for rule in plan.em_sessions:
             try:
                 linker.training.estimate_parameters_using_expectation_maximisation(
@@ -450,14 +451,17 @@ def _train(
                     max_pairs=settings.em_max_pairs,
                     record_sample_proportion=probe,
                 )
-            except Exception as e:
-                log.warning(
-                    "linkage: EM session blocked on %s did not run (%s)",
-                    "+".join(rule),
-                    type(e).__name__,
-                )
+            except Exception as e:  # no pair in the block, or EM could not converge
+                failed.append(f"{'+'.join(rule)} ({type(e).__name__})")
+                continue
+            trained |= {c.name for c in columns if c.scored} - {name_of.get(k, k) for k in rule}
     model = linker.misc.save_model_to_json()
     none_trained, partly = untrained_comparisons(model)
+    none_trained += [
+        c.name for c in columns if c.scored and c.name not in trained and c.name not in none_trained
+    ]
+    if failed:
+        log.warning("linkage: EM sessions that did not run: %s", "; ".join(failed))
     if none_trained:
         raise LinkageTrainingError(
             f"linkage: the data trained no level of {none_trained} (too few records, or too few "
@@ -485,6 +489,14 @@ def _train(
             linker.training.estimate_probability_two_random_records_match(
                 [prior], recall=min(1.0, recall * comparable / every)
             )
+
+
+def _no_prior(rule: Rule) -> LinkageTrainingError:
+    return LinkageTrainingError(
+        f"linkage: no two records agree exactly on {'+'.join(rule)}, so the share of "
+        "matches cannot be estimated; link more records at once, or reuse a trained model "
+        "(model_path)"
+    )
 
 
 def _predict(linker: Any, settings: LinkageSettings) -> Any:

@@ -135,7 +135,7 @@ def _link_run(
         temp_directory=scratch / "link",
         # the model's charts (parameters only) beside the linkage report; the clerical-review
         # sample (identifiers) stays in the linkage zone, as linkage.clerical_review
-        explain=Explain(charts_dir=layout.linkage_dir / "charts", keep_review=True),
+        explain=Explain(charts_dir=layout.linkage_dir, chart_prefix="model_", keep_review=True),
     )
     con = connect(layout.linkage_db, settings=db)
     try:
