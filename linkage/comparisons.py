@@ -147,7 +147,10 @@ PIPELINE_COLUMNS: list[Column] = declare(
         "surname": ColumnKind.PERSON_NAME,
         "date_of_birth": ColumnKind.DATE,
         "sex": ColumnKind.CATEGORICAL,
-        "postcode": ColumnKind.POSTCODE,
+        # no term-frequency adjustment, as the pipeline's model had before column kinds: a
+        # model saved by a run and reused on a small extract would otherwise take postcode
+        # frequencies from that extract, where every postcode is "common"
+        "postcode": Column("postcode", ColumnKind.POSTCODE, term_frequency=False),
         "nhs_number": ColumnKind.TRUSTED_ID,
         "upn": ColumnKind.TRUSTED_ID,
         "la_child_id": ColumnKind.TRUSTED_ID,

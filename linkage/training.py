@@ -193,7 +193,12 @@ def quiet_splink(messages: list[str]) -> Iterator[None]:
 
     splink_log = logging.getLogger("splink")
     handler = _Collect(level=logging.WARNING)
+    # Splink's Linker adds its own console handler to the "splink" logger: set it (and any
+    # other) aside while collecting
+    old_handlers = list(splink_log.handlers)
     old_level, old_propagate = splink_log.level, splink_log.propagate
+    for h in old_handlers:
+        splink_log.removeHandler(h)
     splink_log.addHandler(handler)
     splink_log.propagate = False
     splink_log.setLevel(logging.WARNING)
@@ -204,6 +209,8 @@ def quiet_splink(messages: list[str]) -> Iterator[None]:
         messages.extend(str(w.message) for w in caught)
     finally:
         splink_log.removeHandler(handler)
+        for h in old_handlers:
+            splink_log.addHandler(h)
         splink_log.propagate = old_propagate
         splink_log.setLevel(old_level)
 

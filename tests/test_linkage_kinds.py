@@ -163,8 +163,21 @@ def _judge(result: Any, truth: set[tuple[str, str]]) -> dict[str, float]:
     return m.row(0, named=True)
 
 
+@pytest.fixture
+def splink_console() -> Any:
+    """Splink's own console handler on the "splink" logger, as a Linker installs it in a plain
+    script (under pytest it does not, because the root logger already has handlers)."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    splink_log = logging.getLogger("splink")
+    splink_log.addHandler(handler)
+    yield handler
+    splink_log.removeHandler(handler)
+
+
 def test_dedupe_part_of_one_table_of_public_labelled_data(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], splink_console: Any
 ) -> None:
     """The first 2,000 records of FEBRL2 (their true duplicate pairs only): blocking rules, EM
     sessions and the threshold chosen from the columns, no Splink warnings in the log."""
@@ -176,8 +189,11 @@ def test_dedupe_part_of_one_table_of_public_labelled_data(
     with caplog.at_level(logging.WARNING):
         result = link_tables(tables, roles, columns=FEBRL_COLUMNS, link_type="dedupe_only")
     m = _judge(result, truth)
-    print(m, result.blocking_rules, result.em_sessions, result.match_threshold)
     assert m["precision"] >= 0.99 and m["recall"] >= 0.97, m
+    # not a page of Splink warnings (its own console handler), at most our one line
+    printed = capfd.readouterr()
+    assert "not observed in dataset" not in printed.err + printed.out
+    assert "You have called predict()" not in printed.err + printed.out
     assert not [r for r in caplog.records if r.name.startswith("splink")]
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1
 
@@ -236,7 +252,7 @@ def test_link_two_tables_of_public_labelled_data() -> None:
 
 
 def test_a_table_the_model_cannot_train_on_gives_one_clear_error(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], splink_console: Any
 ) -> None:
     """Six people, no duplicates: nothing agrees, nothing can be trained."""
     people = pl.DataFrame(
@@ -264,6 +280,8 @@ def test_a_table_the_model_cannot_train_on_gives_one_clear_error(
     # no identifiers in the message
     assert not any(v in msg.lower() for v in ("zebedee", "ashcombe", "2001-01-01", "20010101"))
     assert not [r for r in caplog.records if r.name.startswith("splink")]
+    printed = capfd.readouterr()
+    assert "WARNING" not in printed.err + printed.out
 
 
 def test_columns_with_nothing_to_block_on_are_refused() -> None:
