@@ -319,7 +319,7 @@ def _pair_counter(
     from splink.blocking_analysis import count_comparisons_from_blocking_rules
 
     sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_for_counting")
-    share = min(1.0, 3_000 / max(prof.height, 1))  # counts scaled up from the sample
+    share = min(1.0, 1_500 / max(prof.height, 1))  # counts scaled up from the sample
 
     def count(rule: Rule) -> float:
         rec = count_comparisons_from_blocking_rules(
