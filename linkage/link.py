@@ -753,8 +753,8 @@ def link_tables(
         plan = plan or PIPELINE_PLAN
     elif isinstance(columns, Mapping):
         cols = declare(columns)
-    else:
-        cols = list(columns)
+    else:  # Column objects: the same checks on their names
+        cols = declare({c.name: c for c in columns})
     plan = plan or ModelPlan()
     across_tables = link_type == "link_only"
     limit = memory_size(memory_limit or settings.duckdb_memory_limit, key="duckdb_memory_limit")

@@ -74,6 +74,8 @@ def _levels(kind: str, left: Any, right: Any, **column: Any) -> str:
         ("date", "2005-03-04", "2005-04-03", "day and month swapped"),
         ("date", "19561304", "19561305", "levenshtein"),  # month 13: compared as text
         ("date", "2005-03-04", "2005-09-30", "<= 1 year"),
+        ("date", "20050304", "2005-09-30", "<= 1 year"),  # YYYYMMDD parsed as a date
+        ("date", "04/03/2005", "2005-03-04", "exact match"),  # DD/MM/YYYY
         ("postcode", "cf10 1aa", "CF10 1AA", "exact match"),
         ("postcode", "CF10 1AA", "CF10 1AB", "one edit apart"),
         ("postcode", "CF10 1AA", "CF10 2ZZ", "same district"),
