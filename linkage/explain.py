@@ -6,6 +6,7 @@ so they open offline."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ class Explain:
     seed: int = 42
     keep_review: bool = False  # also return the review sample (LinkResult.review)
     chart_prefix: str = ""  # e.g. "model_": RUN/linkage/model_match_weights.html
+
+
+def _stable_html(chart: Any) -> str:
+    """Standalone HTML with the JavaScript inlined; Splink names the chart's element with a
+    random id, fixed here so that a rerun writes byte-identical files."""
+    return re.sub(r"splink-chart-[0-9a-f]{32}", "splink-chart-0", chart.to_html(inline=True))
 
 
 def review_sample(
@@ -76,7 +83,7 @@ def explain_model(
             ("m_u_parameters", linker.visualisations.m_u_parameters_chart()),
         ):
             path = explain.charts_dir / f"{explain.chart_prefix}{name}.html"
-            path.write_text(chart.to_html(inline=True), encoding="utf-8")
+            path.write_text(_stable_html(chart), encoding="utf-8")
             saved[name] = path
     if explain.private_dir is not None:
         folder = make_private_dir(explain.private_dir)
@@ -118,7 +125,7 @@ def explain_model(
                     records += linker.inference.score_pair(*frames).as_record_list()
             chart = linker.visualisations.waterfall_chart(records, filter_nulls=False)
             path = folder / "waterfall.html"
-            path.write_text(chart.to_html(inline=True), encoding="utf-8")
+            path.write_text(_stable_html(chart), encoding="utf-8")
             saved["waterfall"] = path
     for name, path in saved.items():
         log.info("linkage: %s saved to %s", name, path)

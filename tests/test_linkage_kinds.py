@@ -227,6 +227,7 @@ def test_dedupe_one_table_of_public_labelled_data(
     for name in ("match_weights", "m_u_parameters"):
         html = result.charts[name].read_text()
         assert "vega" in html and not re.search(r"<script[^>]+src=", html)
+        assert "splink-chart-0" in html  # no random element id: reruns write the same bytes
     assert result.charts["match_weights"].parent == tmp_path / "charts"
     private = tmp_path / "private"
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
