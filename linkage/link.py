@@ -32,7 +32,6 @@ from scipy.sparse.csgraph import connected_components
 from ground.db import memory_size, private_dir, quote_column, quote_ident, sql_string
 from ground.errors import ConfigError
 from linkage.comparisons import (
-    NORMALISE_NAME_SQL,
     PIPELINE_COLUMNS,
     Column,
     ColumnKind,
@@ -56,8 +55,6 @@ from linkage.training import (
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = ["NORMALISE_NAME_SQL", "Column", "ColumnKind", "LinkageTrainingError"]
 
 
 @dataclass(frozen=True)
