@@ -9,7 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -36,6 +36,10 @@ class Explain:
     review_pairs: int = 200
     seed: int = 42
     keep_review: bool = False  # also return the review sample (LinkResult.review)
+    # "html": Splink's interactive charts, JavaScript inlined (the bundled Vega libraries carry
+    # URLs in their code, never fetched); "png": the same parameters drawn with matplotlib, for
+    # folders that must hold no URL at all (a run's linkage folder)
+    chart_format: Literal["html", "png"] = "html"
     chart_prefix: str = ""  # e.g. "model_": RUN/linkage/model_match_weights.html
 
 
@@ -43,6 +47,52 @@ def _stable_html(chart: Any) -> str:
     """Standalone HTML with the JavaScript inlined; Splink names the chart's element with a
     random id, fixed here so that a rerun writes byte-identical files."""
     return re.sub(r"splink-chart-[0-9a-f]{32}", "splink-chart-0", chart.to_html(inline=True))
+
+
+def model_charts_png(model: dict[str, Any], folder: Path, prefix: str = "") -> dict[str, Path]:
+    """The match weight (log2 m/u) and the m and u of every comparison level, as PNGs drawn
+    from the saved model (its parameters only: no identifiers, no URL)."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, weights, ms, us = [], [], [], []
+    for comp in model["comparisons"]:
+        for lv in comp["comparison_levels"]:
+            if lv.get("is_null_level"):
+                continue
+            m, u = lv.get("m_probability"), lv.get("u_probability")
+            labels.append(f"{comp['output_column_name']}: {lv.get('label_for_charts')}"[:60])
+            ms.append(float(m or 0.0))
+            us.append(float(u or 0.0))
+            weights.append(math.log2(m / u) if m and u else 0.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    height = max(3.0, 0.28 * len(labels) + 1)
+    y = list(range(len(labels)))[::-1]
+    fig, ax = plt.subplots(figsize=(8, height))
+    ax.barh(y, weights, color=["#2a7" if w >= 0 else "#c44" for w in weights])
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.axvline(0, color="#555", lw=0.8)
+    ax.set_xlabel("partial match weight, log2(m / u)")
+    fig.tight_layout()
+    out["match_weights"] = folder / f"{prefix}match_weights.png"
+    fig.savefig(out["match_weights"], dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, height))
+    ax.barh([v + 0.2 for v in y], ms, height=0.4, label="m (matches)")
+    ax.barh([v - 0.2 for v in y], us, height=0.4, label="u (non-matches)")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("probability of the level")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    out["m_u_parameters"] = folder / f"{prefix}m_u_parameters.png"
+    fig.savefig(out["m_u_parameters"], dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return out
 
 
 def review_sample(
@@ -76,7 +126,11 @@ def explain_model(
     review = None
     if explain.keep_review:
         review = review_sample(prof, pairs, threshold, explain.review_pairs, explain.seed)
-    if explain.charts_dir is not None:
+    if explain.charts_dir is not None and explain.chart_format == "png":
+        saved |= model_charts_png(
+            linker.misc.save_model_to_json(), explain.charts_dir, explain.chart_prefix
+        )
+    elif explain.charts_dir is not None:
         explain.charts_dir.mkdir(parents=True, exist_ok=True)
         for name, chart in (
             ("match_weights", linker.visualisations.match_weights_chart()),

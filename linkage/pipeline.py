@@ -135,7 +135,12 @@ def _link_run(
         temp_directory=scratch / "link",
         # the model's charts (parameters only) beside the linkage report; the clerical-review
         # sample (identifiers) stays in the linkage zone, as linkage.clerical_review
-        explain=Explain(charts_dir=layout.linkage_dir, chart_prefix="model_", keep_review=True),
+        explain=Explain(
+            charts_dir=layout.linkage_dir,
+            chart_prefix="model_",
+            chart_format="png",  # a run's folders hold no URL (tests/leak_scan.py)
+            keep_review=True,
+        ),
     )
     con = connect(layout.linkage_db, settings=db)
     try:
