@@ -133,11 +133,11 @@ def _link_run(
         roles,
         settings=settings,
         temp_directory=scratch / "link",
-        # the model's charts (parameters only) beside the linkage report; the clerical-review
+        # the model's charts (parameters only) with the run's figures; the clerical-review
         # sample (identifiers) stays in the linkage zone, as linkage.clerical_review
         explain=Explain(
-            charts_dir=layout.linkage_dir,
-            chart_prefix="model_",
+            charts_dir=layout.figures_dir,  # beside the run's other figures
+            chart_prefix="linkage_",
             chart_format="png",  # a run's folders hold no URL (tests/leak_scan.py)
             keep_review=True,
         ),
