@@ -1,12 +1,13 @@
-"""``link_tables``: link two or more tables of people, deterministically then with Splink.
+"""``link_tables``: link tables of people, deterministically then with Splink.
 
-1. Deterministic: records sharing an exact trusted id (health number, pupil number, LA child id,
-   or any id role) are joined into components (connected components over record-id edges).
-2. Each component is reduced to its distinct identity *profiles* (name, date of birth, sex,
-   postcode), which shrinks the probabilistic problem by an order of magnitude.
-3. Splink (DuckDB backend) scores profile pairs: names with Jaro-Winkler, phonetic (Soundex)
-   and term-frequency adjusted levels, dates of birth tolerant of day/month swaps, postcodes,
-   sex; u by random sampling, m by expectation maximisation, no labels.
+1. Deterministic: records sharing an exact trusted id (a column of kind ``trusted_id``: the
+   pipeline's health number, pupil number, LA child id) are joined into components (connected
+   components over record-id edges).
+2. Each component is reduced to its distinct identity *profiles* (its declared columns,
+   cleaned by kind: :mod:`linkage.comparisons`), which shrinks the probabilistic problem.
+3. Splink scores profile pairs with one comparison per declared column; blocking rules, EM
+   sessions, the prior and the threshold are declared or chosen from the data
+   (:mod:`linkage.training`); u by random sampling, m by expectation maximisation, no labels.
 4. Profile pairs at or above the threshold join their components; connected components over
    both kinds of edge give one cluster (person) per record.
 """
@@ -17,10 +18,10 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -30,13 +31,30 @@ from scipy.sparse.csgraph import connected_components
 
 from ground.db import memory_size, private_dir, quote_column, quote_ident, sql_string
 from ground.errors import ConfigError
+from linkage.comparisons import (
+    PIPELINE_COLUMNS,
+    Column,
+    ColumnKind,
+    clean_sql,
+    comparison,
+    declare,
+)
+from linkage.explain import Explain, explain_model
 from linkage.settings import LinkageSettings
+from linkage.training import (
+    LinkageTrainingError,
+    Rule,
+    blocking_rule,
+    choose_blocking_rules,
+    choose_em_sessions,
+    choose_threshold,
+    prior_rule,
+    quiet_splink,
+    rule_recall,
+    untrained_comparisons,
+)
 
 log = logging.getLogger(__name__)
-
-PERSON_ROLES = ("first_name", "surname", "date_of_birth", "sex", "postcode")
-ID_ROLES = ("nhs_number", "upn", "la_child_id")
-ALL_ROLES = ("record_id", *PERSON_ROLES, *ID_ROLES)
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class DuckDBTable:
 
 @dataclass
 class LinkResult:
-    """Scored profile pairs, and one cluster per input record.
+    """Scored profile pairs, one cluster per input record, the model and the threshold used.
 
     ``clusters``: ``table, record_id, cluster_id, component_id, link_method,
     match_probability``. ``pairs``: ``table_l, record_id_l, table_r, record_id_r,
@@ -62,6 +80,11 @@ class LinkResult:
     model_json: dict[str, Any]
     profile_count: int
     record_count: int
+    match_threshold: float = 0.95
+    blocking_rules: list[str] = field(default_factory=list)
+    em_sessions: list[str] = field(default_factory=list)
+    charts: dict[str, Path] = field(default_factory=dict)
+    review: pl.DataFrame | None = None  # clerical-review sample (identifiers), if asked for
 
 
 def _soundex(name: str | None) -> str | None:
@@ -85,10 +108,6 @@ def _soundex(name: str | None) -> str | None:
     return (first.upper() + "".join(out) + "000")[:4]
 
 
-# the same normalisation in DuckDB SQL (ligatures such as "ﬁ" are dropped, not expanded)
-NORMALISE_NAME_SQL = "NULLIF(regexp_replace(lower(strip_accents({})), '[^a-z]', '', 'g'), '')"
-
-
 def normalise_name(s: str | None) -> str | None:
     """Lower case, diacritics folded (Siân -> sian), letters only."""
     if s is None:
@@ -102,22 +121,25 @@ def _records(
     con: duckdb.DuckDBPyConnection,
     tables: Mapping[str, Any],
     roles: Mapping[str, Mapping[str, str]],
+    columns: Sequence[Column],
 ) -> None:
-    """Union every input table into ``records`` with one column per role.
+    """Union every input table into ``records`` with one VARCHAR column per declared field.
 
     Table names, column names and paths reach SQL only as quoted identifiers, quoted string
-    literals or ``?`` parameters.
+    literals or ``?`` parameters; field names are checked by ``declare``.
     """
+    fields = [c.name for c in columns]
+    allowed = ("record_id", *fields)
     parts: list[str] = []
     attached: dict[Path, str] = {}
     for t, frame in tables.items():
         r = roles.get(t)
         if r is None or "record_id" not in r:
             raise ConfigError(f"table {t!r}: roles must name its record_id column")
-        unknown = set(r) - set(ALL_ROLES)
+        unknown = set(r) - set(allowed)
         if unknown:
             raise ConfigError(
-                f"table {t!r}: unknown role(s) {sorted(unknown)}; allowed: {ALL_ROLES}"
+                f"table {t!r}: unknown role(s) {sorted(unknown)}; declared fields: {allowed}"
             )
         name = f"input_{len(parts)}"
         if isinstance(frame, DuckDBTable):  # read in place from its database file
@@ -133,14 +155,14 @@ def _records(
             con.register(name, frame)
             source = name
         cols = [f"{sql_string(t)} AS tbl"]
-        for role in ALL_ROLES:  # role names are this module's constants
+        for role in allowed:
             c = r.get(role)
             if c is None:
-                cols.append(f"NULL::{'DATE' if role == 'date_of_birth' else 'VARCHAR'} AS {role}")
-            elif role == "date_of_birth":
-                cols.append(f"TRY_CAST({quote_column(c)} AS DATE) AS {role}")
+                cols.append(f"NULL::VARCHAR AS {quote_ident(role)}")
             else:
-                cols.append(f"NULLIF(TRIM(CAST({quote_column(c)} AS VARCHAR)), '') AS {role}")
+                cols.append(
+                    f"NULLIF(TRIM(CAST({quote_column(c)} AS VARCHAR)), '') AS {quote_ident(role)}"
+                )
         parts.append(f"SELECT {', '.join(cols)} FROM {source}")
     con.execute("CREATE OR REPLACE TABLE records AS " + " UNION ALL ".join(parts))
     for alias in attached.values():
@@ -154,14 +176,16 @@ def _records(
     )
 
 
-def _deterministic_components(con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    """Connected components of records joined by any shared exact id."""
-    n = con.execute("SELECT count(*) FROM records").fetchone()[0]  # type: ignore[index]
+def _deterministic_components(con: duckdb.DuckDBPyConnection, trusted: Sequence[str]) -> np.ndarray:
+    """Connected components of records joined by any shared trusted id."""
+    n = con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+    if not trusted:
+        return np.arange(n, dtype=np.int64)
     edges = con.execute(
         " UNION ALL ".join(
-            f"SELECT rec, dense_rank() OVER (ORDER BY {r}) - 1 AS id_node, {sql_string(r)} AS kind "
-            f"FROM records WHERE {r} IS NOT NULL"
-            for r in ID_ROLES
+            f"SELECT rec, dense_rank() OVER (ORDER BY {quote_ident(r)}) - 1 AS id_node, "
+            f"{sql_string(r)} AS kind FROM records WHERE {quote_ident(r)} IS NOT NULL"
+            for r in trusted
         )
     ).fetchnumpy()
     rec = np.asarray(edges["rec"], dtype=np.int64)
@@ -169,7 +193,7 @@ def _deterministic_components(con: duckdb.DuckDBPyConnection) -> np.ndarray:
     node = np.asarray(edges["id_node"], dtype=np.int64)
     offset = n
     id_nodes = np.empty_like(node)
-    for r in ID_ROLES:
+    for r in trusted:
         sel = kind == r
         id_nodes[sel] = node[sel] + offset
         offset += int(node[sel].max()) + 1 if sel.any() else 0
@@ -178,161 +202,165 @@ def _deterministic_components(con: duckdb.DuckDBPyConnection) -> np.ndarray:
     return labels[:n]
 
 
-def _dob_comparison() -> Any:
-    import splink.comparison_level_library as cll
-    import splink.comparison_library as cl
+@dataclass(frozen=True)
+class ModelPlan:
+    """How the model is blocked and trained; ``None`` parts are chosen from the data
+    (:mod:`linkage.training`). Each rule is a tuple of profile columns that must agree exactly
+    (a date column ``d`` blocks on ``d_text``, its ``YYYYMMDD`` text)."""
 
-    return cl.CustomComparison(
-        output_column_name="date_of_birth",
-        comparison_description="date of birth, tolerant of day/month swaps",
-        comparison_levels=[
-            cll.NullLevel("date_of_birth"),
-            cll.ExactMatchLevel("date_of_birth"),
-            # dialect-neutral SQL, so the same model runs on DuckDB and on Spark
-            cll.CustomLevel(
-                "dob_swapped_text_l = dob_text_r", label_for_charts="day and month swapped"
-            ),
-            cll.LevenshteinLevel("dob_text", 1),
-            cll.AbsoluteDateDifferenceLevel(
-                "date_of_birth", input_is_string=False, threshold=1, metric="year"
-            ),
-            cll.ElseLevel(),
-        ],
-    )
+    blocking_rules: tuple[Rule, ...] | None = None
+    em_sessions: tuple[Rule, ...] | None = None
+    prior_rule: Rule | None = None
 
 
-def _across_components(*keys: str) -> Any:
-    """A blocking rule (SQL both DuckDB and Spark read): equal keys, different components."""
-    from splink.blocking_rule_library import CustomRule
+#: the pipeline's blocking and training, declared (at a million children, choosing rules by
+#: counting pairs would itself take minutes; these were sized on the synthetic world at 1M)
+PIPELINE_PLAN = ModelPlan(
+    blocking_rules=(
+        ("date_of_birth", "surname"),
+        ("date_of_birth", "first_name"),
+        ("date_of_birth", "postcode"),
+        ("first_name", "surname", "postcode"),
+        ("first_name", "surname", "substr(date_of_birth_text, 1, 4)", "sex"),
+    ),
+    # EM needs blocked pairs among which true matches are common. On a date of birth alone (or
+    # a full name alone) matches are ~1% of pairs at 100k children and ~0.1% at a million,
+    # where EM settled on a wrong solution (date-of-birth agreement m = 0.003 at 1M). Rules on
+    # two or three fields keep the share of matches high at any scale; three sessions estimate
+    # every comparison (Splink averages a comparison's m over the sessions that estimate it).
+    em_sessions=(
+        ("date_of_birth", "first_name"),  # estimates surname, postcode, sex
+        ("date_of_birth", "surname"),  # first name, postcode, sex
+        # same full name AND full postcode: 96% share a date of birth at 1M children, where
+        # same name and postcode district shared it in only 7% (common Welsh names)
+        ("first_name", "surname", "postcode"),  # date of birth, sex
+    ),
+    prior_rule=("first_name", "surname", "date_of_birth"),
+)
 
-    parts = []
-    for k in keys:
-        if "(" in k:  # substr(dob_text, 1, 4) -> substr(l.dob_text, 1, 4)
-            fn, rest = k.split("(", 1)
-            parts.append(f"{fn}(l.{rest} = {fn}(r.{rest}")
-        else:
-            parts.append(f"l.{k} = r.{k}")
-    return CustomRule(" AND ".join([*parts, "l.component <> r.component"]))
 
-
-def splink_settings(threshold_blocking: bool = True) -> Any:
-    """The Splink model: comparisons and blocking rules used for prediction."""
-    import splink.comparison_library as cl
+def splink_settings(
+    columns: Sequence[Column] | None = None,
+    blocking_rules: Sequence[Rule] | None = None,
+    *,
+    across_tables: bool = False,
+    uk_postcodes: bool = True,
+) -> Any:
+    """The Splink model: one comparison per scored column, and the blocking rules used for
+    prediction (default: the pipeline's)."""
     from splink import SettingsCreator
 
+    columns = PIPELINE_COLUMNS if columns is None else columns
+    rules = PIPELINE_PLAN.blocking_rules if blocking_rules is None else blocking_rules
+    assert rules is not None
     return SettingsCreator(
-        link_type="dedupe_only",
+        link_type="dedupe_only",  # all profiles of all tables in one frame; rules restrict
         unique_id_column_name="profile_id",
-        comparisons=[
-            cl.NameComparison("first_name", dmeta_col_name="first_name_phonetic").configure(
-                term_frequency_adjustments=True
-            ),
-            cl.NameComparison("surname", dmeta_col_name="surname_phonetic").configure(
-                term_frequency_adjustments=True
-            ),
-            _dob_comparison(),
-            cl.PostcodeComparison("postcode"),
-            cl.ExactMatch("sex"),
-        ],
+        comparisons=[comparison(c, uk_postcodes=uk_postcodes) for c in columns if c.scored],
         # pairs inside one deterministic component are already linked: never scored
         blocking_rules_to_generate_predictions=[
-            _across_components("date_of_birth", "surname"),
-            _across_components("date_of_birth", "first_name"),
-            _across_components("date_of_birth", "postcode"),
-            _across_components("first_name", "surname", "postcode"),
-            _across_components("first_name", "surname", "substr(dob_text, 1, 4)", "sex"),
+            blocking_rule(r, across_tables=across_tables) for r in rules
         ],
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
     )
 
 
-def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Distinct identity profiles per deterministic component."""
+def _profiles(
+    con: duckdb.DuckDBPyConnection, columns: Sequence[Column], across_tables: bool
+) -> pl.DataFrame:
+    """Distinct identity profiles per deterministic component (and table, when linking only)."""
+    scored = [c for c in columns if c.scored]
+    outputs: list[str] = []
+    for c in scored:
+        outputs += [o for o in clean_sql(c, "x") if o != c.name]
+    main = [c.name for c in scored]
+    identifying = [
+        c.name
+        for c in scored
+        if c.kind in {ColumnKind.PERSON_NAME, ColumnKind.DATE, ColumnKind.IDENTIFIER}
+    ] or main
+    key = ["component", *(["source_table"] if across_tables else []), *main]
+    select = ", ".join(
+        ["component", *(["tbl AS source_table"] if across_tables else []), *main, *outputs]
+    )
     prof = con.sql(
-        """SELECT DISTINCT component, first_name, surname, date_of_birth, sex, postcode
-           FROM records_norm
-           WHERE first_name IS NOT NULL OR surname IS NOT NULL OR date_of_birth IS NOT NULL
-           ORDER BY component, first_name NULLS FIRST, surname NULLS FIRST,
-                    date_of_birth NULLS FIRST, sex NULLS FIRST, postcode NULLS FIRST"""
+        f"SELECT DISTINCT {select} FROM records_norm "
+        f"WHERE {' OR '.join(f'{n} IS NOT NULL' for n in identifying)} "
+        f"ORDER BY {', '.join(f'{k} NULLS FIRST' for k in key)}"
     ).pl()
-    # phonetic codes computed once per distinct name, not once per profile
-    names = pl.concat([prof["first_name"], prof["surname"]]).drop_nulls().unique().sort()
-    codes = pl.DataFrame(
-        {"name": names, "code": [[_soundex(n)] for n in names.to_list()]},
-        schema={"name": pl.String, "code": pl.List(pl.String)},
-    )
-    prof = (
-        prof.join(
-            codes.rename({"name": "first_name", "code": "first_name_phonetic"}),
-            on="first_name",
-            how="left",
-            maintain_order="left",
+    names = [c.name for c in scored if c.kind is ColumnKind.PERSON_NAME]
+    if names:
+        # phonetic codes computed once per distinct name, not once per profile
+        distinct = pl.concat([prof[n] for n in names]).drop_nulls().unique().sort()
+        codes = pl.DataFrame(
+            {"name": distinct, "code": [[_soundex(n)] for n in distinct.to_list()]},
+            schema={"name": pl.String, "code": pl.List(pl.String)},
         )
-        .join(
-            codes.rename({"name": "surname", "code": "surname_phonetic"}),
-            on="surname",
-            how="left",
-            maintain_order="left",
+        for n in names:
+            prof = prof.join(
+                codes.rename({"name": n, "code": f"{n}_phonetic"}),
+                on=n,
+                how="left",
+                maintain_order="left",
+            )
+    return prof.with_columns(profile_id=pl.int_range(pl.len(), dtype=pl.Int64))
+
+
+def _pair_counter(
+    con: duckdb.DuckDBPyConnection, prof: pl.DataFrame, across_tables: bool
+) -> Callable[[Rule], float]:
+    """Pairs a blocking rule would make, by Splink's comparison counting (on a sample of
+    profiles when there are many)."""
+    from splink import DuckDBAPI
+    from splink.blocking_analysis import count_comparisons_from_blocking_rules
+
+    sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_for_counting")
+    share = min(1.0, 1_500 / max(prof.height, 1))  # counts scaled up from the sample
+
+    def count(rule: Rule) -> float:
+        rec = count_comparisons_from_blocking_rules(
+            sdf,
+            blocking_rules=[blocking_rule(rule, across_tables=across_tables)],
+            link_type="dedupe_only",
+            unique_id_column_name="profile_id",
+            record_sample_proportion=share,
         )
-        .with_columns(
-            profile_id=pl.int_range(pl.len(), dtype=pl.Int64),
-            dob_text=pl.col("date_of_birth").dt.strftime("%Y%m%d"),
-            dob_swapped_text=pl.col("date_of_birth").dt.strftime("%Y%d%m"),
-        )
-    )
-    return prof.select(
-        "component",
-        "first_name",
-        "surname",
-        "date_of_birth",
-        "sex",
-        "postcode",
-        "profile_id",
-        "dob_text",
-        "dob_swapped_text",
-        "first_name_phonetic",
-        "surname_phonetic",
-    )
+        return float(rec[0]["cumulative_comparison_count"])
+
+    return count
 
 
-def _train_or_load(linker: Any, settings: LinkageSettings, n_profiles: int) -> None:
-    from splink import block_on
-
-    if settings.model_path:
-        return
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on("first_name", "surname", "date_of_birth")], recall=settings.prior_recall
-    )
-    linker.training.estimate_u_using_random_sampling(
-        max_pairs=settings.u_max_pairs, seed=settings.seed
-    )
-    # EM needs blocked pairs among which true matches are common. On a date of birth alone (or
-    # a full name alone) matches are ~1% of pairs at 100k children and ~0.1% at a million, where
-    # EM settled on a wrong solution (date-of-birth agreement m = 0.003 at 1M). Rules on two or
-    # three fields keep the share of matches high at any scale; three sessions estimate every
-    # comparison (Splink averages a comparison's m over the sessions that estimate it).
-    # Blocked pairs are sampled down to em_max_pairs; the probe sizing the sample sees every
-    # profile on small data and a sample on large data.
-    probe = min(1.0, settings.em_probe_profiles / max(n_profiles, 1))
-    for rule in (
-        block_on("date_of_birth", "first_name"),  # estimates surname, postcode, sex
-        block_on("date_of_birth", "surname"),  # first name, postcode, sex
-        # same full name AND full postcode: 96% share a date of birth at 1M children, where
-        # same name and postcode district shared it in only 7% (common Welsh names)
-        block_on("first_name", "surname", "postcode"),  # date of birth, sex
-    ):
-        linker.training.estimate_parameters_using_expectation_maximisation(
-            rule, max_pairs=settings.em_max_pairs, record_sample_proportion=probe
-        )
+def plan_model(
+    con: duckdb.DuckDBPyConnection,
+    prof: pl.DataFrame,
+    columns: Sequence[Column],
+    plan: ModelPlan,
+    settings: LinkageSettings,
+    across_tables: bool,
+) -> ModelPlan:
+    """``plan`` with every missing part chosen from the columns present and the data."""
+    rules = plan.blocking_rules
+    if rules is None:
+        counter = _pair_counter(con, prof, across_tables)
+        rules = tuple(choose_blocking_rules(columns, counter, settings.max_pairs_per_rule))
+    sessions = plan.em_sessions or tuple(choose_em_sessions(columns, rules))
+    return ModelPlan(rules, sessions, plan.prior_rule or prior_rule(columns))
 
 
-def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
+def load_model(
+    path: str | Path,
+    dialect: str,
+    columns: Sequence[Column] | None = None,
+    blocking_rules: Sequence[Rule] | None = None,
+    *,
+    across_tables: bool = False,
+) -> dict[str, Any]:
     """A saved Splink model, expressed in ``dialect`` ("duckdb" or "spark").
 
-    A model trained on one backend carries that backend's SQL. The comparisons are this
-    module's (``splink_settings``), so the same trained parameters (m and u per level, the
-    prior) are copied onto the comparisons rendered for the other backend.
+    A model trained on one backend carries that backend's SQL. The comparisons are built from
+    the same declared columns, so the trained parameters (m and u per level, the prior) are
+    copied onto the comparisons rendered for the other backend.
     """
     import json
 
@@ -344,7 +372,7 @@ def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
         raise ConfigError(f"linkage model {path}: cannot read a Splink model JSON ({e})") from e
     if source.get("sql_dialect") == dialect:
         return dict(source)
-    creator = splink_settings()
+    creator = splink_settings(columns, blocking_rules, across_tables=across_tables)
     assert isinstance(creator, SettingsCreator)
     target = creator.get_settings(dialect).as_dict()
     src_comps, dst_comps = source.get("comparisons", []), target["comparisons"]
@@ -352,8 +380,8 @@ def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
     shape_dst = [len(c["comparison_levels"]) for c in dst_comps]
     if shape_src != shape_dst:
         raise ConfigError(
-            f"linkage model {path}: its comparisons (levels {shape_src}) are not this "
-            f"pipeline's (levels {shape_dst}); retrain without model_path"
+            f"linkage model {path}: its comparisons (levels {shape_src}) are not these "
+            f"columns' (levels {shape_dst}); retrain without model_path"
         )
     for src, dst in zip(src_comps, dst_comps, strict=True):
         for ls, ld in zip(src["comparison_levels"], dst["comparison_levels"], strict=True):
@@ -364,34 +392,172 @@ def load_model(path: str | Path, dialect: str) -> dict[str, Any]:
     return dict(target)
 
 
+def _comparable_pairs(prof: pl.DataFrame, across_tables: bool) -> tuple[float, float]:
+    """(pairs Splink's prior divides by: all profile pairs, pairs the model may link)."""
+    n = float(prof.height)
+    every = n * (n - 1) / 2
+    if not across_tables:
+        return every, every
+    sizes = prof["source_table"].value_counts()["count"].to_numpy().astype(float)
+    return every, float((sizes.sum() ** 2 - (sizes**2).sum()) / 2)
+
+
+def _train(
+    linker: Any,
+    prof: pl.DataFrame,
+    columns: Sequence[Column],
+    plan: ModelPlan,
+    settings: LinkageSettings,
+    across_tables: bool,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> None:
+    """Prior, u by random sampling, m by EM over ``plan.em_sessions``, then the prior again
+    from the trained model; one warning line (or a LinkageTrainingError) for what could not be
+    trained, instead of Splink's warnings.
+
+    With ``settings.deterministic`` and a DuckDB ``con``, EM runs on one thread: its
+    floating-point sums then happen in a fixed order and a rerun gives a byte-identical model.
+    The prior and u are counts over a hash-seeded sample, identical on any number of threads.
+    """
+    assert plan.prior_rule is not None and plan.em_sessions is not None
+    prior = blocking_rule(plan.prior_rule, across_tables=across_tables, across_components=False)
+    messages: list[str] = []
+    # the probe sizing EM's pair sample sees every profile on small data, a sample on large
+    probe = min(1.0, settings.em_probe_profiles / max(prof.height, 1))
+    with quiet_splink(messages):
+        try:
+            linker.training.estimate_probability_two_random_records_match(
+                [prior], recall=settings.prior_recall or 0.8
+            )
+        except Exception as e:
+            raise _no_prior(plan.prior_rule) from e
+        if not linker.misc.save_model_to_json()["probability_two_random_records_match"] > 0:
+            raise _no_prior(plan.prior_rule)
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=settings.u_max_pairs, seed=settings.seed
+        )
+        if con is not None and settings.deterministic:
+            con.execute("SET threads = 1")
+        trained: set[str] = set()
+        failed: list[str] = []
+        name_of = {c.block_key: c.name for c in columns}
+        for rule in plan.em_sessions:
+            try:
+                linker.training.estimate_parameters_using_expectation_maximisation(
+                    blocking_rule(rule, across_tables=across_tables, across_components=False),
+                    max_pairs=settings.em_max_pairs,
+                    record_sample_proportion=probe,
+                )
+            except Exception as e:  # no pair in the block, or EM could not converge
+                failed.append(f"{'+'.join(rule)} ({type(e).__name__})")
+                continue
+            trained |= {c.name for c in columns if c.scored} - {name_of.get(k, k) for k in rule}
+    model = linker.misc.save_model_to_json()
+    none_trained, partly = untrained_comparisons(model)
+    none_trained += [
+        c.name for c in columns if c.scored and c.name not in trained and c.name not in none_trained
+    ]
+    if failed:
+        log.warning("linkage: EM sessions that did not run: %s", "; ".join(failed))
+    if none_trained:
+        raise LinkageTrainingError(
+            f"linkage: the data trained no level of {none_trained} (too few records, or too few "
+            "pairs that agree on the other columns); link more records at once, reuse a "
+            "trained model (model_path), or drop or re-kind these columns"
+        )
+    if partly:
+        log.warning(
+            "linkage: %d comparison level(s) not observed in training, scored with Splink's "
+            "defaults: %s (more records would train them)",
+            len(partly),
+            "; ".join(partly),
+        )
+    if settings.prior_recall is None:
+        # the prior from the data: pairs agreeing on the rule, over the rule's recall by the
+        # trained model (exact-agreement m of each column, and how often it is filled in)
+        non_null = {
+            k: 1 - prof[k].null_count() / max(prof.height, 1)
+            for k in plan.prior_rule
+            if k in prof.columns
+        }
+        recall = rule_recall(model, columns, plan.prior_rule, non_null)
+        every, comparable = _comparable_pairs(prof, across_tables)
+        with quiet_splink(messages):
+            linker.training.estimate_probability_two_random_records_match(
+                [prior], recall=min(1.0, recall * comparable / every)
+            )
+
+
+def _no_prior(rule: Rule) -> LinkageTrainingError:
+    return LinkageTrainingError(
+        f"linkage: no two records agree exactly on {'+'.join(rule)}, so the share of "
+        "matches cannot be estimated; link more records at once, or reuse a trained model "
+        "(model_path)"
+    )
+
+
+def _predict(linker: Any, settings: LinkageSettings) -> Any:
+    floor = 0.5 if settings.match_threshold is None else min(0.5, settings.match_threshold)
+    messages: list[str] = []  # untrained levels were reported once, by _train
+    with quiet_splink(messages):
+        return linker.inference.predict(threshold_match_probability=floor)
+
+
+def _uk_postcodes(prof: pl.DataFrame, columns: Sequence[Column]) -> bool:
+    """Whether any postcode column holds a UK-shaped postcode (its sector levels can train)."""
+    return any(
+        prof[f"{c.name}_sector"].null_count() < prof.height
+        for c in columns
+        if c.kind is ColumnKind.POSTCODE and c.comparison is None
+    )
+
+
 def _score_on_duckdb(
-    con: duckdb.DuckDBPyConnection, prof: pl.DataFrame, settings: LinkageSettings
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+    con: duckdb.DuckDBPyConnection,
+    prof: pl.DataFrame,
+    columns: Sequence[Column],
+    plan: ModelPlan,
+    settings: LinkageSettings,
+    across_tables: bool,
+    explain: Explain | None,
+) -> tuple[pl.DataFrame, dict[str, Any], _Extras, ModelPlan]:
     """Train (or load) the Splink model and score profile pairs on DuckDB."""
     from splink import DuckDBAPI, Linker
 
-    if settings.deterministic:
-        # one thread while training: floating-point sums in EM happen in a fixed order, so the
-        # trained model is byte-identical on a rerun
-        con.execute("SET threads = 1")
+    threads = int(settings.duckdb_threads or os.cpu_count() or 1)
+    con.execute("SET threads = ?", [threads])
+    plan = plan_model(con, prof, columns, plan, settings, across_tables)
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
-    model: Any = load_model(settings.model_path, "duckdb") if settings.model_path else None
-    linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
-    _train_or_load(linker, settings, prof.height)
+    model: Any = (
+        load_model(
+            settings.model_path, "duckdb", columns, plan.blocking_rules, across_tables=across_tables
+        )
+        if settings.model_path
+        else None
+    )
+    linker = Linker(
+        sdf,
+        model
+        or splink_settings(
+            columns,
+            plan.blocking_rules,
+            across_tables=across_tables,
+            uk_postcodes=_uk_postcodes(prof, columns),
+        ),
+        log_level=logging.WARNING,
+    )
+    if not settings.model_path:
+        _train(linker, prof, columns, plan, settings, across_tables, con=con)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
     # still give identical probabilities; the output is sorted below
-    con.execute("SET threads = ?", [int(settings.duckdb_threads or os.cpu_count() or 1)])
-    predictions = linker.inference.predict(
-        threshold_match_probability=min(0.5, settings.match_threshold)
-    )
+    con.execute("SET threads = ?", [threads])
+    predictions = _predict(linker, settings)
     pairs = con.sql(
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
         f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
     ).pl()
-    model_json = linker.misc.save_model_to_json()
-    model_json.pop("linker_uid", None)  # random per session; dropped so reruns are byte-identical
-    return pairs, model_json
+    return (*_finish(linker, prof, pairs, settings, explain), plan)
 
 
 def spark_session(settings: LinkageSettings, temp_directory: str | Path | None = None) -> Any:
@@ -436,8 +602,14 @@ def spark_session(settings: LinkageSettings, temp_directory: str | Path | None =
 
 
 def _score_on_spark(
-    prof: pl.DataFrame, settings: LinkageSettings, temp_directory: str | Path | None
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+    prof: pl.DataFrame,
+    columns: Sequence[Column],
+    plan: ModelPlan,
+    settings: LinkageSettings,
+    across_tables: bool,
+    explain: Explain | None,
+    temp_directory: str | Path | None,
+) -> tuple[pl.DataFrame, dict[str, Any], _Extras]:
     """Train (or load) the same Splink model and score profile pairs on Spark."""
     from splink import Linker
     from splink.backends.spark import SparkAPI
@@ -448,12 +620,27 @@ def _score_on_spark(
     )
     frame = spark.createDataFrame(prof.to_arrow())
     sdf = db_api.register(frame, dataset_display_name="profiles")
-    model: Any = load_model(settings.model_path, "spark") if settings.model_path else None
-    linker = Linker(sdf, model or splink_settings(), log_level=logging.WARNING)
-    _train_or_load(linker, settings, prof.height)
-    predictions = linker.inference.predict(
-        threshold_match_probability=min(0.5, settings.match_threshold)
+    model: Any = (
+        load_model(
+            settings.model_path, "spark", columns, plan.blocking_rules, across_tables=across_tables
+        )
+        if settings.model_path
+        else None
     )
+    linker = Linker(
+        sdf,
+        model
+        or splink_settings(
+            columns,
+            plan.blocking_rules,
+            across_tables=across_tables,
+            uk_postcodes=_uk_postcodes(prof, columns),
+        ),
+        log_level=logging.WARNING,
+    )
+    if not settings.model_path:
+        _train(linker, prof, columns, plan, settings, across_tables)
+    predictions = _predict(linker, settings)
     table = (
         predictions.as_spark_dataframe()
         .select("profile_id_l", "profile_id_r", "match_probability", "match_weight")
@@ -462,20 +649,55 @@ def _score_on_spark(
     )
     pairs = pl.from_arrow(table)
     assert isinstance(pairs, pl.DataFrame)
+    return _finish(linker, prof, pairs, settings, explain)
+
+
+def _finish(
+    linker: Any,
+    prof: pl.DataFrame,
+    pairs: pl.DataFrame,
+    settings: LinkageSettings,
+    explain: Explain | None,
+) -> tuple[pl.DataFrame, dict[str, Any], _Extras]:
+    """The threshold (the setting, or chosen from the trained model), the model's charts, and
+    the saved model without its random session id (so reruns are byte-identical)."""
+    threshold = (
+        settings.match_threshold
+        if settings.match_threshold is not None
+        else choose_threshold(pairs["match_probability"].to_numpy(), settings.target_precision)
+    )
+    charts: dict[str, Path] = {}
+    review = None
+    if explain is not None:
+        charts, review = explain_model(linker, prof, pairs, threshold, explain)
     model_json = linker.misc.save_model_to_json()
     model_json.pop("linker_uid", None)
-    return pairs, model_json
+    return pairs, model_json, _Extras(threshold, charts, review)
+
+
+@dataclass
+class _Extras:
+    threshold: float
+    charts: dict[str, Path]
+    review: pl.DataFrame | None
+
+
+LinkType = Literal["link_and_dedupe", "link_only", "dedupe_only"]
 
 
 def link_tables(
     tables: Mapping[str, Any],
     roles: Mapping[str, Mapping[str, str]],
     *,
+    columns: Mapping[str, Any] | Sequence[Column] | None = None,
+    link_type: LinkType = "link_and_dedupe",
+    plan: ModelPlan | None = None,
     settings: LinkageSettings | None = None,
     memory_limit: str | None = None,
     temp_directory: str | Path | None = None,
+    explain: Explain | None = None,
 ) -> LinkResult:
-    """Link two or more tables of person records into clusters (one per person).
+    """Link one or more tables of person records into clusters (one per person).
 
     Parameters
     ----------
@@ -484,58 +706,105 @@ def link_tables(
         :class:`DuckDBTable` (a table of a DuckDB file, read in place: the least memory and
         no copy on disk), or the path of a Parquet file.
     roles
-        ``{table_name: {role: column}}`` with roles from ``record_id`` (required),
-        ``first_name``, ``surname``, ``date_of_birth``, ``sex``, ``postcode``, and the exact ids
-        ``nhs_number``, ``upn``, ``la_child_id``.
+        ``{table_name: {field: column}}``: ``record_id`` (required) and the fields of
+        ``columns`` this table has (a field a table lacks is null there).
+    columns
+        ``{field: kind}`` (kinds: ``person_name, date, postcode, address, categorical,
+        numeric, identifier, trusted_id``; see :mod:`linkage.comparisons`), a :class:`Column`
+        or a Splink comparison per field. Default: the pipeline's fields (first_name, surname,
+        date_of_birth, sex, postcode, and the trusted ids nhs_number, upn, la_child_id).
+    link_type
+        ``link_and_dedupe`` (default): every pair, across and within tables; ``link_only``:
+        pairs across tables only (each table holds one record per person); ``dedupe_only``:
+        the duplicates of one table.
+    plan
+        Blocking rules, EM sessions and the prior's rule; parts left ``None`` are chosen from
+        the columns present (default with the pipeline's columns: the pipeline's plan).
     settings
-        Thresholds and training limits; ``settings.model_path`` reuses a saved Splink model.
+        Threshold (``None``: chosen for ``target_precision``), training limits;
+        ``settings.model_path`` reuses a saved Splink model.
+    explain
+        Where to save the model's charts (match weights, m and u: no identifiers) and, in a
+        private folder, waterfall charts and a clerical-review sample (identifiers).
 
     Returns
     -------
     LinkResult
-        ``clusters`` (one row per input record) and ``pairs`` (scored profile pairs).
+        ``clusters`` (one row per input record), ``pairs`` (scored profile pairs), the model
+        and the threshold used.
     """
     settings = settings or LinkageSettings()
     if len(tables) < 1:
         raise ConfigError("link_tables needs at least one table")
+    if link_type == "dedupe_only" and len(tables) != 1:
+        raise ConfigError(
+            f"link_type 'dedupe_only' takes one table, not {len(tables)}; use "
+            "'link_and_dedupe' for several tables with duplicates, 'link_only' without"
+        )
+    if link_type == "link_only" and len(tables) < 2:
+        raise ConfigError("link_type 'link_only' needs two or more tables")
+    if link_type not in ("link_and_dedupe", "link_only", "dedupe_only"):
+        raise ConfigError(f"link_type {link_type!r}: use link_and_dedupe, link_only or dedupe_only")
+    if columns is None:
+        cols = PIPELINE_COLUMNS
+        plan = plan or PIPELINE_PLAN
+    elif isinstance(columns, Mapping):
+        cols = declare(columns)
+    else:  # Column objects: the same checks on their names
+        cols = declare({c.name: c for c in columns})
+    plan = plan or ModelPlan()
+    across_tables = link_type == "link_only"
     limit = memory_size(memory_limit or settings.duckdb_memory_limit, key="duckdb_memory_limit")
     con = duckdb.connect()
     con.execute("SET memory_limit = ?", [limit])
     con.execute("SET threads = 2")
     if temp_directory:
         con.execute("SET temp_directory = ?", [str(private_dir(Path(temp_directory)))])
-    _records(con, tables, roles)
-    labels = _deterministic_components(con)
+    _records(con, tables, roles, cols)
+    labels = _deterministic_components(con, [c.name for c in cols if not c.scored])
     con.register(
         "component_labels", pl.DataFrame({"rec": np.arange(labels.size), "component": labels})
     )
+    cleaned = [
+        f"{expr} AS {out}"
+        for c in cols
+        if c.scored
+        for out, expr in clean_sql(c, f"r.{c.name}").items()
+    ]
     con.execute(
         f"""CREATE OR REPLACE TABLE records_norm AS
-        SELECT r.rec, r.tbl, r.record_id, c.component,
-               {NORMALISE_NAME_SQL.format("r.first_name")} AS first_name,
-               {NORMALISE_NAME_SQL.format("r.surname")} AS surname,
-               r.date_of_birth, upper(r.sex) AS sex, upper(trim(r.postcode)) AS postcode
+        SELECT r.rec, r.tbl, r.record_id, c.component, {", ".join(cleaned)}
         FROM records r JOIN component_labels c USING (rec)
         ORDER BY r.rec"""
     )
     con.execute("DROP TABLE records")
     con.unregister("component_labels")
-    prof = _profiles(con)
+    prof = _profiles(con, cols, across_tables)
     log.info(
         "linkage: %d records, %d components, %d profiles",
         labels.size,
         int(np.unique(labels).size),
         prof.height,
     )
+    if prof.height < 2:
+        raise LinkageTrainingError(
+            f"linkage: {prof.height} profile(s) with a name, date or identifier: nothing to "
+            "link; check the roles map those columns"
+        )
     if settings.backend == "spark":
-        pairs, model_json = _score_on_spark(prof, settings, temp_directory)
+        plan = plan_model(con, prof, cols, plan, settings, across_tables)
+        pairs, model_json, extras = _score_on_spark(
+            prof, cols, plan, settings, across_tables, explain, temp_directory
+        )
     else:
-        pairs, model_json = _score_on_duckdb(con, prof, settings)
+        pairs, model_json, extras, plan = _score_on_duckdb(
+            con, prof, cols, plan, settings, across_tables, explain
+        )
     comp_of = prof["component"].to_numpy()
     pl_ = pairs["profile_id_l"].to_numpy()
     pr_ = pairs["profile_id_r"].to_numpy()
     prob = pairs["match_probability"].to_numpy()
-    keep = (prob >= settings.match_threshold) & (comp_of[pl_] != comp_of[pr_])
+    keep = (prob >= extras.threshold) & (comp_of[pl_] != comp_of[pr_])
     # components joined by probabilistic edges
     n_comp = int(labels.max()) + 1 if labels.size else 0
     g = coo_matrix(
@@ -586,4 +855,15 @@ def link_tables(
         }
     )
     con.close()
-    return LinkResult(clusters, pair_frame, model_json, prof.height, labels.size)
+    return LinkResult(
+        clusters,
+        pair_frame,
+        model_json,
+        prof.height,
+        labels.size,
+        match_threshold=float(extras.threshold),
+        blocking_rules=["+".join(r) for r in plan.blocking_rules or ()],
+        em_sessions=["+".join(r) for r in plan.em_sessions or ()],
+        charts=extras.charts,
+        review=extras.review,
+    )

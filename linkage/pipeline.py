@@ -24,7 +24,8 @@ from ground.db import (
 )
 from ground.errors import RunStateError
 from ground.run_layout import RunLayout
-from linkage.link import DuckDBTable, link_tables
+from linkage.explain import Explain
+from linkage.link import DuckDBTable, LinkResult, link_tables
 from linkage.pseudonym import pseudonymise
 from linkage.settings import LinkageSettings
 from schemas.contracts import SOURCES
@@ -132,6 +133,14 @@ def _link_run(
         roles,
         settings=settings,
         temp_directory=scratch / "link",
+        # the model's charts (parameters only) with the run's figures; the clerical-review
+        # sample (identifiers) stays in the linkage zone, as linkage.clerical_review
+        explain=Explain(
+            charts_dir=layout.figures_dir,  # beside the run's other figures
+            chart_prefix="linkage_",
+            chart_format="png",  # a run's folders hold no URL (tests/leak_scan.py)
+            keep_review=True,
+        ),
     )
     con = connect(layout.linkage_db, settings=db)
     try:
@@ -167,12 +176,18 @@ def _link_run(
         con.execute("CREATE OR REPLACE TABLE linkage.scored_pairs AS SELECT * FROM pairs_frame")
         con.unregister("clusters_frame")
         con.unregister("pairs_frame")
+        if result.review is not None:  # pairs near the threshold, for people to label
+            con.register("review_frame", result.review)
+            con.execute(
+                "CREATE OR REPLACE TABLE linkage.clerical_review AS SELECT * FROM review_frame"
+            )
+            con.unregister("review_frame")
         result.clusters = result.clusters.clear()  # written; free the memory
         step("writing the analysis zone")
         write_analysis_zone(con, layout, settings)
         step("writing the linkage report")
         summary = _summary(con, result.profile_count)
-        write_linkage_report(con, layout, result.model_json, settings)
+        write_linkage_report(con, layout, result, settings)
     finally:
         con.close()
     return summary
@@ -279,10 +294,17 @@ def _spine_rates(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
 def write_linkage_report(
     con: duckdb.DuckDBPyConnection,
     layout: RunLayout,
-    model_json: dict[str, Any],
+    result: LinkResult,
     settings: LinkageSettings,
 ) -> None:
-    """Link rates by source and subgroup, weights, m/u, cluster sizes; aggregates only."""
+    """Link rates by source and subgroup, weights, m/u, cluster sizes, the threshold used and
+    how it was chosen, blocking and training rules, chart paths; aggregates only."""
+    model_json = result.model_json
+    chosen_by = (
+        "setting"
+        if settings.match_threshold is not None
+        else f"expected precision >= {settings.target_precision}"
+    )
     subgroup_sql = """
     WITH spine AS (SELECT DISTINCT person_key FROM linkage.record_person WHERE source = 'population_register'),
     cla AS (SELECT DISTINCT person_key FROM linkage.record_person WHERE source = 'looked_after_episodes'),
@@ -336,9 +358,14 @@ def write_linkage_report(
             )
     report = {
         "thresholds": {
-            "match_threshold": settings.match_threshold,
+            "match_threshold": result.match_threshold,
+            "match_threshold_chosen_by": chosen_by,
             "high_quality_threshold": settings.high_quality_threshold,
         },
+        "blocking_rules": result.blocking_rules,
+        "em_sessions": result.em_sessions,
+        # offline HTML, relative to the run folder (the model's parameters, no identifiers)
+        "charts": {k: str(p.relative_to(layout.root)) for k, p in sorted(result.charts.items())},
         "link_rate_to_spine_by_source": _spine_rates(con),
         "link_rate_to_spine_by_subgroup_school_census": by_group,
         "match_weight_histogram": [{"weight_floor": float(w), "pairs": int(n)} for w, n in weights],
@@ -355,8 +382,9 @@ def write_linkage_report(
     md = [
         "# Linkage report",
         "",
-        f"Match threshold {settings.match_threshold}; high-quality threshold "
-        f"{settings.high_quality_threshold}.",
+        f"Match threshold {result.match_threshold} "
+        f"({chosen_by}); "
+        f"high-quality threshold {settings.high_quality_threshold}.",
         "",
         "| source | linked to register |",
         "|---|---:|",

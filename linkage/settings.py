@@ -13,8 +13,23 @@ class LinkageSettings(BaseModel):
     """Thresholds and limits of the linkage stage."""
 
     model_config = ConfigDict(extra="forbid")
-    match_threshold: float = Field(
-        0.95, gt=0, lt=1, description="match probability at or above which two profiles link"
+    match_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="match probability at or above which two profiles link (None: chosen "
+        "from the trained model for target_precision)",
+    )
+    target_precision: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="when match_threshold is None: the lowest threshold on a fixed grid "
+        "(0.5 ... 0.999) above which every band of scored pairs has at least this expected "
+        "precision by the model (linkage.training.choose_threshold)",
+    )
+    max_pairs_per_rule: float = Field(
+        2e7, gt=0, description="pair budget of each blocking rule chosen from the data"
     )
     high_quality_threshold: float = Field(
         0.99, gt=0, le=1, description="records linked below this are flagged low quality"
@@ -33,7 +48,13 @@ class LinkageSettings(BaseModel):
     deterministic: bool = Field(
         True, description="train on one DuckDB thread so reruns are byte-identical"
     )
-    prior_recall: float = Field(0.8, gt=0, le=1, description="recall assumed for the prior")
+    prior_recall: float | None = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="recall assumed for the prior's exact-agreement rule (None: estimated "
+        "from the trained model's m, which assumes agreements independent among matches)",
+    )
     duckdb_memory_limit: MemorySize = Field(
         "6GB", description="DuckDB memory limit (spills to RUN/linkage_zone.tmp beyond it)"
     )

@@ -283,7 +283,9 @@ def test_stage_commands_use_their_section_of_the_run_settings(
 
     # without --settings: the defaults, as `cohort run` uses them
     seen = _invoke_stage(["link", "--run", run], monkeypatch)
-    assert seen["settings"].match_threshold == 0.95  # type: ignore[attr-defined]
+    # no threshold: chosen from the trained model (linkage.settings.target_precision)
+    assert seen["settings"].match_threshold is None  # type: ignore[attr-defined]
+    assert seen["settings"].target_precision == 0.95  # type: ignore[attr-defined]
     seen = _invoke_stage(["build", "--run", run], monkeypatch)
     assert seen["memory_limit"] == "6GB"
 

@@ -21,7 +21,10 @@ def command(
     ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", help="Match probability to link at (default 0.95)."),
+        typer.Option(
+            "--threshold",
+            help="Match probability to link at (default: chosen from the trained model).",
+        ),
     ] = None,
     backend: Annotated[
         str | None,
