@@ -39,7 +39,7 @@ typecheck:
 	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked mypy
 
 pytest:
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q --durations=15
 
 ## make test-slow: statistical coverage suites and other slow tests.
 test-slow: sync
