@@ -96,7 +96,7 @@ def prepare_extract(
         where = f"{path.name} (source `{contract.name}`)"
         parquet = _parquet_file(path, where)
         header = list(parquet.schema_arrow.names)
-        refuse_duplicate_columns(header, where)
+        refuse_duplicate_columns(header, where, contract)
         warnings = _check_columns(header, path, contract, settings)
         return Extract(contract, path, header, parquet.metadata.num_rows, None), warnings
     encoding = settings.encodings.get(contract.name, "utf-8")

@@ -188,11 +188,17 @@ def read_header(path: Path, contract: SourceContract, encoding: str = "utf-8") -
                     f"{where} uses {delim!r} as delimiter; extracts must be comma-separated"
                 )
     header = [h.strip() for h in next(csv.reader([text]))]
-    refuse_duplicate_columns(header, where)
+    refuse_duplicate_columns(header, where, contract)
     return header
 
 
-def refuse_duplicate_columns(header: list[str], where: str) -> None:
+def refuse_duplicate_columns(header: list[str], where: str, contract: SourceContract) -> None:
+    """A column named twice is an error naming it, when the first line is a header: one that
+    holds none of the contract's columns may be a data row (a file exported without its
+    header), whose repeated cells (two equal dates) must not be echoed; the contract check then
+    says the header is missing."""
+    if not set(header) & set(contract.column_names):
+        return
     repeated = sorted(h for h, n in Counter(header).items() if n > 1)
     if repeated:
         raise InputDataError(
