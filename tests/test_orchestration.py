@@ -45,6 +45,7 @@ def test_run_writes_everything_and_resumes_without_redoing(
     assert r.returncode == 0 and "none (all complete)" in r.stderr
 
 
+@pytest.mark.slow  # about 68 s (a whole run and a rerun); `make test-slow`: make test was 9.5 min
 def test_killed_run_resumes_and_equals_uninterrupted_run(
     full_run: Path, world: Path, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ def test_a_different_secret_refuses_to_resume(full_run: Path, world: Path, tmp_p
 # --- outputs checked before a skip, dependants removed before a rerun --------------------------
 
 
+@pytest.mark.slow  # about 49 s (a whole run and a rerun); `make test-slow`: make test was 9.5 min
 def test_deleted_outputs_are_rebuilt(full_run: Path, world: Path, tmp_path: Path) -> None:
     run = _copy(full_run, tmp_path / "run")
     (run / "analysis_zone.duckdb").unlink()
