@@ -110,7 +110,7 @@ def declare(columns: Mapping[str, Any]) -> list[Column]:
     out: list[Column] = []
     kinds = ", ".join(k.value for k in ColumnKind)
     for name, spec in columns.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name) or name in RESERVED:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in RESERVED:
             raise ConfigError(
                 f"linkage column {name!r}: a field name must be lower case letters, digits and "
                 f"underscores, start with a letter, and not be one of {sorted(RESERVED)}"

@@ -118,6 +118,8 @@ def test_declaring_columns_checks_kinds_and_names() -> None:
         declare({"family": "surname"})
     with pytest.raises(ConfigError, match="field name"):
         declare({"Family Name": "person_name"})
+    with pytest.raises(ConfigError, match="field name"):  # `$` alone would let a newline in
+        declare({"surname\n": "person_name"})
     with pytest.raises(ConfigError, match="none is scored"):
         declare({"nhs": "trusted_id"})
     cols = declare({"given": ColumnKind.PERSON_NAME, "born": "date", "state": "categorical"})
