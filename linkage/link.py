@@ -503,6 +503,39 @@ def _predict(linker: Any, settings: LinkageSettings) -> Any:
         return linker.inference.predict(threshold_match_probability=floor)
 
 
+def _linker(
+    sdf: Any,
+    backend: Literal["duckdb", "spark"],
+    prof: Any,
+    columns: Sequence[Column],
+    plan: Any,
+    settings: LinkageSettings,
+    across_tables: bool,
+) -> Any:
+    """A Splink linker on the registered profiles: the saved model when ``model_path`` is set,
+    else the untrained model of the declared columns (either backend)."""
+    from splink import Linker
+
+    model: Any = (
+        load_model(
+            settings.model_path, backend, columns, plan.blocking_rules, across_tables=across_tables
+        )
+        if settings.model_path
+        else None
+    )
+    return Linker(
+        sdf,
+        model
+        or splink_settings(
+            columns,
+            plan.blocking_rules,
+            across_tables=across_tables,
+            uk_postcodes=_uk_postcodes(prof, columns),
+        ),
+        log_level=logging.WARNING,
+    )
+
+
 def _uk_postcodes(prof: pl.DataFrame, columns: Sequence[Column]) -> bool:
     """Whether any postcode column holds a UK-shaped postcode (its sector levels can train)."""
     return any(
@@ -522,31 +555,14 @@ def _score_on_duckdb(
     explain: Explain | None,
 ) -> tuple[pl.DataFrame, dict[str, Any], _Extras, ModelPlan]:
     """Train (or load) the Splink model and score profile pairs on DuckDB."""
-    from splink import DuckDBAPI, Linker
+    from splink import DuckDBAPI
 
     threads = int(settings.duckdb_threads or os.cpu_count() or 1)
     con.execute("SET threads = ?", [threads])
     plan = plan_model(con, prof, columns, plan, settings, across_tables)
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
-    model: Any = (
-        load_model(
-            settings.model_path, "duckdb", columns, plan.blocking_rules, across_tables=across_tables
-        )
-        if settings.model_path
-        else None
-    )
-    linker = Linker(
-        sdf,
-        model
-        or splink_settings(
-            columns,
-            plan.blocking_rules,
-            across_tables=across_tables,
-            uk_postcodes=_uk_postcodes(prof, columns),
-        ),
-        log_level=logging.WARNING,
-    )
+    linker = _linker(sdf, "duckdb", prof, columns, plan, settings, across_tables)
     if not settings.model_path:
         _train(linker, prof, columns, plan, settings, across_tables, con=con)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
@@ -611,7 +627,6 @@ def _score_on_spark(
     temp_directory: str | Path | None,
 ) -> tuple[pl.DataFrame, dict[str, Any], _Extras]:
     """Train (or load) the same Splink model and score profile pairs on Spark."""
-    from splink import Linker
     from splink.backends.spark import SparkAPI
 
     spark = spark_session(settings, temp_directory)
@@ -620,24 +635,7 @@ def _score_on_spark(
     )
     frame = spark.createDataFrame(prof.to_arrow())
     sdf = db_api.register(frame, dataset_display_name="profiles")
-    model: Any = (
-        load_model(
-            settings.model_path, "spark", columns, plan.blocking_rules, across_tables=across_tables
-        )
-        if settings.model_path
-        else None
-    )
-    linker = Linker(
-        sdf,
-        model
-        or splink_settings(
-            columns,
-            plan.blocking_rules,
-            across_tables=across_tables,
-            uk_postcodes=_uk_postcodes(prof, columns),
-        ),
-        log_level=logging.WARNING,
-    )
+    linker = _linker(sdf, "spark", prof, columns, plan, settings, across_tables)
     if not settings.model_path:
         _train(linker, prof, columns, plan, settings, across_tables)
     predictions = _predict(linker, settings)
