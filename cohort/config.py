@@ -15,7 +15,13 @@ from schemas.analyses import DEFAULT_ANALYSES, Analysis
 from schemas.contracts import load_codelist
 
 DEFAULT_CONFIG = Path(__file__).parent / "study_default.yaml"
-KNOWN_OUTCOMES = ("self_harm", "emergency_admission", "mental_health_admission", "appendicitis")
+KNOWN_OUTCOMES = (
+    "self_harm",
+    "emergency_admission",
+    "mental_health_admission",
+    "appendicitis",
+    "dental_caries",
+)
 
 
 class _Strict(BaseModel):

@@ -184,7 +184,7 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
             "models": ["cox_tv", "cox_tv_unadjusted", "poisson_pw"],
             "proportional_hazards_check": True,
         },
-        "negative_controls": ["appendicitis"],
+        "negative_controls": ["appendicitis", "dental_caries"],
         "forest_plot_methods": ["cox_tv_unadjusted", "cox_tv", "poisson_pw"],
         "headline_methods": ["cox_tv"],
         "e_value_methods": ["cox_tv"],
@@ -198,7 +198,7 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "population": "high_quality_links",
         "options": {"models": ["cox_tv"], "proportional_hazards_check": False},
         "report_section": "high_quality_links",
-        "negative_controls": ["appendicitis"],
+        "negative_controls": ["appendicitis", "dental_caries"],
     },
     *(
         {

@@ -501,6 +501,32 @@ def _attainment(w: World, ids: Identities, rng: np.random.Generator, window_end:
     return cols, person[order]
 
 
+# The diagnoses each health event kind is recorded with (one drawn at random per event). The
+# study's outcome groups (schemas/codelists/icd10_groups.csv) pick them out again: self_harm,
+# mental_behavioural, appendicitis and dental_caries each hold exactly one kind's codes
+# (tests/test_synthetic_world.py checks this against the study config).
+DIAGNOSES: dict[str, list[str]] = {
+    "self_harm": ["X60", "X61", "X62", "X64", "X78", "X84"],
+    "emergency": [
+        "S52.5",
+        "S06.0",
+        "T14.9",
+        "J45.9",
+        "J18.9",
+        "A09",
+        "B34.9",
+        "R10.4",
+        "R56.8",
+        "J21.9",
+    ],
+    "mental_health": ["F32.1", "F43.1", "F50.0", "F91.9", "F90.0", "F41.1", "F84.0"],
+    "appendicitis": ["K35.8", "K35.3", "K37"],
+    "ed_injury": ["S00.9", "S01.8", "S52.5", "S93.4", "T14.0", "S60.0"],
+    "elective": ["J35.0", "K40.9", "Z01.8", "H65.3", "N47", "Q53.1"],
+    "dental_caries": ["K02.1", "K02.9"],  # negative control (elective extractions)
+}
+
+
 def _hospital(
     w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
 ) -> tuple[Built, Built]:
@@ -521,29 +547,9 @@ def _hospital(
         | ((kind == "emergency") & (rng.random(kind.size) < 0.6))
         | ((kind == "appendicitis") & (rng.random(kind.size) < 0.8))
     )
-    diag_pool = {
-        "self_harm": ["X60", "X61", "X62", "X64", "X78", "X84"],
-        "emergency": [
-            "S52.5",
-            "S06.0",
-            "T14.9",
-            "J45.9",
-            "J18.9",
-            "A09",
-            "B34.9",
-            "R10.4",
-            "R56.8",
-            "J21.9",
-        ],
-        "mental_health": ["F32.1", "F43.1", "F50.0", "F91.9", "F90.0", "F41.1", "F84.0"],
-        "appendicitis": ["K35.8", "K35.3", "K37"],
-        "ed_injury": ["S00.9", "S01.8", "S52.5", "S93.4", "T14.0", "S60.0"],
-        "elective": ["J35.0", "K40.9", "Z01.8", "H65.3", "N47", "Q53.1"],
-        "dental_caries": ["K02.1", "K02.9"],  # negative control (elective extractions)
-    }
     diag_codes: list[str] = []  # every pool one after another; diag indexes into it
     diag = np.zeros(kind.size, np.int64)
-    for kind_name, pool in diag_pool.items():
+    for kind_name, pool in DIAGNOSES.items():
         sel = kind == kind_name
         diag[sel] = len(diag_codes) + rng.integers(0, len(pool), sel.sum())
         diag_codes += pool

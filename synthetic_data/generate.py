@@ -355,7 +355,7 @@ def _effects(
         ("emergency_admission", e.log_hr_emergency_admission),
         ("mental_health_admission", e.log_hr_mental_health_admission),
         ("appendicitis", 0.0),
-        ("dental_caries_admission", 0.0),
+        ("dental_caries", 0.0),
     ):
         affected = lhr != 0.0 or outcome not in NEGATIVE_CONTROLS
         est.append(
@@ -367,7 +367,7 @@ def _effects(
                 "description": "hazard ratio while looked after (time-varying)"
                 + (
                     "; negative control (shares care's causes: adversity, deprivation, authority)"
-                    if outcome == "dental_caries_admission"
+                    if outcome == "dental_caries"
                     else "; negative control"
                     if outcome in NEGATIVE_CONTROLS
                     else "; for a child with no pre-care adversity in the first year after "
@@ -402,7 +402,7 @@ def _effects(
     return {"scenario": sc.name, "estimands": est}
 
 
-NEGATIVE_CONTROLS = ("appendicitis", "dental_caries_admission")
+NEGATIVE_CONTROLS = ("appendicitis", "dental_caries")
 ENTRY_AGE_BANDS = ((0, 5), (5, 11), (11, 18))  # whole years at first entry: 0-4, 5-10, 11-17
 
 

@@ -519,3 +519,52 @@ def test_new_scenarios_give_identical_bytes_per_seed(tmp_path: Path, scenario: s
     generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=b)
     assert _hashes(a) == _hashes(b)
     assert len(_hashes(a)) == 7 + 1 + 9
+
+
+def test_each_study_outcome_has_its_truth_and_its_own_diagnoses(tmp_path: Path) -> None:
+    """Every outcome of the shipped study config has a true hazard ratio in effects.json under
+    its own name (so benchmarks/coverage_seeds.py scores it), and each code-list outcome picks
+    out exactly the generator's event kind it stands for: dental caries (K02) is counted by the
+    dental_caries group only, never by appendicitis or another outcome's group."""
+    import json
+
+    from cohort.config import KNOWN_OUTCOMES, load_study_config
+    from schemas.contracts import load_codelist
+    from synthetic_data.extracts import DIAGNOSES
+
+    outcomes = load_study_config().outcomes
+    assert {o.name for o in outcomes} == set(KNOWN_OUTCOMES)
+    generate_world(n_children=300, seed=2, out_dir=tmp_path)
+    effects = json.loads((tmp_path / "truth" / "effects.json").read_text(encoding="utf-8"))
+    hazard = {
+        e["outcome"]: e["value"]
+        for e in effects["estimands"]
+        if e["contrast"] == "cla_vs_nla" and e["scale"] == "hazard_ratio"
+    }
+    assert set(KNOWN_OUTCOMES) <= set(hazard), set(KNOWN_OUTCOMES) - set(hazard)
+    assert hazard["dental_caries"] == hazard["appendicitis"] == 1.0
+
+    groups = load_codelist("icd10_groups")
+
+    def in_group(code: str, group: str) -> bool:
+        return groups[group]["code_from"] <= code[:3] <= groups[group]["code_to"]
+
+    kind_of_group = {
+        "self_harm": "self_harm",
+        "mental_behavioural": "mental_health",
+        "appendicitis": "appendicitis",
+        "dental_caries": "dental_caries",
+    }
+    by_group = {o.codelist_group for o in outcomes if o.codelist_group}
+    assert by_group == set(kind_of_group), by_group
+    for group, kind in kind_of_group.items():
+        for other, codes in DIAGNOSES.items():
+            hits = [c for c in codes if in_group(c, group)]
+            assert hits == (codes if other == kind else []), (group, other, hits)
+    # a chapter group contains an outcome group whole or not at all (nested, never overlapping)
+    for a in groups.values():
+        for b in groups.values():
+            overlap = a["code_from"] <= b["code_to"] and b["code_from"] <= a["code_to"]
+            nested = a["code_from"] <= b["code_from"] and b["code_to"] <= a["code_to"]
+            nested |= b["code_from"] <= a["code_from"] and a["code_to"] <= b["code_to"]
+            assert not overlap or nested, (a["group"], b["group"])
