@@ -23,6 +23,7 @@ from synthetic_data.world import (
     MAX_YEARS_SINCE_ENTRY,
     YEAR,
     World,
+    add_health_events,
     build_world,
     observed_ks4,
 )
@@ -559,27 +560,32 @@ def generate_world(
         shutil.rmtree(truth)
     truth.mkdir(parents=True, exist_ok=True)
     step("simulating people, adversity, social services, care, school and health")
-    w = build_world(n_children, sc, seed)
+    w = build_world(n_children, sc, seed, with_health=False)
     step("writing records with identifier noise")
     nlog = NoiseLog()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     summary = SynthSummary(out, sc.name, n_children, seed)
-    record_person, defect_rows = [], []
+    record_person = []
     ks4_has = np.zeros(w.n, bool)
     ks2_has = np.zeros(w.n, bool)
     absence: list[dict[str, object]] = []
-    # Each source is written (defects, frame, file) on one writer thread while the next one is
-    # built: polars and most of numpy release the GIL, so the two cores overlap. One write in
-    # flight at a time, in source order, so the defect generator draws in the same order.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer") as writer:
-        pending: Future[tuple[str, int, list[tuple[str, str]]]] | None = None
+    # Two threads beside this one (polars and most of numpy release the GIL, so the two cores
+    # overlap):
+    # - the health events are drawn while the identities and the population register are
+    #   built, and are waited for before the school census is built (both at once would
+    #   double the peak memory at 1M);
+    # - each source is written (defects, frame, file) by one writer thread, in source order
+    #   (so the defect generator draws in the same order), while the next sources are built:
+    #   this thread never waits for a write, so the school census (ten million rows at 1M)
+    #   is written while everything after it is built and the truth is written. The sources
+    #   after it are small (together about a quarter of its cells).
+    writes: list[Future[tuple[str, int, list[tuple[str, str]]]]] = []
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-health") as health_thread,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer") as writer,
+    ):
+        health = health_thread.submit(add_health_events, w, sc, seed)
         for source, source_cols, owner in build_sources(w, sc, seed, nlog):
-            if source == "school_census":  # its per-pupil-year truth, then freed
-                absence = _absence_effects(w)
-                pl.DataFrame(w.school_years).write_parquet(
-                    truth / "school_years.parquet", statistics=False
-                )
-                w.school_years = {}
             if source == "attainment":
                 ks4_has[owner[(source_cols["key_stage"] == "KS4").to_numpy()]] = True
                 ks2_has[owner[(source_cols["key_stage"] == "KS2").to_numpy()]] = True
@@ -588,17 +594,26 @@ def generate_world(
                     source=pl.lit(source), record_id="record_id", person_id="person_id"
                 )
             )
-            if pending is not None:
-                done, rows, defects = pending.result()
-                summary.row_counts[done] = rows
-                defect_rows += [(done, r, d) for r, d in defects]
             step(f"writing {source}")
-            pending = writer.submit(_write_source, source, source_cols, sc, rng, file_format, out)
+            writes.append(
+                writer.submit(_write_source, source, source_cols, sc, rng, file_format, out)
+            )
             del source_cols, owner
-        if pending is not None:
-            done, rows, defects = pending.result()
-            summary.row_counts[done] = rows
-            defect_rows += [(done, r, d) for r, d in defects]
+            if source == "population_register":
+                health.result()
+            if source == "school_census":  # its per-pupil-year truth, then freed
+                absence = _absence_effects(w)
+                pl.DataFrame(w.school_years).write_parquet(
+                    truth / "school_years.parquet", statistics=False
+                )
+                w.school_years = {}
+        step("writing truth")
+        _write_world_truth(w, sc, truth, record_person, ks4_has, ks2_has, absence, nlog)
+        defect_rows = []
+        for done in writes:
+            source, rows, defects = done.result()
+            summary.row_counts[source] = rows
+            defect_rows += [(source, r, d) for r, d in defects]
     (out / "delivery.json").write_text(
         json.dumps(
             {
@@ -613,7 +628,29 @@ def generate_world(
         + "\n",
         encoding="utf-8",
     )
-    step("writing truth")
+    pl.DataFrame(
+        defect_rows,
+        schema={"source": pl.String, "record_id": pl.String, "defect": pl.String},
+        orient="row",
+    ).sort("source", "record_id", "defect").write_parquet(
+        truth / "defects.parquet", statistics=False
+    )
+    return summary
+
+
+def _write_world_truth(
+    w: World,
+    sc: Scenario,
+    truth: Path,
+    record_person: list[pl.DataFrame],
+    ks4_has: np.ndarray,
+    ks2_has: np.ndarray,
+    absence: list[dict[str, object]],
+    nlog: NoiseLog,
+) -> None:
+    """Every truth file but the defects (written once every source is): who each record
+    belongs to, the persons, their care history, identifier noise, potential outcomes, the
+    scenario and the true effects."""
     pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
     _persons_truth(w, ks4_has, ks2_has).write_parquet(truth / "persons.parquet", statistics=False)
     _typed_frame(
@@ -629,13 +666,6 @@ def generate_world(
     ).with_columns(
         placement_seq=pl.int_range(pl.len()).over("person_id", "period") + 1
     ).write_parquet(truth / "care_history.parquet", statistics=False)
-    pl.DataFrame(
-        defect_rows,
-        schema={"source": pl.String, "record_id": pl.String, "defect": pl.String},
-        orient="row",
-    ).sort("source", "record_id", "defect").write_parquet(
-        truth / "defects.parquet", statistics=False
-    )
     _noise_frame(nlog).write_parquet(truth / "identifier_noise.parquet", statistics=False)
     pl.DataFrame(
         {
@@ -653,7 +683,6 @@ def generate_world(
         json.dumps(_effects(w, sc, ks4_has, absence, ks2_has), indent=2, sort_keys=True) + "\n",
         encoding="utf-8",
     )
-    return summary
 
 
 def _noise_frame(nlog: NoiseLog) -> pl.DataFrame:

@@ -120,6 +120,9 @@ class World:
     res_la: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     res_area: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     res_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # per person: index of the first residence and the number of residences (residence_at)
+    res_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    res_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # social services
     ref1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     close1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -187,12 +190,26 @@ class World:
     ev_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def residence_at(self, person: np.ndarray, when: np.ndarray) -> np.ndarray:
-        """Index into the residence arrays of each person's address on a day (clamped)."""
-        keys = self.res_person * 100_000 + (self.res_start - WINDOW_START + 20_000)
-        q = person * 100_000 + (np.asarray(when) - WINDOW_START + 20_000)
-        idx = np.searchsorted(keys, q, side="right") - 1
-        first = np.searchsorted(self.res_person, person, side="left")
-        return np.maximum(idx, first)
+        """Index into the residence arrays of each person's address on a day: the person's
+        last residence starting on or before the day (the first one if none has started).
+
+        Each person has at most MAX_MOVES + 1 residences, sorted by start, so the index is
+        the first one's plus the number of later ones begun by then: a few gathers per query
+        instead of a binary search over every residence (ten million queries at 1M)."""
+        if self.res_first.size != self.n:  # each person's first residence and their count
+            self.res_first = np.searchsorted(self.res_person, np.arange(self.n), side="left")
+            self.res_count = np.bincount(self.res_person, minlength=self.n)
+        when = np.asarray(when)
+        first = self.res_first[person]
+        idx = first.copy()
+        later = np.flatnonzero(self.res_count[person] > 1)
+        for j in range(1, int(self.res_count.max(initial=1))):
+            pos = first[later] + j
+            begun = self.res_start[pos] <= when[later]
+            idx[later[begun]] += 1
+            later = later[begun]  # only a person whose j-th move has begun can have begun the next
+            later = later[self.res_count[person[later]] > j + 1]
+        return idx
 
 
 EVENT_KINDS = (
@@ -826,10 +843,16 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     w.ev_person, w.ev_day, w.ev_kind = p[order], d[order], k_[order]
 
 
-def build_world(n: int, sc: Scenario, seed: int) -> World:
-    """Run every causal process in order, each from its own child seed."""
+def _process_rngs(seed: int) -> list[np.random.Generator]:
+    """One generator per causal process, each from its own child seed."""
     seeds = np.random.SeedSequence(seed).spawn(6)  # the first five as before the sixth
-    rngs = [np.random.default_rng(s) for s in seeds]
+    return [np.random.default_rng(s) for s in seeds]
+
+
+def build_world(n: int, sc: Scenario, seed: int, *, with_health: bool = True) -> World:
+    """Run every causal process in order, each from its own child seed. ``with_health=False``
+    stops before the health events (``add_health_events`` adds the same events later)."""
+    rngs = _process_rngs(seed)
     w = build_people(n, sc, rngs[0])
     log.info("people and places: %d children", n)
     social_services(w, sc, rngs[1])
@@ -841,6 +864,14 @@ def build_world(n: int, sc: Scenario, seed: int) -> World:
         int(np.unique(w.care_person).size),
     )
     education(w, sc, rngs[3])
-    health_events(w, sc, rngs[4])
-    log.info("health: %d events", w.ev_person.size)
+    if with_health:
+        add_health_events(w, sc, seed)
     return w
+
+
+def add_health_events(w: World, sc: Scenario, seed: int) -> None:
+    """The health events of a world built with ``with_health=False`` (they read only what the
+    earlier processes wrote, from their own child seed, so they are the same whenever they
+    are drawn)."""
+    health_events(w, sc, _process_rngs(seed)[4])
+    log.info("health: %d events", w.ev_person.size)
