@@ -1,6 +1,5 @@
 # One task runner. CI calls `make test` through .ci/run.
 SHELL := /bin/bash
-export UV_COMPILE_BYTECODE := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -38,12 +37,18 @@ lint:
 typecheck:
 	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked mypy
 
+## The suite runs on PYTEST_WORKERS pytest-xdist workers. Tests that share a module fixture
+## are grouped on one worker (tests/conftest.py), and the session fixtures (worlds, the full
+## run) are built once for all workers (tests/e2e.py `built_once`). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup
+
 pytest:
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q --durations=15
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q --durations=15 $(PYTEST_XDIST)
 
 ## make test-slow: statistical coverage suites and other slow tests.
 test-slow: sync
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q -m slow
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q --durations=15 -m slow $(PYTEST_XDIST)
 
 ## make test-spark: Splink on Spark (needs Java; installs the spark extra).
 test-spark: uv

@@ -1,8 +1,15 @@
-"""Shared fixtures: small synthetic worlds generated once per test session."""
+"""Shared fixtures: small synthetic worlds and runs built once per test session (once for all
+pytest-xdist workers: tests/e2e.py `built_once`), and the xdist grouping of tests that share a
+module fixture.
+
+`make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). The session fixtures
+here and in tests/e2e.py are folders shared by both workers: read them, and copy one before
+changing it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,39 +19,68 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
+# Each xdist worker gets its own Prefect home (before Prefect is imported): two processes that
+# start ephemeral servers on one Prefect database can fail with "database is locked".
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _home = Path(os.environ.get("PREFECT_HOME") or Path(__file__).resolve().parents[1] / ".prefect")
+    os.environ["PREFECT_HOME"] = str(_home / f"xdist-{_WORKER}")
+
+from tests.e2e import built_once, full_run, world  # noqa: E402,F401  (session fixtures)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, keep the tests that share a module-scoped fixture of their own
+    module on one worker, so that fixture (a world, a validated delivery, a planted copy of the
+    run) is built once, not once per worker. Tests already given an `xdist_group` keep it."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") or not isinstance(item, pytest.Function):
+            continue
+        defs = item._fixtureinfo.name2fixturedefs
+        module_fixtures = [
+            name for name in item.fixturenames if name in defs and defs[name][-1].scope == "module"
+        ]
+        if module_fixtures:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
 
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4,000-child default world as CSV."""
+    """A 4,000-child default world as CSV (read only)."""
     from synthetic_data import generate_world
 
-    out = tmp_path_factory.mktemp("world_small")
-    generate_world(n_children=4000, seed=7, scenario="default", out_dir=out)
-    return out
+    return built_once(
+        tmp_path_factory,
+        "world_small",
+        lambda out: generate_world(n_children=4000, seed=7, scenario="default", out_dir=out),
+    )
 
 
 @pytest.fixture(scope="session")
 def validated_run(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small world validated into a run folder (with Great Expectations)."""
+    """The small world validated into a run folder, with Great Expectations (read only)."""
     from ground.run_layout import RunLayout
     from validation import validate_delivery
 
-    run = tmp_path_factory.mktemp("run_small")
-    validate_delivery(data_dir=small_world, layout=RunLayout.at(run))
-    return run
+    return built_once(
+        tmp_path_factory,
+        "run_small",
+        lambda run: validate_delivery(data_dir=small_world, layout=RunLayout.at(run)),
+    )
 
 
 TEST_SECRET = b"test-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
-def linked_run(validated_run: Path) -> Path:
-    """The small validated run, linked (analysis zone written)."""
+def linked_run(validated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the small validated run, linked (analysis zone written; read only). A copy, so
+    that `validated_run` stays a validated-only run whichever tests ran first."""
     from ground.run_layout import RunLayout
     from linkage import link_run
 
-    link_run(layout=RunLayout.at(validated_run), secret=TEST_SECRET)
-    return validated_run
+    def link(run: Path) -> None:
+        shutil.copytree(validated_run, run)
+        link_run(layout=RunLayout.at(run), secret=TEST_SECRET)
 
-
-from tests.e2e import full_run, world  # noqa: E402,F401  (session fixtures shared by e2e tests)
+    return built_once(tmp_path_factory, "run_small_linked", link)

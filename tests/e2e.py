@@ -1,14 +1,22 @@
 """End-to-end helpers shared by test files: the `cohort` CLI in a subprocess with an isolated
-Prefect home, and one small world run once per session (`full_run`)."""
+Prefect home, one small world run once per session (`full_run`), and `built_once`, which builds
+a session fixture's folder once for all pytest-xdist workers.
+
+The session fixtures' folders are shared by every worker (and every test): a test that changes a
+run or a world works on its own copy (`shutil.copytree(full_run, tmp_path / "run")`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "orchestration-test-secret-0123456789"
@@ -44,18 +52,57 @@ def _cohort(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProces
     )
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder ``name``, made by ``build(folder)`` once per test session.
+
+    Under pytest-xdist every worker runs each session fixture itself; the first worker to ask
+    builds the folder in the temp directory all workers share (the parent of each worker's own
+    ``getbasetemp()``) while holding a file lock, and writes a done-marker naming it; the others
+    wait on the lock and reuse it. Without xdist the folder is made in the session's temp
+    directory. A failed build is recorded, so the other workers fail at once with its error
+    instead of spending minutes building it again."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, done, failed = (shared / name, shared / f"{name}.done", shared / f"{name}.failed")
+    with FileLock(shared / f"{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"session fixture {name!r} failed on another worker: {failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                build(folder)
+            except BaseException as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}"[-3000:], encoding="utf-8")
+                raise
+            done.write_text(json.dumps({"folder": str(folder)}), encoding="utf-8")
+    return Path(json.loads(done.read_text(encoding="utf-8"))["folder"])
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2,500-child default world (seed 13) as CSV, shared by all workers: read only."""
     from synthetic_data import generate_world
 
-    out = tmp_path_factory.mktemp("e2e_world")
-    generate_world(n_children=2500, seed=13, out_dir=out)
-    return out
+    return built_once(
+        tmp_path_factory,
+        "e2e_world",
+        lambda out: generate_world(n_children=2500, seed=13, out_dir=out),
+    )
 
 
 @pytest.fixture(scope="session")
 def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("e2e")
-    r = _cohort("run", "--data", str(world), "--out", str(tmp / "run"), env=_env(tmp), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return tmp / "run"
+    """`cohort run` on `world`: the run folder ``e2e/run``, with its Prefect home and temp folder
+    beside it (``e2e/prefect_home``, ``e2e/tmpdir``; tests/test_leaks.py scans all three).
+    Shared by all workers: read only (copy it to change or rerun it)."""
+
+    def run(tmp: Path) -> None:
+        r = _cohort(
+            "run", "--data", str(world), "--out", str(tmp / "run"), env=_env(tmp), timeout=600
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "e2e", run) / "run"

@@ -103,7 +103,7 @@ def test_split_file_no_identifier_reaches_analysis_zone_or_reports(linked_run: P
 
 
 def test_logs_hold_no_identifier(
-    validated_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    validated_run: Path, linked_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(validated_run, run)
@@ -112,7 +112,7 @@ def test_logs_hold_no_identifier(
             layout=RunLayout.at(run),
             secret=TEST_SECRET,
             settings=LinkageSettings(
-                model_path=str(RunLayout.at(validated_run).linkage_dir / "model.json")
+                model_path=str(RunLayout.at(linked_run).linkage_dir / "model.json")
             ),
         )
     lz = duckdb.connect(str(RunLayout.at(run).linkage_db), read_only=True)
@@ -276,12 +276,14 @@ def test_linkage_quality_at_100k(tmp_path: Path, scenario: str, floor: float) ->
 
 
 def test_cohort_agrees_with_truth_for_correctly_linked_children(
-    small_world: Path, linked_run: Path
+    small_world: Path, linked_run: Path, tmp_path: Path
 ) -> None:
     from cohort import build_cohort
     from evaluation.cohort_truth import cohort_truth_agreement
 
-    layout = RunLayout.at(linked_run)
+    run = tmp_path / "run"  # a copy: the session's linked run is shared by the xdist workers
+    shutil.copytree(linked_run, run)
+    layout = RunLayout.at(run)
     build_cohort(layout=layout)
     agreement = cohort_truth_agreement(layout=layout, truth_dir=small_world / "truth")
     assert agreement["children_checked"] > 200

@@ -617,12 +617,16 @@ def test_released_estimates_withhold_small_groups_but_not_within_exposed_contras
     assert control_estimates(small_unexposed)["estimate"].tolist()[0] == "withheld"
 
 
-def test_model_stage_on_a_pipeline_run(linked_run: Path) -> None:
+def test_model_stage_on_a_pipeline_run(linked_run: Path, tmp_path: Path) -> None:
+    import shutil
+
     from cohort import build_cohort
     from ground.run_layout import RunLayout
     from models import run_models
 
-    layout = RunLayout.at(linked_run)
+    run = tmp_path / "run"  # a copy: the session's linked run is shared by the xdist workers
+    shutil.copytree(linked_run, run)
+    layout = RunLayout.at(run)
     build_cohort(layout=layout)
     run_models(layout=layout)
     est = pd.read_csv(layout.results_dir / "estimates.csv")
