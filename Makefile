@@ -18,7 +18,7 @@ uv:
 	@command -v uv >/dev/null 2>&1 || test -x "$(HOME)/.local/bin/uv" || python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
 
 sync: uv
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --locked --compile-bytecode
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --locked
 
 ## make run: generate the demo world and run the whole pipeline end to end (embedded default).
 run: sync
