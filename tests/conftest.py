@@ -8,8 +8,10 @@ changing it."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,14 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
-# Each xdist worker gets its own Prefect home (before Prefect is imported): two processes that
-# start ephemeral servers on one Prefect database can fail with "database is locked".
+# Each xdist worker gets its own Prefect home for this session (set before Prefect is imported;
+# removed at exit): two processes that start ephemeral servers on one Prefect database, two
+# workers or the same worker of two sessions in one checkout, can fail with "database is locked".
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
-    _home = Path(os.environ.get("PREFECT_HOME") or Path(__file__).resolve().parents[1] / ".prefect")
-    os.environ["PREFECT_HOME"] = str(_home / f"xdist-{_WORKER}")
+    _PREFECT_HOME = tempfile.mkdtemp(prefix=f"pytest-prefect-{_WORKER}-")
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME
+    atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 from tests.e2e import built_once, full_run, world  # noqa: E402,F401  (session fixtures)
 
