@@ -9,7 +9,8 @@ missing pupil and health numbers follow from the person's history and are not.
 
 Text columns are polars String series from the start: most are a small table (dates, codes,
 names) gathered by an integer index, so ten million rows never become ten million Python
-strings. Noise and defects touch a few per cent of rows and are scattered back in place.
+strings. The school census's counts, years and flags stay integers (``_count``) until written.
+Noise and defects touch a few per cent of rows and are scattered back in place.
 """
 
 from __future__ import annotations
@@ -111,6 +112,17 @@ def _bool(x: np.ndarray) -> pl.Series:
 
 def _num(x: np.ndarray) -> pl.Series:
     return fmt_int(x)
+
+
+def _count(x: np.ndarray) -> pl.Series:
+    """Non-negative integers (a 0/1 flag, a count, a year) kept as numbers in the smallest
+    integer type that holds them: the CSV writer prints exactly what ``_num`` would, and a
+    parquet extract casts them to text (``generate._write_extract``). Used by the school
+    census, whose ten million rows at 1M would otherwise hold 16 bytes of text per value."""
+    x = np.asarray(x)
+    hi = int(x.max(initial=0))
+    dtype = np.int8 if hi < 2**7 else np.int16 if hi < 2**15 else np.int64
+    return pl.Series(x.astype(dtype, copy=False))
 
 
 def _sex(male: np.ndarray) -> pl.Series:
@@ -397,7 +409,7 @@ def _school_census(
     phase = np.where(ayv - reception[person] >= 7, 2, 1)
     school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
     col["school_id"] = fmt_int(school, 7, "S")
-    col["academic_year"] = _num(ayv)
+    col["academic_year"] = _count(ayv)
     del res, school
     care_share, since = school_year_care(w, person, ayv)
     n_adv = np.zeros(m, np.int64)
@@ -409,7 +421,7 @@ def _school_census(
         n_adv0 += (onset >= 0) & (onset <= cday)
     del onset
     dep = 10 - w.decile[person]
-    col["free_school_meals"] = _bool(
+    col["free_school_meals"] = _count(
         rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
     )
     sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
@@ -439,25 +451,25 @@ def _school_census(
     del dep, care_share, since, noise, effect, rate0, n_pre, n_adv0, ayv
     absent = rng.binomial(possible, rate)
     del rate
-    col["sessions_possible"] = _num(possible)
+    col["sessions_possible"] = _count(possible)
     del possible
     unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
-    col["sessions_authorised_absence"] = _num(absent - unauth)
-    col["sessions_unauthorised_absence"] = _num(unauth)
+    col["sessions_authorised_absence"] = _count(absent - unauth)
+    col["sessions_unauthorised_absence"] = _count(unauth)
     del absent, unauth
-    col["fixed_exclusions"] = _num(rng.poisson(0.01 + 0.03 * n_adv * (phase == 2)))
+    col["fixed_exclusions"] = _count(rng.poisson(0.01 + 0.03 * n_adv * (phase == 2)))
     del phase
     col["postcode"] = _stale_postcode(
         ids, person, cday, "school_census", col["record_id"], sc, rng, nlog
     )
-    col["permanent_exclusion"] = _bool(rng.random(m) < 0.0005 + 0.002 * n_adv)
+    col["permanent_exclusion"] = _count(rng.random(m) < 0.0005 + 0.002 * n_adv)
     del n_adv
     col["upn"] = ids.upn.gather(person)
     col["first_name"] = ids.first.gather(person)
     col["surname"] = ids.surname_at(person, cday)
     col["date_of_birth"] = iso(w.birth[person])
     col["sex"] = _sex(w.sex_male[person])
-    col["deprivation_decile"] = _num(w.decile[person])
+    col["deprivation_decile"] = _count(w.decile[person])
     col["ethnicity"] = text(ETH_CODES, w.ethnicity[person])
     cols = {name: col.pop(name) for name in SOURCES["school_census"].column_names}
     apply_name_noise(cols, "school_census", sc, rng, nlog)

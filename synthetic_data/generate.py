@@ -181,7 +181,8 @@ def _write_extract(
     """Write ``df``'s rows in the order ``rows_out`` gives. CSV: the good rows a million at a
     time (so no second copy of a large frame is alive), then each malformed row with one field
     too many."""
-    if file_format == "parquet":
+    if file_format == "parquet":  # every column as text, as the CSV reader sees it
+        df = df.with_columns(pl.exclude(pl.String).cast(pl.String))
         df.gather(rows_out).write_parquet(path, compression="zstd", statistics=False)
         return
     bad = np.zeros(rows_out.size, bool)
