@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ if _WORKER:
     os.environ["PREFECT_HOME"] = _PREFECT_HOME
     atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
-from tests.e2e import built_once, full_run, world  # noqa: E402,F401  (session fixtures)
+from tests.e2e import built_once, full_run, read_only, world  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,27 +50,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 4,000-child default world as CSV (read only)."""
     from synthetic_data import generate_world
 
-    return built_once(
-        tmp_path_factory,
-        "world_small",
-        lambda out: generate_world(n_children=4000, seed=7, scenario="default", out_dir=out),
+    yield from read_only(
+        built_once(
+            tmp_path_factory,
+            "world_small",
+            lambda out: generate_world(n_children=4000, seed=7, scenario="default", out_dir=out),
+        )
     )
 
 
 @pytest.fixture(scope="session")
-def validated_run(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def validated_run(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The small world validated into a run folder, with Great Expectations (read only)."""
     from ground.run_layout import RunLayout
     from validation import validate_delivery
 
-    return built_once(
-        tmp_path_factory,
-        "run_small",
-        lambda run: validate_delivery(data_dir=small_world, layout=RunLayout.at(run)),
+    yield from read_only(
+        built_once(
+            tmp_path_factory,
+            "run_small",
+            lambda run: validate_delivery(data_dir=small_world, layout=RunLayout.at(run)),
+        )
     )
 
 
@@ -77,7 +82,7 @@ TEST_SECRET = b"test-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
-def linked_run(validated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def linked_run(validated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the small validated run, linked (analysis zone written; read only). A copy, so
     that `validated_run` stays a validated-only run whichever tests ran first."""
     from ground.run_layout import RunLayout
@@ -87,4 +92,4 @@ def linked_run(validated_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
         shutil.copytree(validated_run, run)
         link_run(layout=RunLayout.at(run), secret=TEST_SECRET)
 
-    return built_once(tmp_path_factory, "run_small_linked", link)
+    yield from read_only(built_once(tmp_path_factory, "run_small_linked", link))

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,20 +81,43 @@ def built_once(
     return Path(json.loads(done.read_text(encoding="utf-8"))["folder"])
 
 
+def read_only(folder: Path) -> Iterator[Path]:
+    """Yield ``folder``, then fail (at the teardown of the worker's last test) if any test
+    changed, added or removed a file in it: a shared session folder is read only."""
+    before = _files(folder)
+    yield folder
+    after = _files(folder)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (
+        f"a test changed the shared session folder {folder.name}/ ({changed[:5]}): "
+        "copy it to tmp_path before changing it"
+    )
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2,500-child default world (seed 13) as CSV, shared by all workers: read only."""
     from synthetic_data import generate_world
 
-    return built_once(
-        tmp_path_factory,
-        "e2e_world",
-        lambda out: generate_world(n_children=2500, seed=13, out_dir=out),
+    yield from read_only(
+        built_once(
+            tmp_path_factory,
+            "e2e_world",
+            lambda out: generate_world(n_children=2500, seed=13, out_dir=out),
+        )
     )
 
 
 @pytest.fixture(scope="session")
-def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`cohort run` on `world`: the run folder ``e2e/run``, with its Prefect home and temp folder
     beside it (``e2e/prefect_home``, ``e2e/tmpdir``; tests/test_leaks.py scans all three).
     Shared by all workers: read only (copy it to change or rerun it)."""
@@ -105,4 +128,4 @@ def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         assert r.returncode == 0, r.stderr[-3000:]
 
-    return built_once(tmp_path_factory, "e2e", run) / "run"
+    yield from read_only(built_once(tmp_path_factory, "e2e", run) / "run")
