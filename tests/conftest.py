@@ -31,7 +31,13 @@ if _WORKER:
     os.environ["PREFECT_HOME"] = _PREFECT_HOME
     atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
-from tests.e2e import built_once, full_run, read_only, world  # noqa: E402,F401
+from tests.e2e import (  # noqa: E402,F401  (session fixtures)
+    built_once,
+    full_run,
+    full_run_started_early,
+    read_only,
+    world,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

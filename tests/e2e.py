@@ -7,11 +7,13 @@ run or a world works on its own copy (`shutil.copytree(full_run, tmp_path / "run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,25 +104,19 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A 2,500-child default world (seed 13) as CSV, shared by all workers: read only."""
-    from synthetic_data import generate_world
-
-    yield from read_only(
-        built_once(
-            tmp_path_factory,
-            "e2e_world",
-            lambda out: generate_world(n_children=2500, seed=13, out_dir=out),
+def _world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    def synth(out: Path) -> None:
+        env = _env(out.parent / "e2e_world_env")
+        r = _cohort(
+            "synth", "--children", "2500", "--seed", "13", "--out", str(out), env=env, timeout=600
         )
-    )
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "e2e_world", synth)
 
 
-@pytest.fixture(scope="session")
-def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`cohort run` on `world`: the run folder ``e2e/run``, with its Prefect home and temp folder
-    beside it (``e2e/prefect_home``, ``e2e/tmpdir``; tests/test_leaks.py scans all three).
-    Shared by all workers: read only (copy it to change or rerun it)."""
+def _full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    world = _world(tmp_path_factory)
 
     def run(tmp: Path) -> None:
         r = _cohort(
@@ -128,4 +124,43 @@ def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         )
         assert r.returncode == 0, r.stderr[-3000:]
 
-    yield from read_only(built_once(tmp_path_factory, "e2e", run) / "run")
+    return built_once(tmp_path_factory, "e2e", run) / "run"
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`cohort synth --children 2500 --seed 13`: a default world as CSV, shared by all
+    workers: read only."""
+    yield from read_only(_world(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def full_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`cohort run` on `world`: the run folder ``e2e/run``, with its Prefect home and temp folder
+    beside it (``e2e/prefect_home``, ``e2e/tmpdir``; tests/test_leaks.py scans all three).
+    Shared by all workers: read only (copy it to change or rerun it)."""
+    yield from read_only(_full_run(tmp_path_factory))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def full_run_started_early(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """When a selected test needs `full_run`, start making it (`cohort synth`, `cohort run`:
+    1.5 minutes on a quiet machine) as the session starts, so no worker sits idle waiting for
+    it when it reaches its first test that needs it. A background thread of each worker asks
+    for it; the first one builds it, the others wait on the same lock, and so does the
+    `full_run` fixture. The thread only waits on subprocesses: it shares no state with the tests.
+    A failed build is reported by the fixture, not here."""
+    if not any("full_run" in item.fixturenames for item in request.session.items):
+        yield
+        return
+
+    def build() -> None:
+        with contextlib.suppress(BaseException):  # recorded by built_once; the fixture reports it
+            _full_run(tmp_path_factory)
+
+    thread = threading.Thread(target=build, name="full_run_started_early", daemon=True)
+    thread.start()
+    yield
+    thread.join()
