@@ -704,9 +704,13 @@ def education(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     )
     w.ks4_y0 = y0
     w.ks4_effect = direct + mediated
-    # KS2 expected standard (a flag): probability expit((Y(0) - 40)/7) without care; being
-    # looked after before the KS2 year (year 6) shifts its log odds by ks2_log_or_care
-    ks2_logit0 = (y0 - 40.0) / 7.0
+    # KS2 expected standard (a flag): probability expit((Y2(0) - 40)/7) without care, where
+    # Y2(0) is Y(0) less the KS4 cost of adversities begun since 1 September of year 6 (KS2
+    # sees only the adversity begun before its year, the date care before KS2 is counted to);
+    # being looked after before year 6 shifts its log odds by ks2_log_or_care
+    before_ks2 = w.ks2_start[:, None]
+    adv_ks2_0 = ((w.onset_no_care >= 0) & (w.onset_no_care < before_ks2)).sum(axis=1)
+    ks2_logit0 = (y0 - o.ks4_per_adversity * (adv16_0 - adv_ks2_0) - 40.0) / 7.0
     w.ks2_p0 = expit(ks2_logit0)
     w.ks2_p1 = expit(ks2_logit0 + e.ks2_log_or_care * (w.care_days_before_ks2 > 0))
     logit0 = (y0 - 52.0) / 5.0

@@ -615,3 +615,22 @@ def test_parquet_extracts_hold_text_as_csv_does(tmp_path: Path) -> None:
     for c in counts:
         assert both[c].equals(both[f"{c}_csv"], check_names=False), c
         assert both[c].str.contains(r"^[0-9]+$").all(), c
+
+
+def test_ks2_depends_only_on_adversity_begun_before_year_6() -> None:
+    """KS2's potential outcomes, computed by hand: Y(0) less the KS4 cost of each adversity
+    (had the child never entered care) begun on or after 1 September of year 6. Fails while
+    KS2 read the KS4 Y(0), which counts adversity up to year 11."""
+    from synthetic_data.world import expit
+
+    sc = load_scenario("time_varying_confounding")
+    w = build_world(4_000, sc, 3, with_health=False)
+    onset = w.onset_no_care
+    begun = onset >= 0
+    late = (begun & (onset >= w.ks2_start[:, None]) & (onset < w.ks4_start[:, None])).sum(axis=1)
+    assert (late > 0).sum() > 50  # children whose adversity begins between KS2 and KS4
+    y2 = w.ks4_y0 - sc.outcomes.ks4_per_adversity * late
+    assert np.allclose(w.ks2_p0, expit((y2 - 40.0) / 7.0), rtol=0, atol=1e-12)
+    care = w.care_days_before_ks2 > 0
+    expected_p1 = expit((y2 - 40.0) / 7.0 + sc.effects.ks2_log_or_care * care)
+    assert np.allclose(w.ks2_p1, expected_p1, rtol=0, atol=1e-12)
