@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -207,6 +209,14 @@ def test_prefect_server_deploy_worker_run(world: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "COMPLETED" in r.stdout
     assert (tmp_path / "srv_run" / "linkage_zone.duckdb").exists()
+    # read back through the Prefect API by the script: the run is named after the delivery and
+    # the day, and the project's own log lines are in its logs, counts scrubbed
+    lines = r.stderr.splitlines()
+    assert f"flow run name: validate {world.name} {date.today().isoformat()}" in lines, r.stderr
+    project = [ln for ln in lines if ln.startswith("flow run log validation")]
+    assert any("validating school_census" in ln for ln in project), r.stderr[-3000:]
+    assert any("GX suite" in ln and "# expectations checked" in ln for ln in project), project
+    assert not any(re.search(r"(?<![\w.])\d+(?![\w.%])", ln.split(": ", 1)[1]) for ln in project)
     leftover = subprocess.run(
         ["pgrep", "-f", f"PREFECT_HOME={env['PREFECT_HOME']}"], capture_output=True
     )
