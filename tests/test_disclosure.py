@@ -24,6 +24,7 @@ from models.disclosure import (
     km_yearly,
     recoverable_cells,
 )
+from models.outputs import read_release_csv, write_release_csv
 from tests.e2e import _cohort, _env
 
 RELEASED_TABLES = ("attrition", "table1_counts", "estimates")
@@ -31,17 +32,17 @@ RELEASED_TABLES = ("attrition", "table1_counts", "estimates")
 
 def read_release(release_dir: Path) -> dict[str, pd.DataFrame]:
     return {
-        n: pd.read_csv(release_dir / f"{n}.csv", dtype=str, keep_default_na=False)
+        n: read_release_csv(release_dir / f"{n}.csv")
         for n in RELEASED_TABLES
         if (release_dir / f"{n}.csv").exists()
     }
 
 
 def as_released_text(tables: dict[str, pd.DataFrame], tmp: Path) -> dict[str, pd.DataFrame]:
-    """Write and read back, as a reader would get them."""
+    """Write in the release file format and read back, as a reader would get them."""
     tmp.mkdir(parents=True, exist_ok=True)
     for n, df in tables.items():
-        df.to_csv(tmp / f"{n}.csv", index=False)
+        write_release_csv(df, tmp / f"{n}.csv")
     return read_release(tmp)
 
 
