@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cohort.build import CohortSummary, build_cohort
 from cohort.config import load_study_config
+from cohort.export import export_parquet
 from ground.run_layout import RunLayout
 from orchestration.isolation import call_stage
 from orchestration.prefect_logs import project_logs_to_prefect, run_name
@@ -24,6 +25,13 @@ def build_task(
             config=load_study_config(config_path),
             memory_limit=memory_limit,
         )
+
+
+@task(name="export-parquet")
+def parquet_task(run_dir: str) -> None:
+    """RUN/cohort/parquet/*.parquet: the cohort tables for Stata and R."""
+    with project_logs_to_prefect():
+        export_parquet(RunLayout.at(run_dir))
 
 
 def attrition_artifact(summary: CohortSummary) -> str:
@@ -49,6 +57,7 @@ def build_flow(
     del config
     with project_logs_to_prefect():
         summary = build_task(run_dir, config_path, isolate, memory_limit)
+        parquet_task(run_dir)
         create_markdown_artifact(
             key="cohort-attrition", markdown=attrition_artifact(summary), description="attrition"
         )

@@ -28,6 +28,7 @@ from cohort.config import load_study_config
 from ground.run_layout import RunLayout
 from linkage.pseudonym import DEMO_SECRET
 from models.run import check_analyses
+from orchestration.codebook import write_codebook
 from orchestration.manifest import (
     code_version,
     input_hashes,
@@ -64,8 +65,11 @@ log = logging.getLogger(__name__)
 
 @task(name="report")
 def report_task(run_dir: str) -> str:
+    """report.html, and the codebook of every output table (codebook.md, codebook.csv)."""
     with project_logs_to_prefect():
-        return str(build_report(RunLayout.at(run_dir)))
+        layout = RunLayout.at(run_dir)
+        write_codebook(layout)
+        return str(build_report(layout))
 
 
 def _stage_functions(

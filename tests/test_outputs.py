@@ -94,3 +94,74 @@ def test_a_runs_release_csvs_are_numeric(full_run: Path) -> None:
         assert not cells & {SUPPRESSED, WITHHELD, "<0.001"}, path.name
         back = read_release_csv(path)  # the format is the reader's
         assert len(back) == len(pd.read_csv(path))
+
+
+def test_the_codebook_documents_every_column_of_every_output_table(full_run: Path) -> None:
+    from orchestration.codebook import (
+        COHORT_TABLES,
+        RELEASE_TABLES,
+        RESULT_TABLES,
+        UNDOCUMENTED,
+        codebook_csv,
+    )
+
+    book = pd.read_csv(full_run / "codebook.csv", keep_default_na=False)
+    undocumented = book[book["meaning"] == UNDOCUMENTED]
+    assert undocumented.empty, undocumented[["table", "column"]].to_string()
+    # every output table the run wrote is in it, with every column the file has
+    for t in (*COHORT_TABLES, *RESULT_TABLES, *RELEASE_TABLES):
+        assert (book["table"] == t.name).any(), t.name
+    for t in (*RESULT_TABLES, *RELEASE_TABLES):
+        written = list(pd.read_csv(full_run / t.files, nrows=0).columns)
+        assert book.loc[book["table"] == t.name, "column"].tolist() == written, t.name
+    release = book[book["table"].str.startswith("release.")].set_index(["table", "column"])
+    assert release.loc[("release.estimates", "estimate"), "type"] == "number"
+    assert release.loc[("release.table1_counts", "n_CLA"), "type"] in ("integer", "number")
+    md = (full_run / "codebook.md").read_text(encoding="utf-8")
+    assert "## cohort.children" in md and "## release.estimates" in md and "## Analyses" in md
+    # generated from the run as it is now: the file is what the generator writes
+    from ground.run_layout import RunLayout
+
+    assert (full_run / "codebook.csv").read_text(encoding="utf-8") == codebook_csv(
+        RunLayout.at(full_run)
+    )
+
+
+def test_cohort_tables_are_exported_as_parquet(full_run: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from cohort.export import COHORT_TABLES
+    from ground.db import connect, quote_ident
+
+    con = connect(full_run / "analysis_zone.duckdb", read_only=True)
+    try:
+        for table in COHORT_TABLES:
+            path = full_run / "cohort" / "parquet" / f"{table}.parquet"
+            exported = pq.read_table(path)
+            expected = con.sql(f"SELECT * FROM {quote_ident('cohort.' + table)} ORDER BY ALL")
+            assert exported.column_names == expected.columns, table
+            assert exported.num_rows == len(expected.fetchall()), table
+    finally:
+        con.close()
+
+
+def test_version_names_the_package_and_the_checkouts_commit() -> None:
+    import re
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from orchestration.manifest import PROJECT_ROOT, lock_hash
+    from orchestration.state import sha256_file
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert re.fullmatch(r"cohort \d+\.\d+\.\d+ \(commit [0-9a-f]{12}(, uncommitted changes)?\)\n",
+                        result.output), result.output  # fmt: skip
+    assert head and head[:12] in result.output
+    # the manifest's code version and lock hash are this checkout's (not a folder above it)
+    assert lock_hash() == sha256_file(PROJECT_ROOT / "uv.lock")
