@@ -19,10 +19,15 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 
 from cohort.config import load_study_config
 from ground.run_layout import RunLayout
@@ -201,6 +206,11 @@ def _run_study(
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))
         peak_memory: dict[str, float] = dict(previous.get("peak_memory_gib", {}))
         ran: list[str] = []
+        # the share of stages done, as a progress bar on the flow run's page in the Prefect UI
+        # called from a sync flow, Prefect returns the id (its type also allows a coroutine)
+        progress = cast(
+            UUID, create_progress_artifact(0.0, key="run-progress", description="stages done")
+        )
         for number, stage in enumerate(STAGES, start=1):
             counter = f"[{number}/{len(STAGES)}]"
             marker = read_marker(layout.root, stage)
@@ -211,6 +221,7 @@ def _run_study(
                 and outputs_intact(layout.root, stage, marker.get("outputs"))
             ):
                 log.info("stage %s %s: already complete, skipped", stage, counter)
+                update_progress_artifact(progress, 100.0 * number / len(STAGES))
                 continue
             if not ran:  # the first stage to rerun: clear it and everything after it
                 layout.manifest.unlink(missing_ok=True)
@@ -234,6 +245,7 @@ def _run_study(
                 marker["key_check_value"] = key_check_value(secret)
             write_marker(layout.root, stage, marker)
             ran.append(stage)
+            update_progress_artifact(progress, 100.0 * number / len(STAGES))
         manifest = _manifest(layout, data, config_path, secret == DEMO_SECRET, counts, timings)
         manifest["run_settings"] = settings.to_yaml()
         manifest["seeds"] = {
