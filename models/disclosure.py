@@ -628,7 +628,7 @@ class Release:
             f"In the CSV files every count and estimate is a number: a suppressed count or a "
             f"withheld estimate is an empty cell named in its row's 'suppressed' column; a "
             f"total that is a lower bound (a part suppressed) or a p-value below 0.001 is "
-            f"written as that number and named in its row's 'bounded' column. The codebook "
+            f"written as that number and named in its row's 'bounded' column. The run's codebook "
             f"(codebook.md, codebook.csv) describes every column.\n"
         )
 
