@@ -77,14 +77,15 @@ def characteristic(children: pd.DataFrame, name: str) -> np.ndarray | None:
     return None
 
 
-def whole_cohort_weights(cohort: Cohort) -> np.ndarray | None:
+def whole_cohort_weights(cohort: Cohort) -> tuple[np.ndarray | None, list[str]]:
     """ATT weights of being ever looked after in the whole cohort (the model stage's Table 1
-    and weighted-KM weights: the same call as :func:`models.run.run_models`)."""
+    and weighted-KM weights: the same call as :func:`models.run.run_models`) and the fit's
+    warnings (exact balance infeasible, covariates still imbalanced: no counts in them)."""
     t = (cohort.children["group"] == "CLA").to_numpy().astype(int)
     if not 0 < t.sum() < len(t):
-        return None
+        return None, []
     ps, _, _ = fit_propensity(cohort.children, t, cohort.settings, None, "propensity:table1")
-    return np.asarray(ps.weights_, float)
+    return np.asarray(ps.weights_, float), list(ps.warnings_)
 
 
 def standardised_differences(

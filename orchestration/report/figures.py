@@ -150,8 +150,12 @@ def forest_plot(rows: Sequence[ForestRow]) -> bytes:
             if r.estimate is not None and r.low is not None and r.high is not None:
                 ax.plot([r.low, r.high], [yy, yy], color="#333", lw=1.2)
                 ax.plot([r.estimate], [yy], "s", color="#4c72b0", ms=5)
-        _forest_axis(ax, scale, prow)
-        top = bottom - axis_h
+        if any(r.estimate is not None for r in prow):
+            _forest_axis(ax, scale, prow)
+            top = bottom - axis_h
+        else:  # every row withheld: no axis to read
+            ax.axis("off")
+            top = bottom - 0.15
     return png(fig)
 
 
@@ -167,10 +171,11 @@ def _forest_axis(ax: Any, scale: str, rows: Sequence[ForestRow]) -> None:
         lo, hi = (lo, hi) if values else (0.5, 2.0)
         ax.set_xscale("log")
         ax.set_xlim(lo / 1.15, hi * 1.15)
-        nice = [0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 16, 32]
-        ticks = [t for t in nice if lo / 1.15 <= t <= hi * 1.15]
-        while len(ticks) > 6:
-            ticks = ticks[::2] if 1 in ticks[::2] else ticks[1::2]
+        inside = [
+            t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32) if lo / 1.15 <= t <= hi * 1.15
+        ]
+        finer = [t for t in (0.25, 0.75, 1.5, 3, 6) if lo / 1.15 <= t <= hi * 1.15]
+        ticks = sorted(inside + finer) if len(inside) < 3 else inside
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -209,13 +214,15 @@ def kaplan_meier(title: str, curves: Sequence[KmCurve]) -> bytes:
     """Cumulative incidence by group at the whole years the disclosure rule shows, with a
     numbers-at-risk table under the axis (the released, rounded numbers)."""
     fig, ax = plt.subplots(figsize=(8, 4.4))
-    last = max((max(c.years) for c in curves if len(c.years)), default=1)
+    last = max([5, *(max(c.years) for c in curves if len(c.years))])
+    top = max([1.0, *(max(c.incidence_pct) for c in curves if len(c.incidence_pct))])
     for c in curves:
-        if len(c.years):
-            ax.plot(c.years, c.incidence_pct, marker="o", ms=4, label=c.group,
-                    color=GROUP_COLOURS.get(c.group), lw=1.6)  # fmt: skip
+        few = len(c.years) <= 1
+        ax.plot(c.years, c.incidence_pct, marker="o", ms=4, lw=1.6,
+                label=c.group + (": too few events to show" if few else ""),
+                color=GROUP_COLOURS.get(c.group))  # fmt: skip
     ax.set_xlim(-0.3, last + 0.5)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.08)
     ax.set_xticks(range(0, int(last) + 1))
     ax.tick_params(labelsize=FONT)
     ax.set_xlabel("Whole years from first social-services contact", fontsize=FONT)

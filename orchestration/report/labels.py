@@ -76,9 +76,21 @@ LABELS: dict[str, str] = {
 RATIO_SCALES = frozenset({"hazard_ratio", "odds_ratio", "rate_ratio", "risk_ratio"})
 
 
+# effect-modification contrasts: <adversity>_x_cla (interaction), _in_cla / _in_nla (within)
+MODIFIER_SUFFIXES = {
+    "_x_cla": " × looked after (interaction)",
+    "_in_cla": ": effect within CLA",
+    "_in_nla": ": effect within NLA",
+}
+
+
 def cell_label(name: str) -> str:
-    """A table cell's label: the entry of ``name``, else ``name`` itself (a new analysis's
-    contrast or method stays findable by the name its declaration gives it)."""
+    """A table cell's label: the entry of ``name`` (or of an effect-modification contrast),
+    else ``name`` itself (a new analysis's contrast or method stays findable by the name its
+    declaration gives it)."""
+    for suffix, text in MODIFIER_SUFFIXES.items():
+        if name.endswith(suffix) and name.removesuffix(suffix) in LABELS:
+            return LABELS[name.removesuffix(suffix)] + text
     return LABELS.get(name, name)
 
 

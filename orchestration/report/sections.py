@@ -205,8 +205,8 @@ def summary(ctx: ReportContext, contents: list[tuple[str, str]]) -> str:
     cohort = ""
     if kids:
         cohort = (
-            f"<p>The cohort: {html.escape(kids['CLA'])} children looked after (CLA) and "
-            f"{html.escape(kids['NLA'])} children in need who were not looked after (NLA), "
+            f"<p>The cohort: {_thousands(kids['CLA'])} children looked after (CLA) and "
+            f"{_thousands(kids['NLA'])} children in need who were not looked after (NLA), "
             "counts rounded as released.</p>"
         )
     head = ""
@@ -215,11 +215,10 @@ def summary(ctx: ReportContext, contents: list[tuple[str, str]]) -> str:
         top = est[est["headline"]]
         if len(top):
             head = "<h3>Headline estimates</h3>" + estimate_table(top, counts=False)
-        warned = int(est["note"].str.contains("warning").sum())
-        if warned:
+        if est["note"].str.contains("warning").any():
             head += note(
-                f"{warned} released rows carry a fit warning: marked ⚠ in the forest plot, "
-                "details in results/diagnostics.csv (secure)."
+                "Estimates with a fit warning are marked ⚠ in the forest plot; the warnings "
+                "are in results/diagnostics.csv (secure)."
             )
     nav = "".join(f'<li><a href="#{sid}">{html.escape(t)}</a></li>' for sid, t in contents)
     return (
@@ -232,6 +231,11 @@ def summary(ctx: ReportContext, contents: list[tuple[str, str]]) -> str:
         + head
         + f"</div><nav><h3>Contents</h3><ol>{nav}</ol></nav>"
     )
+
+
+def _thousands(count: str) -> str:
+    """A released count with thousands separators ("[c]" as it is)."""
+    return f"{int(count):,}" if count.isdigit() else html.escape(count)
 
 
 def _git_commit_date(commit: str) -> str:
@@ -495,11 +499,11 @@ def table1(ctx: ReportContext) -> str | None:
     body = pd.concat([kids, t1[t1["characteristic"] != "children"]])
     smds = pd.DataFrame(columns=["characteristic", "smd_before", "smd_after"])
     cont = pd.DataFrame(columns=["characteristic", "CLA", "NLA"])
+    fit_warnings: list[str] = []
     if ctx.cohort is not None:
         names = [*body["characteristic"], *data.CONTINUOUS]
-        smds = data.standardised_differences(
-            ctx.cohort, names, data.whole_cohort_weights(ctx.cohort)
-        )
+        weights, fit_warnings = data.whole_cohort_weights(ctx.cohort)
+        smds = data.standardised_differences(ctx.cohort, names, weights)
         cont = data.continuous_summary(ctx.cohort, ctx.disclosure)
     smd_of = smds.set_index("characteristic")
     rows = []
@@ -547,8 +551,23 @@ def table1(ctx: ReportContext) -> str | None:
             "equal the unweighted ones, so they would give the exact counts back."
         )
         + table(df)
+        + "".join(
+            f'<p class="note warn">Whole-cohort propensity model: {html.escape(fit_warning(w))}</p>'
+            for w in fit_warnings
+        )
         + ctx.released
     )
+
+
+def fit_warning(text: str, shown: int = 8) -> str:
+    """A propensity fit's warning for the page: a list of imbalanced terms under readable
+    labels, the first ``shown`` of them; whole numbers scrubbed."""
+    head, sep, terms = text.partition("): ")
+    if not sep or "imbalance" not in head:
+        return scrub_counts(text)
+    names = [t.strip() for t in terms.split(",") if t.strip()]
+    more = f" and {len(names) - shown} more terms" if len(names) > shown else ""
+    return scrub_counts(head) + "): " + "; ".join(label(n) for n in names[:shown]) + more
 
 
 # --- estimates -----------------------------------------------------------------------------------
@@ -672,8 +691,16 @@ def kaplan_meier(ctx: ReportContext) -> str | None:
             )
         title = f"{label(outcome)}: cumulative incidence by group"
         rows = km[km["outcome"] == outcome].drop(columns=["outcome"])
+        heading = f'<h3 id="km-{html.escape(outcome)}">{html.escape(label(outcome))}</h3>'
+        if all(len(c.years) <= 1 for c in curves):
+            parts.append(
+                heading
+                + f"<p>Too few events in each group to show a point under the rule (at least "
+                f"{ctx.disclosure.threshold} events between points).</p>"
+            )
+            continue
         parts.append(
-            f'<h3 id="km-{html.escape(outcome)}">{html.escape(label(outcome))}</h3>'
+            heading
             + png_img(figures.kaplan_meier(title, curves), f"Kaplan-Meier {outcome}")
             + f"<details><summary>Numbers shown</summary>{table(rows)}</details>"
         )
@@ -809,7 +836,7 @@ def sensitivity(ctx: ReportContext) -> str | None:
         )
         for c in keys:
             ev[c] = ev[c].map(cell_label)
-        evalues = table(ev)
+        evalues = table(ev, text_cols=4)
     return (
         "<h3>E-values (released estimates only)</h3>"
         + evalues
