@@ -243,6 +243,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     from typer.testing import CliRunner
 
     import cohort
+    import cohort.export
     import linkage
     import models.run
     import orchestration.state
@@ -262,6 +263,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     monkeypatch.setattr(validation, "validate_delivery", record)
     monkeypatch.setattr(linkage, "link_run", record)
     monkeypatch.setattr(cohort, "build_cohort", record)
+    monkeypatch.setattr(cohort.export, "export_parquet", lambda layout: [])  # after the build
     monkeypatch.setattr(models.run, "run_models", record)
     monkeypatch.setattr(orchestration.state, "write_marker", lambda *a, **k: None)
     monkeypatch.setenv("COHORT_PSEUDONYM_SECRET", "orchestration-test-secret-0123456789")
