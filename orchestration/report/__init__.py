@@ -73,8 +73,6 @@ SECTIONS: list[tuple[str, str, Section]] = [
     ("sensitivity", "Sensitivity analyses", sections.sensitivity),
     ("disclosure", "Disclosure control", sections.disclosure),
 ]
-# the sections a finished run's report must have (tests/test_report.py)
-SECTION_IDS = ("summary", *(sid for sid, _, _ in SECTIONS))
 
 
 def _delivery_sections(*args, **kwargs):  # type: ignore[no-untyped-def]
