@@ -211,7 +211,7 @@ def test_failed_expectations_are_named_with_controlled_counts() -> None:
 
 
 def test_aipw_rows_equal_to_ipw_are_found() -> None:
-    from orchestration.report.sections import _same_as_ipw
+    from orchestration.report.sections import same_as_ipw
 
     est = pd.DataFrame(
         {
@@ -224,7 +224,7 @@ def test_aipw_rows_equal_to_ipw_are_found() -> None:
             "ci_high": ["2.30", "2.30", "0.090", "0.088"],
         }
     )
-    assert _same_as_ipw(est).tolist() == [False, True, False, False]
+    assert same_as_ipw(est).tolist() == [False, True, False, False]
 
 
 def test_labels_fall_back_to_readable_names() -> None:

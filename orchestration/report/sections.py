@@ -580,7 +580,7 @@ def _float(v: str) -> float | None:
         return None
 
 
-def _same_as_ipw(est: pd.DataFrame) -> pd.Series:
+def same_as_ipw(est: pd.DataFrame) -> pd.Series:
     """True on AIPW rows whose released estimate and interval equal the IPW row's."""
     keys = ["outcome", "contrast", "scale"]
     cols = ["estimate", "ci_low", "ci_high"]
@@ -609,7 +609,7 @@ def estimates(ctx: ReportContext) -> str | None:
     est = ctx.estimates
     if est is None:
         return None
-    same = _same_as_ipw(est)
+    same = same_as_ipw(est)
     forest = est[est["forest"]]
     panel_keys = list(dict.fromkeys(zip(forest["outcome"], forest["scale"], strict=True)))
     rows = []
