@@ -449,7 +449,7 @@ def failed_expectations(dq: dict[str, Any], s: DisclosureSettings) -> str:
             )
     if not rows:
         return "<p>Every expectation was met.</p>"
-    return table(pd.DataFrame(rows)) + note(
+    return table(pd.DataFrame(rows), text_cols=3) + note(
         "Records breaking a row rule are quarantined (quarantine.* in the linkage zone); the "
         "per-source validation report is validation/dq_report.md (secure)."
     )
