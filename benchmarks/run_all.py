@@ -10,7 +10,7 @@ during each stage); the synth peak is that process's maximum resident set size (
 the end-to-end peak the larger of that and the largest stage peak. ``--separate-stages`` also runs
 validate, link, build and model each as its own process. Writes ``bench_out/bench_<n>.json``, prints
 Markdown tables, and with ``--readme`` replaces the block between the ``bench:start`` /
-``bench:end`` markers in README.md.
+``bench:end`` markers in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -189,11 +189,11 @@ def scaling_table(results: list[dict[str, object]]) -> str:
 
 
 def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "benchmarks.md"  # the README links there
     body = readme.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     if start not in body or end not in body:
-        raise SystemExit("README.md has no bench:start / bench:end markers")
+        raise SystemExit(f"{readme} has no bench:start / bench:end markers")
     head, rest = body.split(start, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
@@ -203,7 +203,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000000", help="comma-separated numbers of children")
     p.add_argument("--out", default="bench_out")
-    p.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    p.add_argument("--readme", action="store_true", help="write the tables into docs/benchmarks.md")
     p.add_argument(
         "--separate-stages",
         action="store_true",

@@ -624,7 +624,12 @@ class Release:
             f"decimals, risk differences to 3, mean differences to 3 significant figures; "
             f"p-values to 2 significant figures. km_yearly.csv: Kaplan-Meier cumulative "
             f"incidence at whole years, only where at least {s.threshold} events happened "
-            f"since the last point shown and at least {s.threshold} children are at risk.\n"
+            f"since the last point shown and at least {s.threshold} children are at risk. "
+            f"In the CSV files every count and estimate is a number: a suppressed count or a "
+            f"withheld estimate is an empty cell named in its row's 'suppressed' column; a "
+            f"total that is a lower bound (a part suppressed) or a p-value below 0.001 is "
+            f"written as that number and named in its row's 'bounded' column. The run's codebook "
+            f"(codebook.md, codebook.csv) describes every column.\n"
         )
 
 

@@ -7,7 +7,9 @@ of every row of ``results/estimates.csv``."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,8 @@ import pandas as pd
 from ground.db import connect
 from ground.run_layout import RunLayout
 from models.disclosure import (
+    SUPPRESSED,
+    WITHHELD,
     DisclosureSettings,
     Release,
     control_release,
@@ -269,6 +273,67 @@ def write_release(
     for stale in rel.glob("*.csv"):
         stale.unlink()
     for name, df in release.tables.items():
-        df.to_csv(rel / f"{name}.csv", index=False)
+        write_release_csv(df, rel / f"{name}.csv")
     (rel / "README.txt").write_text(release.readme(), encoding="utf-8")
     return release
+
+
+# --- the release file format ----------------------------------------------------------------------
+#
+# In memory (models.disclosure.Release) every released cell is text: "[c]" for a suppressed
+# count, "withheld" for a withheld estimate, "1230+" for a total with a suppressed part, "<0.001"
+# for a small p-value. In release/*.csv every column is numeric or plain text, as Stata and R
+# read it: such a cell is written empty (suppressed, withheld) or as its number (a bound), and
+# two text columns at the end of each row name the columns concerned.
+
+SUPPRESSED_COLUMN = "suppressed"  # columns of this row left empty: suppressed or withheld
+BOUNDED_COLUMN = "bounded"  # columns of this row whose number is a bound: total >=, p_value <
+ESTIMATE_VALUE_COLUMNS = ("estimate", "ci_low", "ci_high", "p_value")
+_AT_LEAST = re.compile(r"(\d+)\+")
+_BELOW = re.compile(r"<(\d*\.?\d+)")
+
+
+def release_file_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """A released table (text cells) in the file format: numbers as numbers, suppressed and
+    withheld cells empty and named in ``suppressed``, bounds as numbers named in ``bounded``."""
+    out = table.astype(object).copy()
+    suppressed: list[list[str]] = [[] for _ in range(len(table))]
+    bounded: list[list[str]] = [[] for _ in range(len(table))]
+    for j, col in enumerate(table.columns):
+        for i, value in enumerate(table[col]):
+            text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
+            text = str(text).strip()
+            if text in (SUPPRESSED, WITHHELD):
+                out.iat[i, j] = ""
+                suppressed[i].append(str(col))
+            elif bound := _AT_LEAST.fullmatch(text) or _BELOW.fullmatch(text):
+                out.iat[i, j] = bound[1]
+                bounded[i].append(str(col))
+    out[SUPPRESSED_COLUMN] = [" ".join(s) for s in suppressed]
+    out[BOUNDED_COLUMN] = [" ".join(b) for b in bounded]
+    return out
+
+
+def write_release_csv(table: pd.DataFrame, path: Path) -> None:
+    """One released table as ``release/<name>.csv`` in the file format
+    (:func:`release_file_frame`); cells are written as the disclosure control formatted them
+    (estimates at their scale's precision, counts rounded), never re-printed from floats."""
+    release_file_frame(table).to_csv(path, index=False)
+
+
+def read_release_csv(path: Path) -> pd.DataFrame:
+    """``release/<name>.csv`` back as the released text cells of :class:`Release`: a suppressed
+    count ``[c]``, a withheld estimate ``withheld``, a total that is a lower bound ``1230+``, a
+    p-value bound ``<0.001``. The one reader of the release format (report, checks, tests)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if SUPPRESSED_COLUMN not in raw or BOUNDED_COLUMN not in raw:
+        raise ValueError(f"{path}: not a release table (no {SUPPRESSED_COLUMN!r} column)")
+    out = raw.drop(columns=[SUPPRESSED_COLUMN, BOUNDED_COLUMN])
+    for i, (gone, bound) in enumerate(
+        zip(raw[SUPPRESSED_COLUMN], raw[BOUNDED_COLUMN], strict=True)
+    ):
+        for col in gone.split():
+            out.at[i, col] = WITHHELD if col in ESTIMATE_VALUE_COLUMNS else SUPPRESSED
+        for col in bound.split():
+            out.at[i, col] = f"<{out.at[i, col]}" if col == "p_value" else f"{out.at[i, col]}+"
+    return out

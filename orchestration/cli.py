@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -34,8 +34,42 @@ app = typer.Typer(
 )
 
 
+def version_text() -> str:
+    """``cohort <package version>``, with the git commit when run from a git checkout (and
+    whether the project's code has uncommitted changes)."""
+    from importlib import metadata
+
+    from orchestration.manifest import code_version
+
+    try:
+        version = metadata.version("cla-cohort")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    code = code_version()
+    if code["git_commit"] == "unknown":
+        return f"cohort {version}"
+    dirty = ", uncommitted changes" if code["dirty"] else ""
+    return f"cohort {version} (commit {code['git_commit'][:12]}{dirty})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version (and the git commit of a checkout) and exit.",
+        ),
+    ] = False,
+) -> None:
     """Linked cohort study pipeline."""
 
 

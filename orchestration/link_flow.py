@@ -11,6 +11,7 @@ from ground.run_layout import RunLayout
 from linkage.pipeline import LinkageSummary, link_run
 from linkage.settings import LinkageSettings
 from orchestration.isolation import call_stage
+from orchestration.prefect_logs import project_logs_to_prefect, run_name
 from orchestration.secrets import resolve_secret
 
 
@@ -22,9 +23,10 @@ def _secret(settings: LinkageSettings, demo: bool) -> bytes:
 def link_task(
     run_dir: str, settings: LinkageSettings, secret: bytes, isolate: bool = False
 ) -> LinkageSummary:
-    return call_stage(
-        link_run, isolate, layout=RunLayout.at(run_dir), settings=settings, secret=secret
-    )
+    with project_logs_to_prefect():
+        return call_stage(
+            link_run, isolate, layout=RunLayout.at(run_dir), settings=settings, secret=secret
+        )
 
 
 # no counts or rates in the artifact (Prefect's database is outside the secure environment):
@@ -32,7 +34,7 @@ def link_task(
 LINKAGE_ARTIFACT = "Linkage finished. Link rates (disclosure-controlled): report.html."
 
 
-@flow(name="link")
+@flow(name="link", flow_run_name=run_name)
 def link_flow(
     run_dir: str,
     settings: LinkageSettings | None = None,
@@ -43,8 +45,9 @@ def link_flow(
 
     ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
     settings = settings or LinkageSettings()
-    summary = link_task(run_dir, settings, _secret(settings, demo), isolate)
-    create_markdown_artifact(
-        key="linkage-rates", markdown=LINKAGE_ARTIFACT, description="linkage finished"
-    )
+    with project_logs_to_prefect():
+        summary = link_task(run_dir, settings, _secret(settings, demo), isolate)
+        create_markdown_artifact(
+            key="linkage-rates", markdown=LINKAGE_ARTIFACT, description="linkage finished"
+        )
     return summary.row_counts

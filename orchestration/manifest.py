@@ -18,7 +18,7 @@ from ground.run_layout import RunLayout
 from orchestration.state import sha256_file, sha256_text
 from schemas.contracts import SOURCES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: orchestration/ is in it
 PACKAGES = (
     "duckdb",
     "polars",
@@ -44,6 +44,8 @@ OUTPUT_GLOBS = (
     "results/figures/*.png",
     "release/*",
     "report.html",
+    "codebook.md",
+    "codebook.csv",
 )
 HASHED_TABLES = {
     "linkage": ("linkage.record_person",),

@@ -9,14 +9,16 @@ from ground.run_layout import RunLayout
 from models.run import ModelSummary, run_models
 from models.settings import ModelSettings
 from orchestration.isolation import call_stage
+from orchestration.prefect_logs import project_logs_to_prefect, run_name
 
 
 @task(name="fit-models")
 def model_task(run_dir: str, settings: ModelSettings, isolate: bool = False) -> ModelSummary:
-    return call_stage(run_models, isolate, layout=RunLayout.at(run_dir), settings=settings)
+    with project_logs_to_prefect():
+        return call_stage(run_models, isolate, layout=RunLayout.at(run_dir), settings=settings)
 
 
-@flow(name="model")
+@flow(name="model", flow_run_name=run_name)
 def model_flow(
     run_dir: str, settings: ModelSettings | None = None, isolate: bool = False
 ) -> dict[str, int]:
@@ -24,8 +26,9 @@ def model_flow(
     publish the headline estimates (released, no personal rows) as an artifact.
 
     ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
-    summary = model_task(run_dir, settings or ModelSettings(), isolate)
-    create_markdown_artifact(
-        key="main-estimates", markdown=summary.to_markdown(), description="main estimates"
-    )
+    with project_logs_to_prefect():
+        summary = model_task(run_dir, settings or ModelSettings(), isolate)
+        create_markdown_artifact(
+            key="main-estimates", markdown=summary.to_markdown(), description="main estimates"
+        )
     return summary.row_counts

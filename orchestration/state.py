@@ -264,12 +264,14 @@ STAGE_OUTPUTS: dict[str, StageOutputs] = {
         folders=("linkage",),
     ),
     "build": StageOutputs(
-        files=("cohort/*",), schemas=((ANALYSIS_DB, ("cohort",)),), folders=("cohort",)
+        files=("cohort/*", "cohort/parquet/*"),
+        schemas=((ANALYSIS_DB, ("cohort",)),),
+        folders=("cohort",),
     ),
     "model": StageOutputs(
         files=("results/*", "results/figures/*", "release/*"), folders=("results", "release")
     ),
-    "report": StageOutputs(files=("report.html",)),
+    "report": StageOutputs(files=("report.html", "codebook.md", "codebook.csv")),
 }
 
 

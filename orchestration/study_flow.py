@@ -19,15 +19,21 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 
 from cohort.config import load_study_config
 from ground.run_layout import RunLayout
 from linkage.pseudonym import DEMO_SECRET
 from models.run import check_analyses
+from orchestration.codebook import write_codebook
 from orchestration.manifest import (
     code_version,
     input_hashes,
@@ -37,6 +43,7 @@ from orchestration.manifest import (
     run_stamp,
     write_manifest,
 )
+from orchestration.prefect_logs import project_logs_to_prefect, run_name
 from orchestration.report import build_report
 from orchestration.resources import PeakMemory, process_peak_gib, release_memory
 from orchestration.secrets import resolve_secret
@@ -63,7 +70,11 @@ log = logging.getLogger(__name__)
 
 @task(name="report")
 def report_task(run_dir: str) -> str:
-    return str(build_report(RunLayout.at(run_dir)))
+    """report.html, and the codebook of every output table (codebook.md, codebook.csv)."""
+    with project_logs_to_prefect():
+        layout = RunLayout.at(run_dir)
+        write_codebook(layout)
+        return str(build_report(layout))
 
 
 def _stage_functions(
@@ -119,7 +130,7 @@ def _fingerprints(data_dir: Path, config_path: str | None, settings: RunSettings
     return fp
 
 
-@flow(name="cohort-study", log_prints=False)
+@flow(name="cohort-study", log_prints=False, flow_run_name=run_name)
 def study_flow(
     data_dir: str,
     run_dir: str,
@@ -140,7 +151,35 @@ def study_flow(
     ``settings_path``: a run-settings YAML (:mod:`orchestration.settings`).
     ``run_dir`` may hold ``{date}`` (today, YYYY-MM-DD): one folder per scheduled run.
     A folder made with other code, data or settings is refused unless ``resume`` (keep what is
-    still valid) or ``replace`` (empty it first)."""
+    still valid) or ``replace`` (empty it first).
+
+    The project's log lines (disclosure-safe) are in this flow run's and each stage's logs
+    (:mod:`orchestration.prefect_logs`)."""
+    with project_logs_to_prefect():
+        return _run_study(
+            data_dir,
+            run_dir,
+            config_path,
+            demo,
+            secret_block,
+            isolate_stages,
+            settings_path,
+            resume,
+            replace,
+        )
+
+
+def _run_study(
+    data_dir: str,
+    run_dir: str,
+    config_path: str | None,
+    demo: bool,
+    secret_block: str | None,
+    isolate_stages: bool,
+    settings_path: str | None,
+    resume: bool,
+    replace: bool,
+) -> dict[str, Any]:
     os.umask(0o077)  # run folders 0700, files 0600 (also for deployment runs)
     layout = RunLayout.at(expand_run_dir(run_dir))
     data = Path(data_dir)
@@ -167,7 +206,13 @@ def study_flow(
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))
         peak_memory: dict[str, float] = dict(previous.get("peak_memory_gib", {}))
         ran: list[str] = []
-        for stage in STAGES:
+        # the share of stages done, as a progress bar on the flow run's page in the Prefect UI
+        # called from a sync flow, Prefect returns the id (its type also allows a coroutine)
+        progress = cast(
+            UUID, create_progress_artifact(0.0, key="run-progress", description="stages done")
+        )
+        for number, stage in enumerate(STAGES, start=1):
+            counter = f"[{number}/{len(STAGES)}]"
             marker = read_marker(layout.root, stage)
             if (
                 not ran
@@ -175,18 +220,20 @@ def study_flow(
                 and marker.get("fingerprint") == fingerprints[stage]
                 and outputs_intact(layout.root, stage, marker.get("outputs"))
             ):
-                log.info("stage %s: already complete, skipped", stage)
+                log.info("stage %s %s: already complete, skipped", stage, counter)
+                update_progress_artifact(progress, 100.0 * number / len(STAGES))
                 continue
             if not ran:  # the first stage to rerun: clear it and everything after it
                 layout.manifest.unlink(missing_ok=True)
                 clear_from(layout.root, stage)
                 layout.ensure()
-            log.info("stage %s: running", stage)
+            log.info("stage %s %s: running", stage, counter)
             t0 = time.perf_counter()
             release_memory()
             with PeakMemory() as mem:
                 result = stages[stage]()
             timings[stage] = round(time.perf_counter() - t0, 2)
+            log.info("stage %s %s: done in %.0f s", stage, counter, timings[stage])
             peak_memory[stage] = mem.peak_gib
             counts[stage] = result
             marker = {
@@ -198,6 +245,7 @@ def study_flow(
                 marker["key_check_value"] = key_check_value(secret)
             write_marker(layout.root, stage, marker)
             ran.append(stage)
+            update_progress_artifact(progress, 100.0 * number / len(STAGES))
         manifest = _manifest(layout, data, config_path, secret == DEMO_SECRET, counts, timings)
         manifest["run_settings"] = settings.to_yaml()
         manifest["seeds"] = {

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from ground.run_layout import RunLayout
 from orchestration.isolation import call_stage
+from orchestration.prefect_logs import project_logs_to_prefect, run_name
 from validation import ValidationSettings, ValidationSummary, validate_delivery
 
 
@@ -16,13 +17,14 @@ from validation import ValidationSettings, ValidationSummary, validate_delivery
 def validate_task(
     data_dir: str, run_dir: str, settings: ValidationSettings, isolate: bool = False
 ) -> ValidationSummary:
-    return call_stage(
-        validate_delivery,
-        isolate,
-        data_dir=Path(data_dir),
-        layout=RunLayout.at(run_dir),
-        settings=settings,
-    )
+    with project_logs_to_prefect():
+        return call_stage(
+            validate_delivery,
+            isolate,
+            data_dir=Path(data_dir),
+            layout=RunLayout.at(run_dir),
+            settings=settings,
+        )
 
 
 def validation_artifact(summary: ValidationSummary) -> str:
@@ -36,7 +38,7 @@ def validation_artifact(summary: ValidationSummary) -> str:
     return "\n".join([*lines, "", "Counts (disclosure-controlled): report.html."])
 
 
-@flow(name="validate")
+@flow(name="validate", flow_run_name=run_name)
 def validate_flow(
     data_dir: str,
     run_dir: str,
@@ -46,8 +48,9 @@ def validate_flow(
     """Validate a delivery into the linkage zone; publish counts as a markdown artifact.
 
     ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
-    summary = validate_task(data_dir, run_dir, settings or ValidationSettings(), isolate)
-    create_markdown_artifact(
-        key="validation-counts", markdown=validation_artifact(summary), description="sources"
-    )
+    with project_logs_to_prefect():
+        summary = validate_task(data_dir, run_dir, settings or ValidationSettings(), isolate)
+        create_markdown_artifact(
+            key="validation-counts", markdown=validation_artifact(summary), description="sources"
+        )
     return summary.row_counts

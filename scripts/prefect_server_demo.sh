@@ -46,6 +46,23 @@ if name.startswith("cohort-study"):
     params["demo"] = True
 run = run_deployment(name, parameters=params, timeout=900)
 print(run.id, run.state.type.value if run.state else "UNKNOWN")
+# the flow run's name, state message and logs, read back through the API (to stderr: the
+# caller captures only the line above); the flow process sends its last logs as it exits
+import time
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+with get_client(sync_client=True) as client:
+    seen, logs = -1, []
+    for _ in range(30):
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        if len(logs) == seen:
+            break
+        seen = len(logs)
+        time.sleep(1)
+    print(f"flow run name: {run.name}", file=sys.stderr)
+    print(f"flow run state message: {run.state.message if run.state else ''}", file=sys.stderr)
+    for entry in logs:
+        print(f"flow run log {entry.name}: {entry.message}", file=sys.stderr)
 PY
 )
 echo "flow run: $FLOW_RUN"

@@ -697,7 +697,28 @@ def check_html(text: str, where: str, rule: DisclosureRule) -> list[Finding]:
 
 def check_csv(text: str, where: str, rule: DisclosureRule) -> list[Finding]:
     rows = list(csv.reader(io.StringIO(text)))
-    return check_table(rows[0], rows[1:], where, rule) if rows else []
+    if not rows:
+        return []
+    return check_table(rows[0], rows[1:], where, rule) + check_suppressed_empty(
+        rows[0], rows[1:], where
+    )
+
+
+def check_suppressed_empty(header: list[str], rows: list[list[str]], where: str) -> list[Finding]:
+    """The release CSV format names a row's suppressed (or withheld) cells in its
+    ``suppressed`` column and leaves them empty: a named cell that holds a value is a
+    ``suppressed_shown`` finding, and so is a name that is not a column."""
+    if "suppressed" not in header:
+        return []
+    at = {h: i for i, h in enumerate(header)}
+    findings = []
+    for row in rows:
+        named = row[at["suppressed"]].split() if at["suppressed"] < len(row) else []
+        for col in named:
+            if col not in at or (at[col] < len(row) and row[at[col]].strip()):
+                label = " ".join(c.strip() for c in row[:2])[:60]
+                findings.append(Finding(where, "suppressed_shown", f"{col} (row: {label})"))
+    return findings
 
 
 def check_artifact_data(data: str, where: str, rule: DisclosureRule) -> list[Finding]:

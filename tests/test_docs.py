@@ -156,3 +156,40 @@ def test_readme_architecture_names_every_package() -> None:
     assert not absent, f"README package picture does not show: {absent}"
     gone = [r for r in rows if not (ROOT / r).is_dir()]
     assert not gone, f"README folder table lists folders that do not exist: {gone}"
+
+
+def test_readme_cli_table_lists_every_command_and_option() -> None:
+    """Every `cohort` command is a row of the README's CLI table, and each of its options is
+    in the table."""
+    from typer.main import get_command
+
+    from orchestration.cli import app
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The CLI", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[0] for m in re.finditer(r"^\| `cohort ([\w-]+).*$", section, re.M)}
+    assert "--version" in rows, "README CLI table has no `cohort --version` row"
+    group = get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        assert name in rows, f"README CLI table has no row for `cohort {name}`"
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in section, f"README CLI table does not show `cohort {name} {opt}`"
+
+
+def test_readme_first_screen_and_history_in_docs() -> None:
+    """The first screen says what it is, gives the two commands, what you get and where to go
+    next; the dated measurement tables live in docs/benchmarks.md, not the README."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = "\n".join(readme.splitlines()[:30])
+    for needle in ("make run", "cohort run", "What you get", "Where next", "report.html"):
+        assert needle in first, needle
+    for heading in ("## Results against the synthetic truth", "## Performance", "## Known limits"):
+        assert heading in readme, heading
+    assert "<!-- bench:start -->" not in readme  # make bench writes docs/benchmarks.md
+    assert "<!-- bench:start -->" in (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    for section in ("## Results against the synthetic truth", "## Performance"):
+        body = readme.split(section, 1)[1].split("\n## ", 1)[0]
+        assert "\n|" not in body, f"{section}: tables belong in docs/benchmarks.md"
+        assert "docs/benchmarks.md" in body

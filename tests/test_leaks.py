@@ -221,6 +221,17 @@ def test_count_rules_flag_small_and_unrounded_counts() -> None:
     assert [f.kind for f in check_html(page, "report.html", RULE)] == ["unrounded_count"]
 
 
+def test_release_format_suppressed_cells_must_be_empty() -> None:
+    """release/*.csv name a row's suppressed cells in `suppressed` and leave them empty."""
+    header = "characteristic,n_CLA,n_NLA,total,suppressed,bounded\n"
+    ok = header + "female,,120,120,n_CLA,total\nmale,60,120,180,,\n"
+    assert check_csv(ok, "t.csv", RULE) == []
+    shown = header + "female,15,120,135,n_CLA,total\n"  # flagged, yet the value is there
+    assert [f.kind for f in check_csv(shown, "t.csv", RULE)] == ["suppressed_shown"]
+    unknown = header + "female,,120,120,n_CLA n_XYZ,total\n"
+    assert [f.kind for f in check_csv(unknown, "t.csv", RULE)] == ["suppressed_shown"]
+
+
 # --- planted errors -----------------------------------------------------------------------------
 
 

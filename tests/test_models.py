@@ -661,7 +661,9 @@ def test_model_stage_on_a_pipeline_run(linked_run: Path, tmp_path: Path) -> None
         "propensity_overlap.png",
     ):
         assert (layout.figures_dir / f).stat().st_size > 1000
-    released = pd.read_csv(layout.release_dir / "table1_counts.csv", dtype=str)
+    from models.outputs import read_release_csv  # the release format's one reader
+
+    released = read_release_csv(layout.release_dir / "table1_counts.csv")
     for v in released[["n_CLA", "n_NLA"]].to_numpy().ravel():
         assert v == "[c]" or int(v) % 5 == 0
 

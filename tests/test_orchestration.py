@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -191,22 +193,34 @@ def test_prefect_server_deploy_worker_run(world: Path, tmp_path: Path) -> None:
     """The real path: server on 127.0.0.1, process pool, deploy, worker, run, stop by pid."""
     env = _env(tmp_path)
     env["PREFECT_HOME"] = str(tmp_path / "server_home")
-    r = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "prefect_server_demo.sh"),
-            str(world),
-            str(tmp_path / "srv_run"),
-        ],
+    script = ROOT / "scripts" / "prefect_server_demo.sh"
+    proc = subprocess.Popen(
+        ["bash", str(script), str(world), str(tmp_path / "srv_run")],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # SIGTERM: the script's trap stops its server and worker
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the server demo did not finish in 600 s:\n{out[-3000:]}\n{err[-3000:]}")
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "COMPLETED" in r.stdout
     assert (tmp_path / "srv_run" / "linkage_zone.duckdb").exists()
+    # read back through the Prefect API by the script: the run is named after the delivery and
+    # the day, and the project's own log lines are in its logs, counts scrubbed
+    lines = r.stderr.splitlines()
+    assert f"flow run name: validate {world.name} {date.today().isoformat()}" in lines, r.stderr
+    project = [ln for ln in lines if ln.startswith("flow run log validation")]
+    assert any("validating school_census" in ln for ln in project), r.stderr[-3000:]
+    assert any("GX suite" in ln and "# expectations checked" in ln for ln in project), project
+    assert not any(re.search(r"(?<![\w.])\d+(?![\w.%])", ln.split(": ", 1)[1]) for ln in project)
     leftover = subprocess.run(
         ["pgrep", "-f", f"PREFECT_HOME={env['PREFECT_HOME']}"], capture_output=True
     )
@@ -229,6 +243,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     from typer.testing import CliRunner
 
     import cohort
+    import cohort.export
     import linkage
     import models.run
     import orchestration.state
@@ -248,6 +263,7 @@ def _invoke_stage(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     monkeypatch.setattr(validation, "validate_delivery", record)
     monkeypatch.setattr(linkage, "link_run", record)
     monkeypatch.setattr(cohort, "build_cohort", record)
+    monkeypatch.setattr(cohort.export, "export_parquet", lambda layout: [])  # after the build
     monkeypatch.setattr(models.run, "run_models", record)
     monkeypatch.setattr(orchestration.state, "write_marker", lambda *a, **k: None)
     monkeypatch.setenv("COHORT_PSEUDONYM_SECRET", "orchestration-test-secret-0123456789")
@@ -368,3 +384,59 @@ def test_link_takes_the_key_from_the_settings_secret_block(
     seen = _invoke_stage(["link", "--run", str(tmp_path), "--settings", str(settings)], monkeypatch)
     assert looked_up == ["cohort-key"]
     assert seen["secret"] == b"key-from-the-block-0123456789"
+
+
+# --- the project's log lines in Prefect (orchestration/prefect_logs.py) ----------------------
+
+
+def test_log_lines_sent_to_prefect_carry_no_counts() -> None:
+    from orchestration.prefect_logs import disclosure_safe
+
+    assert disclosure_safe("linkage: 2500 records, 1234 components, 57 profiles") == (
+        "linkage: # records, # components, # profiles"
+    )
+    assert disclosure_safe("GX suite school_census: 12 expectations checked") == (
+        "GX suite school_census: # expectations checked"
+    )
+    # stage counters, durations, decimals, percentages and names with digits stay
+    kept = "stage link [2/5]: done in 42 s; threshold 0.95, 99.5% linked, e2e_world0, 1.5 s"
+    assert disclosure_safe(kept) == kept
+    assert disclosure_safe("blocking on dob gives 7 pairs (over the budget of 200: not used)") == (
+        "blocking on dob gives # pairs (over the budget of #: not used)"
+    )
+
+
+def test_log_lines_from_another_thread_go_to_the_innermost_open_run() -> None:
+    """A stage's child process logs through a thread of the parent (no Prefect run context
+    there): its lines are tied to the run open at the time, scrubbed, and the handler leaves
+    the project loggers when the last run closes."""
+    import logging
+    import threading
+    import uuid
+
+    from orchestration.prefect_logs import _RUN_LOGS
+
+    flow_run, task_run = uuid.uuid4(), uuid.uuid4()
+    outer, inner = (flow_run, None), (flow_run, task_run)
+    _RUN_LOGS.push(outer)
+    _RUN_LOGS.push(inner)
+    handler = _RUN_LOGS.handler
+    assert handler is not None and handler in logging.getLogger("linkage").handlers
+    prepared: list[dict[str, object]] = []
+
+    def log_from_a_thread() -> None:
+        record = logging.LogRecord("linkage", logging.INFO, "x", 1, "%d records", (2500,), None)
+        prepared.append(handler.prepare(record))  # type: ignore[attr-defined]
+
+    try:
+        t = threading.Thread(target=log_from_a_thread)
+        t.start()
+        t.join()
+    finally:
+        _RUN_LOGS.pop(inner)
+        _RUN_LOGS.pop(outer)
+    (sent,) = prepared
+    assert sent["message"] == "# records"
+    assert str(sent["flow_run_id"]) == str(flow_run) and str(sent["task_run_id"]) == str(task_run)
+    assert _RUN_LOGS.handler is None
+    assert handler not in logging.getLogger("linkage").handlers

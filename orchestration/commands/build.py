@@ -17,7 +17,8 @@ def command(
     ] = None,
     settings_file: Annotated[Path | None, settings_option("build")] = None,
 ) -> None:
-    """Build cohort.children, cohort.person_time, cohort.school_years and cohort.attrition.
+    """Build cohort.children, cohort.person_time, cohort.school_years and cohort.attrition
+    (also as RUN/cohort/parquet/*.parquet, for Stata and R).
 
     The config is validated before any work starts; the effective config is saved to
     RUN/cohort/study_config.yaml.
@@ -25,6 +26,7 @@ def command(
     from rich.console import Console
 
     from cohort import build_cohort, load_study_config
+    from cohort.export import export_parquet
     from ground.run_layout import RunLayout
     from orchestration.settings import load_run_settings
 
@@ -35,4 +37,5 @@ def command(
         summary = build_cohort(
             layout=RunLayout.at(run), config=cfg, memory_limit=settings.duckdb_memory_limit
         )
+        export_parquet(RunLayout.at(run))
     console.print(summary.to_markdown())

@@ -69,6 +69,7 @@ def command(
     """
     import logging
     import os
+    import time
 
     from rich.console import Console
 
@@ -112,9 +113,14 @@ def command(
             "[bold yellow]warning:[/] using the DEMO pseudonymisation key; never for real data"
         )
 
+    started = time.monotonic()
+
     class _StatusHandler(logging.Handler):
+        """The spinner line: time since the run started and the latest step (stage lines
+        carry their counter, e.g. "stage link [2/5]: running")."""
+
         def emit(self, record: logging.LogRecord) -> None:
-            status.update(record.getMessage())
+            status.update(f"{time.monotonic() - started:5.0f} s  {record.getMessage()}")
 
     handler = _StatusHandler(level=logging.INFO)
     try:

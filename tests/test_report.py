@@ -1,0 +1,349 @@
+"""report.html (orchestration/report/): every section there and filled, the figures for the
+populations analysed, Kaplan-Meier for every time-to-event outcome, and screenshots from
+headless Chromium kept as test artifacts (their folder is printed: run with -rP to see it)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.disclosure import DisclosureSettings
+
+SCREENSHOT_SECTIONS = ("top", "table1", "estimates", "km")
+
+
+def section_html(page: str, sid: str) -> str:
+    """The HTML of ``<section id="sid">`` (to the next section), "" when absent."""
+    m = re.search(rf'<section id="{re.escape(sid)}">(.*?)</section>', page, flags=re.S)
+    return m.group(1) if m else ""
+
+
+# what a finished run's report must have (written out here, not read from the report's own
+# list: a section dropped from orchestration.report.SECTIONS must fail the test)
+REQUIRED_SECTIONS = (
+    "summary", "provenance", "data-quality", "linkage", "attrition", "table1", "estimates",
+    "km", "diagnostics", "sensitivity", "disclosure",
+)  # fmt: skip
+
+
+def missing_sections(page: str) -> list[str]:
+    """Sections of :data:`REQUIRED_SECTIONS` absent or "not available"."""
+    return [
+        sid
+        for sid in REQUIRED_SECTIONS
+        if not section_html(page, sid) or "<em>not available</em>" in section_html(page, sid)
+    ]
+
+
+def images(part: str) -> list[str]:
+    """The alt texts of the inlined PNGs of an HTML fragment."""
+    return re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', part)
+
+
+# --- the page as a whole --------------------------------------------------------------------------
+
+
+def test_every_section_is_there_and_filled(full_run: Path) -> None:
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    assert missing_sections(page) == []
+    # summary and contents first: the contents list links every section, in page order
+    summary = section_html(page, "summary")
+    assert page.index('<section id="summary">') < page.index('<section id="provenance">')
+    from orchestration.report import SECTIONS
+
+    assert re.findall(r'<li><a href="#([\w-]+)">', summary) == [sid for sid, _, _ in SECTIONS]
+    assert "Headline estimates" in summary
+
+
+def test_a_missing_section_is_found(full_run: Path) -> None:
+    """The check above fails on a page with one section removed or left empty."""
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    without_km = re.sub(r'<section id="km">.*?</section>', "", page, flags=re.S)
+    assert missing_sections(without_km) == ["km"]
+    empty = page.replace(
+        section_html(page, "table1"), "<h2>Table 1</h2><p><em>not available</em></p>"
+    )
+    assert missing_sections(empty) == ["table1"]
+
+
+def test_provenance_names_the_commit_hashes_and_manifest(full_run: Path) -> None:
+    import json
+
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "provenance")
+    stamp = json.loads((full_run / ".run.json").read_text(encoding="utf-8"))
+    assert stamp["code"]["git_commit"] in part
+    assert stamp["settings"] in part
+    for name, digest in stamp["inputs"].items():
+        assert name in part and digest in part
+    assert '<a href="manifest.json">' in part
+    assert (full_run / "manifest.json").exists()
+
+
+def test_attrition_is_a_flow_diagram_with_the_released_table(full_run: Path) -> None:
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "attrition")
+    assert [html.unescape(a) for a in images(part)] == [
+        "flow diagram of the cohort's inclusion steps"
+    ]
+    assert "<details><summary>Attrition table</summary><table>" in part
+
+
+def test_table1_has_counts_means_and_standardised_differences_under_labels(
+    full_run: Path,
+) -> None:
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "table1")
+    head = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", part)]
+    assert head == [
+        "characteristic", "n_CLA", "% or mean (SD) CLA", "n_NLA", "% or mean (SD) NLA",
+        "SMD before", "SMD after weighting",
+    ]  # fmt: skip
+    rows = [
+        [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r)]
+        for r in re.findall(r"<tr>(.*?)</tr>", part)[1:]
+    ]
+    by_name = {r[0]: r for r in rows}
+    assert "Physical abuse" in by_name and "physical_abuse" not in by_name
+    age = by_name["Age at first social-services contact (years), mean (SD)"]
+    assert re.fullmatch(r"\d+\.\d \(\d+\.\d\)", age[2]) and re.fullmatch(r"-?\d\.\d\d", age[5])
+    # every row has its SMD before and after weighting; the weights reduce the largest
+    # imbalance (age at index, about 1 SD before weighting in these worlds)
+    assert all(re.fullmatch(r"-?\d+\.\d\d", r[5]) for r in rows if r[0] != "Children")
+    assert all(re.fullmatch(r"-?\d+\.\d\d", r[6]) for r in rows if r[0] != "Children")
+    assert abs(float(age[5])) > 0.3 and abs(float(age[6])) < abs(float(age[5]))
+
+
+def test_forest_plot_is_one_figure_and_ipw_aipw_agreement_is_explained(full_run: Path) -> None:
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "estimates")
+    assert images(part) == ["forest plot of the main estimates"]
+    if "= IPW (see below)" in part or "Why AIPW equals IPW" in part:
+        assert "Why AIPW equals IPW" in part
+
+
+def test_kaplan_meier_for_every_time_to_event_outcome(full_run: Path) -> None:
+    con = duckdb.connect(str(full_run / "analysis_zone.duckdb"), read_only=True)
+    try:
+        outcomes = {
+            o for (o,) in con.sql("SELECT DISTINCT outcome FROM cohort.person_time").fetchall()
+        }
+    finally:
+        con.close()
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "km")
+    assert len(outcomes) == 4
+    assert set(re.findall(r'<h3 id="km-(\w+)">', part)) == outcomes
+    # a figure for each outcome with a point to show, else the sentence saying why not
+    for o in outcomes:
+        block = part[part.index(f'<h3 id="km-{o}">') :].split("<h3", 2)[1]
+        assert f'alt="Kaplan-Meier {o}"' in block or "Too few events in each group" in block, o
+    assert len(images(part)) >= 1
+    # numbers at risk under disclosure control (the released rule: rounded, none below it)
+    at_risk = re.findall(r"<tr><td>(?:CLA|NLA)</td><td>\d+</td><td>(\d*)</td>", part)
+    s = DisclosureSettings()
+    assert at_risk and all(
+        not v or (int(v) % s.rounding == 0 and int(v) >= s.threshold) for v in at_risk
+    )
+
+
+def test_overlap_and_balance_are_for_the_analysed_populations_with_their_auc(
+    full_run: Path,
+) -> None:
+    """Each exposure-effect contrast gets an overlap and a balance plot, and the AUC in the
+    overlap title is the diagnostics table's (the old report plotted the whole cohort's model
+    under an AUC the table did not have)."""
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    part = section_html(page, "diagnostics")
+    titles = [html.unescape(t) for t in images(part)]
+    overlaps = [t for t in titles if t.startswith("Preference-score overlap")]
+    assert len(overlaps) == 3  # cla_vs_nla, long_vs_nla, short_vs_nla
+    assert len([t for t in titles if t.startswith("balance ")]) == 3
+    diag = pd.read_csv(full_run / "results" / "diagnostics.csv")
+    aucs = diag[(diag["item"] == "auc") & (diag["analysis"].str.startswith("propensity:"))]
+    shown = {f"{float(f'{v:.3g}'):g}" for v in aucs["value"]}
+    for t in overlaps:
+        auc = re.search(r"AUC ([\d.]+)", t)
+        assert auc and auc.group(1) in shown, t
+        # ... and that value is a row of the diagnostics table on the page
+        assert f"<td>auc</td><td>{auc.group(1)}</td>" in part
+
+
+def test_linkage_charts_and_failed_expectations(full_run: Path) -> None:
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    charts = sorted((full_run / "results" / "figures").glob("linkage_*.png"))
+    assert charts
+    linkage = section_html(page, "linkage")
+    for chart in charts:
+        assert base64.b64encode(chart.read_bytes()).decode() in linkage
+    assert "<h3>Failed expectations</h3>" in section_html(page, "data-quality")
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_failed_expectations_are_named_with_controlled_counts() -> None:
+    from orchestration.report.sections import failed_expectations
+
+    dq = {
+        "school_census": {
+            "expectations": [
+                {"expectation": "expect_table_row_count_to_be_between", "column": "",
+                 "success": True, "unexpected_count": 0},
+                {"expectation": "expect_column_values_to_be_in_set", "column": "ethnicity",
+                 "success": False, "unexpected_count": 3},
+                {"expectation": "expect_column_values_to_not_be_null", "column": "upn",
+                 "success": False, "unexpected_count": 1234},
+            ]
+        }
+    }  # fmt: skip
+    out = failed_expectations(dq, DisclosureSettings())
+    assert "expect_column_values_to_be_in_set" in out and "ethnicity" in out
+    assert "expect_table_row_count_to_be_between" not in out
+    assert "<td>[c]</td>" in out and "<td>1235</td>" in out and "1234" not in out
+
+
+def test_aipw_rows_equal_to_ipw_are_found() -> None:
+    from orchestration.report.sections import same_as_ipw
+
+    est = pd.DataFrame(
+        {
+            "outcome": ["y", "y", "z", "z"],
+            "contrast": ["c"] * 4,
+            "scale": ["mean_difference"] * 2 + ["risk_difference"] * 2,
+            "method": ["ipw", "aipw", "ipw", "aipw"],
+            "estimate": ["1.20", "1.20", "0.050", "0.048"],
+            "ci_low": ["0.10", "0.10", "0.010", "0.008"],
+            "ci_high": ["2.30", "2.30", "0.090", "0.088"],
+        }
+    )
+    assert same_as_ipw(est).tolist() == [False, True, False, False]
+
+
+def test_labels_fall_back_to_readable_names() -> None:
+    from orchestration.report.labels import cell_label, label
+
+    assert label("physical_abuse") == "Physical abuse"
+    assert (
+        label("age_at_index_rcs2") == "Age at first social-services contact (years): spline term 2"
+    )
+    assert label("age_at_index_x_physical_abuse").endswith("× Physical abuse")
+    assert label("brand_new_outcome") == "Brand new outcome"
+    assert cell_label("brand_new_contrast") == "brand_new_contrast"
+    assert cell_label("domestic_abuse_in_nla") == "Domestic abuse: effect within NLA"
+
+
+def test_figures_are_deterministic_pngs() -> None:
+    from orchestration.report import figures
+
+    steps = [
+        figures.FlowStep("children in need", "2135", "0"),
+        figures.FlowStep("born in the study's birth cohorts", "[c]", "[c]"),
+    ]
+    rows = [
+        figures.ForestRow("KS4: mean difference", "mean_difference", "IPW", -0.9, -3.3, 1.4,
+                          "-0.94 (-3.3 to 1.4)", "fit warnings"),
+        figures.ForestRow("Self-harm: hazard ratio", "hazard_ratio", "Cox", None, None, None,
+                          "withheld", "withheld"),
+    ]  # fmt: skip
+    for draw in (lambda: figures.attrition_flow(steps), lambda: figures.forest_plot(rows)):
+        a, b = draw(), draw()
+        assert a.startswith(b"\x89PNG") and a == b
+
+
+# --- screenshots -----------------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    return chromium
+
+
+def _only_section(page: str, sid: str) -> str:
+    """The page with every other section (and the header) hidden: a screenshot of one
+    section with the report's own stylesheet."""
+    if sid == "top":
+        return page
+    hide = (
+        "<style>body>section,body>h1,body>p{display:none}"
+        f"#{sid}{{display:block!important}}</style></head>"
+    )
+    return page.replace("</head>", hide, 1)
+
+
+def screenshot(chromium: str, html_file: Path, png: Path, profile: Path) -> None:
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,1800",
+            f"--screenshot={png}",
+            html_file.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ink(png: Path) -> float:
+    """Share of the screenshot's pixels that are not (near) white."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(png.read_bytes())).convert("L"))
+    return float((img < 235).mean())
+
+
+def test_screenshots_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    """Top of the page, Table 1, the forest plot and Kaplan-Meier with numbers at risk, as
+    Chromium renders them. Kept in ``$COHORT_TEST_ARTIFACTS/report`` (default: the system temp
+    folder's ``cohort-test-artifacts/report``); the path is printed."""
+    chromium = _chromium()
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    shots = {}
+    for sid in SCREENSHOT_SECTIONS:
+        source = tmp_path / f"{sid}.html"
+        source.write_text(_only_section(page, sid), encoding="utf-8")
+        shots[sid] = tmp_path / f"report_{sid}.png"
+        screenshot(chromium, source, shots[sid], tmp_path / "profile")
+    blank = [sid for sid, p in shots.items() if not p.exists() or ink(p) < 0.02]
+    assert blank == [], f"blank screenshots: {blank}"
+    keep = (
+        Path(
+            os.environ.get(
+                "COHORT_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "cohort-test-artifacts"
+            )
+        )
+        / "report"
+    )
+    keep.mkdir(parents=True, exist_ok=True)
+    for p in shots.values():
+        shutil.copy2(p, keep / p.name)
+    print(f"report screenshots: {keep}")
+
+
+def test_a_hidden_section_gives_a_blank_screenshot(full_run: Path, tmp_path: Path) -> None:
+    """The screenshot check can fail: a section that is not on the page renders blank."""
+    chromium = _chromium()
+    page = (full_run / "report.html").read_text(encoding="utf-8")
+    source = tmp_path / "gone.html"
+    source.write_text(_only_section(page, "no-such-section"), encoding="utf-8")
+    screenshot(chromium, source, tmp_path / "gone.png", tmp_path / "profile")
+    assert ink(tmp_path / "gone.png") < 0.02
