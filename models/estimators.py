@@ -752,3 +752,169 @@ class KaplanMeier(AnalysisEstimator):
 
     def _fit(self, cohort: CohortData) -> None:
         """Nothing to fit: the declared outcomes were checked against cohort.person_time."""
+
+
+# ---- g-methods for care entry as a time-varying treatment (issue #20 items 2, 3; H8) --------
+
+
+class SequentialTrialsOptions(Options):
+    # the time-varying confounders of care entry, measured before each trial's time zero
+    # (columns of cohort.person_time); [] leaves only the baseline covariates, which is biased
+    # when later records move entry to care (kept for the comparison)
+    confounders: tuple[Literal["new_factors_recorded", "new_protection_plan"], ...] = (
+        "new_factors_recorded",
+        "new_protection_plan",
+    )
+    method: str = "trial_emulation"
+    # 0: child-clustered sandwich standard errors (the entry model's estimation included);
+    # above 0: children resampled that many times, the entry model refitted in each replicate
+    bootstrap_replicates: int = 0
+
+
+@register
+class SequentialTrials(AnalysisEstimator):
+    """Sequential emulation of a target trial of care entry at each year since the first
+    referral (:class:`models.gmethods.SequentialTrialEmulation`), pooled into the ATT of care
+    before year 11 on each declared KS4 outcome (rows ``contrast``, method ``trial_emulation``);
+    the per-trial numbers go to results/diagnostics.csv. Protocol: docs/gmethods.md."""
+
+    name = "sequential_trials"
+    Options = SequentialTrialsOptions
+    options: SequentialTrialsOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import SequentialTrialEmulation, trial_periods
+
+        s, o, a = self.settings, self.options, self.analysis
+        outcomes = list(a.outcomes)
+        kids = self.population(cohort)
+        ed = kids[kids[outcomes].notna().all(axis=1)].reset_index(drop=True)
+        treated = ed["ks4_care_group"].isin(["long", "short"]).to_numpy()
+        if treated.sum() < 2 or (~treated).sum() < 2:
+            self.diagnostics_.append(
+                diagnostic(a.name, "skipped", float(treated.sum()), "too few entrants or controls")
+            )
+            return
+        periods = trial_periods(ed, cohort.person_time, o.confounders)
+        baseline = design_matrix(ed, s.covariates, s.categorical)
+        ys = {out: ed[out].to_numpy(float) for out in outcomes}
+        fitter = SequentialTrialEmulation(o.bootstrap_replicates, s.cv_seed)
+        results = fitter.fit(periods, baseline, o.confounders, ys)
+        for out, r in results.items():
+            binary = is_binary(ys[out])
+            events: dict[str, Any] = (
+                {
+                    "events_exposed": int(np.nansum(ys[out][treated])),
+                    "events_unexposed": int(np.nansum(ys[out][~treated])),
+                }
+                if binary
+                else {}
+            )
+            lo, hi, p = _wald_interval(r.estimate, r.se)
+            self.estimates_.append(
+                Estimate(
+                    out,
+                    a.contrast,
+                    o.method,
+                    "risk_difference" if binary else "mean_difference",
+                    r.estimate,
+                    lo,
+                    hi,
+                    p,
+                    r.n_treated,
+                    r.n_control_children,
+                    "; ".join(r.warnings),
+                    **events,
+                )
+            )
+            for t in r.trials[r.trials["entrants"] > 0].itertuples():
+                self.diagnostics_.append(
+                    diagnostic(f"{a.name}:{out}", f"trial_{t.trial}:entrants", float(t.entrants))
+                )
+                self.diagnostics_.append(
+                    diagnostic(f"{a.name}:{out}", f"trial_{t.trial}:att", float(t.att))
+                )
+        w = fitter.control_weights_
+        w = w[w > 0]
+        self.diagnostics_ += [
+            diagnostic(a.name, "control_weight_max", float(w.max()) if len(w) else np.nan),
+            diagnostic(a.name, "control_weight_mean", float(w.mean()) if len(w) else np.nan),
+            diagnostic(a.name, "person_periods", float(len(periods))),
+        ]
+        for term in o.confounders:
+            self.diagnostics_.append(
+                diagnostic(a.name, f"entry_log_hr:{term}", float(fitter.coef_[term]))
+            )
+
+
+def _wald_interval(est: float, se: float) -> tuple[float, float, float]:
+    """95% interval and two-sided p value; NaN without a usable standard error."""
+    from scipy import stats
+
+    if not np.isfinite(se) or se <= 0:
+        return float("nan"), float("nan"), float("nan")
+    return est - 1.96 * se, est + 1.96 * se, float(2 * stats.norm.sf(abs(est / se)))
+
+
+class AbsenceMSMOptions(Options):
+    # the time-varying confounders of care entry, as of each school year's 1 September
+    # (columns of cohort.school_years); [] gives baseline-only weights
+    confounders: tuple[Literal["new_factors_recorded", "new_protection_plan"], ...] = (
+        "new_factors_recorded",
+        "new_protection_plan",
+    )
+    # the last year since entry modelled on its own ("this many or more")
+    max_years_since_entry: int = 4
+    method: str = "msm_iptw"
+
+
+@register
+class AbsenceMSM(AnalysisEstimator):
+    """Yearly absence by whole years since entry to care: a marginal structural model with
+    stabilised time-varying weights (:func:`models.gmethods.absence_msm`); rows
+    ``{contrast}_{j}`` for j = 0 to ``max_years_since_entry`` (the last: that many or more)."""
+
+    name = "absence_msm"
+    outcomes_in = "school_years"
+    Options = AbsenceMSMOptions
+    options: AbsenceMSMOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import absence_msm
+
+        s, o, a = self.settings, self.options, self.analysis
+        if cohort.school_years.empty:
+            return
+        kids = self.population(cohort)
+        covs = [c for c in s.covariates if c in kids.columns]
+        for outcome in a.outcomes:
+            r = absence_msm(
+                cohort.school_years,
+                kids,
+                covs,
+                s.categorical,
+                o.confounders,
+                outcome,
+                o.max_years_since_entry,
+            )
+            for row in r.rows.itertuples():
+                lo, hi, p = _wald_interval(row.estimate, row.se)
+                self.estimates_.append(
+                    Estimate(
+                        outcome,
+                        f"{a.contrast}_{row.years_since_entry}",
+                        o.method,
+                        "mean_difference",
+                        row.estimate,
+                        lo,
+                        hi,
+                        p,
+                        row.n_children,
+                        r.n_children - row.n_children,
+                        "; ".join(r.warnings),
+                    )
+                )
+            self.diagnostics_ += [
+                diagnostic(f"{a.name}:{outcome}", "weight_max", float(r.weights.max())),
+                diagnostic(f"{a.name}:{outcome}", "weight_mean", float(r.weights.mean())),
+            ]

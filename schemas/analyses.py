@@ -232,6 +232,28 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "outcomes": ["self_harm", "emergency_admission"],
         "report_section": "results_only",
     },
+    # g-methods for care entry as a time-varying treatment (docs/gmethods.md)
+    {
+        "name": "ks4_sequential_trials",
+        "label": "KS4: sequential trials of care entry, one per year since referral "
+        "(time-varying confounders)",
+        "estimator": "sequential_trials",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "cla_vs_nla",
+        "options": {"confounders": ["new_factors_recorded", "new_protection_plan"]},
+    },
+    {
+        "name": "absence_by_years_since_entry",
+        "label": "Absence by years since entry: marginal structural model, stabilised "
+        "time-varying weights",
+        "estimator": "absence_msm",
+        "outcomes": ["absence_rate"],
+        "contrast": "looked_after_year_since_entry",
+        "options": {
+            "confounders": ["new_factors_recorded", "new_protection_plan"],
+            "max_years_since_entry": 4,
+        },
+    },
 ]
 
 
