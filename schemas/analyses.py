@@ -131,7 +131,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "outcomes": ["ks4_score"],
         "contrast": "per_placement_move",
         "options": {"term": "ks4_placement_moves"},
-        "e_value_methods": ["regression"],
     },
     {
         "name": "ks4_per_year_age_at_entry",
@@ -141,7 +140,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "contrast": "per_year_age_at_entry",
         "options": {"term": "age_at_entry"},
         "report_section": "results_only",
-        "e_value_methods": ["regression"],
     },
     {
         "name": "ks4_effect_modification",
@@ -157,7 +155,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
             ]
         },
         "report_section": "effect_modification",
-        "e_value_methods": ["regression"],
     },
     {
         "name": "absence_looked_after_year",
@@ -253,6 +250,33 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
             "confounders": ["new_factors_recorded", "new_protection_plan"],
             "max_years_since_entry": 4,
         },
+    },
+    # effect of care within pre-care adversity strata and the conditional effect (H7, #20)
+    {
+        "name": "ks4_by_adversity",
+        "label": "KS4: effect of care with and without each recorded adversity, and by "
+        "deprivation (doubly robust ATT per stratum)",
+        "estimator": "stratified_effect",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "cla_vs_nla",
+        "report_section": "results_only",
+    },
+    {
+        "name": "ks4_by_adversity_boosting",
+        "label": "KS4: the same with cross-fitted gradient-boosting nuisance models",
+        "estimator": "stratified_effect",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "cla_vs_nla",
+        "options": {"nuisance": "boosting"},
+        "report_section": "results_only",
+    },
+    {
+        "name": "ks4_conditional_effect",
+        "label": "KS4: conditional effect of care by adversity count and deprivation (DR-learner)",
+        "estimator": "dr_learner",
+        "outcomes": ["ks4_score"],
+        "contrast": "cla_vs_nla",
+        "report_section": "results_only",
     },
 ]
 
