@@ -260,6 +260,11 @@ class SequentialTrialEmulation:
             *[f"period_{j}" for j in range(1, PERIOD_LEVELS)],
             *confounders,
         ]
+        # a column without variation (no plan ever recorded, a period no one reaches) has no
+        # coefficient: dropped, the intercept kept
+        varies = np.r_[True, x[:, 1:].std(axis=0) > 0]
+        x = x[:, varies]
+        self.columns_ = [c for c, v in zip(self.columns_, varies, strict=True) if v]
         a = periods["entered"].to_numpy()
         off = np.log(periods["years"].to_numpy())
         ctrl = periods["control"].to_numpy() == 1
@@ -409,7 +414,7 @@ def _sandwich_se(
     direct = np.bincount(child, weights=phi_row).astype(float)
     u = np.zeros((direct.shape[0], x.shape[1]))
     np.add.at(u, child, score)
-    phi = direct - u @ np.linalg.solve(info, grad)
+    phi = direct - u @ np.linalg.lstsq(info, grad, rcond=None)[0]
     return float(np.sqrt(np.sum(phi**2)))
 
 
