@@ -928,3 +928,202 @@ class AbsenceMSM(AnalysisEstimator):
                 diagnostic(f"{a.name}:{outcome}", "weight_max", float(r.weights.max())),
                 diagnostic(f"{a.name}:{outcome}", "weight_mean", float(r.weights.mean())),
             ]
+
+
+# ---- effect modification by pre-care adversity (issue #20) -----------------------------------
+
+
+class StratifiedEffectOptions(Options):
+    exposure: str = "ks4_care_group"
+    exposed: tuple[str, ...] = ("long", "short")
+    unexposed: tuple[str, ...] = ("none",)
+    # 0/1 columns of cohort.children: the ATT is estimated among children with and without each
+    modifiers: tuple[str, ...] = tuple(ADVERSITIES)
+    # also strata of deprivation: deciles 1 to this (most deprived) vs the rest; None: no
+    most_deprived_up_to_decile: int | None = Field(3, ge=1, le=9)
+    # the nuisance models: the pipeline's parametric propensity (settings) and outcome models,
+    # or cross-fitted gradient boosting (models.effects.cross_fitted_nuisances)
+    nuisance: Nuisance = "parametric"
+    # a stratum with fewer exposed or unexposed children than this is not estimated
+    min_children: int = Field(10, ge=2)
+
+
+@register
+class StratifiedEffect(ExposureEffect):
+    """Doubly robust ATT within each stratum of a modifier and the difference between strata
+    (:func:`models.heterogeneity.stratum_atts`, influence-function SEs). Rows: contrast
+    ``{contrast}_with_{m}``, ``{contrast}_without_{m}`` and ``{contrast}_with_minus_without_{m}``
+    (scale ``difference_in_<scale>``), the deprivation strata as ``{contrast}_most_deprived``,
+    ``{contrast}_less_deprived`` and ``{contrast}_most_deprived_minus_less_deprived``; method
+    ``aipw`` or, with boosting nuisances, ``aipw_boosting`` (which adds the overall ATT under
+    ``{contrast}``, to compare with the parametric AIPW). A difference row carries the smaller
+    stratum's counts, so disclosure control withholds it whenever it withholds a stratum."""
+
+    name = "stratified_effect"
+    Options = StratifiedEffectOptions  # type: ignore[assignment]
+    options: StratifiedEffectOptions  # type: ignore[assignment]
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.heterogeneity import stratum_atts
+
+        s, o, a = self.settings, self.options, self.analysis
+        outcomes = list(a.outcomes)
+        kids = self.population(cohort)
+        ed = kids[kids[outcomes].notna().all(axis=1)].reset_index(drop=True)
+        sub = ed[ed[o.exposure].isin([*o.exposed, *o.unexposed])].reset_index(drop=True)
+        t = sub[o.exposure].isin(o.exposed).to_numpy().astype(int)
+        if t.sum() < o.min_children or (1 - t).sum() < o.min_children:
+            self.diagnostics_.append(
+                diagnostic(a.name, "skipped", float(t.sum()), "too few exposed or unexposed")
+            )
+            return
+        strata: dict[str, tuple[np.ndarray, tuple[str, str]]] = {}
+        for m in o.modifiers:
+            if m not in sub:
+                raise ConfigError(f"analysis {a.name!r}: modifier {m!r} not in cohort.children")
+            strata[m] = (sub[m].to_numpy() == 1, ("with", "without"))
+        if o.most_deprived_up_to_decile is not None:
+            most = sub["deprivation_decile"].to_numpy() <= o.most_deprived_up_to_decile
+            strata["deprivation"] = (most, ("most_deprived", "less_deprived"))
+        method = "aipw" if o.nuisance == "parametric" else "aipw_boosting"
+        x = design_matrix(sub, s.covariates, s.categorical)
+        if o.nuisance == "parametric":
+            ps, designs, _ = fit_propensity(sub, t, s, None, a.name)
+            w = ps.weights_
+            design_of = self._outcome_designs(cohort, ed, outcomes)
+        for out in outcomes:
+            y = sub[out].to_numpy(float)
+            binary = is_binary(y)
+            scale = "risk_difference" if binary else "mean_difference"
+            f = ExposureEffectFitter("aipw", binary=binary, nuisance=o.nuisance, seed=s.cv_seed)
+            if o.nuisance == "parametric":
+                m0 = f.untreated_predictions(y, t, designs[design_of[out]])
+            else:
+                # the overall ATT with the same cross-fitted nuisances as the strata
+                f.fit(y, t, x)
+                m0, w = f.nuisances_.untreated, f.nuisances_.att_weights(t)
+                est = f.result(out, a.contrast, scale)
+                est.method = method
+                self.estimates_.append(est)
+            for m, (in_s, labels) in strata.items():
+                rows = stratum_atts(y, t, m0, w, in_s, labels, o.min_children)
+                if not rows:
+                    self.diagnostics_.append(
+                        diagnostic(a.name, f"skipped:{out}:{m}", float(in_s.sum()), "small stratum")
+                    )
+                    continue
+                for r, sel in zip(rows, (in_s, ~in_s, None), strict=True):
+                    what = m if m != "deprivation" else ""
+                    label = f"{r.label}_{what}".rstrip("_")
+                    lo, hi = r.ci
+                    if sel is None:  # the difference: the smaller stratum's counts
+                        n1 = min(rows[0].n_exposed, rows[1].n_exposed)
+                        n0 = min(rows[0].n_unexposed, rows[1].n_unexposed)
+                        ev = (
+                            [
+                                min(int(y[(t == g) & in_s].sum()), int(y[(t == g) & ~in_s].sum()))
+                                for g in (1, 0)
+                            ]
+                            if binary
+                            else [None, None]
+                        )
+                        row_scale = f"difference_in_{scale}"
+                    else:
+                        n1, n0 = r.n_exposed, r.n_unexposed
+                        ev = (
+                            [int(y[(t == g) & sel].sum()) for g in (1, 0)]
+                            if binary
+                            else [None, None]
+                        )
+                        row_scale = scale
+                    self.estimates_.append(
+                        Estimate(
+                            out,
+                            f"{a.contrast}_{label}",
+                            method,
+                            row_scale,
+                            r.estimate,
+                            lo,
+                            hi,
+                            r.p_value,
+                            n1,
+                            n0,
+                            events_exposed=ev[0],
+                            events_unexposed=ev[1],
+                        )
+                    )
+
+
+class DRLearnerOptions(Options):
+    exposure: str = "ks4_care_group"
+    exposed: tuple[str, ...] = ("long", "short")
+    unexposed: tuple[str, ...] = ("none",)
+    # the summaries: recorded adversities (these 0/1 columns, counted and capped at 3) and
+    # deprivation bands (deciles 1-3, 4-7, 8-10)
+    count_of: tuple[str, ...] = (*ADVERSITIES, "parental_learning_disability")
+    folds: int = Field(5, ge=2, le=10)
+    # bounds on the cost at national size: boosting rounds per nuisance model, children used
+    max_iter: int = Field(100, ge=10, le=1000)
+    max_rows: int = Field(100_000, ge=1000)
+
+
+@register
+class DRLearnerEffect(AnalysisEstimator):
+    """The conditional effect of care summarised by recorded adversity count and deprivation
+    (:class:`models.heterogeneity.DRLearner`, Kennedy 2023): rows ``{contrast}_cate_adversities_k``
+    (k = 0, 1, 2, 3 or more) and ``{contrast}_cate_deprivation_{band}``, method ``dr_learner``:
+    mean pseudo-outcome of *all* children of the group (an average effect, not the ATT).
+    Diagnostics: the best-linear-predictor calibration (``blp_b2`` near 1: the predicted
+    differences are real and of the right size; ``blp_b2_p``: test of no heterogeneity)."""
+
+    name = "dr_learner"
+    Options = DRLearnerOptions
+    options: DRLearnerOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.heterogeneity import DRLearner
+
+        s, o, a = self.settings, self.options, self.analysis
+        kids = self.population(cohort)
+        for out in a.outcomes:
+            ed = kids[kids[out].notna()]
+            sub = ed[ed[o.exposure].isin([*o.exposed, *o.unexposed])].reset_index(drop=True)
+            t = sub[o.exposure].isin(o.exposed).to_numpy().astype(int)
+            if t.sum() < 20 or (1 - t).sum() < 20:
+                self.diagnostics_.append(diagnostic(a.name, f"skipped:{out}", float(t.sum())))
+                continue
+            y = sub[out].to_numpy(float)
+            binary = is_binary(y)
+            x = design_matrix(sub, s.covariates, s.categorical)
+            decile = sub["deprivation_decile"].to_numpy()
+            v = pd.DataFrame(
+                {
+                    "adversities": sub[list(o.count_of)].sum(axis=1).clip(upper=3).astype(int),
+                    "deprivation": np.where(
+                        decile <= 3, "1_3", np.where(decile <= 7, "4_7", "8_10")
+                    ),
+                }
+            )
+            learner = DRLearner(
+                folds=o.folds, max_iter=o.max_iter, max_rows=o.max_rows, seed=s.cv_seed
+            ).fit(x, y, t, v, binary)
+            scale = "risk_difference" if binary else "mean_difference"
+            for col in ("adversities", "deprivation"):
+                for r in learner.by_group(col).itertuples():
+                    lo, hi = r.estimate - 1.959964 * r.se, r.estimate + 1.959964 * r.se
+                    self.estimates_.append(
+                        Estimate(
+                            out,
+                            f"{a.contrast}_cate_{col}_{r.level}",
+                            "dr_learner",
+                            scale,
+                            float(r.estimate),
+                            float(lo),
+                            float(hi),
+                            float("nan"),
+                            int(((v[col] == r.level).to_numpy() & (t == 1)).sum()),
+                            int(((v[col] == r.level).to_numpy() & (t == 0)).sum()),
+                        )
+                    )
+            for item, value in learner.calibration().items():
+                self.diagnostics_.append(diagnostic(f"{a.name}:{out}", f"blp_{item}", value))
