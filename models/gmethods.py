@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -560,3 +561,41 @@ def absence_msm(
         int(d.loc[keep, "child"].nunique()),
         warnings,
     )
+
+
+# ---- the figure ---------------------------------------------------------------------------
+
+
+def years_since_entry_figure(estimates: pd.DataFrame, path: str | Path) -> bool:
+    """results/figures/absence_by_years_since_entry.png: the MSM's effect of care on yearly
+    absence (percentage points) by whole years since entry, with 95% intervals, from the rows of
+    ``estimates`` (results/estimates.csv, or release/estimates.csv's kept rows) whose contrast
+    is ``..._since_entry_<j>`` and method starts with ``msm``. False when there are none."""
+    rows = estimates[
+        estimates["contrast"].astype(str).str.contains(r"_since_entry_\d+$")
+        & estimates["method"].astype(str).str.startswith("msm")
+        & pd.to_numeric(estimates["estimate"], errors="coerce").notna()
+    ]
+    if rows.empty:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (outcome, method), g in rows.groupby(["outcome", "method"], sort=True):
+        j = g["contrast"].str.extract(r"_(\d+)$")[0].astype(int).to_numpy()
+        est, lo, hi = (
+            100 * pd.to_numeric(g[c]).to_numpy() for c in ("estimate", "ci_low", "ci_high")
+        )
+        ax.errorbar(
+            j, est, yerr=[est - lo, hi - est], fmt="o-", capsize=3, label=f"{outcome} ({method})"
+        )
+    ax.axhline(0.0, color="grey", linestyle="--")
+    ax.set_xticks(range(0, int(j.max()) + 1), [*map(str, range(int(j.max()))), f"{int(j.max())}+"])
+    ax.set_xlabel("whole years since entry to care")
+    ax.set_ylabel("effect on the absence rate (percentage points)")
+    ax.set_title("Care and yearly absence by years since entry (MSM, stabilised weights)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
