@@ -78,7 +78,7 @@ def scored_analyses() -> list[Analysis]:
     time-varying confounders) and the baseline-only KS4 estimators with analytic SEs."""
     from schemas.analyses import DEFAULT_ANALYSES
 
-    declared = [a for a in DEFAULT_ANALYSES if a.estimator in ("sequential_trials", "absence_msm")]
+    declared = [a for a in DEFAULT_ANALYSES if a.estimator in GMETHOD_ESTIMATORS]
     twins = [
         a.model_copy(
             update={
@@ -92,6 +92,7 @@ def scored_analyses() -> list[Analysis]:
             }
         )
         for a in declared
+        if a.estimator in DEFAULT_METHOD
     ]
     ks4 = next(a for a in DEFAULT_ANALYSES if a.name == "ks4_cla_vs_nla")
     baseline = ks4.model_copy(
@@ -107,6 +108,7 @@ def scored_analyses() -> list[Analysis]:
 
 
 DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_iptw"}
+GMETHOD_ESTIMATORS = (*DEFAULT_METHOD, "hazard_by_years_since_entry")
 
 
 def score_seed(base: Path) -> pd.DataFrame:
@@ -210,7 +212,7 @@ def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) 
         f"{len(cohort.person_time):,} person-time rows, {len(cohort.school_years):,} school years\n"
     )
     for a in DEFAULT_ANALYSES:
-        if a.estimator not in ("sequential_trials", "absence_msm"):
+        if a.estimator not in GMETHOD_ESTIMATORS:
             continue
         t0 = time.perf_counter()
         estimator_for(a, ModelSettings()).fit(cohort)

@@ -1127,3 +1127,79 @@ class DRLearnerEffect(AnalysisEstimator):
                     )
             for item, value in learner.calibration().items():
                 self.diagnostics_.append(diagnostic(f"{a.name}:{out}", f"blp_{item}", value))
+
+
+# ---- the hazard ratio by years since entry (issue #20 item 2; H8) ---------------------------
+
+
+class HazardBySinceEntryOptions(Options):
+    # the last whole year since first entry with its own hazard ratio ("this many or more")
+    max_years_since_entry: int = 4
+    method: str = "cox_tv_by_years_since_entry"
+
+
+@register
+class HazardByYearsSinceEntry(AnalysisEstimator):
+    """Hazard of each outcome while looked after, by whole years since first entry: the
+    time-varying Cox model of ``time_varying_survival`` (same covariates, authority strata,
+    age-month clock) with care split into one term per year since entry
+    (:func:`models.gmethods.split_at_entry_anniversaries`); rows ``{contrast}_year_since_entry_{j}``
+    (the world's truth names)."""
+
+    name = "hazard_by_years_since_entry"
+    outcomes_in = "person_time"
+    Options = HazardBySinceEntryOptions
+    options: HazardBySinceEntryOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import split_at_entry_anniversaries
+
+        s, o, a, pt = self.settings, self.options, self.analysis, cohort.person_time
+        kids = self.population(cohort).reset_index(drop=True)
+        strata = [c for c in s.categorical if c in s.survival_covariates]
+        x = design_matrix(kids, s.survival_covariates, strata)
+        cox_covs = [c for c in s.survival_covariates if c not in strata]
+        kids_x = pd.concat([kids[["person_key", *strata]], x], axis=1)
+        terms = [f"looked_after_{j}" for j in range(o.max_years_since_entry + 1)]
+        outcomes = a.outcomes
+        if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
+            outcomes = tuple(sorted(pt["outcome"].unique()))
+        for outcome in outcomes:
+            mine = pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])]
+            split = split_at_entry_anniversaries(mine, kids, o.max_years_since_entry)
+            rows = age_month_intervals(split, kids)
+            rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
+            try:
+                f = TimeVaryingCoxFitter(robust=s.cox_standard_errors == "robust").fit(
+                    rows, [*terms[1:], *cox_covs], exposure=terms[0], strata=strata
+                )
+                summary, warning = f.summary, "; ".join(f.warnings_)
+            except Exception as exc:
+                summary, warning = None, f"failed: {type(exc).__name__}: {exc}"
+            for j, term in enumerate(terms):
+                on = rows[term] == 1
+                hr = lo = hi = p = float("nan")
+                if summary is not None and term in summary.index:
+                    r = summary.loc[term]
+                    hr, lo, hi = (
+                        float(np.exp(r[c])) for c in ("coef", "coef lower 95%", "coef upper 95%")
+                    )
+                    p = float(r["p"])
+                n_exp = int(rows.loc[on, "person_key"].nunique())
+                self.estimates_.append(
+                    Estimate(
+                        outcome,
+                        f"{a.contrast}_year_since_entry_{j}",
+                        o.method,
+                        "hazard_ratio",
+                        hr,
+                        lo,
+                        hi,
+                        p,
+                        n_exp,
+                        int(rows["person_key"].nunique()) - n_exp,
+                        warning,
+                        events_exposed=int(rows.loc[on, "event"].sum()),
+                        events_unexposed=int(rows.loc[rows["looked_after"] == 0, "event"].sum()),
+                    )
+                )

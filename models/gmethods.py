@@ -599,3 +599,48 @@ def years_since_entry_figure(estimates: pd.DataFrame, path: str | Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+# ---- the hazard ratio by years since entry ------------------------------------------------
+
+
+def split_at_entry_anniversaries(
+    person_time: pd.DataFrame, children: pd.DataFrame, max_years: int = 4
+) -> pd.DataFrame:
+    """``person_time`` rows split at the first ``max_years`` anniversaries of each child's
+    first entry to care (days from the index date, 365.25 a year, rounded), with
+    ``years_since_entry`` (whole years from first entry to the row's start, capped at
+    ``max_years``; -1 before entry) and one column ``looked_after_{j}`` per j: looked after and j
+    whole years after first entry. An event stays on the piece that ends on its day."""
+    entry = (
+        pd.to_datetime(children["care_entry_date"]) - pd.to_datetime(children["index_date"])
+    ).dt.days
+    e = person_time["person_key"].map(pd.Series(entry.to_numpy(), index=children["person_key"]))
+    rows = person_time.assign(_entry=e.to_numpy(dtype=float))
+    for m in range(1, max_years + 1):
+        cut = np.round(rows["_entry"].to_numpy() + 365.25 * m)
+        crosses = (rows["start_day"].to_numpy() < cut) & (cut < rows["stop_day"].to_numpy())
+        if not crosses.any():
+            continue
+        before = rows[crosses].copy()
+        after = rows[crosses].copy()
+        before["stop_day"] = cut[crosses].astype(before["stop_day"].dtype)
+        before["event"] = 0
+        after["start_day"] = cut[crosses].astype(after["start_day"].dtype)
+        rows = pd.concat([rows[~crosses], before, after], ignore_index=True)
+    # whole years since entry: how many of the (rounded) anniversaries the row starts on or after
+    start, entry = rows["start_day"].to_numpy(), rows["_entry"].to_numpy()
+    after_entry = np.isfinite(entry) & (start >= entry)
+    passed = sum(
+        (start >= np.round(entry + 365.25 * m)).astype(int) for m in range(1, max_years + 1)
+    )
+    since = np.where(after_entry, passed, -1)
+    rows["years_since_entry"] = since.astype(int)
+    la = rows["looked_after"].to_numpy() == 1
+    for j in range(max_years + 1):
+        rows[f"looked_after_{j}"] = (la & (since == j)).astype(float)
+    return (
+        rows.drop(columns="_entry")
+        .sort_values(["person_key", "outcome", "start_day"])
+        .reset_index(drop=True)
+    )

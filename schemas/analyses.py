@@ -278,6 +278,15 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "contrast": "cla_vs_nla",
         "report_section": "results_only",
     },
+    {
+        "name": "hazard_by_years_since_entry",
+        "label": "Hospital outcomes: hazard ratio while looked after by whole years since entry "
+        "(time-varying Cox)",
+        "estimator": "hazard_by_years_since_entry",
+        "outcomes": ["self_harm", "emergency_admission", "mental_health_admission"],
+        "contrast": "cla_vs_nla",
+        "report_section": "results_only",
+    },
 ]
 
 

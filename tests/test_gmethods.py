@@ -219,3 +219,33 @@ def test_absence_msm_weights_are_one_without_time_varying_confounders() -> None:
     r = absence_msm(sy, kids, ["b"], [], ())
     assert np.allclose(r.weights, 1.0)
     assert r.rows["years_since_entry"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_person_time_is_split_at_entry_anniversaries() -> None:
+    from models.gmethods import split_at_entry_anniversaries
+
+    children = pd.DataFrame(
+        {
+            "person_key": ["a", "b"],
+            "index_date": pd.to_datetime(["2015-01-01", "2015-01-01"]),
+            "care_entry_date": pd.to_datetime(["2015-04-11", None]),  # day 100
+        }
+    )
+    pt = pd.DataFrame(
+        {
+            "person_key": ["a", "a", "b"],
+            "outcome": "self_harm",
+            "start_day": [0, 100, 0],
+            "stop_day": [100, 1000, 900],
+            "looked_after": [0, 1, 0],
+            "event": [0, 1, 0],
+        }
+    )
+    rows = split_at_entry_anniversaries(pt, children, max_years=4)
+    a = rows[rows["person_key"] == "a"]
+    assert a["start_day"].tolist() == [0, 100, 465, 830]
+    assert a["stop_day"].tolist() == [100, 465, 830, 1000]
+    assert a["event"].tolist() == [0, 0, 0, 1]  # the event stays on the last piece
+    assert a["years_since_entry"].tolist() == [-1, 0, 1, 2]
+    assert a["looked_after_2"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert rows.loc[rows["person_key"] == "b", "years_since_entry"].tolist() == [-1]
