@@ -1064,7 +1064,7 @@ class DRLearnerOptions(Options):
     folds: int = Field(5, ge=2, le=10)
     # bounds on the cost at national size: boosting rounds per nuisance model, children used
     max_iter: int = Field(100, ge=10, le=1000)
-    max_rows: int = Field(100_000, ge=1000)
+    max_rows: int = Field(20_000, ge=1000)
 
 
 @register

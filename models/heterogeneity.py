@@ -134,7 +134,7 @@ class DRLearner:
 
     folds: int = 5
     max_iter: int = 100
-    max_rows: int = 100_000
+    max_rows: int = 20_000
     propensity_clip: float = 0.01
     seed: int = 0
 

@@ -262,15 +262,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "report_section": "results_only",
     },
     {
-        "name": "ks4_by_adversity_boosting",
-        "label": "KS4: the same with cross-fitted gradient-boosting nuisance models",
-        "estimator": "stratified_effect",
-        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
-        "contrast": "cla_vs_nla",
-        "options": {"nuisance": "boosting"},
-        "report_section": "results_only",
-    },
-    {
         "name": "ks4_conditional_effect",
         "label": "KS4: conditional effect of care by adversity count and deprivation (DR-learner)",
         "estimator": "dr_learner",
