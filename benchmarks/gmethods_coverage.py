@@ -104,7 +104,14 @@ def scored_analyses() -> list[Analysis]:
             }
         }
     )
-    return [*declared, *twins, baseline]
+    trials = next(a for a in declared if a.estimator == "sequential_trials")
+    doubly_robust = trials.model_copy(
+        update={
+            "name": f"{trials.name}_dr",
+            "options": {**trials.options, "augment": True, "method": "trial_emulation_dr"},
+        }
+    )
+    return [*declared, doubly_robust, *twins, baseline]
 
 
 DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_iptw"}

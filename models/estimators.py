@@ -779,6 +779,9 @@ class SequentialTrialsOptions(Options):
     # 0: child-clustered sandwich standard errors (the entry model's estimation included);
     # above 0: children resampled that many times, the entry model refitted in each replicate
     bootstrap_replicates: int = 0
+    # doubly robust: subtract a weighted linear outcome model of the controls before the
+    # weighted contrast (standard errors then bootstrapped, at least 100 replicates)
+    augment: bool = False
 
 
 @register
@@ -808,7 +811,7 @@ class SequentialTrials(AnalysisEstimator):
         periods = trial_periods(ed, cohort.person_time, o.confounders)
         baseline = design_matrix(ed, s.covariates, s.categorical)
         ys = {out: ed[out].to_numpy(float) for out in outcomes}
-        fitter = SequentialTrialEmulation(o.bootstrap_replicates, s.cv_seed)
+        fitter = SequentialTrialEmulation(o.bootstrap_replicates, s.cv_seed, o.augment)
         results = fitter.fit(periods, baseline, o.confounders, ys)
         for out, r in results.items():
             binary = is_binary(ys[out])

@@ -229,8 +229,13 @@ class SequentialTrialEmulation:
     so a control's appearance in several trials is accounted for.
     """
 
-    def __init__(self, replicates: int = 0, seed: int = 20240601) -> None:
-        self.replicates = replicates
+    def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False) -> None:
+        # augment: doubly robust; the outcome's linear model on the entry model's design, fitted
+        # in the controls with their weights, is subtracted from every outcome before the
+        # weighted contrast (consistent if either model is right, and far less dependent on the
+        # few controls with large weights); its standard errors are bootstrapped (at least 100)
+        self.augment = augment
+        self.replicates = max(replicates, 100) if augment else replicates
         self.seed = seed
 
     def fit(
@@ -294,6 +299,8 @@ class SequentialTrialEmulation:
             out = {}
             for name, y in outcomes.items():
                 yr = y[child]
+                if self.augment:  # residuals of the weighted outcome model of the controls
+                    yr = yr - _weighted_fit_predict(x, yr, w)
                 ty = np.bincount(trial, weights=a * counts[child] * yr, minlength=len(nt))
                 cy = np.bincount(trial, weights=w * yr, minlength=len(nt))
                 ok = (nt > 0) & (wsum > 0)
@@ -417,6 +424,15 @@ def _sandwich_se(
     np.add.at(u, child, score)
     phi = direct - u @ np.linalg.lstsq(info, grad, rcond=None)[0]
     return float(np.sqrt(np.sum(phi**2)))
+
+
+def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares of ``y`` on ``x`` over the rows with ``w > 0`` (a tiny ridge for
+    columns empty there), predicted for every row."""
+    use = w > 0
+    xw = x[use] * w[use, None]
+    coef = np.linalg.solve(xw.T @ x[use] + 1e-8 * np.eye(x.shape[1]), xw.T @ y[use])
+    return x @ coef
 
 
 def _effective_sample_size(w: np.ndarray) -> float:
