@@ -249,3 +249,21 @@ def test_person_time_is_split_at_entry_anniversaries() -> None:
     assert a["years_since_entry"].tolist() == [-1, 0, 1, 2]
     assert a["looked_after_2"].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert rows.loc[rows["person_key"] == "b", "years_since_entry"].tolist() == [-1]
+
+
+def test_years_since_entry_figure_is_drawn_from_the_msm_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.gmethods import years_since_entry_figure
+
+    rows = pd.DataFrame(
+        {
+            "outcome": "absence_rate",
+            "contrast": [f"looked_after_year_since_entry_{j}" for j in range(5)],
+            "method": "msm_iptw",
+            "estimate": [-0.01, -0.02, -0.02, -0.03, -0.02],
+            "ci_low": [-0.02, -0.03, -0.03, -0.04, -0.03],
+            "ci_high": [0.0, -0.01, -0.01, -0.02, -0.01],
+        }
+    )
+    path = tmp_path / "absence_by_years_since_entry.png"
+    assert years_since_entry_figure(rows, path) and path.stat().st_size > 1000
+    assert not years_since_entry_figure(rows.assign(method="gee"), tmp_path / "none.png")
