@@ -1176,7 +1176,10 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
                 f = TimeVaryingCoxFitter(robust=s.cox_standard_errors == "robust").fit(
                     rows, [*terms[1:], *cox_covs], exposure=terms[0], strata=strata
                 )
-                summary, warning = f.summary, "; ".join(f.warnings_)
+                # the fitter's "no events while (not) looked after" reads its first term only:
+                # each year's own count is checked below
+                kept = [w for w in f.warnings_ if not w.startswith("no events while")]
+                summary, warning = f.summary, "; ".join(kept)
             except Exception as exc:
                 summary, warning = None, f"failed: {type(exc).__name__}: {exc}"
             for j, term in enumerate(terms):
@@ -1189,6 +1192,11 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
                     )
                     p = float(r["p"])
                 n_exp = int(rows.loc[on, "person_key"].nunique())
+                events_on = int(rows.loc[on, "event"].sum())
+                note = warning
+                if events_on == 0:  # the term's coefficient runs off to minus infinity
+                    hr = lo = hi = p = float("nan")
+                    note = "; ".join(filter(None, [warning, "no events in this year since entry"]))
                 self.estimates_.append(
                     Estimate(
                         outcome,
@@ -1201,8 +1209,8 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
                         p,
                         n_exp,
                         int(rows["person_key"].nunique()) - n_exp,
-                        warning,
-                        events_exposed=int(rows.loc[on, "event"].sum()),
+                        note,
+                        events_exposed=events_on,
                         events_unexposed=int(rows.loc[rows["looked_after"] == 0, "event"].sum()),
                     )
                 )
