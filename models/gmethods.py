@@ -609,7 +609,7 @@ def years_since_entry_figure(estimates: pd.DataFrame, path: str | Path) -> bool:
     ax.set_xticks(range(0, int(j.max()) + 1), [*map(str, range(int(j.max()))), f"{int(j.max())}+"])
     ax.set_xlabel("whole years since entry to care")
     ax.set_ylabel("effect on the absence rate (percentage points)")
-    ax.set_title("Care and yearly absence by years since entry (MSM, stabilised weights)")
+    ax.set_title("Care and yearly absence by years since entry (MSM)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
