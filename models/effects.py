@@ -371,7 +371,7 @@ def cross_fitted_nuisances(
     treated_outcome: bool = False,
 ) -> Nuisances:
     """Propensity and outcome models by gradient boosting (scikit-learn's
-    HistGradientBoosting: at most ``max_iter`` rounds, stopped early when 10 rounds bring no
+    HistGradientBoosting: at most ``max_iter`` rounds, stopped early when 20 rounds bring no
     improvement on a 10% validation split of the training rows; leaves of at least 20
     children), cross-fitted: children are split into ``folds`` folds (stratified on exposure);
     each fold's predictions come from models fitted on the other folds. The untreated-outcome
@@ -383,7 +383,12 @@ def cross_fitted_nuisances(
 
     x, y, t = np.asarray(x, float), np.asarray(y, float), np.asarray(t, int)
     n = len(y)
-    kw = {"max_iter": max_iter, "early_stopping": True, "random_state": seed}
+    kw = {
+        "max_iter": max_iter,
+        "early_stopping": True,
+        "n_iter_no_change": 20,
+        "random_state": seed,
+    }
     e, m0 = np.empty(n), np.empty(n)
     m1 = np.empty(n) if treated_outcome else None
     notes: list[str] = []
