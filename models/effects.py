@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +31,9 @@ from models.propensity import fit_binary_glm, inverse_link, standardise
 from models.settings import ModelSettings
 
 Method = Literal["unadjusted", "regression", "ipw", "aipw"]
+# How a doubly robust estimator's nuisance models (propensity, outcome) are fitted: the
+# pipeline's parametric models, or cross-fitted gradient boosting (:func:`cross_fitted_nuisances`)
+Nuisance = Literal["parametric", "boosting"]
 Z = 1.959963984540054
 
 
@@ -107,13 +110,32 @@ class ExposureEffectFitter:
         (doubly robust ATT).
     binary
         Outcome is 0/1: the effect is a risk difference.
+    nuisance
+        For ``aipw``: ``parametric`` (the ``weights`` given to :meth:`fit` and an outcome model
+        on ``x``) or ``boosting`` (propensity and outcome models cross-fitted by gradient
+        boosting on ``x``, :func:`cross_fitted_nuisances`; ``weights`` are not used; the
+        nuisances are kept in ``nuisances_``).
+    seed
+        Fold assignment and boosting seed (``boosting`` only).
     """
 
-    def __init__(self, method: Method = "aipw", binary: bool = False) -> None:
+    def __init__(
+        self,
+        method: Method = "aipw",
+        binary: bool = False,
+        nuisance: Nuisance = "parametric",
+        seed: int = 0,
+    ) -> None:
         if method not in ("unadjusted", "regression", "ipw", "aipw"):
             raise ValueError(f"unknown method {method!r}")
+        if nuisance not in ("parametric", "boosting"):
+            raise ValueError(f"unknown nuisance models {nuisance!r}")
+        if nuisance == "boosting" and method != "aipw":
+            raise ValueError("nuisance='boosting' is for the doubly robust method (aipw) only")
         self.method = method
         self.binary = binary
+        self.nuisance = nuisance
+        self.seed = seed
         self.warnings_: list[str] = []
 
     @classmethod
@@ -162,11 +184,24 @@ class ExposureEffectFitter:
             if balanced_on is not None:
                 zb = balanced_on.to_numpy(float)
                 self.se_ = _balancing_ipw_se(y[keep], t[keep], w[keep], zb[keep])
+        elif self.nuisance == "boosting":
+            # the weights come from the cross-fitted propensity, not from ``weights``
+            nu = cross_fitted_nuisances(xm, y, t, self.binary, seed=self.seed)
+            self.nuisances_ = nu
+            self.warnings_ += nu.warnings
+            self._aipw_given(y, t, nu.untreated, nu.att_weights(t))
         else:
             if weights is None:
                 raise ValueError("aipw needs weights (propensity-based)")
             self._aipw(y, t, xm, np.asarray(weights, float))
         return self
+
+    def untreated_predictions(self, y: np.ndarray, t: np.ndarray, x: pd.DataFrame) -> np.ndarray:
+        """The untreated-outcome model (OLS, or logistic with the ridge fallback, fitted in the
+        unexposed: the one regression imputation and AIPW use) predicted for every child."""
+        y, t, xm = np.asarray(y, float), np.asarray(t, int), x.to_numpy(float)
+        res = self._outcome_model(y[t == 0], xm[t == 0])
+        return self._predict(res, xm)
 
     def _ols(self, y: np.ndarray, design: np.ndarray, w: np.ndarray | None = None) -> None:
         model = sm.WLS(y, design, weights=w) if w is not None else sm.OLS(y, design)
@@ -255,7 +290,13 @@ class ExposureEffectFitter:
         keep = w > 0
         y, t, xm, w = y[keep], t[keep], xm[keep], w[keep]
         res = self._outcome_model(y[t == 0], xm[t == 0])
-        m0 = self._predict(res, xm)
+        self._aipw_given(y, t, self._predict(res, xm), w)
+
+    def _aipw_given(self, y: np.ndarray, t: np.ndarray, m0: np.ndarray, w: np.ndarray) -> None:
+        """The doubly robust ATT and its influence-function SE from given nuisances: ``m0``
+        the untreated-outcome predictions, ``w`` the unexposed children's ATT weights."""
+        keep = w > 0
+        y, t, m0, w = y[keep], t[keep], m0[keep], w[keep]
         resid = y - m0
         n1 = t.sum()
         att = (np.sum(t * resid) - np.sum((1 - t) * w * resid)) / n1
@@ -299,23 +340,101 @@ class ExposureEffectFitter:
         return self.summary.to_string(index=False)
 
 
+@dataclass
+class Nuisances:
+    """Cross-fitted nuisance predictions for every child (each from models that did not see
+    the child): ``propensity`` P(exposed | x), ``untreated`` E[y | x, unexposed], and
+    ``treated`` E[y | x, exposed] when asked for."""
+
+    propensity: np.ndarray
+    untreated: np.ndarray
+    treated: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def att_weights(self, t: np.ndarray, clip: float = 0.99) -> np.ndarray:
+        """ATT weights: 1 for the exposed, the odds e / (1 - e) (e capped at ``clip``) for the
+        unexposed, scaled so the unexposed weights sum to the number exposed."""
+        e = np.minimum(self.propensity, clip)
+        w = np.where(t == 1, 1.0, e / (1 - e))
+        w[t == 0] *= t.sum() / max(w[t == 0].sum(), 1e-300)
+        return w
+
+
+def cross_fitted_nuisances(
+    x: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+    binary: bool,
+    folds: int = 5,
+    max_iter: int = 100,
+    seed: int = 0,
+    treated_outcome: bool = False,
+) -> Nuisances:
+    """Propensity and outcome models by gradient boosting (scikit-learn's
+    HistGradientBoosting: at most ``max_iter`` rounds, stopped early when 20 rounds bring no
+    improvement on a 10% validation split of the training rows; leaves of at least 20
+    children), cross-fitted: children are split into ``folds`` folds (stratified on exposure);
+    each fold's predictions come from models fitted on the other folds. The untreated-outcome
+    model is fitted in the unexposed of the training folds (the treated one, if asked for, in
+    the exposed); a binary outcome uses the classifier's probability. What double machine
+    learning's influence-function SEs assume (Chernozhukov et al. 2018)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y, t = np.asarray(x, float), np.asarray(y, float), np.asarray(t, int)
+    n = len(y)
+    kw = {
+        "max_iter": max_iter,
+        "early_stopping": True,
+        "n_iter_no_change": 20,
+        "random_state": seed,
+    }
+    e, m0 = np.empty(n), np.empty(n)
+    m1 = np.empty(n) if treated_outcome else None
+    notes: list[str] = []
+
+    def outcome_fit(rows: np.ndarray) -> Any:
+        if binary:
+            yr = y[rows]
+            if yr.min() == yr.max():  # one class in the training rows: a constant prediction
+                return float(yr[0])
+            return HistGradientBoostingClassifier(**kw).fit(x[rows], yr.astype(int))
+        return HistGradientBoostingRegressor(**kw).fit(x[rows], y[rows])
+
+    def outcome_predict(model: Any, rows: np.ndarray) -> np.ndarray:
+        if isinstance(model, float):
+            return np.full(len(rows), model)
+        if binary:
+            return np.asarray(model.predict_proba(x[rows])[:, 1])
+        return np.asarray(model.predict(x[rows]))
+
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for train, test in split.split(x, t):
+        ps = HistGradientBoostingClassifier(**kw).fit(x[train], t[train])
+        e[test] = ps.predict_proba(x[test])[:, 1]
+        m0[test] = outcome_predict(outcome_fit(train[t[train] == 0]), test)
+        if m1 is not None:
+            m1[test] = outcome_predict(outcome_fit(train[t[train] == 1]), test)
+    if (e > 0.99).any():
+        notes.append(f"boosting propensity above 0.99 for {int((e > 0.99).sum())} children: capped")
+    return Nuisances(e, m0, m1, notes)
+
+
 def e_value(
     estimate: float, ci_low: float, ci_high: float, scale: str, sd: float | None = None
 ) -> float:
-    """E-value (VanderWeele & Ding) of a point estimate on a ratio scale (RR / HR / OR), or a
-    mean difference converted with RR ~ exp(0.91 * d)."""
-    if scale == "mean_difference":
-        if not sd:
-            return float("nan")
-        rr = float(np.exp(0.91 * estimate / sd))
-    elif scale in ("hazard_ratio", "odds_ratio", "risk_ratio"):
-        rr = estimate
-    else:
-        return float("nan")
-    if not np.isfinite(rr) or rr <= 0:
-        return float("nan")
-    rr = rr if rr >= 1 else 1 / rr
-    return float(rr + np.sqrt(rr * (rr - 1)))
+    """E-value of the point estimate (VanderWeele & Ding 2017), what results/sensitivity.csv
+    reports today; :func:`models.sensitivity.e_value_ci` gives the confidence limit's (the one
+    the issue asks for: a change of ``models.outputs.sensitivity_table`` to call it is left to
+    the owner of that file). ``sd``: the outcome's SD (a mean difference is standardised by it;
+    for a 0/1 outcome sd^2 = p (1 - p) tells whether it is common, for the OR conversion).
+    ``ci_low`` and ``ci_high`` are unused here (kept for the callers)."""
+    from models.sensitivity import RARE_OUTCOME, e_value_point
+
+    share = None
+    if sd and scale in ("odds_ratio", "hazard_ratio") and sd**2 > RARE_OUTCOME * (1 - RARE_OUTCOME):
+        share = 0.5
+    return e_value_point(estimate, scale, sd=sd, outcome_share=share)
 
 
 def _balancing_ipw_se(y: np.ndarray, t: np.ndarray, w: np.ndarray, x: np.ndarray) -> float:

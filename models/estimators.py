@@ -17,13 +17,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ground.errors import ConfigError
 from models.effects import (
     Estimate,
     ExposureEffectFitter,
     Method,
+    Nuisance,
     bootstrap_weighting_se,
     select_outcome_design,
 )
@@ -33,6 +34,7 @@ from models.propensity import (
     flexible_design,
     select_propensity_model,
 )
+from models.sensitivity import events_per_covariate_warning
 from models.settings import ADVERSITIES, Link, ModelSettings
 from models.survival import PiecewisePoissonFitter, TimeVaryingCoxFitter, age_month_intervals
 from schemas.analyses import EVERY_TIME_TO_EVENT_OUTCOME, Analysis
@@ -681,6 +683,7 @@ class TimeVaryingSurvival(AnalysisEstimator):
             "cox_tv_unadjusted": lambda rows: TimeVaryingCoxFitter().fit(rows, []),
             "poisson_pw": lambda rows: PiecewisePoissonFitter().fit(rows, covs),
         }
+        n_strata = int(kids[strata].drop_duplicates().shape[0]) if strata else 0
         outcomes = self.analysis.outcomes
         if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
             outcomes = tuple(sorted(pt["outcome"].unique()))
@@ -705,6 +708,13 @@ class TimeVaryingSurvival(AnalysisEstimator):
                     warning = "; ".join(f.warnings_)
                 except Exception as exc:
                     warning = f"failed: {type(exc).__name__}: {exc}"
+                epv = events_per_covariate_warning(
+                    events["events_exposed"] + events["events_unexposed"],
+                    # care plus the adjustment set (the Poisson model's dummies included)
+                    1 + {"cox_tv": len(cox_covs), "poisson_pw": len(covs)}.get(model, 0),
+                    n_strata if model == "cox_tv" else 0,
+                )
+                warning = "; ".join(filter(None, [warning, epv]))
                 self.estimates_.append(
                     Estimate(
                         outcome,
@@ -752,3 +762,455 @@ class KaplanMeier(AnalysisEstimator):
 
     def _fit(self, cohort: CohortData) -> None:
         """Nothing to fit: the declared outcomes were checked against cohort.person_time."""
+
+
+# ---- g-methods for care entry as a time-varying treatment (issue #20 items 2, 3; H8) --------
+
+
+class SequentialTrialsOptions(Options):
+    # the time-varying confounders of care entry, measured before each trial's time zero
+    # (columns of cohort.person_time); [] leaves only the baseline covariates, which is biased
+    # when later records move entry to care (kept for the comparison)
+    confounders: tuple[Literal["new_factors_recorded", "new_protection_plan"], ...] = (
+        "new_factors_recorded",
+        "new_protection_plan",
+    )
+    method: str = "trial_emulation"
+    # 0: child-clustered sandwich standard errors (the entry model's estimation included);
+    # above 0: children resampled that many times, the entry model refitted in each replicate
+    bootstrap_replicates: int = 0
+    # doubly robust: subtract a weighted linear outcome model of the controls before the
+    # weighted contrast (standard errors then bootstrapped, at least 100 replicates)
+    augment: bool = False
+
+
+@register
+class SequentialTrials(AnalysisEstimator):
+    """Sequential emulation of a target trial of care entry at each year since the first
+    referral (:class:`models.gmethods.SequentialTrialEmulation`), pooled into the ATT of care
+    before year 11 on each declared KS4 outcome (rows ``contrast``, method ``trial_emulation``);
+    the per-trial numbers go to results/diagnostics.csv. Protocol: docs/gmethods.md."""
+
+    name = "sequential_trials"
+    Options = SequentialTrialsOptions
+    options: SequentialTrialsOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import SequentialTrialEmulation, trial_periods
+
+        s, o, a = self.settings, self.options, self.analysis
+        outcomes = list(a.outcomes)
+        kids = self.population(cohort)
+        ed = kids[kids[outcomes].notna().all(axis=1)].reset_index(drop=True)
+        treated = ed["ks4_care_group"].isin(["long", "short"]).to_numpy()
+        if treated.sum() < 2 or (~treated).sum() < 2:
+            self.diagnostics_.append(
+                diagnostic(a.name, "skipped", float(treated.sum()), "too few entrants or controls")
+            )
+            return
+        periods = trial_periods(ed, cohort.person_time, o.confounders)
+        baseline = design_matrix(ed, s.covariates, s.categorical)
+        ys = {out: ed[out].to_numpy(float) for out in outcomes}
+        fitter = SequentialTrialEmulation(o.bootstrap_replicates, s.cv_seed, o.augment)
+        results = fitter.fit(periods, baseline, o.confounders, ys)
+        for out, r in results.items():
+            binary = is_binary(ys[out])
+            events: dict[str, Any] = (
+                {
+                    "events_exposed": int(np.nansum(ys[out][treated])),
+                    "events_unexposed": int(np.nansum(ys[out][~treated])),
+                }
+                if binary
+                else {}
+            )
+            lo, hi, p = _wald_interval(r.estimate, r.se)
+            self.estimates_.append(
+                Estimate(
+                    out,
+                    a.contrast,
+                    o.method,
+                    "risk_difference" if binary else "mean_difference",
+                    r.estimate,
+                    lo,
+                    hi,
+                    p,
+                    r.n_treated,
+                    r.n_control_children,
+                    "; ".join(r.warnings),
+                    **events,
+                )
+            )
+            for t in r.trials[r.trials["entrants"] > 0].itertuples():
+                self.diagnostics_.append(
+                    diagnostic(f"{a.name}:{out}", f"trial_{t.trial}:entrants", float(t.entrants))
+                )
+                self.diagnostics_.append(
+                    diagnostic(f"{a.name}:{out}", f"trial_{t.trial}:att", float(t.att))
+                )
+        w = fitter.control_weights_
+        w = w[w > 0]
+        self.diagnostics_ += [
+            diagnostic(a.name, "control_weight_max", float(w.max()) if len(w) else np.nan),
+            diagnostic(a.name, "control_weight_mean", float(w.mean()) if len(w) else np.nan),
+            diagnostic(a.name, "person_periods", float(len(periods))),
+        ]
+        for term in o.confounders:
+            self.diagnostics_.append(
+                diagnostic(a.name, f"entry_log_hr:{term}", float(fitter.coef_.get(term, np.nan)))
+            )
+
+
+def _wald_interval(est: float, se: float) -> tuple[float, float, float]:
+    """95% interval and two-sided p value; NaN without a usable standard error."""
+    from scipy import stats
+
+    if not np.isfinite(se) or se <= 0:
+        return float("nan"), float("nan"), float("nan")
+    return est - 1.96 * se, est + 1.96 * se, float(2 * stats.norm.sf(abs(est / se)))
+
+
+class AbsenceMSMOptions(Options):
+    # the time-varying confounders of care entry, as of each school year's 1 September
+    # (columns of cohort.school_years); [] gives baseline-only weights
+    confounders: tuple[Literal["new_factors_recorded", "new_protection_plan"], ...] = (
+        "new_factors_recorded",
+        "new_protection_plan",
+    )
+    # the last year since entry modelled on its own ("this many or more")
+    max_years_since_entry: int = 4
+    method: str = "msm_iptw"
+
+
+@register
+class AbsenceMSM(AnalysisEstimator):
+    """Yearly absence by whole years since entry to care: a marginal structural model with
+    stabilised time-varying weights (:func:`models.gmethods.absence_msm`); rows
+    ``{contrast}_{j}`` for j = 0 to ``max_years_since_entry`` (the last: that many or more)."""
+
+    name = "absence_msm"
+    outcomes_in = "school_years"
+    Options = AbsenceMSMOptions
+    options: AbsenceMSMOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import absence_msm
+
+        s, o, a = self.settings, self.options, self.analysis
+        if cohort.school_years.empty:
+            return
+        kids = self.population(cohort)
+        covs = [c for c in s.covariates if c in kids.columns]
+        for outcome in a.outcomes:
+            r = absence_msm(
+                cohort.school_years,
+                kids,
+                covs,
+                s.categorical,
+                o.confounders,
+                outcome,
+                o.max_years_since_entry,
+            )
+            for row in r.rows.itertuples():
+                lo, hi, p = _wald_interval(row.estimate, row.se)
+                self.estimates_.append(
+                    Estimate(
+                        outcome,
+                        f"{a.contrast}_{row.years_since_entry}",
+                        o.method,
+                        "mean_difference",
+                        row.estimate,
+                        lo,
+                        hi,
+                        p,
+                        row.n_children,
+                        r.n_children - row.n_children,
+                        "; ".join(r.warnings),
+                    )
+                )
+            self.diagnostics_ += [
+                diagnostic(f"{a.name}:{outcome}", "weight_max", float(r.weights.max())),
+                diagnostic(f"{a.name}:{outcome}", "weight_mean", float(r.weights.mean())),
+            ]
+
+
+# ---- effect modification by pre-care adversity (issue #20) -----------------------------------
+
+
+class StratifiedEffectOptions(Options):
+    exposure: str = "ks4_care_group"
+    exposed: tuple[str, ...] = ("long", "short")
+    unexposed: tuple[str, ...] = ("none",)
+    # 0/1 columns of cohort.children: the ATT is estimated among children with and without each
+    modifiers: tuple[str, ...] = tuple(ADVERSITIES)
+    # also strata of deprivation: deciles 1 to this (most deprived) vs the rest; None: no
+    most_deprived_up_to_decile: int | None = Field(3, ge=1, le=9)
+    # the nuisance models: the pipeline's parametric propensity (settings) and outcome models,
+    # or cross-fitted gradient boosting (models.effects.cross_fitted_nuisances)
+    nuisance: Nuisance = "parametric"
+    # a stratum with fewer exposed or unexposed children than this is not estimated
+    min_children: int = Field(10, ge=2)
+
+
+@register
+class StratifiedEffect(ExposureEffect):
+    """Doubly robust ATT within each stratum of a modifier and the difference between strata
+    (:func:`models.heterogeneity.stratum_atts`, influence-function SEs). Rows: contrast
+    ``{contrast}_with_{m}``, ``{contrast}_without_{m}`` and ``{contrast}_with_minus_without_{m}``
+    (scale ``difference_in_<scale>``), the deprivation strata as ``{contrast}_most_deprived``,
+    ``{contrast}_less_deprived`` and ``{contrast}_most_deprived_minus_less_deprived``; method
+    ``aipw`` or, with boosting nuisances, ``aipw_boosting`` (which adds the overall ATT under
+    ``{contrast}``, to compare with the parametric AIPW). A difference row carries the smaller
+    stratum's counts, so disclosure control withholds it whenever it withholds a stratum."""
+
+    name = "stratified_effect"
+    Options = StratifiedEffectOptions  # type: ignore[assignment]
+    options: StratifiedEffectOptions  # type: ignore[assignment]
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.heterogeneity import stratum_atts
+
+        s, o, a = self.settings, self.options, self.analysis
+        outcomes = list(a.outcomes)
+        kids = self.population(cohort)
+        ed = kids[kids[outcomes].notna().all(axis=1)].reset_index(drop=True)
+        sub = ed[ed[o.exposure].isin([*o.exposed, *o.unexposed])].reset_index(drop=True)
+        t = sub[o.exposure].isin(o.exposed).to_numpy().astype(int)
+        if t.sum() < o.min_children or (1 - t).sum() < o.min_children:
+            self.diagnostics_.append(
+                diagnostic(a.name, "skipped", float(t.sum()), "too few exposed or unexposed")
+            )
+            return
+        strata: dict[str, tuple[np.ndarray, tuple[str, str]]] = {}
+        for m in o.modifiers:
+            if m not in sub:
+                raise ConfigError(f"analysis {a.name!r}: modifier {m!r} not in cohort.children")
+            strata[m] = (sub[m].to_numpy() == 1, ("with", "without"))
+        if o.most_deprived_up_to_decile is not None:
+            most = sub["deprivation_decile"].to_numpy() <= o.most_deprived_up_to_decile
+            strata["deprivation"] = (most, ("most_deprived", "less_deprived"))
+        method = "aipw" if o.nuisance == "parametric" else "aipw_boosting"
+        x = design_matrix(sub, s.covariates, s.categorical)
+        if o.nuisance == "parametric":
+            ps, designs, _ = fit_propensity(sub, t, s, None, a.name)
+            w = ps.weights_
+            design_of = self._outcome_designs(cohort, ed, outcomes)
+        for out in outcomes:
+            y = sub[out].to_numpy(float)
+            binary = is_binary(y)
+            scale = "risk_difference" if binary else "mean_difference"
+            f = ExposureEffectFitter("aipw", binary=binary, nuisance=o.nuisance, seed=s.cv_seed)
+            if o.nuisance == "parametric":
+                m0 = f.untreated_predictions(y, t, designs[design_of[out]])
+            else:
+                # the overall ATT with the same cross-fitted nuisances as the strata
+                f.fit(y, t, x)
+                m0, w = f.nuisances_.untreated, f.nuisances_.att_weights(t)
+                est = f.result(out, a.contrast, scale)
+                est.method = method
+                self.estimates_.append(est)
+            for m, (in_s, labels) in strata.items():
+                rows = stratum_atts(y, t, m0, w, in_s, labels, o.min_children)
+                if not rows:
+                    self.diagnostics_.append(
+                        diagnostic(a.name, f"skipped:{out}:{m}", float(in_s.sum()), "small stratum")
+                    )
+                    continue
+                for r, sel in zip(rows, (in_s, ~in_s, None), strict=True):
+                    what = m if m != "deprivation" else ""
+                    label = f"{r.label}_{what}".rstrip("_")
+                    lo, hi = r.ci
+                    if sel is None:  # the difference: the smaller stratum's counts
+                        n1 = min(rows[0].n_exposed, rows[1].n_exposed)
+                        n0 = min(rows[0].n_unexposed, rows[1].n_unexposed)
+                        ev = (
+                            [
+                                min(int(y[(t == g) & in_s].sum()), int(y[(t == g) & ~in_s].sum()))
+                                for g in (1, 0)
+                            ]
+                            if binary
+                            else [None, None]
+                        )
+                        row_scale = f"difference_in_{scale}"
+                    else:
+                        n1, n0 = r.n_exposed, r.n_unexposed
+                        ev = (
+                            [int(y[(t == g) & sel].sum()) for g in (1, 0)]
+                            if binary
+                            else [None, None]
+                        )
+                        row_scale = scale
+                    self.estimates_.append(
+                        Estimate(
+                            out,
+                            f"{a.contrast}_{label}",
+                            method,
+                            row_scale,
+                            r.estimate,
+                            lo,
+                            hi,
+                            r.p_value,
+                            n1,
+                            n0,
+                            events_exposed=ev[0],
+                            events_unexposed=ev[1],
+                        )
+                    )
+
+
+class DRLearnerOptions(Options):
+    exposure: str = "ks4_care_group"
+    exposed: tuple[str, ...] = ("long", "short")
+    unexposed: tuple[str, ...] = ("none",)
+    # the summaries: recorded adversities (these 0/1 columns, counted and capped at 3) and
+    # deprivation bands (deciles 1-3, 4-7, 8-10)
+    count_of: tuple[str, ...] = (*ADVERSITIES, "parental_learning_disability")
+    folds: int = Field(5, ge=2, le=10)
+    # bounds on the cost at national size: boosting rounds per nuisance model, children used
+    max_iter: int = Field(100, ge=10, le=1000)
+    max_rows: int = Field(20_000, ge=1000)
+
+
+@register
+class DRLearnerEffect(AnalysisEstimator):
+    """The conditional effect of care summarised by recorded adversity count and deprivation
+    (:class:`models.heterogeneity.DRLearner`, Kennedy 2023): rows ``{contrast}_cate_adversities_k``
+    (k = 0, 1, 2, 3 or more) and ``{contrast}_cate_deprivation_{band}``, method ``dr_learner``:
+    mean pseudo-outcome of *all* children of the group (an average effect, not the ATT).
+    Diagnostics: the best-linear-predictor calibration (``blp_b2`` near 1: the predicted
+    differences are real and of the right size; ``blp_b2_p``: test of no heterogeneity)."""
+
+    name = "dr_learner"
+    Options = DRLearnerOptions
+    options: DRLearnerOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.heterogeneity import DRLearner
+
+        s, o, a = self.settings, self.options, self.analysis
+        kids = self.population(cohort)
+        for out in a.outcomes:
+            ed = kids[kids[out].notna()]
+            sub = ed[ed[o.exposure].isin([*o.exposed, *o.unexposed])].reset_index(drop=True)
+            t = sub[o.exposure].isin(o.exposed).to_numpy().astype(int)
+            if t.sum() < 20 or (1 - t).sum() < 20:
+                self.diagnostics_.append(diagnostic(a.name, f"skipped:{out}", float(t.sum())))
+                continue
+            y = sub[out].to_numpy(float)
+            binary = is_binary(y)
+            x = design_matrix(sub, s.covariates, s.categorical)
+            decile = sub["deprivation_decile"].to_numpy()
+            v = pd.DataFrame(
+                {
+                    "adversities": sub[list(o.count_of)].sum(axis=1).clip(upper=3).astype(int),
+                    "deprivation": np.where(
+                        decile <= 3, "1_3", np.where(decile <= 7, "4_7", "8_10")
+                    ),
+                }
+            )
+            learner = DRLearner(
+                folds=o.folds, max_iter=o.max_iter, max_rows=o.max_rows, seed=s.cv_seed
+            ).fit(x, y, t, v, binary)
+            scale = "risk_difference" if binary else "mean_difference"
+            for col in ("adversities", "deprivation"):
+                for r in learner.by_group(col).itertuples():
+                    lo, hi = r.estimate - 1.959964 * r.se, r.estimate + 1.959964 * r.se
+                    self.estimates_.append(
+                        Estimate(
+                            out,
+                            f"{a.contrast}_cate_{col}_{r.level}",
+                            "dr_learner",
+                            scale,
+                            float(r.estimate),
+                            float(lo),
+                            float(hi),
+                            float("nan"),
+                            int(((v[col] == r.level).to_numpy() & (t == 1)).sum()),
+                            int(((v[col] == r.level).to_numpy() & (t == 0)).sum()),
+                        )
+                    )
+            for item, value in learner.calibration().items():
+                self.diagnostics_.append(diagnostic(f"{a.name}:{out}", f"blp_{item}", value))
+
+
+# ---- the hazard ratio by years since entry (issue #20 item 2; H8) ---------------------------
+
+
+class HazardBySinceEntryOptions(Options):
+    # the last whole year since first entry with its own hazard ratio ("this many or more")
+    max_years_since_entry: int = 4
+    method: str = "cox_tv_by_years_since_entry"
+
+
+@register
+class HazardByYearsSinceEntry(AnalysisEstimator):
+    """Hazard of each outcome while looked after, by whole years since first entry: the
+    time-varying Cox model of ``time_varying_survival`` (same covariates, authority strata,
+    age-month clock) with care split into one term per year since entry
+    (:func:`models.gmethods.split_at_entry_anniversaries`); rows ``{contrast}_year_since_entry_{j}``
+    (the world's truth names)."""
+
+    name = "hazard_by_years_since_entry"
+    outcomes_in = "person_time"
+    Options = HazardBySinceEntryOptions
+    options: HazardBySinceEntryOptions
+
+    def _fit(self, cohort: CohortData) -> None:
+        from models.gmethods import split_at_entry_anniversaries
+
+        s, o, a, pt = self.settings, self.options, self.analysis, cohort.person_time
+        kids = self.population(cohort).reset_index(drop=True)
+        strata = [c for c in s.categorical if c in s.survival_covariates]
+        x = design_matrix(kids, s.survival_covariates, strata)
+        cox_covs = [c for c in s.survival_covariates if c not in strata]
+        kids_x = pd.concat([kids[["person_key", *strata]], x], axis=1)
+        terms = [f"looked_after_{j}" for j in range(o.max_years_since_entry + 1)]
+        outcomes = a.outcomes
+        if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
+            outcomes = tuple(sorted(pt["outcome"].unique()))
+        for outcome in outcomes:
+            mine = pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])]
+            split = split_at_entry_anniversaries(mine, kids, o.max_years_since_entry)
+            rows = age_month_intervals(split, kids)
+            rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
+            try:
+                f = TimeVaryingCoxFitter(robust=s.cox_standard_errors == "robust").fit(
+                    rows, [*terms[1:], *cox_covs], exposure=terms[0], strata=strata
+                )
+                # the fitter's "no events while (not) looked after" reads its first term only:
+                # each year's own count is checked below
+                kept = [w for w in f.warnings_ if not w.startswith("no events while")]
+                summary, warning = f.summary, "; ".join(kept)
+            except Exception as exc:
+                summary, warning = None, f"failed: {type(exc).__name__}: {exc}"
+            for j, term in enumerate(terms):
+                on = rows[term] == 1
+                hr = lo = hi = p = float("nan")
+                if summary is not None and term in summary.index:
+                    r = summary.loc[term]
+                    hr, lo, hi = (
+                        float(np.exp(r[c])) for c in ("coef", "coef lower 95%", "coef upper 95%")
+                    )
+                    p = float(r["p"])
+                n_exp = int(rows.loc[on, "person_key"].nunique())
+                events_on = int(rows.loc[on, "event"].sum())
+                note = warning
+                if events_on == 0:  # the term's coefficient runs off to minus infinity
+                    hr = lo = hi = p = float("nan")
+                    note = "; ".join(filter(None, [warning, "no events in this year since entry"]))
+                self.estimates_.append(
+                    Estimate(
+                        outcome,
+                        f"{a.contrast}_year_since_entry_{j}",
+                        o.method,
+                        "hazard_ratio",
+                        hr,
+                        lo,
+                        hi,
+                        p,
+                        n_exp,
+                        int(rows["person_key"].nunique()) - n_exp,
+                        note,
+                        events_exposed=events_on,
+                        events_unexposed=int(rows.loc[rows["looked_after"] == 0, "event"].sum()),
+                    )
+                )

@@ -131,7 +131,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "outcomes": ["ks4_score"],
         "contrast": "per_placement_move",
         "options": {"term": "ks4_placement_moves"},
-        "e_value_methods": ["regression"],
     },
     {
         "name": "ks4_per_year_age_at_entry",
@@ -141,7 +140,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "contrast": "per_year_age_at_entry",
         "options": {"term": "age_at_entry"},
         "report_section": "results_only",
-        "e_value_methods": ["regression"],
     },
     {
         "name": "ks4_effect_modification",
@@ -157,7 +155,6 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
             ]
         },
         "report_section": "effect_modification",
-        "e_value_methods": ["regression"],
     },
     {
         "name": "absence_looked_after_year",
@@ -230,6 +227,55 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "label": "Kaplan-Meier cumulative incidence by group (figures and release/km_yearly.csv)",
         "estimator": "kaplan_meier",
         "outcomes": ["self_harm", "emergency_admission"],
+        "report_section": "results_only",
+    },
+    # g-methods for care entry as a time-varying treatment (docs/gmethods.md)
+    {
+        "name": "ks4_sequential_trials",
+        "label": "KS4: sequential trials of care entry, one per year since referral "
+        "(time-varying confounders)",
+        "estimator": "sequential_trials",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "cla_vs_nla",
+        "options": {"confounders": ["new_factors_recorded", "new_protection_plan"]},
+    },
+    {
+        "name": "absence_by_years_since_entry",
+        "label": "Absence by years since entry: marginal structural model, stabilised "
+        "time-varying weights",
+        "estimator": "absence_msm",
+        "outcomes": ["absence_rate"],
+        "contrast": "looked_after_year_since_entry",
+        "options": {
+            "confounders": ["new_factors_recorded", "new_protection_plan"],
+            "max_years_since_entry": 4,
+        },
+    },
+    # effect of care within pre-care adversity strata and the conditional effect (H7, #20)
+    {
+        "name": "ks4_by_adversity",
+        "label": "KS4: effect of care with and without each recorded adversity, and by "
+        "deprivation (doubly robust ATT per stratum)",
+        "estimator": "stratified_effect",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "cla_vs_nla",
+        "report_section": "results_only",
+    },
+    {
+        "name": "ks4_conditional_effect",
+        "label": "KS4: conditional effect of care by adversity count and deprivation (DR-learner)",
+        "estimator": "dr_learner",
+        "outcomes": ["ks4_score"],
+        "contrast": "cla_vs_nla",
+        "report_section": "results_only",
+    },
+    {
+        "name": "hazard_by_years_since_entry",
+        "label": "Hospital outcomes: hazard ratio while looked after by whole years since entry "
+        "(time-varying Cox)",
+        "estimator": "hazard_by_years_since_entry",
+        "outcomes": ["self_harm", "emergency_admission", "mental_health_admission"],
+        "contrast": "cla_vs_nla",
         "report_section": "results_only",
     },
 ]

@@ -1,0 +1,256 @@
+"""Coverage of the g-method estimators against the synthetic truth, over seeds (not a test).
+
+    uv run --locked python benchmarks/gmethods_coverage.py prepare --scenario S --seeds 1-20
+        [--children 20000] [--workdir /work/logs/h8/worlds]
+    uv run --locked python benchmarks/gmethods_coverage.py score --scenario S [--children 20000]
+        [--workdir ...] [--out coverage_out]
+
+``prepare`` runs ``synth -> validate (no Great Expectations) -> link -> build`` once per seed and
+keeps the world and the built run (``WORKDIR/gm_<scenario>_<children>_<seed>/``): the model
+stage is then cheap to repeat. ``score`` loads each kept cohort, fits the g-method analyses of
+``cohort/study_default.yaml`` (sequential trial emulation of care entry for KS4, the marginal
+structural models of absence by years since entry) beside the baseline-only KS4 estimators
+(regression, IPW, AIPW with analytic standard errors), joins every estimate to the world's own
+``truth/effects.json`` and prints per estimator: coverage, mean bias (with its Monte Carlo SE),
+the SD of the estimates across seeds over their mean SE, and the mean estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.coverage_seeds import SECRET, score, truth_table  # noqa: E402
+from schemas.analyses import Analysis  # noqa: E402
+
+
+def seed_dir(workdir: Path, scenario: str, children: int, seed: int) -> Path:
+    return workdir / f"gm_{scenario}_{children}_{seed}"
+
+
+def prepare_seed(seed: int, scenario: str, children: int, workdir: Path) -> Path:
+    """synth -> validate -> link -> build for one seed, kept under ``workdir`` (skipped when
+    already built)."""
+    from cohort import build_cohort
+    from ground.run_layout import RunLayout
+    from linkage import link_run
+    from orchestration.settings import load_run_settings
+    from synthetic_data import generate_world
+    from validation import ValidationSettings, validate_delivery
+
+    base = seed_dir(workdir, scenario, children, seed)
+    data, run = base / "world", base / "run"
+    if (base / "built").exists():
+        return base
+    base.mkdir(parents=True, exist_ok=True)
+    generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
+    layout = RunLayout.at(run)
+    validate_delivery(
+        data_dir=data, layout=layout, settings=ValidationSettings(run_great_expectations=False)
+    )
+    link_run(layout=layout, settings=load_run_settings(None).linkage, secret=SECRET)
+    build_cohort(layout=layout)
+    (base / "built").write_text("ok\n", encoding="utf-8")
+    return base
+
+
+def seeds_of(text: str) -> list[int]:
+    """``"1-20"`` or ``"3"`` or ``"1,4,7"``."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def scored_analyses() -> list[Analysis]:
+    """The declared g-method analyses, their baseline-only twins (weights without the
+    time-varying confounders) and the baseline-only KS4 estimators with analytic SEs."""
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    declared = [a for a in DEFAULT_ANALYSES if a.estimator in GMETHOD_ESTIMATORS]
+    twins = [
+        a.model_copy(
+            update={
+                "name": f"{a.name}_baseline_only",
+                "options": {
+                    **a.options,
+                    "confounders": [],
+                    "method": f"{a.options.get('method', DEFAULT_METHOD[a.estimator])}"
+                    "_baseline_only",
+                },
+            }
+        )
+        for a in declared
+        if a.estimator in DEFAULT_METHOD
+    ]
+    ks4 = next(a for a in DEFAULT_ANALYSES if a.name == "ks4_cla_vs_nla")
+    baseline = ks4.model_copy(
+        update={
+            "options": {
+                **ks4.options,
+                "methods": ["regression", "ipw", "aipw"],
+                "bootstrap": False,
+            }
+        }
+    )
+    trials = next(a for a in declared if a.estimator == "sequential_trials")
+    doubly_robust = trials.model_copy(
+        update={
+            "name": f"{trials.name}_dr",
+            "options": {**trials.options, "augment": True, "method": "trial_emulation_dr"},
+        }
+    )
+    return [*declared, doubly_robust, *twins, baseline]
+
+
+DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_iptw"}
+GMETHOD_ESTIMATORS = (*DEFAULT_METHOD, "hazard_by_years_since_entry")
+
+
+def score_seed(base: Path) -> pd.DataFrame:
+    """Fit :func:`scored_analyses` on one kept cohort and score them against its truth."""
+    from ground.run_layout import RunLayout
+    from models.estimators import CohortData
+    from models.run import load_cohort, run_analyses
+    from models.settings import ModelSettings
+
+    children, pt, sy = load_cohort(RunLayout.at(base / "run"))
+    cohort = CohortData(children, pt, sy)
+    fitted = run_analyses(cohort, scored_analyses(), ModelSettings())
+    est = fitted.estimates.assign(analysis=fitted.row_analysis)
+    return score(est, truth_table(base / "world" / "truth"))
+
+
+def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (outcome, contrast, method): seeds, mean truth, coverage, mean bias and its Monte
+    Carlo SE, SD of the estimates' errors, mean SE (interval width / 3.92), SD / SE."""
+    g = rows.assign(se=rows["width"] / 3.92, covers=rows["covers"].astype(float)).groupby(
+        ["outcome", "contrast", "scale", "method"], sort=True
+    )
+    out = g.agg(
+        seeds=("seed", "nunique"),
+        truth=("truth", "mean"),
+        coverage=("covers", "mean"),
+        mean_bias=("bias", "mean"),
+        sd=("bias", "std"),
+        mean_se=("se", "mean"),
+        mean_estimate=("estimate", "mean"),
+    ).reset_index()
+    out["mcse_bias"] = out["sd"] / np.sqrt(out["seeds"])
+    out["sd_over_se"] = out["sd"] / out["mean_se"]
+    return out
+
+
+def to_markdown(t: pd.DataFrame) -> str:
+    lines = [
+        "| outcome | contrast | method | seeds | truth (mean) | coverage | mean bias (MCSE) "
+        "| SD | mean SE | SD/SE |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.outcome} | {r.contrast} | {r.method} | {r.seeds} | {r.truth:.4f} | "
+        f"{r.coverage:.0%} | {r.mean_bias:+.4f} ({r.mcse_bias:.4f}) | {r.sd:.4f} | "
+        f"{r.mean_se:.4f} | {r.sd_over_se:.2f} |"
+        for r in t.itertuples()
+    ]
+    return "\n".join(lines)
+
+
+def score_main(a: argparse.Namespace, workdir: Path) -> None:
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds_of(a.seeds):
+        base = seed_dir(workdir, a.scenario, a.children, seed)
+        if not (base / "built").exists():
+            continue
+        t0 = time.perf_counter()
+        rows.append(score_seed(base).assign(seed=seed))
+        sys.stderr.write(f"scored seed {seed}: {time.perf_counter() - t0:.0f} s\n")
+    if not rows:
+        raise SystemExit(f"no prepared seeds in {workdir} for {a.scenario} at {a.children}")
+    r = pd.concat(rows, ignore_index=True)
+    name = f"gmethods_{a.scenario}_{a.children}"
+    (out / f"{name}.json").write_text(r.to_json(orient="records", indent=1), encoding="utf-8")
+    table = summary_table(r)
+    text = (
+        f"G-methods against the truth, scenario {a.scenario}, {a.children:,} children, "
+        f"seeds {sorted(r['seed'].unique().tolist())}\n\n" + to_markdown(table) + "\n"
+    )
+    (out / f"{name}.md").write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+
+
+def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) -> None:
+    """Model-stage time of the declared g-method analyses on the kept cohorts of ``seeds``
+    stacked into one (person keys prefixed by seed): five 20,000-child worlds stand in for a
+    100,000-child one (same tables, five times the rows) without building it."""
+    from ground.run_layout import RunLayout
+    from models.estimators import CohortData, estimator_for
+    from models.run import load_cohort
+    from models.settings import ModelSettings
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
+    for seed in seeds:
+        base = seed_dir(workdir, scenario, children, seed)
+        if not (base / "built").exists():
+            continue
+        ch, pt, sy = load_cohort(RunLayout.at(base / "run"))
+        parts.append(
+            tuple(  # type: ignore[arg-type]
+                t.assign(person_key=f"s{seed}_" + t["person_key"].astype(str)) for t in (ch, pt, sy)
+            )
+        )
+    cohort = CohortData(*(pd.concat(list(x), ignore_index=True) for x in zip(*parts, strict=True)))
+    sys.stdout.write(
+        f"{len(parts)} cohorts stacked: {len(cohort.children):,} children, "
+        f"{len(cohort.person_time):,} person-time rows, {len(cohort.school_years):,} school years\n"
+    )
+    for a in DEFAULT_ANALYSES:
+        if a.estimator not in GMETHOD_ESTIMATORS:
+            continue
+        t0 = time.perf_counter()
+        estimator_for(a, ModelSettings()).fit(cohort)
+        sys.stdout.write(f"{a.name}: {time.perf_counter() - t0:.1f} s\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=["prepare", "score", "time"])
+    p.add_argument("--scenario", default="time_varying_confounding")
+    p.add_argument("--seeds", default="1-20")
+    p.add_argument("--children", type=int, default=20_000)
+    p.add_argument("--workdir", default="/work/logs/h8/worlds")
+    p.add_argument("--out", default="coverage_out")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if a.command == "prepare":
+        for seed in seeds_of(a.seeds):
+            t0 = time.perf_counter()
+            prepare_seed(seed, a.scenario, a.children, workdir)
+            sys.stderr.write(
+                f"prepared {a.scenario} seed {seed}: {time.perf_counter() - t0:.0f} s\n"
+            )
+        return
+    if a.command == "time":
+        time_stacked(workdir, a.scenario, a.children, seeds_of(a.seeds))
+        return
+    score_main(a, workdir)
+
+
+if __name__ == "__main__":
+    main()

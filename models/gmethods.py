@@ -1,0 +1,662 @@
+"""G-methods for care entry as a time-varying treatment (issue #20 items 2 and 3).
+
+Care decisions respond to what social services record after the first referral (new adversity
+factors, child-protection plans), and care in turn changes what happens next: time-varying
+confounding affected by earlier treatment, where adjusting only for the baseline (first
+referral) is biased and so is adjusting for the later records as ordinary covariates. Two
+estimators here handle it, each fitting a model of **care entry per period given the history
+recorded before the period**:
+
+* :class:`SequentialTrialEmulation` (KS4 at the end of year 11): a target trial of care entry
+  is emulated at the start of every year since the first referral (Hernan and Robins; Danaei
+  et al. 2013); per trial the effect of entering care that year rather than never (before
+  year 11) among those who entered, pooled across trials = the ATT of care before year 11 the
+  world's ``truth/effects.json`` holds (``ks4_score``/``ks4_level2_inclusive``,
+  ``cla_vs_nla``). The protocol is in docs/gmethods.md.
+* :class:`AbsenceMSM` (yearly absence by years since entry): a marginal structural model fitted
+  with stabilised time-varying inverse-probability-of-treatment weights on the school-year grid
+  (numerator: baseline covariates; denominator: plus the time-varying confounders measured
+  before the year), child-clustered sandwich intervals.
+
+Both read only ``cohort.children``, ``cohort.person_time`` and ``cohort.school_years``
+(:class:`models.estimators.CohortData`), whose time-varying covariates are measured strictly
+before the interval they adjust (docs/cohort.md#time-varying-covariates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# the time-varying confounders of care entry the cohort records (docs/cohort.md)
+TIME_VARYING_CONFOUNDERS = ("new_factors_recorded", "new_protection_plan")
+# a trial starts at every anniversary of the first referral: the world's reviews (and the
+# records that move entry to care) fall on those anniversaries
+PERIOD_DAYS = 365
+# period (years since the first referral) as a categorical term, the last level "this or later"
+PERIOD_LEVELS = 6
+
+
+# ---- the discrete-time model of care entry --------------------------------------------------
+
+
+def fit_cloglog(
+    x: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray,
+    weights: np.ndarray | None = None,
+    init: np.ndarray | None = None,
+    l2: float = 1e-6,
+    max_iter: int = 50,
+) -> np.ndarray:
+    """Complementary log-log regression with an offset (Fisher scoring, step halving): the
+    probability of an event in an interval of length ``exp(offset)`` under a hazard
+    ``exp(x @ b)`` constant within it, ``1 - exp(-exp(x @ b + offset))``. ``x`` includes the
+    intercept column; ``weights`` are frequency weights (a bootstrap replicate's counts);
+    ``init`` a starting point (the full-sample fit). A tiny ridge keeps a column with no events
+    finite."""
+    n, p = x.shape
+    w = np.ones(n) if weights is None else weights.astype(float)
+    if init is None:
+        b = np.zeros(p)
+        prev = float(np.clip(np.average(y, weights=w), 1e-6, 1 - 1e-6))
+        b[0] = np.log(-np.log1p(-prev)) - float(np.average(offset, weights=w))
+    else:
+        b = init.astype(float).copy()
+
+    def objective(beta: np.ndarray) -> float:
+        eta = np.clip(x @ beta + offset, -30, 5)
+        log_mu = np.log(-np.expm1(-np.exp(eta)))
+        log_1m = -np.exp(eta)
+        return float(-np.sum(w * (y * log_mu + (1 - y) * log_1m)) + 0.5 * l2 * np.sum(beta**2))
+
+    obj = objective(b)
+    for _ in range(max_iter):
+        eta = np.clip(x @ b + offset, -30, 5)
+        e = np.exp(eta)
+        mu = np.clip(-np.expm1(-e), 1e-12, 1 - 1e-12)
+        d = e * np.exp(-e)  # dmu/deta
+        var = mu * (1 - mu)
+        score = x.T @ (w * (y - mu) * d / var) - l2 * b
+        info = (x * (w * d**2 / var)[:, None]).T @ x + l2 * np.eye(p)
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(info, score, rcond=None)[0]
+        for _half in range(30):
+            new = objective(b + step)
+            if np.isfinite(new) and new <= obj + 1e-10 * abs(obj):
+                break
+            step = step / 2
+        else:
+            break
+        b = b + step
+        done = abs(obj - new) < 1e-10 * (abs(obj) + 1.0)
+        obj = new
+        if done:
+            break
+    return b
+
+
+def entry_probability(x: np.ndarray, b: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """P(entry in the interval | at risk, x) under the cloglog model."""
+    return np.clip(-np.expm1(-np.exp(np.clip(x @ b + offset, -30, 5))), 1e-9, 1 - 1e-9)
+
+
+# ---- the person-period table ----------------------------------------------------------------
+
+
+def ks4_year_start_day(children: pd.DataFrame) -> np.ndarray:
+    """Days from the index date to 1 September of the child's year 11 (the KS4 year).
+
+    The cohort keeps the week of birth (as ``age_at_index`` in days / 365.25); the school year
+    of birth is read from the week's middle day (1 September to 31 August), so only a child born
+    within three days of 1 September can be placed a year out."""
+    idx = pd.to_datetime(children["index_date"])
+    wob = idx - pd.to_timedelta(np.round(children["age_at_index"].to_numpy() * 365.25), unit="D")
+    mid = wob + pd.Timedelta(days=3)
+    ay0 = mid.dt.year - (mid.dt.month < 9).astype(int)
+    start = pd.to_datetime({"year": ay0 + 15, "month": 9, "day": 1})
+    return (start - idx).dt.days.to_numpy()
+
+
+def covariates_at(
+    person_time: pd.DataFrame, keys: pd.Series, day: np.ndarray, columns: Sequence[str]
+) -> pd.DataFrame:
+    """The time-varying covariates of ``person_time`` as of ``day`` (days from the index date)
+    for each (``keys``, ``day``) pair: the largest value over the child's rows (any outcome)
+    starting on or before that day. The covariates only grow (counts of factors, a plan that
+    never ends), and an outcome's rows stop at its first event, so the largest value over the
+    outcomes is the one the longest-followed outcome carries. 0 before any row."""
+    cols = list(columns)
+    q = pd.DataFrame({"person_key": keys.to_numpy(), "day": day, "_order": np.arange(len(keys))})
+    if not cols:
+        return pd.DataFrame(index=range(len(keys)))
+    pt = (
+        person_time.groupby(["person_key", "start_day"], sort=False)[cols]
+        .max()
+        .reset_index()
+        .sort_values(["person_key", "start_day"])
+    )
+    pt[cols] = pt.groupby("person_key")[cols].cummax()
+    pt = pt.sort_values("start_day")
+    q = q.sort_values("day")
+    m = pd.merge_asof(
+        q,
+        pt.rename(columns={"start_day": "day"}).astype({"day": q["day"].dtype}),
+        on="day",
+        by="person_key",
+        direction="backward",
+    )
+    m = m.sort_values("_order").reset_index(drop=True)
+    return m[cols].fillna(0.0).astype(float)
+
+
+def trial_periods(
+    children: pd.DataFrame, person_time: pd.DataFrame, confounders: Sequence[str]
+) -> pd.DataFrame:
+    """One row per child and year since the first referral in which the child is at risk of
+    entering care before year 11: the years from the index date up to the year in which care
+    starts (``entered`` = 1 in that year) or up to the start of year 11. Columns: ``child``
+    (row of ``children``), ``period`` (k: days (365k, 365(k+1)] from the index date, day 0 in
+    k = 0), ``years`` (the part of the year before year 11 starts), ``entered``, ``control``
+    (1 for every row of a child never looked after before year 11), and the ``confounders`` as
+    of the period's first day (recorded on or before day 365k)."""
+    ks4_day = ks4_year_start_day(children)
+    entry = (
+        pd.to_datetime(children["care_entry_date"]) - pd.to_datetime(children["index_date"])
+    ).dt.days.to_numpy(dtype=float)
+    treated = children["ks4_care_group"].isin(["long", "short"]).to_numpy()
+    # the cohort says care began before year 11: the derived year-11 start must agree
+    ks4_day = np.where(treated, np.maximum(ks4_day, entry + 1), ks4_day)
+    ks4_day = np.where(~treated & np.isfinite(entry), np.minimum(ks4_day, entry), ks4_day)
+    ks4_day = np.maximum(ks4_day, 1)
+    last_day = np.where(treated, entry, ks4_day - 1)
+    n_periods = np.floor(np.maximum(last_day - 1, 0) / PERIOD_DAYS).astype(int) + 1
+    child = np.repeat(np.arange(len(children)), n_periods)
+    period = np.arange(len(child)) - np.repeat(np.cumsum(n_periods) - n_periods, n_periods)
+    start = period * PERIOD_DAYS
+    end = np.minimum(start + PERIOD_DAYS, ks4_day[child])
+    rows = pd.DataFrame(
+        {
+            "child": child,
+            "period": period,
+            "years": np.maximum(end - start, 1) / 365.25,
+            "entered": (treated[child] & (period == n_periods[child] - 1)).astype(float),
+            "control": (~treated[child]).astype(float),
+        }
+    )
+    tv = covariates_at(person_time, children["person_key"].iloc[child], start + 1, confounders)
+    return pd.concat([rows, tv], axis=1)
+
+
+# ---- the sequential trials --------------------------------------------------------------------
+
+
+@dataclass
+class TrialResult:
+    """One outcome's pooled estimate and its per-trial parts."""
+
+    estimate: float
+    se: float
+    n_treated: int
+    n_control_children: int
+    trials: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+class SequentialTrialEmulation:
+    """Sequential emulation of a target trial of care entry at each year since the first
+    referral, pooled into the ATT of care before year 11.
+
+    Trial k (k = 0, 1, ...): eligible are children in need not yet looked after at the start of
+    year k since their first referral and before year 11; strategies: enter care in year k
+    versus never enter before year 11; time zero: the start of year k (covariates: baseline plus
+    the time-varying confounders recorded before it); outcome: KS4 at the end of year 11.
+    Controls are followed while they keep to "never": a control who enters care later is
+    censored then (in every trial it was a control in), and the censoring is undone by inverse
+    probability of remaining uncensored. Per trial the untreated mean of the entrants is the
+    controls' weighted mean with weight ``p_k / prod_{j >= k} (1 - p_j)`` (the ATT odds times
+    the censoring weights, ``p_j`` the modelled entry probability in year j); the pooled ATT
+    averages the trials by their entrants. One pooled cloglog model of entry per year (an
+    exponential hazard within the year, the part of the year before year 11 as offset) gives
+    every ``p``. Standard errors: children resampled (the model refitted in each replicate),
+    so a control's appearance in several trials is accounted for.
+    """
+
+    def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False) -> None:
+        # augment: doubly robust; the outcome's linear model on the entry model's design, fitted
+        # in the controls with their weights, is subtracted from every outcome before the
+        # weighted contrast (consistent if either model is right, and far less dependent on the
+        # few controls with large weights); its standard errors are bootstrapped (at least 100)
+        self.augment = augment
+        self.replicates = max(replicates, 100) if augment else replicates
+        self.seed = seed
+
+    def fit(
+        self,
+        periods: pd.DataFrame,
+        baseline: pd.DataFrame,
+        confounders: Sequence[str],
+        outcomes: dict[str, np.ndarray],
+    ) -> dict[str, TrialResult]:
+        """``periods`` from :func:`trial_periods`; ``baseline`` the children's baseline design
+        (one row per child, no intercept); ``outcomes`` each outcome per child (all observed)."""
+        n_children = len(baseline)
+        k = np.minimum(periods["period"].to_numpy(), PERIOD_LEVELS - 1)
+        period_dummies = (k[:, None] == np.arange(1, PERIOD_LEVELS)[None, :]).astype(float)
+        base = baseline.to_numpy(float)
+        bmean, bsd = base.mean(axis=0), base.std(axis=0)
+        base = (base - bmean) / np.where(bsd > 0, bsd, 1.0)
+        child = periods["child"].to_numpy()
+        x = np.c_[
+            np.ones(len(periods)),
+            base[child],
+            period_dummies,
+            periods[list(confounders)].to_numpy(float),
+        ]
+        self.columns_ = [
+            "intercept",
+            *baseline.columns,
+            *[f"period_{j}" for j in range(1, PERIOD_LEVELS)],
+            *confounders,
+        ]
+        # a column without variation (no plan ever recorded, a period no one reaches) has no
+        # coefficient: dropped, the intercept kept
+        varies = np.r_[True, x[:, 1:].std(axis=0) > 0]
+        x = x[:, varies]
+        self.columns_ = [c for c, v in zip(self.columns_, varies, strict=True) if v]
+        a = periods["entered"].to_numpy()
+        off = np.log(periods["years"].to_numpy())
+        ctrl = periods["control"].to_numpy() == 1
+        trial = periods["period"].to_numpy()
+        with _one_blas_thread():
+            return self._fit(x, a, off, child, ctrl, trial, outcomes, n_children)
+
+    def _fit(
+        self,
+        x: np.ndarray,
+        a: np.ndarray,
+        off: np.ndarray,
+        child: np.ndarray,
+        ctrl: np.ndarray,
+        trial: np.ndarray,
+        outcomes: dict[str, np.ndarray],
+        n_children: int,
+    ) -> dict[str, TrialResult]:
+        beta = fit_cloglog(x, a, off)
+        self.coef_ = pd.Series(beta, index=self.columns_)
+
+        def estimates(counts: np.ndarray, b: np.ndarray) -> dict[str, tuple[float, pd.DataFrame]]:
+            w = self._control_weights(x, b, off, child, ctrl) * counts[child]
+            nt = np.bincount(trial, weights=a * counts[child], minlength=trial.max() + 1)
+            wsum = np.bincount(trial, weights=w, minlength=trial.max() + 1)
+            out = {}
+            for name, y in outcomes.items():
+                yr = y[child]
+                if self.augment:  # residuals of the weighted outcome model of the controls
+                    yr = yr - _weighted_fit_predict(x, yr, w)
+                ty = np.bincount(trial, weights=a * counts[child] * yr, minlength=len(nt))
+                cy = np.bincount(trial, weights=w * yr, minlength=len(nt))
+                ok = (nt > 0) & (wsum > 0)
+                per = np.where(ok, ty / np.where(nt > 0, nt, 1) - cy / np.where(ok, wsum, 1), 0)
+                att = float(np.sum(per * nt * ok) / np.sum(nt * ok)) if np.any(ok) else np.nan
+                tab = pd.DataFrame(
+                    {
+                        "trial": np.arange(len(nt)),
+                        "entrants": nt,
+                        "att": np.where(ok, per, np.nan),
+                        "control_weight_sum": wsum,
+                    }
+                )
+                out[name] = (att, tab)
+            return out
+
+        full = estimates(np.ones(n_children), beta)
+        w_full = self._control_weights(x, beta, off, child, ctrl)
+        boot: dict[str, list[float]] = {name: [] for name in outcomes}
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.replicates):
+            counts = rng.multinomial(n_children, np.full(n_children, 1.0 / n_children)).astype(
+                float
+            )
+            b = fit_cloglog(x, a, off, weights=counts[child], init=beta)
+            for name, (att, _tab) in estimates(counts, b).items():
+                boot[name].append(att)
+        results = {}
+        n_treated = int(a.sum())
+        n_ctrl_children = len(np.unique(child[ctrl]))
+        for name, (att, tab) in full.items():
+            reps = np.asarray(boot[name], float)
+            reps = reps[np.isfinite(reps)]
+            if self.replicates > 0:
+                se = float(np.std(reps, ddof=1)) if len(reps) >= 20 else float("nan")
+            else:
+                se = _sandwich_se(x, a, off, beta, child, ctrl, trial, outcomes[name], att)
+            warnings = []
+            dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
+            if dropped:
+                warnings.append(f"{dropped} entrants in trials without controls left out")
+            ess = _effective_sample_size(w_full)
+            if ess < 50:
+                warnings.append(f"control weights' effective sample size {ess:.0f} < 50")
+            tab = tab.assign(control_effective_size=ess)
+            results[name] = TrialResult(att, se, n_treated, n_ctrl_children, tab, warnings)
+        self.control_weights_ = w_full
+        return results
+
+    @staticmethod
+    def _control_weights(
+        x: np.ndarray,
+        b: np.ndarray,
+        off: np.ndarray,
+        child: np.ndarray,
+        ctrl: np.ndarray,
+    ) -> np.ndarray:
+        """Each control row's weight ``p_k / prod_{j >= k} (1 - p_j)`` (rows sorted by child,
+        then period: the product runs over the child's later rows)."""
+        p = entry_probability(x, b, off)
+        log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
+        return np.where(ctrl, p * np.exp(-log_s), 0.0)
+
+
+def _one_blas_thread() -> Any:
+    """Small matrix products are far slower on several BLAS threads of a shared machine (4 s
+    instead of 0.3 s for the entry model at 20,000 children under load 6)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, "blas")
+
+
+def _sandwich_se(
+    x: np.ndarray,
+    a: np.ndarray,
+    off: np.ndarray,
+    beta: np.ndarray,
+    child: np.ndarray,
+    ctrl: np.ndarray,
+    trial: np.ndarray,
+    y_child: np.ndarray,
+    att: float,
+) -> float:
+    """Child-clustered sandwich (influence-function) standard error of the pooled ATT, the
+    entry model's estimation included (stacked estimating equations, linearised).
+
+    The ATT is the entrants' mean of ``Y - m_k`` (``m_k`` the weighted control mean of their
+    trial); a child's influence is its own entrant term, its weight in every trial it is a
+    control in, and through the entry model's coefficients (score times the inverse
+    information) the change of every control weight, ``d log w_k / d beta = (dp_k / p_k) x_k +
+    sum_{j >= k} exp(eta_j) x_j``."""
+    eta = np.clip(x @ beta + off, -30, 5)
+    e = np.exp(eta)
+    p = np.clip(-np.expm1(-e), 1e-9, 1 - 1e-9)
+    d = e * np.exp(-e)
+    y = y_child[child]
+    # the entry model: per-row score and the information
+    score = x * ((a - p) * d / (p * (1 - p)))[:, None]
+    info = (x * (d**2 / (p * (1 - p)))[:, None]).T @ x
+    # control weights and their derivatives
+    rev = pd.DataFrame(x[::-1] * e[::-1, None]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
+    log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
+    w = np.where(ctrl, p * np.exp(-log_s), 0.0)
+    dlogw = x * (d / p)[:, None] + rev
+    n_k = np.bincount(trial, weights=a)
+    w_k = np.bincount(trial, weights=w, minlength=len(n_k))
+    ok = (n_k > 0) & (w_k > 0)
+    m_k = np.where(
+        ok, np.bincount(trial, weights=w * y, minlength=len(n_k)) / np.where(ok, w_k, 1), 0
+    )
+    use = ok[trial]
+    n = float(np.sum(n_k[ok]))
+    # entrant terms, control terms (direct), and the gradient through beta
+    phi_row = np.where(use & (a == 1), (y - m_k[trial] - att) / n, 0.0)
+    share = np.where(ok, n_k / n, 0.0)
+    resid = np.where(use, w * (y - m_k[trial]) / np.where(ok, w_k, 1)[trial], 0.0)
+    phi_row -= share[trial] * resid
+    grad = ((share[trial] * resid)[:, None] * dlogw).sum(axis=0)
+    direct = np.bincount(child, weights=phi_row).astype(float)
+    u = np.zeros((direct.shape[0], x.shape[1]))
+    np.add.at(u, child, score)
+    phi = direct - u @ np.linalg.lstsq(info, grad, rcond=None)[0]
+    return float(np.sqrt(np.sum(phi**2)))
+
+
+def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares of ``y`` on ``x`` over the rows with ``w > 0`` (a tiny ridge for
+    columns empty there), predicted for every row."""
+    use = w > 0
+    xw = x[use] * w[use, None]
+    coef = np.linalg.solve(xw.T @ x[use] + 1e-8 * np.eye(x.shape[1]), xw.T @ y[use])
+    return x @ coef
+
+
+def _effective_sample_size(w: np.ndarray) -> float:
+    w = w[w > 0]
+    return float(w.sum() ** 2 / np.sum(w**2)) if len(w) else 0.0
+
+
+# ---- the marginal structural model of yearly absence ----------------------------------------
+
+
+@dataclass
+class MSMResult:
+    """The MSM's coefficients for each year since entry and the weights' summary."""
+
+    rows: pd.DataFrame  # years_since_entry, estimate, se, n_pupil_years, n_children
+    weights: pd.Series  # the stabilised weight of every pupil-year used
+    n_children: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def stabilised_entry_weights(
+    years: pd.DataFrame, baseline: pd.DataFrame, confounders: Sequence[str]
+) -> np.ndarray:
+    """Stabilised inverse-probability-of-treatment weights for entry to care on the school-year
+    grid: per child, the running product over its years at risk (not yet entered by the year's
+    start) of P(A | baseline, year) / P(A | baseline, year, confounders before the year), A = 1
+    in the year care starts. ``years`` holds ``child`` (row of ``baseline``), ``at_risk``,
+    ``entry``, ``years_from_index`` and the ``confounders``, sorted by child then year; a year
+    after entry multiplies by 1 (once in care the strategy is fixed)."""
+    from models.propensity import fit_binary_glm, inverse_link
+
+    child = years["child"].to_numpy()
+    at_risk = years["at_risk"].to_numpy() == 1
+    a = years["entry"].to_numpy(float)
+    yfi = np.minimum(years["years_from_index"].to_numpy(), PERIOD_LEVELS - 1)
+    year_dummies = (yfi[:, None] == np.arange(1, PERIOD_LEVELS)[None, :]).astype(float)
+    base = baseline.to_numpy(float)[child]
+    base = (base - base.mean(axis=0)) / np.where(base.std(axis=0) > 0, base.std(axis=0), 1.0)
+    tv = years[list(confounders)].to_numpy(float)
+    num_x = np.c_[base, year_dummies]
+    den_x = np.c_[num_x, tv]
+    ratio = np.ones(len(years))
+    if at_risk.sum() and 0 < a[at_risk].sum() < at_risk.sum():
+        probs = []
+        for xm in (num_x, den_x):
+            b, _ = fit_binary_glm(xm[at_risk], a[at_risk], "logit")
+            probs.append(inverse_link(np.c_[np.ones(at_risk.sum()), xm[at_risk]] @ b, "logit"))
+        num, den = probs
+        r = np.where(a[at_risk] == 1, num / den, (1 - num) / (1 - den))
+        ratio[at_risk] = r
+    return pd.Series(np.log(ratio)).groupby(child).cumsum().pipe(np.exp).to_numpy()
+
+
+def absence_msm(
+    school_years: pd.DataFrame,
+    kids: pd.DataFrame,
+    baseline_covariates: list[str],
+    categorical: list[str],
+    confounders: Sequence[str],
+    outcome: str = "absence_rate",
+    max_years: int = 4,
+    truncate_percentile: float | None = 99.0,
+) -> MSMResult:
+    """The effect of care on ``outcome`` by whole years since entry, 0 to ``max_years`` (the
+    last: that many or more), in the school years from the index year on: weighted least
+    squares of the outcome on one indicator per looked-after year since entry (plus one for
+    years after entry not looked after, so they are not the reference), the baseline
+    covariates and the year since the index, with the stabilised weights of
+    :func:`stabilised_entry_weights` truncated at their ``truncate_percentile`` and 100 minus
+    it (Cole and Hernan 2008; a handful of children who entered care against a near-zero
+    modelled chance otherwise carry weights in the thousands); child-clustered sandwich
+    standard errors. The reference
+    is a year of a child not yet looked after: under sequential exchangeability each
+    coefficient is the mean effect, over the weighted population's looked-after years that
+    many years after entry, of the child's care so far against never entering."""
+    import statsmodels.api as sm
+
+    from models.propensity import design_matrix
+
+    kids = kids.reset_index(drop=True)
+    pos = pd.Series(np.arange(len(kids)), index=kids["person_key"].to_numpy())
+    d = school_years[
+        school_years["person_key"].isin(pos.index) & (school_years["years_from_index"] >= 0)
+    ].copy()
+    d = d.sort_values(["person_key", "academic_year"]).reset_index(drop=True)
+    d["child"] = pos.loc[d["person_key"]].to_numpy()
+    d["looked_after_this_year"] = d["looked_after_this_year"].astype(float).fillna(0.0)
+    yse = d["years_since_entry"].astype(float).fillna(-1.0)  # -1: not looked after yet
+    d["at_risk"] = (yse <= 0).astype(int)
+    d["entry"] = (yse == 0).astype(int)
+    for c in confounders:
+        d[c] = d[c].astype(float).fillna(0.0)
+    baseline = design_matrix(kids, baseline_covariates, categorical)
+    w = stabilised_entry_weights(d, baseline, confounders)
+    keep = d[outcome].notna().to_numpy()
+    w_max = float(w[keep].max()) if keep.any() else float("nan")
+    if truncate_percentile is not None and keep.any():
+        lo, hi = np.percentile(w[keep], [100 - truncate_percentile, truncate_percentile])
+        w = np.clip(w, lo, hi)
+    la = d["looked_after_this_year"].to_numpy() == 1
+    j = np.minimum(yse.to_numpy(), max_years).astype(int)
+    terms = {f"years_since_entry_{k}": (la & (j == k)).astype(float) for k in range(max_years + 1)}
+    terms["after_entry_not_looked_after"] = ((j >= 0) & ~la).astype(float)
+    yfi = np.minimum(d["years_from_index"].to_numpy(), 6)
+    x = pd.concat(
+        [
+            pd.DataFrame(terms),
+            pd.get_dummies(pd.Series(yfi, name="yfi"), prefix="yfi", drop_first=True, dtype=float),
+            d[["age"]].astype(float),
+            baseline.iloc[d["child"].to_numpy()].reset_index(drop=True),
+        ],
+        axis=1,
+    )
+    x = sm.add_constant(x.loc[keep], has_constant="add")
+    x = x.loc[:, (x.std() > 0) | (x.columns == "const")]
+    res = sm.WLS(d.loc[keep, outcome].astype(float), x, weights=w[keep]).fit(
+        cov_type="cluster", cov_kwds={"groups": d.loc[keep, "child"].to_numpy()}
+    )
+    rows = []
+    for k in range(max_years + 1):
+        name = f"years_since_entry_{k}"
+        sel = keep & la & (j == k)
+        if name not in res.params:
+            continue
+        rows.append(
+            {
+                "years_since_entry": k,
+                "estimate": float(res.params[name]),
+                "se": float(res.bse[name]),
+                "p_value": float(res.pvalues[name]),
+                "n_pupil_years": int(sel.sum()),
+                "n_children": int(d.loc[sel, "child"].nunique()),
+            }
+        )
+    warnings = []
+    wk = w[keep]
+    if w_max > 50:
+        warnings.append(f"largest stabilised weight {w_max:.0f} before truncation")
+    return MSMResult(
+        pd.DataFrame(rows),
+        pd.Series(wk),
+        int(d.loc[keep, "child"].nunique()),
+        warnings,
+    )
+
+
+# ---- the figure ---------------------------------------------------------------------------
+
+
+def years_since_entry_figure(estimates: pd.DataFrame, path: str | Path) -> bool:
+    """results/figures/absence_by_years_since_entry.png: the MSM's effect of care on yearly
+    absence (percentage points) by whole years since entry, with 95% intervals, from the rows of
+    ``estimates`` (results/estimates.csv, or release/estimates.csv's kept rows) whose contrast
+    is ``..._since_entry_<j>`` and method starts with ``msm``. False when there are none."""
+    rows = estimates[
+        estimates["contrast"].astype(str).str.contains(r"_since_entry_\d+$")
+        & estimates["method"].astype(str).str.startswith("msm")
+        & pd.to_numeric(estimates["estimate"], errors="coerce").notna()
+    ]
+    if rows.empty:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (outcome, method), g in rows.groupby(["outcome", "method"], sort=True):
+        j = g["contrast"].str.extract(r"_(\d+)$")[0].astype(int).to_numpy()
+        est, lo, hi = (
+            100 * pd.to_numeric(g[c]).to_numpy() for c in ("estimate", "ci_low", "ci_high")
+        )
+        ax.errorbar(
+            j, est, yerr=[est - lo, hi - est], fmt="o-", capsize=3, label=f"{outcome} ({method})"
+        )
+    ax.axhline(0.0, color="grey", linestyle="--")
+    ax.set_xticks(range(0, int(j.max()) + 1), [*map(str, range(int(j.max()))), f"{int(j.max())}+"])
+    ax.set_xlabel("whole years since entry to care")
+    ax.set_ylabel("effect on the absence rate (percentage points)")
+    ax.set_title("Care and yearly absence by years since entry (MSM)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- the hazard ratio by years since entry ------------------------------------------------
+
+
+def split_at_entry_anniversaries(
+    person_time: pd.DataFrame, children: pd.DataFrame, max_years: int = 4
+) -> pd.DataFrame:
+    """``person_time`` rows split at the first ``max_years`` anniversaries of each child's
+    first entry to care (days from the index date, 365.25 a year, rounded), with
+    ``years_since_entry`` (whole years from first entry to the row's start, capped at
+    ``max_years``; -1 before entry) and one column ``looked_after_{j}`` per j: looked after and j
+    whole years after first entry. An event stays on the piece that ends on its day."""
+    entry = (
+        pd.to_datetime(children["care_entry_date"]) - pd.to_datetime(children["index_date"])
+    ).dt.days
+    e = person_time["person_key"].map(pd.Series(entry.to_numpy(), index=children["person_key"]))
+    rows = person_time.assign(_entry=e.to_numpy(dtype=float))
+    for m in range(1, max_years + 1):
+        cut = np.round(rows["_entry"].to_numpy() + 365.25 * m)
+        crosses = (rows["start_day"].to_numpy() < cut) & (cut < rows["stop_day"].to_numpy())
+        if not crosses.any():
+            continue
+        before = rows[crosses].copy()
+        after = rows[crosses].copy()
+        before["stop_day"] = cut[crosses].astype(before["stop_day"].dtype)
+        before["event"] = 0
+        after["start_day"] = cut[crosses].astype(after["start_day"].dtype)
+        rows = pd.concat([rows[~crosses], before, after], ignore_index=True)
+    # whole years since entry: how many of the (rounded) anniversaries the row starts on or after
+    start, entry = rows["start_day"].to_numpy(), rows["_entry"].to_numpy()
+    after_entry = np.isfinite(entry) & (start >= entry)
+    passed = sum(
+        (start >= np.round(entry + 365.25 * m)).astype(int) for m in range(1, max_years + 1)
+    )
+    since = np.where(after_entry, passed, -1)
+    rows["years_since_entry"] = since.astype(int)
+    la = rows["looked_after"].to_numpy() == 1
+    for j in range(max_years + 1):
+        rows[f"looked_after_{j}"] = (la & (since == j)).astype(float)
+    return (
+        rows.drop(columns="_entry")
+        .sort_values(["person_key", "outcome", "start_day"])
+        .reset_index(drop=True)
+    )
