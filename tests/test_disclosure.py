@@ -377,7 +377,9 @@ def test_report_shows_no_figure_that_could_show_individuals(full_run: Path) -> N
     figures = full_run / "results" / "figures"
     for secure in ("km_self_harm.png", "km_emergency_admission.png", "propensity_overlap.png"):
         assert base64.b64encode((figures / secure).read_bytes()).decode() not in page, secure
-    assert base64.b64encode((figures / "km_self_harm_released.png").read_bytes()).decode() in page
+    # the report draws its own Kaplan-Meier from the released yearly curve (numbers at risk under
+    # the rule), or says there are too few events to show a point
+    assert 'alt="Kaplan-Meier self_harm"' in page or "Too few events in each group" in page
     # and no full-precision table: no 17-digit floats, no exact counts of results/table1.csv
     assert not re.search(r"\d\.\d{6,}", page)
 
