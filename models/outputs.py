@@ -27,6 +27,8 @@ from models.disclosure import (
     km_yearly,
 )
 from models.effects import e_value
+from models.gmethods import years_since_entry_figure
+from models.sensitivity import e_value_ci
 from models.settings import ADVERSITIES
 from models.survival import kaplan_meier_by_group
 from schemas.analyses import Analysis
@@ -77,7 +79,13 @@ def sensitivity_table(
     sens["e_value"] = [
         e_value(r.estimate, r.ci_low, r.ci_high, r.scale, sd(r.outcome)) for r in sens.itertuples()
     ]
-    return sens[["outcome", "contrast", "method", "scale", "estimate", "e_value"]]
+    # the E-value of the confidence limit nearer the null (1 when the interval covers it):
+    # how strong unmeasured confounding must be to move the interval to the null
+    sens["e_value_ci"] = [
+        e_value_ci(r.estimate, r.ci_low, r.ci_high, r.scale, sd=sd(r.outcome))
+        for r in sens.itertuples()
+    ]
+    return sens[["outcome", "contrast", "method", "scale", "estimate", "e_value", "e_value_ci"]]
 
 
 def write_results(
@@ -190,6 +198,11 @@ def write_figures(
         ax.set_yticks(y, [f"{r.outcome} ({r.method})" for r in m.itertuples()], fontsize=8)
         ax.set_title(f"CLA vs NLA: {scale.replace('_', ' ')}")
         savefig(fig, layout.figures_dir / fname)
+    # the marginal structural model's effect on yearly absence by years since entry (released rows)
+    years_since_entry_figure(
+        estimates[pd.Series(kept, index=estimates.index)],
+        layout.figures_dir / "absence_by_years_since_entry.png",
+    )
     km = release.tables.get("km_yearly", pd.DataFrame())
     for outcome in km_outcomes(analyses):
         e = first_events(children, pt, outcome)

@@ -197,6 +197,7 @@ COLUMNS: dict[str, str] = {
     "note": "why a row is withheld or not estimated (release)",
     "analysis": "the declared analysis (see Analyses below)",
     "e_value": "E-value of the estimate (VanderWeele and Ding)",
+    "e_value_ci": "E-value of the confidence limit nearer the null (1 if the interval covers it)",
     # balance and diagnostics
     "covariate": "propensity model term",
     "smd_before": "standardised mean difference before weighting",

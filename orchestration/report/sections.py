@@ -831,9 +831,10 @@ def sensitivity(ctx: ReportContext) -> str | None:
     keys = ["outcome", "contrast", "method", "scale"]
     if sens_path.exists():
         ev = pd.read_csv(sens_path).merge(est[est["estimate"] != WITHHELD][keys], on=keys)
-        ev = ev.drop(columns=["estimate"]).assign(
-            e_value=lambda d: d["e_value"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-        )
+        ev = ev.drop(columns=["estimate"])
+        for c in ("e_value", "e_value_ci"):
+            if c in ev:  # runs made before e_value_ci was written have only the first
+                ev[c] = ev[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
         for c in keys:
             ev[c] = ev[c].map(cell_label)
         evalues = table(ev, text_cols=4)
