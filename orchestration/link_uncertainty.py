@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -129,13 +130,15 @@ def run_link_uncertainty(
     *,
     run_dir: str | Path,
     draws: int,
-    secret: bytes,
+    secret: bytes | None = None,
     seed: int = 2012,
     model_settings: ModelSettings | None = None,
     keep_draws: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> LinkUncertaintySummary:
-    """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules."""
+    """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
+    ``secret``: the key of the draws' pseudonyms (default: a throwaway random key; a draw's
+    keys are never joined to the run's)."""
     step = progress or (lambda m: log.info("%s", m))
     run = RunLayout.at(run_dir)
     if not run.linkage_db.exists():
@@ -152,12 +155,13 @@ def run_link_uncertainty(
     finally:
         con.close()
     rng = np.random.default_rng(seed)
+    key = secret or os.urandom(32)
     base = run.root / DRAWS_DIR
     estimates = []
     try:
         for d in range(draws):
             step(f"link draw {d + 1} of {draws}: build and model")
-            rp = draw_record_person(candidates, rng, secret)
+            rp = draw_record_person(candidates, rng, key)
             estimates.append(
                 _draw_estimates(run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms)
             )

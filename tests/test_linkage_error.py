@@ -212,3 +212,37 @@ def test_true_links_zone_has_one_person_per_true_person(full_run: Path, world: P
     )
     assert persons == expected
     assert "person_key" in cols and "high_quality_links" in cols
+
+
+@pytest.mark.slow
+def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
+    full_run: Path, tmp_path: Path
+) -> None:
+    """`cohort link-uncertainty` on a copy of the session run: two draws, pooled estimates
+    beside the main ones, the draws' folders removed."""
+    import shutil
+
+    from tests.e2e import _cohort, _env
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    r = _cohort(
+        "link-uncertainty",
+        "--run",
+        str(run),
+        "--draws",
+        "2",
+        "--bootstrap-replicates",
+        "0",
+        env=_env(tmp_path),
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_csv(run / "results" / "linkage_uncertainty.csv")
+    assert {"main_estimate", "estimate", "ci_low", "ci_high", "linkage_share"} <= set(table.columns)
+    main = table[(table["outcome"] == "ks4_score") & (table["method"] == "regression")]
+    assert len(main) and main["linkage_share"].between(0, 1).all()
+    assert not (run / "link_draws").exists()
+    # a run without scored pairs is named, one line, exit 2
+    r = _cohort("link-uncertainty", "--run", str(tmp_path / "nowhere"), env=_env(tmp_path))
+    assert r.returncode == 2 and "cohort link" in r.stderr
