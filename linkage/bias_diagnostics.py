@@ -1,5 +1,5 @@
-"""Linkage-bias diagnostics without a gold standard (Harron et al. 2017, "Methodological
-development and evaluation of linkage error": compare the characteristics of linked and
+"""Linkage-bias diagnostics without a gold standard (Harron et al. 2017, "A guide to evaluating
+linkage quality for the analysis of linked data", IJE 46:1699: compare the characteristics of linked and
 unlinked records, and match rates across groups).
 
 Written by the linkage stage to ``RUN/linkage/linkage_bias.csv`` (release-safe: counts
