@@ -65,8 +65,24 @@ def test_differential_world_loses_looked_after_childrens_nhs_numbers(tmp_path: P
     from synthetic_data import generate_world
 
     generate_world(n_children=1500, seed=5, scenario="differential_linkage_error", out_dir=tmp_path)
-    noise = pl.read_parquet(tmp_path / "truth" / "identifier_noise.parquet")
-    assert noise.filter(pl.col(noise.columns[-1]) == "placement_postcode").height > 0
+    truth = tmp_path / "truth"
+    noise = pl.read_parquet(truth / "identifier_noise.parquet")
+    assert noise.filter(pl.col("noise") == "placement_postcode").height > 0
+    rp = pl.read_parquet(truth / "record_person.parquet")
+    cla = rp.filter(pl.col("source") == "looked_after_episodes")["person_id"].unique()
+    adm = rp.filter(pl.col("source") == "hospital_admissions").with_columns(
+        cla=pl.col("person_id").is_in(cla.implode()),
+        missing=pl.col("record_id").is_in(
+            noise.filter(
+                (pl.col("source") == "hospital_admissions") & (pl.col("noise") == "missing_nhs")
+            )["record_id"].implode()
+        ),
+    )
+    rate = dict(adm.group_by("cla").agg(pl.col("missing").mean()).iter_rows())
+    # looked-after children's admissions (before and after entry) miss the NHS number far
+    # more often than the 6% of everyone else (x5 after entry, x2 if most deprived)
+    assert rate[False] < 0.10
+    assert rate[True] > 2 * rate[False]
 
 
 # ---------------------------------------------------------------- link draws
