@@ -60,7 +60,6 @@ def test_shipped_scenario_loads_and_unknown_group_key_is_named(tmp_path: Path) -
         load_scenario(bad)
 
 
-@pytest.mark.slow
 def test_differential_world_loses_looked_after_childrens_nhs_numbers(tmp_path: Path) -> None:
     from synthetic_data import generate_world
 
