@@ -24,6 +24,7 @@ from ground.db import (
 )
 from ground.errors import RunStateError
 from ground.run_layout import RunLayout
+from linkage.bias_diagnostics import linkage_bias_diagnostics
 from linkage.explain import Explain
 from linkage.link import DuckDBTable, LinkResult, link_tables
 from linkage.pseudonym import pseudonymise
@@ -188,6 +189,8 @@ def _link_run(
         step("writing the linkage report")
         summary = _summary(con, result.profile_count)
         write_linkage_report(con, layout, result, settings)
+        # linked vs unlinked records by group (Harron et al. 2017), release-safe
+        linkage_bias_diagnostics(con).to_csv(layout.linkage_dir / "linkage_bias.csv", index=False)
     finally:
         con.close()
     return summary

@@ -74,7 +74,17 @@ def _root(
 
 
 # Order shown in --help follows the data flow.
-COMMANDS = ["synth", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
+COMMANDS = [
+    "synth",
+    "validate",
+    "link",
+    "evaluate",
+    "build",
+    "model",
+    "link_uncertainty",
+    "run",
+    "reproduce",
+]
 
 for _name in COMMANDS:
     try:
@@ -83,7 +93,7 @@ for _name in COMMANDS:
         if exc.name != f"orchestration.commands.{_name}":
             raise
         continue
-    app.command(_name)(_module.command)
+    app.command(_name.replace("_", "-"))(_module.command)
 
 
 class Interrupted(BaseException):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from schemas.contracts import SOURCES, load_codelist
+from synthetic_data.linkage_error import LinkageError, placement_postcodes
 from synthetic_data.names import (
     DIACRITIC_FOLD,
     FIRST_NAMES_F,
@@ -132,6 +134,8 @@ def _sex(male: np.ndarray) -> pl.Series:
 class Identities:
     """Person-level identifiers: names, numbers, postcodes of each residence."""
 
+    placement_rng: np.random.Generator  # set by build_sources (placement postcodes only)
+
     def __init__(self, w: World, sc: Scenario, rng: np.random.Generator) -> None:
         n = w.n
         self.w = w
@@ -140,8 +144,19 @@ class Identities:
         second_idx = rng.choice(surnames.size, n, p=sp)
         # both surnames of every person in one series: person p's first at p, second at n + p
         self.surnames = text(surnames, np.r_[first_idx, second_idx])
+        # differential linkage error (synthetic_data/linkage_error.py): rates by group
+        self.error = LinkageError(
+            sc.noise.differential,
+            first_entry=w.first_entry,
+            decile=w.decile,
+            ethnicity_codes=ETH_CODES,
+            ethnicity=w.ethnicity,
+            res_person=w.res_person,
+            n=n,
+        )
         self.surname_change = np.where(
-            rng.random(n) < sc.noise.surname_change_people,
+            rng.random(n)
+            < self.error.rate(sc.noise.surname_change_people, "surname_change", np.arange(n), None),
             w.birth + (rng.random(n) * 17 * 365).astype(np.int64),
             np.iinfo(np.int64).max,
         )
@@ -250,21 +265,31 @@ def _fold_diacritics(vals: pl.Series) -> pl.Series:
 
 
 def apply_name_noise(
-    df: dict[str, pl.Series], source: str, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
+    df: dict[str, pl.Series],
+    source: str,
+    sc: Scenario,
+    rng: np.random.Generator,
+    nlog: NoiseLog,
+    who: tuple[Identities, np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """Typos, nicknames, dropped diacritics and day/month swaps, in place."""
+    """Typos, nicknames, dropped diacritics and day/month swaps, in place. ``who``: the
+    identities, each row's person and day, for rates that differ by group."""
     nz = sc.noise
     rid = df["record_id"]
     m = rid.len()
+
+    def rate(base: float, kind: Literal["typo", "nickname"]) -> float | np.ndarray:
+        return base if who is None else who[0].error.rate(base, kind, who[1], who[2])
+
     if "first_name" in df:
-        nick = rng.random(m) < nz.nickname
+        nick = rng.random(m) < rate(nz.nickname, "nickname")
         names = df["first_name"]
         has_nick = np.flatnonzero(names.is_in(list(NICKNAMES)).fill_null(False).to_numpy() & nick)
         names.scatter(has_nick, [NICKNAMES[x] for x in names.gather(has_nick).to_list()])
         nlog.add(source, pick(rid, has_nick), "nickname")
         for col in ("first_name", "surname"):
             vals = df[col]
-            typo = np.flatnonzero(rng.random(m) < nz.typo / 2)
+            typo = np.flatnonzero(rng.random(m) < rate(nz.typo, "typo") / 2)
             r = rng.random(typo.size)
             vals.scatter(
                 typo, [_typo(v, x) for v, x in zip(vals.gather(typo).to_list(), r, strict=True)]
@@ -297,12 +322,31 @@ def _stale_postcode(
     nlog: NoiseLog,
 ) -> pl.Series:
     idx, pc = ids.postcode_at(person, when)
-    stale = np.flatnonzero(
-        (rng.random(person.size) < sc.noise.stale_postcode) & (ids.w.res_seq[idx] > 0)
-    )
+    stale_rate = ids.error.rate(sc.noise.stale_postcode, "stale_postcode", person, when)
+    stale = np.flatnonzero((rng.random(person.size) < stale_rate) & (ids.w.res_seq[idx] > 0))
     pc.scatter(stale, ids.res_postcode.gather(idx[stale] - 1))
     nlog.add(source, pick(rid, stale), "stale_postcode")
     return pc
+
+
+def _placement_postcodes(
+    ids: Identities,
+    person: np.ndarray,
+    when: np.ndarray,
+    cols: dict[str, pl.Series],
+    source: str,
+    nlog: NoiseLog,
+) -> None:
+    """A looked-after child's health record with a placement postcode (no register row has
+    it), at the differential scenario's share; none by default (no random draws then)."""
+    rows = ids.error.placement_postcode_rows(person, when, ids.placement_rng)
+    if rows.size:
+        area = [
+            LA_POSTCODE_AREA[LA_CODES[i]]
+            for i in ids.w.res_la[ids.w.residence_at(person[rows], when[rows])]
+        ]
+        cols["postcode"].scatter(rows, placement_postcodes(area, ids.placement_rng, rows.size))
+        nlog.add(source, pick(cols["record_id"], rows), "placement_postcode")
 
 
 def _record_ids(prefix: str, m: int) -> pl.Series:
@@ -319,6 +363,8 @@ def build_sources(w: World, sc: Scenario, seed: int, nlog: NoiseLog) -> Iterator
     before the next is built (peak memory is one source, not seven)."""
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(10)]
     ids = Identities(w, sc, rngs[0])
+    # placement postcodes draw from their own stream: the other noise draws stay as without them
+    ids.placement_rng = np.random.default_rng(np.random.SeedSequence([seed, 21]))
     window_end = int(np.datetime64(sc.population.window_end, "D").astype(np.int64))
 
     def emit(name: str, built: Built) -> SourceRows:
@@ -348,7 +394,8 @@ def _population_register(
     end_codes = ["AGE18", "LEFT", "DIED", None, "MOVED"]
     reason = text(end_codes, np.where(~last, 4, w.fu_end_reason[p]))
     nhs = ids.nhs.gather(p)
-    miss = np.flatnonzero(rng.random(p.size) < sc.noise.missing_nhs_register)
+    miss_rate = ids.error.rate(sc.noise.missing_nhs_register, "missing_nhs", p, rs)
+    miss = np.flatnonzero(rng.random(p.size) < miss_rate)
     nhs.scatter(miss, None)
     nlog.add("population_register", pick(rid, miss), "missing_nhs")
     cols = {
@@ -368,7 +415,7 @@ def _population_register(
         "end_reason": reason,
         "date_of_death": iso(np.where(last, w.death[p], -1)),
     }
-    apply_name_noise(cols, "population_register", sc, rng, nlog)
+    apply_name_noise(cols, "population_register", sc, rng, nlog, (ids, p, rs))
     return cols, p
 
 
@@ -472,7 +519,7 @@ def _school_census(
     col["deprivation_decile"] = _count(w.decile[person])
     col["ethnicity"] = text(ETH_CODES, w.ethnicity[person])
     cols = {name: col.pop(name) for name in SOURCES["school_census"].column_names}
-    apply_name_noise(cols, "school_census", sc, rng, nlog)
+    apply_name_noise(cols, "school_census", sc, rng, nlog, (ids, person, cday))
     return cols, person
 
 
@@ -580,7 +627,8 @@ def _hospital(
     method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), 0, method)
     los = rng.geometric(0.45, m) - 1
     nhs = ids.nhs.gather(ap)
-    miss = np.flatnonzero(rng.random(m) < sc.noise.missing_nhs_admissions)
+    miss_rate = ids.error.rate(sc.noise.missing_nhs_admissions, "missing_nhs", ap, ad)
+    miss = np.flatnonzero(rng.random(m) < miss_rate)
     nhs.scatter(miss, None)
     nlog.add("hospital_admissions", pick(rid, miss), "missing_nhs")
     second = rng.random(m) < 0.2
@@ -596,6 +644,7 @@ def _hospital(
         "primary_diagnosis": text(diag_codes, adg),
         "secondary_diagnosis": text([None, "Z91.8"], second),
     }
+    _placement_postcodes(ids, ap, ad, admissions, "hospital_admissions", nlog)
     apply_name_noise(admissions, "hospital_admissions", sc, rng, nlog)
     # ED
     ep, ed, edg = ev_p[ed_mask], ev_d[ed_mask], diag[ed_mask]
@@ -604,7 +653,8 @@ def _hospital(
     m = ep.size
     rid = _record_ids("ED", m)
     nhs = ids.nhs.gather(ep)
-    miss = np.flatnonzero(rng.random(m) < sc.noise.missing_nhs_ed)
+    miss_rate = ids.error.rate(sc.noise.missing_nhs_ed, "missing_nhs", ep, ed)
+    miss = np.flatnonzero(rng.random(m) < miss_rate)
     nhs.scatter(miss, None)
     nlog.add("emergency_department", pick(rid, miss), "missing_nhs")
     ed_cols = {
@@ -616,6 +666,7 @@ def _hospital(
         "arrival_date": iso(ed),
         "diagnosis": text(diag_codes, edg),
     }
+    _placement_postcodes(ids, ep, ed, ed_cols, "emergency_department", nlog)
     apply_name_noise(ed_cols, "emergency_department", sc, rng, nlog)
     return (admissions, ap), (ed_cols, ep)
 
@@ -645,7 +696,7 @@ def _looked_after_episodes(
         "reason_episode_started": text(w.ep_reason_start, order),
         "reason_episode_ended": text(w.ep_reason_end, order),
     }
-    apply_name_noise(cols, "looked_after_episodes", sc, rng, nlog)
+    apply_name_noise(cols, "looked_after_episodes", sc, rng, nlog, (ids, p, st))
     return cols, p
 
 
@@ -818,5 +869,5 @@ def _care_support(
         "parent_physical_ill_health": _bool(rng.random(m) < 0.06),
         "disability": _bool(w.disability[p]),
     }
-    apply_name_noise(cols, "care_support_census", sc, rng, nlog)
+    apply_name_noise(cols, "care_support_census", sc, rng, nlog, (ids, p, census_day))
     return cols, p

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ground.config_files import read_yaml_mapping
 from ground.errors import ConfigError
+from synthetic_data.linkage_error import DifferentialNoise
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -246,6 +247,10 @@ class Noise(_Strict):
     stale_postcode: float = Field(0.05, ge=0, le=1)
     diacritics_dropped: float = Field(
         0.3, ge=0, le=1, description="share of diacritic names written without them"
+    )
+    differential: DifferentialNoise = Field(
+        DifferentialNoise(),
+        description="multipliers of these rates by group (synthetic_data/linkage_error.py)",
     )
 
 

@@ -1,0 +1,226 @@
+"""Linkage error in the estimates, over seeds (not a test): naive, true-link and linkage-aware.
+
+    uv run --locked python benchmarks/linkage_error.py [--seeds 20] [--first-seed 1]
+        [--children 20000] [--scenario differential_linkage_error] [--draws 10]
+        [--out linkage_error_out] [--workdir DIR]
+
+For each seed, in-process in a temporary folder: ``synth`` -> ``validate`` (Great
+Expectations off) -> ``link`` -> ``build`` -> ``model`` (the *naive* estimates: the linker's
+links taken as true), then
+
+* ``true_links``: every estimate refitted on the world's true links
+  (:func:`evaluation.true_links.refit_on_true_links`);
+* ``linkage_aware``: ``--draws`` link sets drawn from the scored pairs, build and model per
+  draw, pooled with Rubin's rules (:func:`orchestration.link_uncertainty.run_link_uncertainty`);
+  ``--draws 0`` skips it.
+
+Every estimate with a true value is scored as in ``benchmarks/coverage_seeds.py`` (covers,
+bias and width on the fitted scale), with a column ``analysis`` (naive | true_links |
+linkage_aware) and, for the pooled rows, ``linkage_share``. Models run with analytic intervals
+(``bootstrap_replicates: 0``) throughout, so the three analyses differ only in their links.
+Rows go to ``OUT/linkage_error_<scenario>_<children>.json`` after each seed (a rerun skips the
+seeds already there); the summary table per (outcome, contrast, method, analysis) is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.coverage_seeds import coverage_table, score, truth_table  # noqa: E402
+
+SECRET = b"linkage-error-benchmark-secret-0123456789"
+ANALYSES = ("naive", "true_links", "linkage_aware")
+
+
+def run_seed(
+    seed: int,
+    *,
+    children: int,
+    scenario: str,
+    draws: int,
+    workdir: Path | None = None,
+    keep: bool = False,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One seed: the scored estimates of the three analyses and the stage timings."""
+    from cohort import build_cohort
+    from evaluation.true_links import refit_on_true_links
+    from ground.run_layout import RunLayout
+    from linkage import LinkageSettings, link_run
+    from models import run_models
+    from models.settings import ModelSettings
+    from orchestration.link_uncertainty import run_link_uncertainty
+    from synthetic_data import generate_world
+    from validation import ValidationSettings, validate_delivery
+
+    ms = ModelSettings(bootstrap_replicates=0)
+    base = Path(tempfile.mkdtemp(prefix=f"linkerr_{scenario}_{seed}_", dir=workdir))
+    data, run = base / "world", base / "run"
+    times: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
+        layout = RunLayout.at(run)
+        validate_delivery(
+            data_dir=data, layout=layout, settings=ValidationSettings(run_great_expectations=False)
+        )
+        times["synth_validate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        link_run(layout=layout, settings=LinkageSettings(), secret=SECRET)
+        times["link"] = time.perf_counter() - t
+        t = time.perf_counter()
+        build_cohort(layout=layout)
+        run_models(layout=layout, settings=ms)
+        times["build_model"] = time.perf_counter() - t
+        truth = truth_table(data / "truth")
+        parts = [
+            score(pd.read_csv(layout.results_dir / "estimates.csv"), truth).assign(analysis="naive")
+        ]
+        t = time.perf_counter()
+        est = refit_on_true_links(
+            run_dir=run,
+            truth_dir=data / "truth",
+            out_dir=base / "true_links",
+            secret=SECRET,
+            model_settings=ms,
+        )
+        times["true_links"] = time.perf_counter() - t
+        parts.append(score(est, truth).assign(analysis="true_links"))
+        if draws:
+            t = time.perf_counter()
+            summary = run_link_uncertainty(
+                run_dir=run, draws=draws, secret=SECRET, seed=seed, model_settings=ms
+            )
+            times["link_draws"] = time.perf_counter() - t
+            pooled = summary.table
+            scored = score(pooled, truth).merge(
+                pooled[["outcome", "contrast", "method", "scale", "linkage_share"]],
+                on=["outcome", "contrast", "method", "scale"],
+            )
+            parts.append(scored.assign(analysis="linkage_aware"))
+        rows = pd.concat(parts, ignore_index=True)
+        return rows.assign(seed=seed, children=children, scenario=scenario, draws=draws), times
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per estimate and analysis: coverage, mean bias, SD of the estimates, mean width, and
+    SD over mean SE (the spread of the estimates relative to what their intervals claim)."""
+    parts = []
+    for analysis, g in rows.groupby("analysis", sort=False):
+        t = coverage_table(g).assign(analysis=analysis)
+        se = (
+            g.assign(se=g["width"] / (2 * 1.959964))
+            .groupby(["outcome", "contrast", "scale", "method"])["se"]
+            .mean()
+        )
+        t = t.merge(
+            se.rename("mean_se").reset_index(), on=["outcome", "contrast", "scale", "method"]
+        )
+        t["sd_over_se"] = t["sd_bias"] / t["mean_se"]
+        if "linkage_share" in g and g["linkage_share"].notna().any():
+            share = g.groupby(["outcome", "contrast", "scale", "method"])["linkage_share"].mean()
+            t = t.merge(
+                share.rename("linkage_share").reset_index(),
+                on=["outcome", "contrast", "scale", "method"],
+            )
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
+def to_markdown(table: pd.DataFrame, methods: tuple[str, ...]) -> str:
+    t = table[table["method"].isin(methods)].sort_values(
+        ["outcome", "contrast", "method", "analysis"]
+    )
+    lines = [
+        "| outcome | contrast | method | analysis | seeds | coverage | mean bias | SD | mean SE "
+        "| SD/SE | mean width | linkage share |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in t.itertuples():
+        share = getattr(r, "linkage_share", float("nan"))
+        lines.append(
+            f"| {r.outcome} | {r.contrast} | {r.method} | {r.analysis} | {r.seeds} | "
+            f"{r.coverage:.0%} | {r.mean_bias:+.3f} | {r.sd_bias:.3f} | {r.mean_se:.3f} | "
+            f"{r.sd_over_se:.2f} | {r.mean_width:.3f} | "
+            + ("" if pd.isna(share) else f"{share:.0%}")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--first-seed", type=int, default=1)
+    p.add_argument("--children", type=int, default=20_000)
+    p.add_argument("--scenario", default="differential_linkage_error")
+    p.add_argument("--draws", type=int, default=10)
+    p.add_argument("--out", default="linkage_error_out")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--keep", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"linkage_error_{a.scenario}_{a.children}.json"
+    done: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        done, timings = stored["rows"], stored.get("timings", {})
+    have = {r["seed"] for r in done}
+    workdir = Path(a.workdir) if a.workdir else None
+    if workdir:
+        workdir.mkdir(parents=True, exist_ok=True)
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
+        if seed in have:
+            continue
+        t0 = time.perf_counter()
+        rows, times = run_seed(
+            seed,
+            children=a.children,
+            scenario=a.scenario,
+            draws=a.draws,
+            workdir=workdir,
+            keep=a.keep,
+        )
+        done += rows.to_dict("records")
+        timings[str(seed)] = {k: round(v, 1) for k, v in times.items()}
+        path.write_text(
+            json.dumps(
+                {"scenario": a.scenario, "children": a.children, "rows": done, "timings": timings},
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+        sys.stderr.write(f"seed {seed}: {time.perf_counter() - t0:.0f} s {timings[str(seed)]}\n")
+    rows_df = pd.DataFrame(done)
+    rows_df = rows_df[rows_df["seed"].between(a.first_seed, a.first_seed + a.seeds - 1)]
+    table = summary_table(rows_df)
+    sys.stdout.write(
+        f"scenario {a.scenario}, {a.children:,} children, seeds {sorted(rows_df['seed'].unique())}"
+        f", draws {a.draws}\n\n"
+        + to_markdown(table, ("regression", "ipw", "aipw", "cox_tv", "poisson_pw", "gee"))
+        + "\n"
+    )
+    (out / f"linkage_error_table_{a.scenario}_{a.children}.json").write_text(
+        table.to_json(orient="records", indent=1), encoding="utf-8"
+    )
+
+
+if __name__ == "__main__":
+    main()
