@@ -33,7 +33,7 @@ from schemas.contracts import SOURCES, SourceContract
 EXTENSIONS = ("csv", "parquet")
 # entries of a delivery folder that are expected besides the extracts: the delivery's metadata
 # and the synthetic generator's answer key (a folder, never read by validation)
-KNOWN_ENTRIES = ("delivery.json", "truth")
+KNOWN_ENTRIES = ("delivery.json", "truth", "adapted")  # adapted/: written by `cohort adapt`
 BOM = b"\xef\xbb\xbf"
 SCAN_CHUNK_BYTES = 1 << 25  # 32 MiB read at a time
 SHOWN_CHARS = 40

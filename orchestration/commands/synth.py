@@ -30,6 +30,14 @@ def command(
     file_format: Annotated[
         str, typer.Option("--format", help="Extract file format: csv or parquet.")
     ] = "csv",
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--layout",
+            help="Write the social-care sources in a statutory-return layout (ssda903: SSDA903 "
+            "CSVs + CIN census XML) instead of the native extracts; `cohort adapt` reads it.",
+        ),
+    ] = None,
 ) -> None:
     """Generate a synthetic world: seven messy source extracts plus a truth folder.
 
@@ -67,6 +75,7 @@ def command(
                 out_dir=out,
                 file_format=file_format,  # type: ignore[arg-type]
                 progress=lambda msg: bar.update(task, description=msg),
+                layout=layout,
             )
     except BaseException as exc:  # e.g. a full disk or Ctrl-C: no half-written world is left
         _remove_new_files(out, existed, created_out)

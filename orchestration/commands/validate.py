@@ -37,5 +37,8 @@ def command(
             settings=settings,
             progress=lambda msg: status.update(msg),
         )
+    from deliveries.report import report_adapted_checks
+
+    report_adapted_checks(data_dir=data, layout=RunLayout.at(out))  # an adapted delivery only
     console.print(summary.to_markdown())
     console.print(f"report: {RunLayout.at(out).validation_dir / 'dq_report.md'}")

@@ -1,0 +1,197 @@
+"""Write a world's social-care extracts in the statutory-return layouts a local authority delivers.
+
+``cohort synth --layout ssda903`` writes the same world (same seed, same truth, same defects) with
+two sources in their return layouts instead of the native contract files:
+
+* ``looked_after_episodes`` as the SSDA903 looked-after return: ``SSDA903_header.csv`` (one row
+  per child: LA, CHILD, SEX 1/2, DOB dd/mm/yyyy, UPN) and ``SSDA903_episodes.csv`` (one row per
+  episode: DECOM, RNE, LS, CIN, PLACE, PLACE_PROVIDER, DEC, REC, REASON_PLACE_CHANGE, HOME_POST,
+  PL_POST, URN, dates dd/mm/yyyy);
+* ``care_support_census`` as children in need census XML, one file per census year
+  (``CIN_census_<year>.xml``: Header > CollectionDetails > ReferenceDate; each Child with its
+  ChildIdentifiers, ChildCharacteristics > Disabilities, CINdetails > Assessments with their
+  factors, ChildProtectionPlans).
+
+This module is written independently of the ``deliveries`` package that reads the layouts (the
+stages do not import each other), which is what makes the round trip a real test.
+
+What a layout cannot carry, and so differs from the native world:
+
+* the 903 header holds one date of birth and sex per child: an episode whose recorded date of
+  birth or sex differs from the child's first episode (identifier noise, a defect) carries the
+  first one (tests/test_deliveries.py compares with that).
+
+Extensions a linkage extract carries beyond the returns (see docs/deliveries.md): the LA code
+per row (as liiatools adds it), the extract's row id (RECORD_ID / RecordID), and in the CIN
+census the identifiers linkage needs (PersonFirstName, PersonSurname, NHSNumber, PostCode).
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import polars as pl
+
+LAYOUTS = ("ssda903",)
+LAYOUT_SOURCES = {"ssda903": ("looked_after_episodes", "care_support_census")}
+LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml")
+
+SEX_903 = {"M": "1", "F": "2", "U": "0"}
+# CIN census assessment factors: "concerns about the parent(s) or carer(s)"
+FACTOR_CODES = {
+    "parent_substance_misuse": "2B",
+    "parent_domestic_abuse": "3B",
+    "parent_mental_ill_health": "4B",
+    "parent_learning_disability": "5B",
+    "parent_physical_ill_health": "6B",
+}
+DISABILITY_CODE = "DDA"  # any disability; "NONE" for none
+
+
+def _uk_date(value: str | None) -> str:
+    """ISO ``YYYY-MM-DD`` as dd/mm/yyyy; anything else (a defect) as it is."""
+    if value is None:
+        return ""
+    try:
+        return date.fromisoformat(value).strftime("%d/%m/%Y") if len(value) == 10 else value
+    except ValueError:
+        return value
+
+
+def _written_order(rows_out: np.ndarray, malformed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in the order the native CSV writes them (good rows, then the malformed ones)
+    and which of them are malformed."""
+    bad = np.zeros(rows_out.size, bool)
+    bad[malformed] = True
+    order = np.r_[rows_out[~bad], rows_out[bad]]
+    return order, np.r_[np.zeros(int((~bad).sum()), bool), np.ones(int(bad.sum()), bool)]
+
+
+def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+    """The looked-after episodes as SSDA903 Header + Episodes CSVs."""
+    order, bad = _written_order(rows_out, malformed)
+    rows = df.gather(order).to_dicts()
+    header_rows: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        key = (r["la_code"] or "", r["la_child_id"] or "")
+        if key not in header_rows:
+            header_rows[key] = {
+                "LA": key[0],
+                "CHILD": key[1],
+                "SEX": SEX_903.get(r["sex"], r["sex"] or ""),
+                "DOB": _uk_date(r["date_of_birth"]),
+                "UPN": "",
+            }
+    with (out / "SSDA903_header.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, ["LA", "CHILD", "SEX", "DOB", "UPN"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(header_rows.values())
+    columns = [
+        "LA", "CHILD", "DECOM", "RNE", "LS", "CIN", "PLACE", "PLACE_PROVIDER", "DEC", "REC",
+        "REASON_PLACE_CHANGE", "HOME_POST", "PL_POST", "URN", "RECORD_ID",
+    ]  # fmt: skip
+    with (out / "SSDA903_episodes.csv").open("w", newline="", encoding="utf-8") as fh:
+        w2 = csv.writer(fh, lineterminator="\n")
+        w2.writerow(columns)
+        for r, is_bad in zip(rows, bad, strict=True):
+            line = [
+                r["la_code"] or "",
+                r["la_child_id"] or "",
+                _uk_date(r["episode_start"]),
+                r["reason_episode_started"] or "",
+                r["legal_status"] or "",
+                "",
+                r["placement_type"] or "",
+                "",
+                _uk_date(r["episode_end"]),
+                r["reason_episode_ended"] or "",
+                "",
+                r["postcode"] or "",
+                "",
+                "",
+                r["record_id"] or "",
+            ]
+            w2.writerow([*line, "EXTRA"] if is_bad else line)
+
+
+def _el(name: str, value: str | None, indent: str) -> str:
+    return "" if value is None else f"{indent}<{name}>{escape(value)}</{name}>\n"
+
+
+def write_cin_census(
+    df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path
+) -> None:
+    """The care-and-support census as CIN census XML, one file per census year; each row is one
+    Child with one CINdetails and one Assessments (and its protection plan, if any). A
+    malformed row repeats its CINreferralDate element."""
+    order, bad = _written_order(rows_out, malformed)
+    rows = df.gather(order).to_dicts()
+    by_year: dict[str, list[str]] = {}
+    for r, is_bad in zip(rows, bad, strict=True):
+        year = r["census_year"] or "0"
+        factors = "".join(
+            f"            <AssessmentFactors>{code}</AssessmentFactors>\n"
+            for col, code in FACTOR_CODES.items()
+            if r[col] == "1"
+        )
+        referral = _el("CINreferralDate", r["referral_date"], "      ")
+        plan = ""
+        if r["child_protection_category"] is not None or r["child_protection_plan_start"]:
+            plan = (
+                "      <ChildProtectionPlans>\n"
+                + _el("CPPstartDate", r["child_protection_plan_start"], "        ")
+                + _el("InitialCategoryOfAbuse", r["child_protection_category"], "        ")
+                + "      </ChildProtectionPlans>\n"
+            )
+        disability = {"1": DISABILITY_CODE, "0": "NONE"}.get(r["disability"] or "")
+        by_year.setdefault(year, []).append(
+            "  <Child>\n"
+            "    <ChildIdentifiers>\n"
+            + _el("LAchildID", r["la_child_id"], "      ")
+            + _el("UPN", r["upn"], "      ")
+            + _el("PersonBirthDate", r["date_of_birth"], "      ")
+            + _el("GenderCurrent", SEX_903.get(r["sex"], r["sex"]), "      ")
+            + _el("PersonFirstName", r["first_name"], "      ")
+            + _el("PersonSurname", r["surname"], "      ")
+            + _el("NHSNumber", r["nhs_number"], "      ")
+            + _el("PostCode", r["postcode"], "      ")
+            + _el("LEA", r["la_code"], "      ")
+            + "    </ChildIdentifiers>\n"
+            "    <ChildCharacteristics>\n"
+            "      <Disabilities>\n"
+            + _el("Disability", disability, "        ")
+            + "      </Disabilities>\n"
+            "    </ChildCharacteristics>\n"
+            "    <CINdetails>\n"
+            + referral
+            + (referral if is_bad else "")
+            + _el("PrimaryNeedCode", r["category_of_need"], "      ")
+            + _el("CINclosureDate", r["closure_date"], "      ")
+            + "      <Assessments>\n"
+            + _el("AssessmentActualStartDate", r["assessment_date"], "        ")
+            + _el("RecordID", r["record_id"], "        ")
+            + "        <FactorsIdentifiedAtAssessment>\n"
+            + factors
+            + "        </FactorsIdentifiedAtAssessment>\n"
+            "      </Assessments>\n" + plan + "    </CINdetails>\n"
+            "  </Child>\n"
+        )
+    for year, children in by_year.items():
+        reference = f"{year}-03-31" if year.isdigit() else year
+        (out / f"CIN_census_{year}.xml").write_text(
+            '<?xml version="1.0" encoding="utf-8"?>\n<Message>\n<Header>\n  <CollectionDetails>\n'
+            f"    <Collection>CIN</Collection>\n    <Year>{escape(year)}</Year>\n"
+            f"    <ReferenceDate>{escape(reference)}</ReferenceDate>\n  </CollectionDetails>\n"
+            "</Header>\n<Children>\n" + "".join(children) + "</Children>\n</Message>\n",
+            encoding="utf-8",
+        )
+
+
+WRITERS = {
+    "looked_after_episodes": write_ssda903,
+    "care_support_census": write_cin_census,
+}

@@ -1,0 +1,211 @@
+"""Real deliveries: a world written in a statutory-return layout (SSDA903 CSVs + CIN census XML)
+adapted back into the contracts' extracts (`cohort adapt`), and the layout mapping's errors."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from deliveries import MappingError, SourceLayoutError, adapt_delivery, detect_layout, load_layout
+from tests.e2e import _cohort, _env
+
+SOCIAL_CARE = ("looked_after_episodes", "care_support_census")
+
+
+@pytest.fixture(scope="module")
+def layout_world(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's world (same size, seed and scenario) written in the ssda903 layout."""
+    from synthetic_data import generate_world
+
+    out = tmp_path_factory.mktemp("ssda903_world")
+    generate_world(n_children=2500, seed=13, out_dir=out, layout="ssda903")
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapted(layout_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / "delivery"
+    adapt_delivery(source_dir=layout_world, out_dir=out, layout=load_layout("ssda903"))
+    return out
+
+
+def _rows(path: Path) -> pl.DataFrame:
+    """A contract CSV as text, malformed lines cut to the contract's columns, rows sorted."""
+    df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    return df.sort(df.columns, nulls_last=True)
+
+
+def test_the_layout_world_holds_the_layout_files_and_the_same_truth(
+    world: Path, layout_world: Path
+) -> None:
+    names = {p.name for p in layout_world.iterdir()}
+    assert {"SSDA903_header.csv", "SSDA903_episodes.csv"} <= names
+    assert any(n.startswith("CIN_census_") and n.endswith(".xml") for n in names)
+    assert not names & {"looked_after_episodes.csv", "care_support_census.csv"}
+    for other in ("population_register.csv", "school_census.csv", "hospital_admissions.csv"):
+        assert filecmp.cmp(world / other, layout_world / other, shallow=False)
+    for truth in ("record_person.parquet", "persons.parquet", "effects.json"):
+        assert filecmp.cmp(world / "truth" / truth, layout_world / "truth" / truth, shallow=False)
+    assert detect_layout(layout_world) == "ssda903"
+    assert detect_layout(world) is None
+
+
+def _header_values(episodes: pl.DataFrame) -> pl.DataFrame:
+    """Native episodes with each child's date of birth and sex taken from its first row: what
+    the 903 carries (one Header row per child)."""
+    first = episodes.group_by(["la_code", "la_child_id"], maintain_order=True).agg(
+        dob=pl.col("date_of_birth").first(), sx=pl.col("sex").first()
+    )
+    return (
+        episodes.join(first, on=["la_code", "la_child_id"], how="left", maintain_order="left")
+        .with_columns(date_of_birth=pl.col("dob"), sex=pl.col("sx"))
+        .drop("dob", "sx")
+    )
+
+
+def test_adapting_the_layout_world_gives_the_native_extracts(world: Path, adapted: Path) -> None:
+    """Same seed, same world: the adapted census is the native file byte for byte, the adapted
+    episodes are the native rows in the native order with the one thing the 903 cannot carry
+    (a second date of birth or sex for a child) replaced by the header's; the other sources are
+    copied unchanged."""
+    care = "care_support_census"
+    assert filecmp.cmp(world / f"{care}.csv", adapted / f"{care}.csv", shallow=False)
+    native = pl.read_csv(world / "looked_after_episodes.csv", infer_schema=False)
+    got = pl.read_csv(adapted / "looked_after_episodes.csv", infer_schema=False)
+    assert got.equals(_header_values(native))
+    changed = (got["date_of_birth"] != native["date_of_birth"]).sum()
+    assert changed <= 0.01 * native.height
+    for other in ("population_register", "attainment", "emergency_department"):
+        assert filecmp.cmp(world / f"{other}.csv", adapted / f"{other}.csv", shallow=False)
+
+
+def test_a_messy_world_round_trips_apart_from_what_the_903_header_cannot_carry(
+    tmp_path: Path,
+) -> None:
+    """With the messy scenario's defects (unparseable and placeholder dates, codes outside the
+    lists, duplicated and malformed lines, identifier noise) every row comes back, defects and
+    all; the one loss is the 903 header's single date of birth and sex per child."""
+    from synthetic_data import generate_world
+
+    native, layout_dir = tmp_path / "native", tmp_path / "layout"
+    for out, layout in ((native, None), (layout_dir, "ssda903")):
+        generate_world(n_children=1500, seed=5, scenario="messy", out_dir=out, layout=layout)
+    summary = adapt_delivery(
+        source_dir=layout_dir, out_dir=tmp_path / "adapted", layout=load_layout("ssda903")
+    )
+    adapted = tmp_path / "adapted"
+    care = "care_support_census"
+    assert _rows(adapted / f"{care}.csv").equals(_rows(native / f"{care}.csv"))
+    malformed_native = (native / f"{care}.csv").read_text().count(",EXTRA\n")
+    assert malformed_native > 0, "the messy world should plant malformed lines"
+    assert summary.malformed[care] == malformed_native
+    # episodes: the child's first row gives the header's date of birth and sex
+    expected = _header_values(
+        pl.read_csv(
+            native / "looked_after_episodes.csv", infer_schema=False, truncate_ragged_lines=True
+        )
+    )
+    got = _rows(adapted / "looked_after_episodes.csv")
+    assert got.equals(expected.sort(expected.columns, nulls_last=True))
+    defects = pl.read_parquet(layout_dir / "truth" / "defects.parquet")
+    planted = defects.filter(pl.col("source") == "looked_after_episodes")["defect"].unique()
+    assert {"unparseable_date", "code_outside_list", "duplicate_row"} <= set(planted.to_list())
+
+
+def test_every_written_row_points_back_to_its_source_file_and_line(
+    layout_world: Path, adapted: Path
+) -> None:
+    for source in SOCIAL_CARE:
+        lines = pl.read_csv(adapted / "adapted" / f"source_lines_{source}.csv", infer_schema=False)
+        written = pl.read_csv(adapted / f"{source}.csv", infer_schema=False)
+        assert lines.height == written.height
+        assert lines["record_id"].to_list() == written["record_id"].to_list()
+        for row in lines.gather_every(97).iter_rows(named=True):
+            text = (layout_world / row["source_file"]).read_text().splitlines()
+            at = int(row["source_line"]) - 1
+            # 903: the episode's own line; CIN XML: its Assessments element, RecordID inside it
+            window = "\n".join(text[at : at + 3])
+            assert row["record_id"] in window, (source, row)
+
+
+def _layout_copy(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    raw = yaml.safe_load(load_layout("ssda903").path.read_text(encoding="utf-8"))
+    edit(raw)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_a_mapping_naming_a_missing_column_is_refused_at_load(tmp_path: Path) -> None:
+    def edit(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["looked_after_episodes"]["columns"]["episode_start"]["from"] = "DECOMM"
+
+    with pytest.raises(MappingError, match=r"episode_start.from: column 'DECOMM' is not declared"):
+        load_layout(_layout_copy(tmp_path, edit))
+
+
+def test_a_mapping_recoding_to_an_unknown_code_is_refused_at_load(tmp_path: Path) -> None:
+    def edit(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["looked_after_episodes"]["columns"]["sex"]["codes"]["2"] = "Female"
+
+    with pytest.raises(MappingError, match=r"sex.codes: Female not in code list sex"):
+        load_layout(_layout_copy(tmp_path, edit))
+
+
+def test_a_mapping_leaving_a_required_column_unmapped_is_refused(tmp_path: Path) -> None:
+    def edit(raw):  # type: ignore[no-untyped-def]
+        del raw["outputs"]["looked_after_episodes"]["columns"]["episode_start"]
+
+    with pytest.raises(MappingError, match=r"required contract column\(s\) episode_start"):
+        load_layout(_layout_copy(tmp_path, edit))
+
+
+def test_a_date_format_that_does_not_read_the_dates_stops_with_nothing_written(
+    layout_world: Path, tmp_path: Path
+) -> None:
+    def edit(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["looked_after_episodes"]["columns"]["episode_start"]["date"] = "%m/%d/%Y"
+
+    layout = load_layout(_layout_copy(tmp_path, edit))
+    out = tmp_path / "out"
+    with pytest.raises(MappingError, match=r"values of DECOM do not read as '%m/%d/%Y'") as err:
+        adapt_delivery(source_dir=layout_world, out_dir=out, layout=layout)
+    assert "\n" not in str(err.value)
+    assert "SSDA903_episodes.csv line" in str(err.value)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_delivery_missing_a_declared_column_stops_with_nothing_written(
+    layout_world: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "delivery"
+    shutil.copytree(layout_world, source, ignore=shutil.ignore_patterns("truth"))
+    episodes = source / "SSDA903_episodes.csv"
+    text = episodes.read_text().splitlines(keepends=True)
+    episodes.write_text(text[0].replace("DECOM,", "DATE_COMMENCED,") + "".join(text[1:]))
+    out = tmp_path / "out"
+    with pytest.raises(SourceLayoutError, match=r"column\(s\) DECOM missing") as err:
+        adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
+    assert "DATE_COMMENCED" not in str(err.value)  # header cells are never echoed
+    assert not out.exists()
+
+
+def test_cohort_adapt_prints_one_line_and_exits_2(layout_world: Path, tmp_path: Path) -> None:
+    def edit(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["care_support_census"]["columns"]["sex"]["codes"]["9"] = "X"
+
+    bad = _layout_copy(tmp_path, edit)
+    r = _cohort(
+        "adapt", "--source", str(layout_world), "--out", str(tmp_path / "o"), "--layout", str(bad),
+        env=_env(tmp_path),
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr
+    assert "X not in code list sex" in r.stderr
+    assert not (tmp_path / "o").exists()
