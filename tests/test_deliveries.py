@@ -113,8 +113,10 @@ def test_a_messy_world_round_trips_apart_from_what_the_903_header_cannot_carry(
     got = _rows(adapted / "looked_after_episodes.csv")
     assert got.equals(expected.sort(expected.columns, nulls_last=True))
     defects = pl.read_parquet(layout_dir / "truth" / "defects.parquet")
-    planted = defects.filter(pl.col("source") == "looked_after_episodes")["defect"].unique()
-    assert {"unparseable_date", "code_outside_list", "duplicate_row"} <= set(planted.to_list())
+    planted = defects.filter(pl.col("source").is_in(SOCIAL_CARE))["defect"].unique().to_list()
+    assert {"unparseable_date", "code_outside_list", "duplicate_row", "malformed_line"} <= set(
+        planted
+    )
 
 
 def test_every_written_row_points_back_to_its_source_file_and_line(
@@ -209,3 +211,75 @@ def test_cohort_adapt_prints_one_line_and_exits_2(layout_world: Path, tmp_path: 
     assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr
     assert "X not in code list sex" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _planted_903(layout_world: Path, tmp_path: Path) -> tuple[Path, dict[str, set[int]]]:
+    """A copy of the world's 903 files with one breach of each DfE rule planted, and the line
+    each breach is on."""
+    source = tmp_path / "delivery"
+    shutil.copytree(layout_world, source, ignore=shutil.ignore_patterns("truth"))
+    header_path, episodes_path = source / "SSDA903_header.csv", source / "SSDA903_episodes.csv"
+    header = pl.read_csv(header_path, infer_schema=False)
+    episodes = pl.read_csv(episodes_path, infer_schema=False)
+    planted: dict[str, set[int]] = {}
+
+    def plant(
+        df: pl.DataFrame, row: int, column: str, value: str | None, rule: str
+    ) -> pl.DataFrame:
+        planted.setdefault(rule, set()).add(row + 2)  # the header is line 1
+        return df.with_columns(df[column].scatter(row, value))
+
+    header = plant(header, 3, "SEX", "3", "101")
+    header = plant(header, 5, "DOB", "31/02/2010", "102")
+    # children with two or more episodes, first and second rows of each
+    firsts = (
+        episodes.with_row_index()
+        .group_by(["LA", "CHILD"], maintain_order=True)
+        .agg(pl.col("index").first().alias("i0"), pl.col("index").slice(1, 1).first().alias("i1"))
+        .filter(pl.col("i1").is_not_null())
+    )
+    (a0, a1), (b0, _), (c0, _), (d0, d1), (e0, _), (f0, _), (g0, _) = (
+        firsts.select("i0", "i1").rows()[k] for k in range(7)
+    )
+    episodes = plant(episodes, e0, "DECOM", "2015-13-01", "141")
+    episodes = plant(episodes, a0, "DEC", None, "142")
+    episodes = plant(episodes, f0, "RNE", "Q", "143")
+    episodes = plant(episodes, b0, "LS", "Z9", "144")
+    episodes = plant(episodes, c0, "PLACE", "U9", "146")
+    episodes = plant(episodes, g0, "REC", "E99", "149")
+    # 357: a first episode that is not S; 501: the second starts before the first ends
+    episodes = plant(episodes, d0, "RNE", "P", "357")
+    start = episodes["DECOM"][d1]
+    episodes = plant(episodes, d0, "DEC", "31/12/2099", "ignored")
+    planted["501"] = {d1 + 2}
+    planted.pop("ignored")
+    del a1, start
+    header.write_csv(header_path)
+    episodes.write_csv(episodes_path)
+    return source, planted
+
+
+def test_the_dfe_rules_report_every_planted_breach(layout_world: Path, tmp_path: Path) -> None:
+    """Each of the ten DfE rules finds its planted breach on its line, beyond what the clean
+    delivery already fails."""
+
+    def failures(source: Path, out: Path) -> dict[str, set[int]]:
+        adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
+        found: dict[str, set[int]] = {}
+        rows = pl.read_csv(out / "adapted" / "dfe_ssda903_failures.csv", infer_schema=False)
+        for rule, line in rows.select("rule", "source_line").rows():
+            found.setdefault(rule, set()).add(int(line))
+        return found
+
+    baseline = failures(layout_world, tmp_path / "clean")
+    source, planted = _planted_903(layout_world, tmp_path)
+    found = failures(source, tmp_path / "planted")
+    from deliveries.dfe_rules import RULES
+
+    assert set(planted) == {r.code for r in RULES}
+    for rule, lines in planted.items():
+        new = found.get(rule, set()) - baseline.get(rule, set())
+        assert lines <= new, (rule, lines, new)
+    # the planted 142 breach also makes its episode overlap the next one: nothing else is new
+    extra = {r: found[r] - baseline.get(r, set()) - planted.get(r, set()) for r in found}
+    assert all(len(v) <= 2 for v in extra.values()), extra
