@@ -10,7 +10,7 @@ subset of the DfE's SSDA903 validation rules on a 903-layout delivery.
 This package imports only :mod:`ground` and :mod:`schemas`.
 """
 
-from deliveries.adapt import AdaptSummary, adapt_delivery, detect_layout
+from deliveries.adapt import AdaptSummary, adapt_delivery, detect_layout, inspect_delivery
 from deliveries.mapping import Layout, MappingError, SourceLayoutError, load_layout, shipped_layouts
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SourceLayoutError",
     "adapt_delivery",
     "detect_layout",
+    "inspect_delivery",
     "load_layout",
     "shipped_layouts",
 ]

@@ -361,3 +361,38 @@ def _write_dfe_failures(
             )
             w.writerow([f.code, f.message, f.table, f.fields, f.source_file, f.source_line, rid])
             summary.dfe_failures[f.code] = summary.dfe_failures.get(f.code, 0) + 1
+
+
+def inspect_delivery(folder: str | Path) -> str:
+    """What a delivery folder holds, as markdown: the layout detected, and for each contract
+    whether the layout makes it, a native extract is there, or it is missing, with the contract
+    columns the layout leaves empty. Reads file names only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(f"delivery folder {folder} does not exist")
+    name = detect_layout(folder)
+    layout = load_layout(name) if name else None
+    lines = [
+        f"Delivery {folder}: layout `{name}` ({layout.description})"
+        if layout
+        else f"Delivery {folder}: no shipped layout detected (native contract extracts)",
+        "",
+        "| contract | made from | contract columns left empty |",
+        "|---|---|---|",
+    ]
+    for source, contract in SOURCES.items():
+        if layout and source in layout.outputs:
+            mapping = layout.outputs[source]
+            tables = [mapping.rows] + ([mapping.join.table] if mapping.join else [])
+            made = " + ".join(f"{t} ({layout.tables[t].files})" for t in tables)
+            empty = ", ".join(mapping.uncovered_columns()) or "none"
+        else:
+            found = [
+                f"{contract.file_stem}.{ext}"
+                for ext in ("csv", "parquet")
+                if (folder / f"{contract.file_stem}.{ext}").is_file()
+            ]
+            made = f"native {found[0]}" if found else "MISSING"
+            empty = "-"
+        lines.append(f"| {source} | {made} | {empty} |")
+    return "\n".join(lines)

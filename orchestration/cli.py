@@ -40,7 +40,7 @@ def _root() -> None:
 
 
 # Order shown in --help follows the data flow.
-COMMANDS = ["synth", "adapt", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
+COMMANDS = ["synth", "inspect", "adapt", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
 
 for _name in COMMANDS:
     try:

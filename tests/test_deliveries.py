@@ -135,6 +135,26 @@ def test_every_written_row_points_back_to_its_source_file_and_line(
             assert row["record_id"] in window, (source, row)
 
 
+def test_cohort_inspect_names_the_layout_and_what_it_leaves_empty(
+    world: Path, layout_world: Path, tmp_path: Path
+) -> None:
+    from deliveries import inspect_delivery
+
+    text = inspect_delivery(layout_world)
+    assert "layout `ssda903`" in text
+    assert "| looked_after_episodes | episodes (SSDA903_episodes.csv) + header" in text
+    assert "| school_census | native school_census.csv | - |" in text
+    assert "no shipped layout detected" in inspect_delivery(world)
+
+    def edit(raw):  # type: ignore[no-untyped-def]
+        del raw["outputs"]["care_support_census"]["columns"]["postcode"]
+
+    layout = load_layout(_layout_copy(tmp_path, edit))
+    assert layout.outputs["care_support_census"].uncovered_columns() == ["postcode"]
+    r = _cohort("inspect", "--data", str(layout_world), env=_env(tmp_path))
+    assert r.returncode == 0 and "ssda903" in r.stderr
+
+
 def _layout_copy(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     raw = yaml.safe_load(load_layout("ssda903").path.read_text(encoding="utf-8"))
     edit(raw)
@@ -283,3 +303,48 @@ def test_the_dfe_rules_report_every_planted_breach(layout_world: Path, tmp_path:
     # the planted 142 breach also makes its episode overlap the next one: nothing else is new
     extra = {r: found[r] - baseline.get(r, set()) - planted.get(r, set()) for r in found}
     assert all(len(v) <= 2 for v in extra.values()), extra
+
+
+def _cohort_tables(run: Path) -> dict[str, pl.DataFrame]:
+    import duckdb
+
+    con = duckdb.connect(str(run / "analysis_zone.duckdb"), read_only=True)
+    try:
+        names = [
+            t
+            for (t,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'cohort' "
+                "ORDER BY 1"
+            ).fetchall()
+        ]
+        tables = {}
+        for t in names:
+            df = con.sql(f'SELECT * FROM cohort."{t}"').pl()
+            tables[t] = df.sort(df.columns, nulls_last=True)
+        return tables
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimates(
+    full_run: Path, adapted: Path, tmp_path: Path
+) -> None:
+    """End to end: `cohort run` on the adapted 903 delivery gives the session run's cohort
+    tables and estimates, and its data-quality report carries the DfE rules and the traced
+    quarantine."""
+    r = _cohort("run", "--data", str(adapted), "--out", str(tmp_path / "run"), env=_env(tmp_path),
+                timeout=1200)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    native, layout = _cohort_tables(full_run), _cohort_tables(run)
+    assert set(native) == set(layout) and {"children", "person_time"} <= set(native)
+    for name, table in native.items():
+        assert layout[name].equals(table), name
+    for results in ("estimates.csv", "estimate_analyses.csv"):
+        assert (run / "results" / results).read_bytes() == (
+            full_run / "results" / results
+        ).read_bytes(), results
+    report = (run / "validation" / "dq_report.md").read_text(encoding="utf-8")
+    assert "## DfE SSDA903 validation rules" in report
+    assert "quarantined rows traced to their source lines" in report
