@@ -97,6 +97,28 @@ def detect_layout(folder: Path) -> str | None:
     return None
 
 
+def refuse_unadapted(folder: Path) -> None:
+    """Stop early, with what to do, when a folder given to validation holds a statutory-return
+    layout instead of the contract extracts it makes."""
+    name = detect_layout(folder)
+    if name is None:
+        return
+    layout = load_layout(name)
+    missing = [
+        s
+        for s in layout.outputs
+        if not any(
+            (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
+        )
+    ]
+    if missing:
+        raise InputDataError(
+            f"{folder} holds a delivery in the {name} layout ({', '.join(t.files for t in layout.tables.values())}), "
+            f"not the contract extracts of {', '.join(missing)}: run `cohort adapt --source "
+            f"{folder} --out NEW_FOLDER` first and give NEW_FOLDER to --data"
+        )
+
+
 def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[Path]:
     files = sorted(p for p in source_dir.glob(table.files) if p.is_file())
     if not files:

@@ -348,3 +348,17 @@ def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimate
     report = (run / "validation" / "dq_report.md").read_text(encoding="utf-8")
     assert "## DfE SSDA903 validation rules" in report
     assert "quarantined rows traced to their source lines" in report
+
+
+def test_validating_an_unadapted_layout_folder_says_to_adapt_it_first(
+    layout_world: Path, tmp_path: Path
+) -> None:
+    for command in ("validate", "run"):
+        r = _cohort(
+            command, "--data", str(layout_world), "--out", str(tmp_path / command),
+            env=_env(tmp_path),
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "holds a delivery in the ssda903 layout" in r.stderr
+        assert "run `cohort adapt --source" in r.stderr
+        assert not (tmp_path / command).exists()

@@ -29,6 +29,9 @@ def command(
     from validation import validate_delivery
 
     settings = load_run_settings(settings_file).validation
+    from deliveries.adapt import refuse_unadapted
+
+    refuse_unadapted(data)  # a statutory-return layout: `cohort adapt` first
     console = Console(stderr=True)
     with console.status("validating") as status:
         summary = validate_delivery(
