@@ -39,7 +39,26 @@ def read_table(path: Path, table: SourceTable) -> Iterator[SourceRow]:
 
 
 def read_csv(path: Path, table: SourceTable) -> Iterator[SourceRow]:
-    """Rows of a CSV file with a header; the declared columns must all be in the header."""
+    """Rows of a CSV file with a header; the declared columns must all be in the header. A file
+    that is not UTF-8, or that the CSV reader cannot split, stops with the line it failed on."""
+    line = 1
+    try:
+        for row in _read_csv(path, table):
+            line = row.line
+            yield row
+    except UnicodeDecodeError:
+        raise SourceLayoutError(
+            f"{path.name} (table {table.name}) is not UTF-8 after line {line}; re-export it as "
+            "UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise SourceLayoutError(
+            f"{path.name} (table {table.name}) cannot be read as CSV after line {line} "
+            f"({str(exc).split(':', 1)[0]}); re-export it"
+        ) from None
+
+
+def _read_csv(path: Path, table: SourceTable) -> Iterator[SourceRow]:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)

@@ -362,3 +362,20 @@ def test_validating_an_unadapted_layout_folder_says_to_adapt_it_first(
         assert "holds a delivery in the ssda903 layout" in r.stderr
         assert "run `cohort adapt --source" in r.stderr
         assert not (tmp_path / command).exists()
+
+
+def test_a_903_file_not_in_utf8_stops_with_its_line_and_nothing_written(
+    layout_world: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "delivery"
+    shutil.copytree(layout_world, source, ignore=shutil.ignore_patterns("truth"))
+    episodes = source / "SSDA903_episodes.csv"
+    lines = episodes.read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b",", b",\xe9", 1)  # a cp1252 e-acute on line 6
+    episodes.write_bytes(b"\n".join(lines))
+    out = tmp_path / "out"
+    with pytest.raises(
+        SourceLayoutError, match=r"SSDA903_episodes.csv \(table episodes\) is not UTF-8"
+    ):
+        adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
+    assert not out.exists()
