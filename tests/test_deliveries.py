@@ -379,3 +379,47 @@ def test_a_903_file_not_in_utf8_stops_with_its_line_and_nothing_written(
     ):
         adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
     assert not out.exists()
+
+
+def test_the_dfe_failures_and_traced_quarantine_reach_the_data_quality_report(
+    layout_world: Path, tmp_path: Path
+) -> None:
+    """Validation of an adapted delivery with planted DfE breaches: the data-quality report
+    carries each rule's failures beside validation's sections, the linkage zone holds each
+    failing line, and every quarantined row of an adapted source is traced to its line."""
+    import duckdb
+
+    from deliveries.report import report_adapted_checks
+    from ground.run_layout import RunLayout
+    from validation import ValidationSettings, validate_delivery
+
+    source, planted = _planted_903(layout_world, tmp_path)
+    data = tmp_path / "data"
+    adapt_delivery(source_dir=source, out_dir=data, layout=load_layout("ssda903"))
+    run = RunLayout.at(tmp_path / "run")
+    summary = validate_delivery(
+        data_dir=data, layout=run, settings=ValidationSettings(run_great_expectations=False)
+    )
+    checks = report_adapted_checks(data_dir=data, layout=run)
+    assert checks is not None
+    for rule in planted:
+        assert checks.dfe_failures.get(rule, 0) >= 1, rule
+    report = (run.validation_dir / "dq_report.md").read_text(encoding="utf-8")
+    assert report.index("## looked_after_episodes") < report.index("## DfE SSDA903 validation")
+    assert "| 146 | Episodes | Placement type code is not a valid code. |" in report
+    for source_name in SOCIAL_CARE:
+        assert checks.traced[source_name] == summary.sources[source_name].rows_quarantined
+    con = duckdb.connect(str(run.linkage_db), read_only=True)
+    try:
+        lines = con.execute(
+            "SELECT source_line FROM validation.dfe_ssda903_failures WHERE rule = '146'"
+        ).fetchall()
+    finally:
+        con.close()
+    assert planted["146"] <= {int(x) for (x,) in lines}
+    traced = pl.read_csv(run.validation_dir / "quarantine_source_lines.csv", infer_schema=False)
+    assert (
+        traced.filter(pl.col("source") == "looked_after_episodes")["reasons"]
+        .str.contains("placement_type:code_outside_list")
+        .any()
+    )
