@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from schemas.contracts import SOURCES
 
 log = logging.getLogger(__name__)
 
+UNDOTTED_ICD10 = re.compile(r"[A-Z][0-9]{2}[0-9A-Z]{1,2}")
 ADAPTED_DIR = "adapted"  # what the adapter adds to the delivery besides the extracts
 JOINED = "__joined__"  # a rule's table, once resolved: the joined table's row
 # a declared date format is wrong (not a few bad rows) when more than this share of the values
@@ -256,6 +258,8 @@ def _value(
                 check.first_failure = where
             return v  # as delivered: validation quarantines it as unparseable_date
         return parsed.isoformat() if rule.date_format else str(parsed.year)
+    if rule.icd10_dotted and UNDOTTED_ICD10.fullmatch(v):
+        return f"{v[:3]}.{v[3:]}"
     return rule.codes.get(v, v)
 
 

@@ -20,7 +20,9 @@ line; ``columns`` maps each contract column to one rule:
   quarantines it as ``code_outside_list``);
 * ``{present: COL}``: ``1`` when the column holds a value, else ``0``;
 * ``{flag: COL, any_of: [codes]}`` / ``{flag: COL, any_except: [codes]}``: ``1`` when the
-  repeated element ``COL`` holds one of (or one other than) the codes, else ``0``.
+  repeated element ``COL`` holds one of (or one other than) the codes, else ``0``;
+* ``{from: COL, icd10: dotted}``: an ICD-10 code written without its dot (``S060``, as HES
+  writes it) gets the dot back (``S06.0``); a 3-character code or anything else is kept.
 
 Every name and code is checked against the contracts when the layout is loaded: a mapping that
 names a column no table declares, a contract column that does not exist, or a recoded code
@@ -129,6 +131,7 @@ class ColumnRule:
     codes: dict[str, str] = field(default_factory=dict)
     any_of: tuple[str, ...] = ()
     any_except: tuple[str, ...] = ()
+    icd10_dotted: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,16 @@ def _parse_rule(
         codes=codes,
         any_of=_names(spec.get("any_of"), f"{where}.any_of"),
         any_except=_names(spec.get("any_except"), f"{where}.any_except"),
+        icd10_dotted=_icd10(spec.get("icd10"), f"{where}.icd10"),
     )
+
+
+def _icd10(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if value != "dotted":
+        raise MappingError(f"{where}: the only ICD-10 rewriting is `dotted` (S060 -> S06.0)")
+    return True
 
 
 def _check_date_format(fmt: Any, where: str) -> None:

@@ -40,7 +40,8 @@ def _root() -> None:
 
 
 # Order shown in --help follows the data flow.
-COMMANDS = ["synth", "inspect", "adapt", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
+COMMANDS = ["synth", "validate", "link", "evaluate", "build", "model", "run", "reproduce"]
+COMMANDS[1:1] = ["inspect", "adapt"]  # a delivery in a return layout, before validate
 
 for _name in COMMANDS:
     try:

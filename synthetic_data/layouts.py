@@ -1,7 +1,7 @@
 """Write a world's social-care extracts in the statutory-return layouts a local authority delivers.
 
-``cohort synth --layout ssda903`` writes the same world (same seed, same truth, same defects) with
-two sources in their return layouts instead of the native contract files:
+``cohort synth --layout ssda903`` (or ``hes_apc``) writes the same world (same seed, same truth,
+same defects) with sources in their return layouts instead of the native contract files:
 
 * ``looked_after_episodes`` as the SSDA903 looked-after return: ``SSDA903_header.csv`` (one row
   per child: LA, CHILD, SEX 1/2, DOB dd/mm/yyyy, UPN) and ``SSDA903_episodes.csv`` (one row per
@@ -10,7 +10,10 @@ two sources in their return layouts instead of the native contract files:
 * ``care_support_census`` as children in need census XML, one file per census year
   (``CIN_census_<year>.xml``: Header > CollectionDetails > ReferenceDate; each Child with its
   ChildIdentifiers, ChildCharacteristics > Disabilities, CINdetails > Assessments with their
-  factors, ChildProtectionPlans).
+  factors, ChildProtectionPlans);
+* ``hospital_admissions`` (layout ``hes_apc``) as a HES admitted patient care extract of spells
+  (``HES_APC_spells.csv``: EPIKEY, NEWNHSNO, DOB, SEX, HOMEADD, ADMIDATE, DISDATE, ADMIMETH,
+  DIAG_4_01, DIAG_4_02, ICD-10 without the dot).
 
 This module is written independently of the ``deliveries`` package that reads the layouts (the
 stages do not import each other), which is what makes the round trip a real test.
@@ -36,9 +39,11 @@ from xml.sax.saxutils import escape
 import numpy as np
 import polars as pl
 
-LAYOUTS = ("ssda903",)
-LAYOUT_SOURCES = {"ssda903": ("looked_after_episodes", "care_support_census")}
-LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml")
+LAYOUT_SOURCES = {
+    "ssda903": ("looked_after_episodes", "care_support_census"),
+    "hes_apc": ("hospital_admissions",),
+}
+LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml", "HES_APC_*.csv")
 
 SEX_903 = {"M": "1", "F": "2", "U": "0"}
 # CIN census assessment factors: "concerns about the parent(s) or carer(s)"
@@ -191,7 +196,35 @@ def write_cin_census(
         )
 
 
+def write_hes_apc(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+    """The hospital admissions as a HES admitted patient care extract of spells: HES field
+    names, sex 1/2, ICD-10 codes without their dot (S06.0 -> S060)."""
+    order, bad = _written_order(rows_out, malformed)
+    columns = [
+        "EPIKEY", "NEWNHSNO", "DOB", "SEX", "HOMEADD", "ADMIDATE", "DISDATE", "ADMIMETH",
+        "DIAG_4_01", "DIAG_4_02",
+    ]  # fmt: skip
+    with (out / "HES_APC_spells.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(columns)
+        for r, is_bad in zip(df.gather(order).iter_rows(named=True), bad, strict=True):
+            line = [
+                r["record_id"] or "",
+                r["nhs_number"] or "",
+                r["date_of_birth"] or "",
+                SEX_903.get(r["sex"], r["sex"] or ""),
+                r["postcode"] or "",
+                r["admission_date"] or "",
+                r["discharge_date"] or "",
+                r["admission_method"] or "",
+                (r["primary_diagnosis"] or "").replace(".", "", 1),
+                (r["secondary_diagnosis"] or "").replace(".", "", 1),
+            ]
+            w.writerow([*line, "EXTRA"] if is_bad else line)
+
+
 WRITERS = {
     "looked_after_episodes": write_ssda903,
     "care_support_census": write_cin_census,
+    "hospital_admissions": write_hes_apc,
 }

@@ -423,3 +423,25 @@ def test_the_dfe_failures_and_traced_quarantine_reach_the_data_quality_report(
         .str.contains("placement_type:code_outside_list")
         .any()
     )
+
+
+def test_a_messy_world_in_the_hes_apc_layout_gives_the_native_admissions_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """Hospital admissions as a HES APC spells extract (HES field names, sex 1/2, ICD-10 without
+    its dot), defects and malformed lines included, come back as the native file."""
+    from synthetic_data import generate_world
+
+    native, layout_dir = tmp_path / "native", tmp_path / "layout"
+    for out, layout in ((native, None), (layout_dir, "hes_apc")):
+        generate_world(n_children=3000, seed=7, scenario="messy", out_dir=out, layout=layout)
+    assert detect_layout(layout_dir) == "hes_apc"
+    header = (layout_dir / "HES_APC_spells.csv").read_text().split("\n", 2)
+    assert header[0].startswith("EPIKEY,NEWNHSNO,DOB,SEX,")
+    assert "." not in header[1].split(",")[8]  # DIAG_4_01 as HES writes it
+    summary = adapt_delivery(
+        source_dir=layout_dir, out_dir=tmp_path / "adapted", layout=load_layout("hes_apc")
+    )
+    assert summary.malformed["hospital_admissions"] > 0
+    admissions = "hospital_admissions.csv"
+    assert filecmp.cmp(native / admissions, tmp_path / "adapted" / admissions, shallow=False)

@@ -34,8 +34,9 @@ def command(
         str | None,
         typer.Option(
             "--layout",
-            help="Write the social-care sources in a statutory-return layout (ssda903: SSDA903 "
-            "CSVs + CIN census XML) instead of the native extracts; `cohort adapt` reads it.",
+            help="Write sources in a delivery layout instead of the native extracts (ssda903: "
+            "SSDA903 CSVs + CIN census XML; hes_apc: HES admitted patient care spells); "
+            "`cohort adapt` reads it.",
         ),
     ] = None,
 ) -> None:
