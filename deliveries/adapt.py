@@ -180,7 +180,12 @@ def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layou
         meta: dict[str, object] = {}
         delivered_meta = source_dir / "delivery.json"
         if delivered_meta.is_file():
-            meta = json.loads(delivered_meta.read_text(encoding="utf-8"))
+            try:
+                meta = dict(json.loads(delivered_meta.read_text(encoding="utf-8")))
+            except (ValueError, TypeError):
+                raise InputDataError(
+                    f"{delivered_meta} is not a JSON object; correct or remove it"
+                ) from None
         meta["layout"] = layout.name
         meta["adapted_sources"] = sorted(layout.outputs)
         (tmp / "delivery.json").write_text(
