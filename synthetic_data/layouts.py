@@ -32,6 +32,7 @@ census the identifiers linkage needs (PersonFirstName, PersonSurname, NHSNumber,
 from __future__ import annotations
 
 import csv
+import json
 from datetime import date
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -228,3 +229,88 @@ WRITERS = {
     "care_support_census": write_cin_census,
     "hospital_admissions": write_hes_apc,
 }
+
+
+# Pre-linked extracts (``cohort synth --layout prelinked``) -----------------------------------
+
+PRELINKED_REMOVED = (
+    "first_name",
+    "surname",
+    "date_of_birth",
+    "postcode",
+    "nhs_number",
+    "upn",
+    "la_child_id",
+)  # fmt: skip (the contracts' PRELINKED_REMOVED, not imported)
+PROVIDER_LOWER_SHARE = 0.05  # share of records the provider matched with less than 100%
+
+
+def provider_pseudonym(person_id: int, seed: int) -> str:
+    """The provider's pseudonymous id of a true person: keyed (HMAC-SHA256 under a key from the
+    seed), never the raw id."""
+    import hashlib
+    import hmac
+
+    key = f"synthetic-provider-{seed}".encode()
+    return hmac.new(key, str(person_id).encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _week_of_birth(value: str) -> str:
+    """The Monday of an ISO date's week; anything else (a defect) as it is."""
+    try:
+        d = date.fromisoformat(value)
+    except ValueError:
+        return value
+    return date.fromordinal(d.toordinal() - d.weekday()).isoformat()
+
+
+def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SHARE) -> None:
+    """Rewrite a native CSV world in place as a pre-linked delivery, as a research environment
+    hands it out: every row with its person's provider pseudonym (from the truth), a link status
+    and a match percentage (100, or 80-99 for ``lower_share`` of records); the identifiers
+    removed, the date of birth replaced by its week. Rows and defects (malformed lines,
+    duplicates) stay as they were. ``truth/provider_links.parquet`` records what was written;
+    delivery.json says ``"linkage": "provider"``."""
+    truth = pl.read_parquet(out / "truth" / "record_person.parquet")
+    owner = {(s, r): int(p) for s, r, p in truth.iter_rows()}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
+    written: list[tuple[str, str, str, str, float]] = []
+    for source in dict.fromkeys(truth["source"].to_list()):
+        path = out / f"{source}.csv"
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        header = rows[0]
+        keep = [i for i, h in enumerate(header) if h not in PRELINKED_REMOVED]
+        dob = header.index("date_of_birth") if "date_of_birth" in header else None
+        rid = header.index("record_id")
+        lower = rng.random(len(rows) - 1) < lower_share
+        pct = np.where(lower, rng.integers(80, 100, len(rows) - 1), 100)
+        new_header = [header[rid], "person_pseudonym", "link_status", "match_percentage"]
+        new_header += ["week_of_birth"] if dob is not None else []
+        tmp = path.with_suffix(".prelinked.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(new_header + [header[i] for i in keep if i != rid])
+            for row, p in zip(rows[1:], pct, strict=True):
+                person = owner.get((source, row[rid])) if len(row) > rid else None
+                alf = provider_pseudonym(person, seed) if person is not None else ""
+                status = "1" if p == 100 else "4"  # matched / matched below 100%
+                line = [row[rid] if len(row) > rid else "", alf, status, str(int(p))]
+                line += (
+                    [_week_of_birth(row[dob]) if len(row) > dob else ""] if dob is not None else []
+                )
+                line += [row[i] for i in keep if i != rid and i < len(row)]
+                line += row[len(header) :]  # a malformed line keeps its extra cells
+                w.writerow(line)
+                written.append((source, line[0], alf, status, float(p)))
+        tmp.replace(path)
+    pl.DataFrame(
+        written,
+        schema={"source": pl.String, "record_id": pl.String, "person_pseudonym": pl.String,
+                "link_status": pl.String, "match_percentage": pl.Float64},
+        orient="row",
+    ).write_parquet(out / "truth" / "provider_links.parquet", statistics=False)  # fmt: skip
+    meta_path = out / "delivery.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta.update(layout="prelinked", linkage="provider")
+    meta_path.write_text(json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8")
