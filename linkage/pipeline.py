@@ -288,7 +288,10 @@ def _write_provider_report(
     share_high = round(float(high or 0.0), 4)
     report = {
         "link_method": "provider",
-        "thresholds": {"high_quality_threshold": threshold},
+        "thresholds": {  # no match threshold: the provider matched (the run report says so)
+            "match_threshold": "none (pre-linked by the provider)",
+            "high_quality_threshold": threshold,
+        },
         "link_rate_to_spine_by_source": _spine_rates(con),
         "provider_match_quality": quality,
         "persons_with_high_quality_links": share_high,
