@@ -242,7 +242,7 @@ PRELINKED_REMOVED = (
     "upn",
     "la_child_id",
 )  # fmt: skip (the contracts' PRELINKED_REMOVED, not imported)
-PROVIDER_LOWER_SHARE = 0.05  # share of records the provider matched with less than 100%
+PROVIDER_LOWER_SHARE = 0.05  # share of persons the provider matched with less than 100%
 
 
 def provider_pseudonym(person_id: int, seed: int) -> str:
@@ -267,13 +267,18 @@ def _week_of_birth(value: str) -> str:
 def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SHARE) -> None:
     """Rewrite a native CSV world in place as a pre-linked delivery, as a research environment
     hands it out: every row with its person's provider pseudonym (from the truth), a link status
-    and a match percentage (100, or 80-99 for ``lower_share`` of records); the identifiers
+    and a match percentage (100, or 80-99 on every record of ``lower_share`` of persons, as
+    a person with poor identifiers matches poorly everywhere); the identifiers
     removed, the date of birth replaced by its week. Rows and defects (malformed lines,
     duplicates) stay as they were. ``truth/provider_links.parquet`` records what was written;
     delivery.json says ``"linkage": "provider"``."""
     truth = pl.read_parquet(out / "truth" / "record_person.parquet")
     owner = {(s, r): int(p) for s, r, p in truth.iter_rows()}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
+    n_persons = int(truth["person_id"].max()) + 1  # type: ignore[arg-type]
+    person_pct = np.where(
+        rng.random(n_persons) < lower_share, rng.integers(80, 100, n_persons), 100
+    )
     written: list[tuple[str, str, str, str, float]] = []
     for source in dict.fromkeys(truth["source"].to_list()):
         path = out / f"{source}.csv"
@@ -283,18 +288,17 @@ def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SH
         keep = [i for i, h in enumerate(header) if h not in PRELINKED_REMOVED]
         dob = header.index("date_of_birth") if "date_of_birth" in header else None
         rid = header.index("record_id")
-        lower = rng.random(len(rows) - 1) < lower_share
-        pct = np.where(lower, rng.integers(80, 100, len(rows) - 1), 100)
         new_header = [header[rid], "person_pseudonym", "link_status", "match_percentage"]
         new_header += ["week_of_birth"] if dob is not None else []
         tmp = path.with_suffix(".prelinked.tmp")
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(new_header + [header[i] for i in keep if i != rid])
-            for row, p in zip(rows[1:], pct, strict=True):
+            for row in rows[1:]:
                 person = owner.get((source, row[rid])) if len(row) > rid else None
+                p = int(person_pct[person]) if person is not None else 0
                 alf = provider_pseudonym(person, seed) if person is not None else ""
-                status = "1" if p == 100 else "4"  # matched / matched below 100%
+                status = "0" if not alf else "1" if p == 100 else "4"  # none / full / below 100%
                 line = [row[rid] if len(row) > rid else "", alf, status, str(int(p))]
                 line += (
                     [_week_of_birth(row[dob]) if len(row) > dob else ""] if dob is not None else []

@@ -128,18 +128,35 @@ def test_prelinked_mode_reproduces_the_estimates_of_perfect_linkage(
     data = _prelinked_copy(world, tmp_path / "delivery")
     got = _prelinked_estimates(data, full_run, tmp_path / "prelinked")
     want = _perfect_linkage_estimates(full_run, world / "truth", tmp_path / "perfect")
-    key = ["analysis", "outcome", "estimand", "method"]
-    key = [k for k in key if k in want.columns]
+    key = ["outcome", "contrast", "method", "scale"]
     both = want.merge(got, on=key, suffixes=("_perfect", "_prelinked"), validate="1:1")
-    assert len(both) == len(want) == len(got)
-    print(both[[*key, "estimate_perfect", "estimate_prelinked"]].to_string())
-    # the same children, the same records, the same persons: the same estimates
+    assert len(both) == len(want) > 40
+    # the same children, the same records, the same persons: the same counts and estimates
+    for col in ("n_exposed", "n_unexposed", "events_exposed", "events_unexposed"):
+        pd.testing.assert_series_equal(
+            both[f"{col}_prelinked"], both[f"{col}_perfect"], check_names=False
+        )
+    # ... except where the outcome model has no maximum-likelihood fit (quasi-separation at
+    # 2,500 children): the ridge-penalised optimum then moves with the row order, which follows
+    # the person keys, and those differ (seed 7: 6 of 55 estimates, all so flagged)
+    well_posed = ~both["warning_perfect"].fillna("").str.contains("no maximum-likelihood fit")
+    assert well_posed.sum() > 40
     pd.testing.assert_series_equal(
-        both["estimate_prelinked"], both["estimate_perfect"], check_names=False, atol=1e-9
+        both.loc[well_posed, "estimate_prelinked"],
+        both.loc[well_posed, "estimate_perfect"],
+        check_names=False,
+        rtol=1e-6,
     )
+    # the provider's quality feeds the high-quality-links sensitivity analyses, which run on a
+    # subset (perfect linkage flags everyone high quality: they add nothing there)
+    high = got[got["method"].str.endswith("_high_quality_links")]
+    assert len(high) > 0
+    main = got.set_index(["outcome", "contrast"])
+    for r in high.itertuples():
+        assert 0 < r.n_exposed < main.loc[(r.outcome, r.contrast), "n_exposed"].max()
 
     # the provider's match quality is the link quality: persons with a record under 100%
-    # (5% of records in the synthetic provider's output) lose the high-quality-links flag
+    # (every record of 5% of persons in the synthetic provider's output) lose the flag
     con = duckdb.connect(str(RunLayout.at(tmp_path / "prelinked").analysis_db), read_only=True)
     try:
         persons = con.sql("SELECT link_quality_min, high_quality_links FROM analysis.persons").pl()
