@@ -121,13 +121,8 @@ def _prelinked_estimates(data: Path, full_run: Path, out: Path) -> pd.DataFrame:
     return pd.read_csv(layout.results_dir / "estimates.csv")
 
 
-@pytest.mark.slow
-def test_prelinked_mode_reproduces_the_estimates_of_perfect_linkage(
-    world: Path, full_run: Path, tmp_path: Path
-) -> None:
-    data = _prelinked_copy(world, tmp_path / "delivery")
-    got = _prelinked_estimates(data, full_run, tmp_path / "prelinked")
-    want = _perfect_linkage_estimates(full_run, world / "truth", tmp_path / "perfect")
+def assert_same_estimates(want: pd.DataFrame, got: pd.DataFrame) -> None:
+    """The estimates of perfect linkage (``want``) reproduced by the pre-linked run (``got``)."""
     key = ["outcome", "contrast", "method", "scale"]
     both = want.merge(got, on=key, suffixes=("_perfect", "_prelinked"), validate="1:1")
     assert len(both) == len(want) > 40
@@ -147,6 +142,17 @@ def test_prelinked_mode_reproduces_the_estimates_of_perfect_linkage(
         check_names=False,
         rtol=1e-6,
     )
+
+
+@pytest.mark.slow
+def test_prelinked_mode_reproduces_the_estimates_of_perfect_linkage(
+    world: Path, full_run: Path, tmp_path: Path
+) -> None:
+    data = _prelinked_copy(world, tmp_path / "delivery")
+    got = _prelinked_estimates(data, full_run, tmp_path / "prelinked")
+    want = _perfect_linkage_estimates(full_run, world / "truth", tmp_path / "perfect")
+    assert_same_estimates(want, got)
+
     # the provider's quality feeds the high-quality-links sensitivity analyses, which run on a
     # subset (perfect linkage flags everyone high quality: they add nothing there)
     high = got[got["method"].str.endswith("_high_quality_links")]
