@@ -131,10 +131,13 @@ def assert_same_estimates(want: pd.DataFrame, got: pd.DataFrame) -> None:
         pd.testing.assert_series_equal(
             both[f"{col}_prelinked"], both[f"{col}_perfect"], check_names=False
         )
-    # ... except where the outcome model has no maximum-likelihood fit (quasi-separation at
-    # 2,500 children): the ridge-penalised optimum then moves with the row order, which follows
-    # the person keys, and those differ (seed 7: 6 of 55 estimates, all so flagged)
-    well_posed = ~both["warning_perfect"].fillna("").str.contains("no maximum-likelihood fit")
+    # ... except where the model is not identified at 2,500 children (logistic quasi-separation:
+    # no maximum-likelihood fit, a ridge-penalised one instead; a Cox model with no event in a
+    # group, whose Newton steps did not converge): the optimiser then stops at a point that
+    # moves with the row order, which follows the person keys, and may differ (flagged in the
+    # warning column: seed 7, 11 of 55 estimates, of which 6 differ; seed 13, 13 of 55, 7 differ)
+    not_identified = "no maximum-likelihood fit|did not converge|no events"
+    well_posed = ~both["warning_perfect"].fillna("").str.contains(not_identified)
     assert well_posed.sum() > 40
     pd.testing.assert_series_equal(
         both.loc[well_posed, "estimate_prelinked"],
