@@ -7,6 +7,7 @@ PROJECT_PACKAGES = (
     "ground",
     "schemas",
     "synthetic_data",
+    "deliveries",
     "validation",
     "linkage",
     "cohort",

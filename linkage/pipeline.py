@@ -29,7 +29,7 @@ from linkage.explain import Explain
 from linkage.link import DuckDBTable, LinkResult, link_tables
 from linkage.pseudonym import pseudonymise
 from linkage.settings import LinkageSettings
-from schemas.contracts import SOURCES
+from schemas.contracts import PRELINKED_PERSON_ID, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ def _link_run(
     scratch: Path,
 ) -> LinkageSummary:
     db = DuckDBSettings(memory_limit=settings.duckdb_memory_limit)  # spills to `scratch`
+    if _prelinked(layout):  # the provider linked the extracts: no identity linkage here
+        return _provider_link_run(layout, settings, secret, step, db)
     roles = source_roles()
     step("linking: deterministic ids, then Splink on identity profiles")
     result = link_tables(
@@ -196,10 +198,140 @@ def _link_run(
     return summary
 
 
-def write_analysis_zone(
+def _prelinked(layout: RunLayout) -> bool:
+    """Whether validation staged a pre-linked delivery (its extracts carry the provider's
+    person id; docs/deliveries.md, pre-linked mode)."""
+    con = duckdb.connect(str(layout.linkage_db), read_only=True)
+    try:
+        return bool(
+            con.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'staging' "
+                "AND column_name = ?",
+                [PRELINKED_PERSON_ID],
+            ).fetchone()[0]  # type: ignore[index]
+        )
+    finally:
+        con.close()
+
+
+def _provider_link_run(
+    layout: RunLayout,
+    settings: LinkageSettings,
+    secret: bytes,
+    step: Callable[[str], None],
+    db: DuckDBSettings,
+) -> LinkageSummary:
+    """Pre-linked mode: a record's person is the provider's person id (re-keyed with the run's
+    secret), its link method ``provider``, its match probability the provider's match
+    percentage / 100, which feeds the high-quality-link flag like a Splink probability."""
+    step("pre-linked delivery: persons from the provider's person ids (no Splink)")
+    con = connect(layout.linkage_db, settings=db)
+    try:
+        records = " UNION ALL ".join(
+            f"SELECT {sql_string(n)} AS source, record_id, {PRELINKED_PERSON_ID} AS person_id, "
+            f"link_status, match_percentage FROM {quote_ident('staging.' + n)}"
+            for n in SOURCES
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE provider_records AS {records}")
+        ids = con.sql("SELECT DISTINCT person_id FROM provider_records ORDER BY 1").pl()[
+            "person_id"
+        ]
+        keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
+        con.register("keys_frame", keys)
+        con.execute("CREATE SCHEMA IF NOT EXISTS linkage")
+        con.execute(
+            """CREATE OR REPLACE TABLE linkage.record_person AS
+            SELECT r.source, r.record_id, r.person_id, k.person_key,
+                   CAST(NULL AS BIGINT) AS component_id, 'provider' AS link_method,
+                   r.match_percentage / 100.0 AS match_probability, r.link_status
+            FROM provider_records r JOIN keys_frame k USING (person_id)
+            ORDER BY source, record_id"""
+        )
+        con.unregister("keys_frame")
+        for stale in ("scored_pairs", "clerical_review"):  # an earlier run's Splink tables
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident('linkage.' + stale)}")
+        (layout.linkage_dir / "model.json").write_text(
+            json.dumps({"link_method": "provider"}, indent=2) + "\n", encoding="utf-8"
+        )
+        step("writing the analysis zone")
+        write_analysis_zone(con, layout, settings, birth_column="week_of_birth")
+        step("writing the linkage report")
+        summary = _summary(con, 0)
+        _write_provider_report(con, layout, settings)
+    finally:
+        con.close()
+    return summary
+
+
+def _write_provider_report(
     con: duckdb.DuckDBPyConnection, layout: RunLayout, settings: LinkageSettings
 ) -> None:
-    """Content columns + pseudonymous key only; built under a temporary file, then swapped in."""
+    """The linkage report of a pre-linked delivery: the provider's match quality by source and
+    status, the share of persons with high-quality links; aggregates only."""
+    threshold = float(settings.high_quality_threshold)
+    by_source = con.execute(
+        """SELECT source, link_status, count(*), min(match_probability), avg(match_probability)
+        FROM linkage.record_person GROUP BY ALL ORDER BY ALL"""
+    ).fetchall()
+    high = con.execute(
+        "SELECT avg(high_quality_links) FROM (SELECT CAST(min(match_probability) >= ? AS INTEGER)"
+        " AS high_quality_links FROM linkage.record_person GROUP BY person_key)",
+        [threshold],
+    ).fetchone()[0]  # type: ignore[index]
+    quality = [
+        {
+            "source": s,
+            "link_status": st,
+            "records": int(n),
+            "min_match_probability": round(float(lo), 4),
+            "mean_match_probability": round(float(mean), 4),
+        }
+        for s, st, n, lo, mean in by_source
+    ]
+    share_high = round(float(high or 0.0), 4)
+    report = {
+        "link_method": "provider",
+        "thresholds": {  # no match threshold: the provider matched (the run report says so)
+            "match_threshold": "none (pre-linked by the provider)",
+            "high_quality_threshold": threshold,
+        },
+        "link_rate_to_spine_by_source": _spine_rates(con),
+        "provider_match_quality": quality,
+        "persons_with_high_quality_links": share_high,
+    }
+    (layout.linkage_dir / "linkage_report.json").write_text(
+        json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    md = [
+        "# Linkage report",
+        "",
+        "Pre-linked delivery: persons are the provider's person ids (no identity linkage here); "
+        f"match probability = the provider's match percentage / 100; high-quality threshold "
+        f"{threshold} ({share_high:.1%} of persons have only "
+        "high-quality links).",
+        "",
+        "| source | link status | records | min match probability |",
+        "|---|---|---:|---:|",
+        *[
+            f"| {r['source']} | {r['link_status']} | {r['records']:,} | "
+            f"{r['min_match_probability']:.2f} |"
+            for r in quality
+        ],
+    ]
+    (layout.linkage_dir / "linkage_report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+
+def write_analysis_zone(
+    con: duckdb.DuckDBPyConnection,
+    layout: RunLayout,
+    settings: LinkageSettings,
+    *,
+    birth_column: str = "date_of_birth",
+) -> None:
+    """Content columns + pseudonymous key only; built under a temporary file, then swapped in.
+
+    ``birth_column``: the staged column the week of birth comes from (``week_of_birth`` in a
+    pre-linked delivery, which carries no date of birth)."""
     tmp = layout.analysis_db.with_suffix(".building.duckdb")
     if tmp.exists():
         tmp.unlink()
@@ -225,7 +357,8 @@ def write_analysis_zone(
                 JOIN (
                     {
                 " UNION ALL ".join(
-                    f"SELECT {sql_string(n)} AS source, record_id, date_of_birth, sex "
+                    f"SELECT {sql_string(n)} AS source, record_id, "
+                    f"{quote_ident(birth_column)} AS date_of_birth, sex "
                     f"FROM {quote_ident('staging.' + n)}"
                     for n, c in SOURCES.items()
                     if "date_of_birth" in c.column_names

@@ -85,6 +85,7 @@ COMMANDS = [
     "run",
     "reproduce",
 ]
+COMMANDS[1:1] = ["inspect", "adapt"]  # a delivery in a return layout, before validate
 
 for _name in COMMANDS:
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from deliveries.report import report_adapted_checks
 from ground.run_layout import RunLayout
 from orchestration.isolation import call_stage
 from orchestration.prefect_logs import project_logs_to_prefect, run_name
@@ -50,6 +51,9 @@ def validate_flow(
     ``isolate`` runs the work in a child process (see :mod:`orchestration.isolation`)."""
     with project_logs_to_prefect():
         summary = validate_task(data_dir, run_dir, settings or ValidationSettings(), isolate)
+        # an adapted delivery (`cohort adapt`): quarantined rows traced to their source lines,
+        # the DfE's SSDA903 rule failures beside validation's checks (RUN/validation/dq_report.md)
+        report_adapted_checks(data_dir=Path(data_dir), layout=RunLayout.at(run_dir))
         create_markdown_artifact(
             key="validation-counts", markdown=validation_artifact(summary), description="sources"
         )

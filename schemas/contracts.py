@@ -655,3 +655,74 @@ SOURCES: dict[str, SourceContract] = {
         LOOKED_AFTER_EPISODES,
     )
 }
+
+
+# Pre-linked deliveries ----------------------------------------------------------------------
+#
+# In a trusted research environment (SAIL's ALF) the extracts arrive already linked: each row
+# carries the provider's pseudonymous person id and its match quality, and no identifier at all.
+# A delivery declares it in delivery.json: ``"linkage": "provider"``. Its contracts are the
+# native ones without the personal identifiers, plus the four columns below; cross-field rules
+# on a removed identifier (a date of birth before an event) are the provider's to apply.
+
+PRELINKED_MODE = "provider"
+# the native identifiers a pre-linked extract must not carry (sex is not identifying on its own
+# and the cohort needs it; it stays)
+PRELINKED_REMOVED = ("first_name", "surname", "date_of_birth", "postcode", "nhs_number", "upn",
+                     "la_child_id")  # fmt: skip
+PRELINKED_PERSON_ID = "person_pseudonym"
+PRELINKED_COLUMNS = (
+    Column(
+        PRELINKED_PERSON_ID,
+        "string",
+        "The provider's pseudonymous person id (e.g. SAIL's ALF): the same person has the same "
+        "id in every extract; re-keyed with the run's secret before the analysis zone",
+        nullable=False,
+        role="identifier",
+        pattern=r"^[A-Za-z0-9_-]{1,128}$",
+    ),
+    Column(
+        "link_status",
+        "string",
+        "The provider's match status code for this row's person id (e.g. SAIL's ALF_STS_CD)",
+        nullable=False,
+        pattern=r"^[A-Za-z0-9_-]{1,16}$",
+    ),
+    Column(
+        "match_percentage",
+        "float",
+        "The provider's match percentage for this row's person id (0-100; SAIL's ALF_MTCH_PCT "
+        "x 100): match probability = match_percentage / 100",
+        nullable=False,
+        min_value=0,
+        max_value=100,
+    ),
+)
+WEEK_OF_BIRTH = Column(
+    "week_of_birth",
+    "date",
+    "Monday of the week of birth (in place of the date of birth)",
+    pattern=r"^\d{4}-\d{2}-\d{2}$",
+)
+
+
+def prelinked_contract(contract: SourceContract) -> SourceContract:
+    """The pre-linked variant of a source contract: no identifiers, the provider's person id
+    and match quality, the week of birth where the native contract has a date of birth."""
+    kept = tuple(c for c in contract.columns if c.name not in PRELINKED_REMOVED)
+    week = (WEEK_OF_BIRTH,) if "date_of_birth" in contract.column_names else ()
+    rules = tuple(r for r in contract.rules if not any(name in r.sql for name in PRELINKED_REMOVED))
+    return SourceContract(
+        name=contract.name,
+        description=contract.description + " (pre-linked by the provider)",
+        grain=contract.grain,
+        file_stem=contract.file_stem,
+        columns=(kept[0], *PRELINKED_COLUMNS, *week, *kept[1:]),
+        primary_key=contract.primary_key,
+        rules=rules,
+    )
+
+
+PRELINKED_SOURCES: dict[str, SourceContract] = {
+    n: prelinked_contract(c) for n, c in SOURCES.items()
+}

@@ -23,13 +23,15 @@ from ground.db import (
 )
 from ground.errors import InputDataError
 from ground.run_layout import RunLayout
-from schemas.contracts import SOURCES, SourceContract
+from schemas.contracts import PRELINKED_MODE, PRELINKED_SOURCES, SOURCES, SourceContract
 from validation.delivery_files import (
     CsvRecords,
     count_blank_lines,
     count_csv_records,
+    linkage_mode,
     read_header,
     refuse_duplicate_columns,
+    refuse_identifier_columns,
     scan_delivery,
     shown_names,
     transcode_to_utf8,
@@ -488,9 +490,20 @@ def validate_delivery(
         raise InputDataError(f"delivery folder {data_dir} does not exist")
     # checks that need no rows run first, for every source, before anything is written
     delivery = scan_delivery(data_dir)
+    prelinked = linkage_mode(data_dir) == PRELINKED_MODE  # docs/deliveries.md, pre-linked
+    contracts = PRELINKED_SOURCES if prelinked else SOURCES
+    if prelinked:
+        for contract in contracts.values():
+            path = delivery.files[contract.name]
+            refuse_identifier_columns(
+                _parquet_file(path, path.name).schema_arrow.names
+                if path.suffix == ".parquet"
+                else read_header(path, contract, settings.encodings.get(contract.name, "utf-8")),
+                f"{path.name} (source `{contract.name}`)",
+            )
     prepared = [
         prepare_extract(contract, delivery.files[contract.name], settings)
-        for contract in SOURCES.values()
+        for contract in contracts.values()
     ]
     latest_date = settings.latest_plausible_date or date.today()
     settings = settings.model_copy(update={"latest_plausible_date": latest_date})
@@ -529,7 +542,7 @@ def validate_delivery(
 
             if callable(progress):
                 progress("running Great Expectations suites")
-            run_suites(con, results, layout, settings)
+            run_suites(con, results, layout, settings, contracts)
         publish(con, list(results))
         con.execute("CREATE SCHEMA IF NOT EXISTS validation")
         con.execute(

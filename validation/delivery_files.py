@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 import os
 import stat
 from collections import Counter
@@ -28,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ground.errors import InputDataError
-from schemas.contracts import SOURCES, SourceContract
+from schemas.contracts import PRELINKED_MODE, PRELINKED_REMOVED, SOURCES, SourceContract
 
 EXTENSIONS = ("csv", "parquet")
 # entries of a delivery folder that are expected besides the extracts: the delivery's metadata
 # and the synthetic generator's answer key (a folder, never read by validation)
-KNOWN_ENTRIES = ("delivery.json", "truth")
+KNOWN_ENTRIES = ("delivery.json", "truth", "adapted")  # adapted/: written by `cohort adapt`
 BOM = b"\xef\xbb\xbf"
 SCAN_CHUNK_BYTES = 1 << 25  # 32 MiB read at a time
 SHOWN_CHARS = 40
@@ -157,6 +158,53 @@ def check_encoding(codec: str) -> str:
             "the extract as UTF-8"
         )
     return name
+
+
+class IdentifierInPrelinkedDelivery(InputDataError):
+    """A pre-linked delivery (``"linkage": "provider"``) carries a personal identifier column."""
+
+
+# header names read as a personal identifier in a pre-linked delivery: the contracts' names and
+# common spellings of the statutory returns (lower case, without spaces, dots or underscores)
+IDENTIFIER_SPELLINGS = frozenset(
+    {n.replace("_", "") for n in PRELINKED_REMOVED}
+    | {"forename", "firstname", "givenname", "lastname", "familyname", "name", "fullname",
+       "dob", "birthdate", "personbirthdate", "nhsno", "newnhsno", "nhs", "homeadd",
+       "homepost", "postcodedistrict", "uniquepupilnumber", "child", "childid"}
+)  # fmt: skip
+
+
+def linkage_mode(folder: Path) -> str:
+    """How a delivery is linked: ``"identifiers"`` (by this pipeline, the default) or
+    ``"provider"`` (pre-linked: delivery.json says ``"linkage": "provider"``)."""
+    meta = folder / "delivery.json"
+    if not meta.is_file():
+        return "identifiers"
+    try:
+        declared = json.loads(meta.read_text(encoding="utf-8")).get("linkage", "identifiers")
+    except (ValueError, AttributeError):
+        raise InputDataError(
+            f"{meta} is not a JSON object; fix or remove it (it declares the layout and the "
+            "linkage mode)"
+        ) from None
+    if declared not in ("identifiers", PRELINKED_MODE):
+        raise InputDataError(
+            f'{meta}: "linkage" must be "identifiers" or "{PRELINKED_MODE}" (pre-linked '
+            f"extracts), not {shown(str(declared))}"
+        )
+    return str(declared)
+
+
+def refuse_identifier_columns(header: list[str], where: str) -> None:
+    """A pre-linked delivery carries no identifier: the first such column is named (never a
+    value) and nothing is written."""
+    for name in header:
+        if "".join(ch for ch in name.lower() if ch.isalnum()) in IDENTIFIER_SPELLINGS:
+            raise IdentifierInPrelinkedDelivery(
+                f"{where}: column {shown(name)} is a personal identifier, and this delivery is "
+                f'pre-linked (delivery.json "linkage": "{PRELINKED_MODE}"), which carries none; '
+                "nothing was written: ask the provider for the extract without it"
+            )
 
 
 def read_header(path: Path, contract: SourceContract, encoding: str = "utf-8") -> list[str]:

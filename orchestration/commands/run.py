@@ -97,6 +97,9 @@ def command(
     run_settings = load_run_settings(settings)
     if not data.is_dir():
         raise InputDataError(f"--data {data} is not a folder; give the delivery folder")
+    from deliveries.adapt import refuse_unadapted
+
+    refuse_unadapted(data)  # a statutory-return layout: `cohort adapt` first
     check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before work
     with RunLock(out):  # a second run on the same folder is refused here

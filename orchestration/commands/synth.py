@@ -30,6 +30,16 @@ def command(
     file_format: Annotated[
         str, typer.Option("--format", help="Extract file format: csv or parquet.")
     ] = "csv",
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--layout",
+            help="Write sources in a delivery layout instead of the native extracts (ssda903: "
+            "SSDA903 CSVs + CIN census XML; hes_apc: HES admitted patient care spells; "
+            "`cohort adapt` reads them) or pre-linked (prelinked: provider person ids and match "
+            "quality, no identifiers; validate/run read it as it is).",
+        ),
+    ] = None,
 ) -> None:
     """Generate a synthetic world: seven messy source extracts plus a truth folder.
 
@@ -49,6 +59,9 @@ def command(
         )
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED}")
+    prelinked = layout == "prelinked"  # the native world, then rewritten as pre-linked
+    if prelinked and file_format != "csv":
+        raise ConfigError("--layout prelinked writes CSV extracts: leave --format at csv")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
 
@@ -67,7 +80,13 @@ def command(
                 out_dir=out,
                 file_format=file_format,  # type: ignore[arg-type]
                 progress=lambda msg: bar.update(task, description=msg),
+                layout=None if prelinked else layout,
             )
+            if prelinked:
+                from synthetic_data.layouts import write_prelinked
+
+                bar.update(task, description="writing the pre-linked extracts")
+                write_prelinked(out, seed)
     except BaseException as exc:  # e.g. a full disk or Ctrl-C: no half-written world is left
         _remove_new_files(out, existed, created_out)
         if isinstance(exc, OSError):

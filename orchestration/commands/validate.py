@@ -29,6 +29,9 @@ def command(
     from validation import validate_delivery
 
     settings = load_run_settings(settings_file).validation
+    from deliveries.adapt import refuse_unadapted
+
+    refuse_unadapted(data)  # a statutory-return layout: `cohort adapt` first
     console = Console(stderr=True)
     with console.status("validating") as status:
         summary = validate_delivery(
@@ -37,5 +40,8 @@ def command(
             settings=settings,
             progress=lambda msg: status.update(msg),
         )
+    from deliveries.report import report_adapted_checks
+
+    report_adapted_checks(data_dir=data, layout=RunLayout.at(out))  # an adapted delivery only
     console.print(summary.to_markdown())
     console.print(f"report: {RunLayout.at(out).validation_dir / 'dq_report.md'}")

@@ -1,0 +1,429 @@
+"""Adapt a delivery in a statutory-return layout into the contracts' extract files.
+
+:func:`adapt_delivery` reads the layout's tables, joins and recodes them, and writes into a new
+folder: one CSV per contract the layout makes, the delivery's other (native) extracts copied as
+they are, ``delivery.json`` naming the layout, and ``adapted/source_lines_<source>.csv``, which
+points
+each written row back to its source file and line (no identifier in it: the row's position in
+the written extract, its record id, the source file's name and the line). Everything is written
+into a temporary folder beside the output and renamed at the end, so a failed adaptation leaves
+nothing behind. No SQL is used: the delivered text never reaches a query.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from deliveries.mapping import (
+    ColumnRule,
+    Layout,
+    MappingError,
+    OutputMapping,
+    SourceLayoutError,
+    SourceTable,
+    load_layout,
+    shipped_layouts,
+)
+from deliveries.readers import SourceRow, Value, read_table
+from ground.errors import InputDataError
+from schemas.contracts import SOURCES
+
+log = logging.getLogger(__name__)
+
+UNDOTTED_ICD10 = re.compile(r"[A-Z][0-9]{2}[0-9A-Z]{1,2}")
+ADAPTED_DIR = "adapted"  # what the adapter adds to the delivery besides the extracts
+JOINED = "__joined__"  # a rule's table, once resolved: the joined table's row
+# a declared date format is wrong (not a few bad rows) when more than this share of the values
+# it is given do not parse
+DATE_FORMAT_FAILURE_SHARE = 0.5
+DATE_FORMAT_MIN_VALUES = 20
+
+
+@dataclass
+class AdaptSummary:
+    """What was written: rows per contract made, where they came from, what was copied."""
+
+    layout: str
+    out_dir: Path
+    rows: dict[str, int] = field(default_factory=dict)
+    malformed: dict[str, int] = field(default_factory=dict)
+    source_files: dict[str, list[str]] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)
+    uncovered: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    dfe_failures: dict[str, int] = field(default_factory=dict)  # DfE rule code -> lines
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Delivery adapted from layout `{self.layout}` into {self.out_dir}",
+            "",
+            "| contract | rows written | malformed (quarantined by validation) | from |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {s} | {n:,} | {self.malformed.get(s, 0):,} | "
+            f"{len(self.source_files.get(s, []))} file(s) |"
+            for s, n in self.rows.items()
+        ]
+        if self.copied:
+            lines += ["", "Copied as delivered (native contract files): " + ", ".join(self.copied)]
+        for s, cols in self.uncovered.items():
+            if cols:
+                lines += [f"{s}: contract column(s) the layout leaves empty: {', '.join(cols)}"]
+        if self.dfe_failures:
+            lines += [
+                "DfE SSDA903 rules failed (lines; details in adapted/"
+                f"{DFE_FAILURES_FILE}): "
+                + ", ".join(f"{code} {n:,}" for code, n in sorted(self.dfe_failures.items()))
+            ]
+        lines += self.warnings
+        return "\n".join(lines)
+
+
+def detect_layout(folder: Path) -> str | None:
+    """The shipped layout whose tables' files are all in ``folder`` (None: native layout)."""
+    for name in shipped_layouts():
+        layout = load_layout(name)
+        if all(any(folder.glob(t.files)) for t in layout.tables.values()):
+            return name
+    return None
+
+
+def refuse_unadapted(folder: Path) -> None:
+    """Stop early, with what to do, when a folder given to validation holds a statutory-return
+    layout instead of the contract extracts it makes."""
+    name = detect_layout(folder)
+    if name is None:
+        return
+    layout = load_layout(name)
+    missing = [
+        s
+        for s in layout.outputs
+        if not any(
+            (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
+        )
+    ]
+    if missing:
+        raise InputDataError(
+            f"{folder} holds a delivery in the {name} layout ({', '.join(t.files for t in layout.tables.values())}), "
+            f"not the contract extracts of {', '.join(missing)}: run `cohort adapt --source "
+            f"{folder} --out NEW_FOLDER` first and give NEW_FOLDER to --data"
+        )
+
+
+def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[Path]:
+    files = sorted(p for p in source_dir.glob(table.files) if p.is_file())
+    if not files:
+        raise SourceLayoutError(
+            f"no file matching {table.files} in {source_dir} (table {table.name} of layout "
+            f"{layout.name}); deliver it or choose another layout"
+        )
+    return files
+
+
+def _native_file(source_dir: Path, source: str, layout: Layout) -> Path:
+    stem = SOURCES[source].file_stem
+    found = [source_dir / f"{stem}.{ext}" for ext in ("csv", "parquet")]
+    found = [p for p in found if p.is_file()]
+    if len(found) != 1:
+        raise SourceLayoutError(
+            f"layout {layout.name} does not make source `{source}`: expected its native extract "
+            f"{stem}.csv or {stem}.parquet in {source_dir}"
+            + (" (found both; keep one)" if len(found) > 1 else "")
+        )
+    return found[0]
+
+
+def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layout) -> AdaptSummary:
+    """Write the contract extracts of a delivery in ``layout`` into the new folder ``out_dir``.
+
+    Raises :class:`SourceLayoutError` for a missing file or column, :class:`MappingError` for
+    a date format that does not read the delivered dates; nothing is left in ``out_dir`` then.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if not source_dir.is_dir():
+        raise InputDataError(f"delivery folder {source_dir} does not exist")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputDataError(
+            f"--out {out_dir} exists and is not an empty folder; give a new folder"
+        )
+    if out_dir.resolve() == source_dir.resolve():
+        raise InputDataError("--out must be a new folder, not the delivery folder itself")
+    files = {t: _table_files(source_dir, layout.tables[t], layout) for t in layout.tables}
+    native = {s: _native_file(source_dir, s, layout) for s in layout.passthrough_sources}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.adapting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    summary = AdaptSummary(layout.name, out_dir)
+    record_ids: dict[tuple[str, int], str] = {}  # (source file, line) -> record id written
+    try:
+        (tmp / ADAPTED_DIR).mkdir()
+        for source, mapping in layout.outputs.items():
+            log.info("adapting %s from layout %s", source, layout.name)
+            record_ids.update(_write_output(mapping, layout, files, tmp, summary))
+        if "dfe_ssda903" in layout.checks:
+            _write_dfe_failures(layout, files, record_ids, tmp, summary)
+        for path in native.values():
+            shutil.copyfile(path, tmp / path.name)
+            summary.copied.append(path.name)
+        meta: dict[str, object] = {}
+        delivered_meta = source_dir / "delivery.json"
+        if delivered_meta.is_file():
+            try:
+                meta = dict(json.loads(delivered_meta.read_text(encoding="utf-8")))
+            except (ValueError, TypeError):
+                raise InputDataError(
+                    f"{delivered_meta} is not a JSON object; correct or remove it"
+                ) from None
+        meta["layout"] = layout.name
+        meta["adapted_sources"] = sorted(layout.outputs)
+        (tmp / "delivery.json").write_text(
+            json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+@dataclass
+class _DateCheck:
+    values: int = 0
+    failures: int = 0
+    first_failure: str = ""
+
+
+def _join_index(
+    mapping: OutputMapping, layout: Layout, files: dict[str, list[Path]]
+) -> tuple[dict[tuple[Value, ...], dict[str, Value]], int]:
+    """The joined table by key (the first row of a repeated key wins; repeats are counted)."""
+    assert mapping.join is not None
+    table = layout.tables[mapping.join.table]
+    index: dict[tuple[Value, ...], dict[str, Value]] = {}
+    repeats = 0
+    for path in files[table.name]:
+        for row in read_table(path, table):
+            key = tuple(row.values.get(c) for c in mapping.join.on)
+            if key in index:
+                repeats += 1
+                continue
+            index[key] = row.values
+    return index, repeats
+
+
+def _rows(table: SourceTable, paths: list[Path]) -> Iterator[tuple[int, Path, SourceRow]]:
+    for i, path in enumerate(paths):
+        for row in read_table(path, table):
+            yield i, path, row
+
+
+def _value(
+    rule: ColumnRule,
+    row: dict[str, Value],
+    joined: dict[str, Value] | None,
+    check: _DateCheck,
+    where: str,
+) -> str | None:
+    values = (joined or {}) if rule.table == JOINED else row
+    v = values.get(rule.column)
+    if rule.kind == "present":
+        return "1" if v not in (None, [], "") else "0"
+    if rule.kind == "flag":
+        items = v if isinstance(v, list) else ([v] if isinstance(v, str) else [])
+        if rule.any_of:
+            return "1" if any(x in rule.any_of for x in items) else "0"
+        return "1" if any(x not in rule.any_except for x in items) else "0"
+    if isinstance(v, list):
+        v = v[0] if v else None
+    if v is None:
+        return None
+    if rule.date_format or rule.year_of_date:
+        fmt = rule.date_format or rule.year_of_date
+        assert fmt is not None
+        check.values += 1
+        try:
+            parsed = datetime.strptime(v, fmt).date()
+        except ValueError:
+            check.failures += 1
+            if not check.first_failure:
+                check.first_failure = where
+            return v  # as delivered: validation quarantines it as unparseable_date
+        return parsed.isoformat() if rule.date_format else str(parsed.year)
+    if rule.icd10_dotted and UNDOTTED_ICD10.fullmatch(v):
+        return f"{v[:3]}.{v[3:]}"
+    return rule.codes.get(v, v)
+
+
+def _write_output(
+    mapping: OutputMapping,
+    layout: Layout,
+    files: dict[str, list[Path]],
+    tmp: Path,
+    summary: AdaptSummary,
+) -> dict[tuple[str, int], str]:
+    """Write one contract's extract and its source lines; returns the record id written for
+    each (source file, line)."""
+    contract = mapping.contract
+    record_ids: dict[tuple[str, int], str] = {}
+    table = layout.tables[mapping.rows]
+    joined_index: dict[tuple[Value, ...], dict[str, Value]] = {}
+    if mapping.join is not None:
+        joined_index, repeats = _join_index(mapping, layout, files)
+        if repeats:
+            summary.warnings.append(
+                f"{mapping.join.table}: {repeats:,} row(s) repeat a key "
+                f"({', '.join(mapping.join.on)}) already seen; the first was used"
+            )
+    rules = [
+        dataclasses.replace(r, table=JOINED)
+        if mapping.join is not None and r.table == mapping.join.table
+        else r
+        for r in mapping.columns
+    ]
+    by_target = {r.target: r for r in rules}
+    checks = {r.target: _DateCheck() for r in rules if r.date_format or r.year_of_date}
+    paths = files[table.name]
+    summary.source_files[mapping.source] = [p.name for p in paths]
+    out_path = tmp / f"{contract.file_stem}.csv"
+    lines_path = tmp / ADAPTED_DIR / f"source_lines_{mapping.source}.csv"
+    n = malformed = good = 0
+    with (
+        out_path.open("w", newline="", encoding="utf-8") as out_fh,
+        lines_path.open("w", newline="", encoding="utf-8") as lines_fh,
+    ):
+        out = csv.writer(out_fh, lineterminator="\n")
+        lines = csv.writer(lines_fh, lineterminator="\n")
+        out.writerow(contract.column_names)
+        lines.writerow(["output_line", "row_number", "record_id", "source_file", "source_line"])
+        for file_index, path, row in _rows(table, paths):
+            joined = None
+            if mapping.join is not None:
+                key = tuple(row.values.get(c) for c in mapping.join.on)
+                joined = joined_index.get(key)
+            record_id = (
+                row.values.get(mapping.record_id_column) if mapping.record_id_column else None
+            )
+            if not isinstance(record_id, str):
+                record_id = f"{mapping.record_id_prefix}{file_index:03d}L{row.line:09d}"
+            cells: list[str | None] = [record_id]
+            for name in contract.column_names[1:]:
+                rule = by_target.get(name)
+                cells.append(
+                    None
+                    if rule is None
+                    else _value(
+                        rule,
+                        row.values,
+                        joined,
+                        checks.get(name, _DateCheck()),
+                        f"{path.name} line {row.line}",
+                    )
+                )
+            text = ["" if c is None else c for c in cells]
+            n += 1
+            if row.malformed:
+                malformed += 1
+                # one field too many: validation quarantines the line as malformed_line
+                text += row.extra or [row.malformed]
+                row_number = ""
+            else:
+                good += 1
+                row_number = str(good)
+            out.writerow(text)
+            lines.writerow([n + 1, row_number, record_id, path.name, row.line])
+            record_ids[(path.name, row.line)] = record_id
+    for target, check in checks.items():
+        if (
+            check.values
+            and check.failures > DATE_FORMAT_FAILURE_SHARE * check.values
+            and (check.values >= DATE_FORMAT_MIN_VALUES or check.failures == check.values)
+        ):
+            rule = by_target[target]
+            raise MappingError(
+                f"{layout.path}: outputs.{mapping.source}.{target}: "
+                f"{check.failures:,} of {check.values:,} values of {rule.column} do not read "
+                f"as {rule.date_format or rule.year_of_date!r} (first: {check.first_failure}; "
+                "values not shown); correct the format in the layout"
+            )
+    summary.rows[mapping.source] = n
+    summary.malformed[mapping.source] = malformed
+    summary.uncovered[mapping.source] = mapping.uncovered_columns()
+    return record_ids
+
+
+DFE_FAILURES_FILE = "dfe_ssda903_failures.csv"
+
+
+def _write_dfe_failures(
+    layout: Layout,
+    files: dict[str, list[Path]],
+    record_ids: dict[tuple[str, int], str],
+    tmp: Path,
+    summary: AdaptSummary,
+) -> None:
+    """The DfE's SSDA903 rules on the delivered 903 tables: one line per failure (rule, table,
+    source file and line, and the record id written for an Episodes line)."""
+    from deliveries.dfe_rules import run_ssda903_rules
+
+    roles = layout.checks["dfe_ssda903"]
+    failures = run_ssda903_rules(files, layout, header=roles["header"], episodes=roles["episodes"])
+    with (tmp / ADAPTED_DIR / DFE_FAILURES_FILE).open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(
+            ["rule", "message", "table", "fields", "source_file", "source_line", "record_id"]
+        )
+        for f in failures:
+            rid = (
+                record_ids.get((f.source_file, f.source_line), "") if f.table == "Episodes" else ""
+            )
+            w.writerow([f.code, f.message, f.table, f.fields, f.source_file, f.source_line, rid])
+            summary.dfe_failures[f.code] = summary.dfe_failures.get(f.code, 0) + 1
+
+
+def inspect_delivery(folder: str | Path) -> str:
+    """What a delivery folder holds, as markdown: the layout detected, and for each contract
+    whether the layout makes it, a native extract is there, or it is missing, with the contract
+    columns the layout leaves empty. Reads file names only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(f"delivery folder {folder} does not exist")
+    name = detect_layout(folder)
+    layout = load_layout(name) if name else None
+    lines = [
+        f"Delivery {folder}: layout `{name}` ({layout.description})"
+        if layout
+        else f"Delivery {folder}: no shipped layout detected (native contract extracts)",
+        "",
+        "| contract | made from | contract columns left empty |",
+        "|---|---|---|",
+    ]
+    for source, contract in SOURCES.items():
+        if layout and source in layout.outputs:
+            mapping = layout.outputs[source]
+            tables = [mapping.rows] + ([mapping.join.table] if mapping.join else [])
+            made = " + ".join(f"{t} ({layout.tables[t].files})" for t in tables)
+            empty = ", ".join(mapping.uncovered_columns()) or "none"
+        else:
+            found = [
+                f"{contract.file_stem}.{ext}"
+                for ext in ("csv", "parquet")
+                if (folder / f"{contract.file_stem}.{ext}").is_file()
+            ]
+            made = f"native {found[0]}" if found else "MISSING"
+            empty = "-"
+        lines.append(f"| {source} | {made} | {empty} |")
+    return "\n".join(lines)

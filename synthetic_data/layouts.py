@@ -1,0 +1,320 @@
+"""Write a world's social-care extracts in the statutory-return layouts a local authority delivers.
+
+``cohort synth --layout ssda903`` (or ``hes_apc``) writes the same world (same seed, same truth,
+same defects) with sources in their return layouts instead of the native contract files:
+
+* ``looked_after_episodes`` as the SSDA903 looked-after return: ``SSDA903_header.csv`` (one row
+  per child: LA, CHILD, SEX 1/2, DOB dd/mm/yyyy, UPN) and ``SSDA903_episodes.csv`` (one row per
+  episode: DECOM, RNE, LS, CIN, PLACE, PLACE_PROVIDER, DEC, REC, REASON_PLACE_CHANGE, HOME_POST,
+  PL_POST, URN, dates dd/mm/yyyy);
+* ``care_support_census`` as children in need census XML, one file per census year
+  (``CIN_census_<year>.xml``: Header > CollectionDetails > ReferenceDate; each Child with its
+  ChildIdentifiers, ChildCharacteristics > Disabilities, CINdetails > Assessments with their
+  factors, ChildProtectionPlans);
+* ``hospital_admissions`` (layout ``hes_apc``) as a HES admitted patient care extract of spells
+  (``HES_APC_spells.csv``: EPIKEY, NEWNHSNO, DOB, SEX, HOMEADD, ADMIDATE, DISDATE, ADMIMETH,
+  DIAG_4_01, DIAG_4_02, ICD-10 without the dot).
+
+This module is written independently of the ``deliveries`` package that reads the layouts (the
+stages do not import each other), which is what makes the round trip a real test.
+
+What a layout cannot carry, and so differs from the native world:
+
+* the 903 header holds one date of birth and sex per child: an episode whose recorded date of
+  birth or sex differs from the child's first episode (identifier noise, a defect) carries the
+  first one (tests/test_deliveries.py compares with that).
+
+Extensions a linkage extract carries beyond the returns (see docs/deliveries.md): the LA code
+per row (as liiatools adds it), the extract's row id (RECORD_ID / RecordID), and in the CIN
+census the identifiers linkage needs (PersonFirstName, PersonSurname, NHSNumber, PostCode).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import polars as pl
+
+LAYOUT_SOURCES = {
+    "ssda903": ("looked_after_episodes", "care_support_census"),
+    "hes_apc": ("hospital_admissions",),
+}
+LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml", "HES_APC_*.csv")
+
+SEX_903 = {"M": "1", "F": "2", "U": "0"}
+# CIN census assessment factors: "concerns about the parent(s) or carer(s)"
+FACTOR_CODES = {
+    "parent_substance_misuse": "2B",
+    "parent_domestic_abuse": "3B",
+    "parent_mental_ill_health": "4B",
+    "parent_learning_disability": "5B",
+    "parent_physical_ill_health": "6B",
+}
+DISABILITY_CODE = "DDA"  # any disability; "NONE" for none
+
+
+def _uk_date(value: str | None) -> str:
+    """ISO ``YYYY-MM-DD`` as dd/mm/yyyy; anything else (a defect) as it is."""
+    if value is None:
+        return ""
+    try:
+        return date.fromisoformat(value).strftime("%d/%m/%Y") if len(value) == 10 else value
+    except ValueError:
+        return value
+
+
+def _written_order(rows_out: np.ndarray, malformed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in the order the native CSV writes them (good rows, then the malformed ones)
+    and which of them are malformed."""
+    bad = np.zeros(rows_out.size, bool)
+    bad[malformed] = True
+    order = np.r_[rows_out[~bad], rows_out[bad]]
+    return order, np.r_[np.zeros(int((~bad).sum()), bool), np.ones(int(bad.sum()), bool)]
+
+
+def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+    """The looked-after episodes as SSDA903 Header + Episodes CSVs."""
+    order, bad = _written_order(rows_out, malformed)
+    rows = df.gather(order).to_dicts()
+    header_rows: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        key = (r["la_code"] or "", r["la_child_id"] or "")
+        if key not in header_rows:
+            header_rows[key] = {
+                "LA": key[0],
+                "CHILD": key[1],
+                "SEX": SEX_903.get(r["sex"], r["sex"] or ""),
+                "DOB": _uk_date(r["date_of_birth"]),
+                "UPN": "",
+            }
+    with (out / "SSDA903_header.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, ["LA", "CHILD", "SEX", "DOB", "UPN"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(header_rows.values())
+    columns = [
+        "LA", "CHILD", "DECOM", "RNE", "LS", "CIN", "PLACE", "PLACE_PROVIDER", "DEC", "REC",
+        "REASON_PLACE_CHANGE", "HOME_POST", "PL_POST", "URN", "RECORD_ID",
+    ]  # fmt: skip
+    with (out / "SSDA903_episodes.csv").open("w", newline="", encoding="utf-8") as fh:
+        w2 = csv.writer(fh, lineterminator="\n")
+        w2.writerow(columns)
+        for r, is_bad in zip(rows, bad, strict=True):
+            line = [
+                r["la_code"] or "",
+                r["la_child_id"] or "",
+                _uk_date(r["episode_start"]),
+                r["reason_episode_started"] or "",
+                r["legal_status"] or "",
+                "",
+                r["placement_type"] or "",
+                "",
+                _uk_date(r["episode_end"]),
+                r["reason_episode_ended"] or "",
+                "",
+                r["postcode"] or "",
+                "",
+                "",
+                r["record_id"] or "",
+            ]
+            w2.writerow([*line, "EXTRA"] if is_bad else line)
+
+
+def _el(name: str, value: str | None, indent: str) -> str:
+    return "" if value is None else f"{indent}<{name}>{escape(value)}</{name}>\n"
+
+
+def write_cin_census(
+    df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path
+) -> None:
+    """The care-and-support census as CIN census XML, one file per census year; each row is one
+    Child with one CINdetails and one Assessments (and its protection plan, if any). A
+    malformed row repeats its CINreferralDate element."""
+    order, bad = _written_order(rows_out, malformed)
+    rows = df.gather(order).to_dicts()
+    by_year: dict[str, list[str]] = {}
+    for r, is_bad in zip(rows, bad, strict=True):
+        year = r["census_year"] or "0"
+        factors = "".join(
+            f"            <AssessmentFactors>{code}</AssessmentFactors>\n"
+            for col, code in FACTOR_CODES.items()
+            if r[col] == "1"
+        )
+        referral = _el("CINreferralDate", r["referral_date"], "      ")
+        plan = ""
+        if r["child_protection_category"] is not None or r["child_protection_plan_start"]:
+            plan = (
+                "      <ChildProtectionPlans>\n"
+                + _el("CPPstartDate", r["child_protection_plan_start"], "        ")
+                + _el("InitialCategoryOfAbuse", r["child_protection_category"], "        ")
+                + "      </ChildProtectionPlans>\n"
+            )
+        disability = {"1": DISABILITY_CODE, "0": "NONE"}.get(r["disability"] or "")
+        by_year.setdefault(year, []).append(
+            "  <Child>\n"
+            "    <ChildIdentifiers>\n"
+            + _el("LAchildID", r["la_child_id"], "      ")
+            + _el("UPN", r["upn"], "      ")
+            + _el("PersonBirthDate", r["date_of_birth"], "      ")
+            + _el("GenderCurrent", SEX_903.get(r["sex"], r["sex"]), "      ")
+            + _el("PersonFirstName", r["first_name"], "      ")
+            + _el("PersonSurname", r["surname"], "      ")
+            + _el("NHSNumber", r["nhs_number"], "      ")
+            + _el("PostCode", r["postcode"], "      ")
+            + _el("LEA", r["la_code"], "      ")
+            + "    </ChildIdentifiers>\n"
+            "    <ChildCharacteristics>\n"
+            "      <Disabilities>\n"
+            + _el("Disability", disability, "        ")
+            + "      </Disabilities>\n"
+            "    </ChildCharacteristics>\n"
+            "    <CINdetails>\n"
+            + referral
+            + (referral if is_bad else "")
+            + _el("PrimaryNeedCode", r["category_of_need"], "      ")
+            + _el("CINclosureDate", r["closure_date"], "      ")
+            + "      <Assessments>\n"
+            + _el("AssessmentActualStartDate", r["assessment_date"], "        ")
+            + _el("RecordID", r["record_id"], "        ")
+            + "        <FactorsIdentifiedAtAssessment>\n"
+            + factors
+            + "        </FactorsIdentifiedAtAssessment>\n"
+            "      </Assessments>\n" + plan + "    </CINdetails>\n"
+            "  </Child>\n"
+        )
+    for year, children in by_year.items():
+        reference = f"{year}-03-31" if year.isdigit() else year
+        (out / f"CIN_census_{year}.xml").write_text(
+            '<?xml version="1.0" encoding="utf-8"?>\n<Message>\n<Header>\n  <CollectionDetails>\n'
+            f"    <Collection>CIN</Collection>\n    <Year>{escape(year)}</Year>\n"
+            f"    <ReferenceDate>{escape(reference)}</ReferenceDate>\n  </CollectionDetails>\n"
+            "</Header>\n<Children>\n" + "".join(children) + "</Children>\n</Message>\n",
+            encoding="utf-8",
+        )
+
+
+def write_hes_apc(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+    """The hospital admissions as a HES admitted patient care extract of spells: HES field
+    names, sex 1/2, ICD-10 codes without their dot (S06.0 -> S060)."""
+    order, bad = _written_order(rows_out, malformed)
+    columns = [
+        "EPIKEY", "NEWNHSNO", "DOB", "SEX", "HOMEADD", "ADMIDATE", "DISDATE", "ADMIMETH",
+        "DIAG_4_01", "DIAG_4_02",
+    ]  # fmt: skip
+    with (out / "HES_APC_spells.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(columns)
+        for r, is_bad in zip(df.gather(order).iter_rows(named=True), bad, strict=True):
+            line = [
+                r["record_id"] or "",
+                r["nhs_number"] or "",
+                r["date_of_birth"] or "",
+                SEX_903.get(r["sex"], r["sex"] or ""),
+                r["postcode"] or "",
+                r["admission_date"] or "",
+                r["discharge_date"] or "",
+                r["admission_method"] or "",
+                (r["primary_diagnosis"] or "").replace(".", "", 1),
+                (r["secondary_diagnosis"] or "").replace(".", "", 1),
+            ]
+            w.writerow([*line, "EXTRA"] if is_bad else line)
+
+
+WRITERS = {
+    "looked_after_episodes": write_ssda903,
+    "care_support_census": write_cin_census,
+    "hospital_admissions": write_hes_apc,
+}
+
+
+# Pre-linked extracts (``cohort synth --layout prelinked``) -----------------------------------
+
+PRELINKED_REMOVED = (
+    "first_name",
+    "surname",
+    "date_of_birth",
+    "postcode",
+    "nhs_number",
+    "upn",
+    "la_child_id",
+)  # fmt: skip (the contracts' PRELINKED_REMOVED, not imported)
+PROVIDER_LOWER_SHARE = 0.05  # share of persons the provider matched with less than 100%
+
+
+def provider_pseudonym(person_id: int, seed: int) -> str:
+    """The provider's pseudonymous id of a true person: keyed (HMAC-SHA256 under a key from the
+    seed), never the raw id."""
+    import hashlib
+    import hmac
+
+    key = f"synthetic-provider-{seed}".encode()
+    return hmac.new(key, str(person_id).encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _week_of_birth(value: str) -> str:
+    """The Monday of an ISO date's week; anything else (a defect) as it is."""
+    try:
+        d = date.fromisoformat(value)
+    except ValueError:
+        return value
+    return date.fromordinal(d.toordinal() - d.weekday()).isoformat()
+
+
+def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SHARE) -> None:
+    """Rewrite a native CSV world in place as a pre-linked delivery, as a research environment
+    hands it out: every row with its person's provider pseudonym (from the truth), a link status
+    and a match percentage (100, or 80-99 on every record of ``lower_share`` of persons, as
+    a person with poor identifiers matches poorly everywhere); the identifiers
+    removed, the date of birth replaced by its week. Rows and defects (malformed lines,
+    duplicates) stay as they were. ``truth/provider_links.parquet`` records what was written;
+    delivery.json says ``"linkage": "provider"``."""
+    truth = pl.read_parquet(out / "truth" / "record_person.parquet")
+    owner = {(s, r): int(p) for s, r, p in truth.iter_rows()}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
+    n_persons = int(truth["person_id"].max()) + 1  # type: ignore[arg-type]
+    person_pct = np.where(
+        rng.random(n_persons) < lower_share, rng.integers(80, 100, n_persons), 100
+    )
+    written: list[tuple[str, str, str, str, float]] = []
+    for source in dict.fromkeys(truth["source"].to_list()):
+        path = out / f"{source}.csv"
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        header = rows[0]
+        keep = [i for i, h in enumerate(header) if h not in PRELINKED_REMOVED]
+        dob = header.index("date_of_birth") if "date_of_birth" in header else None
+        rid = header.index("record_id")
+        new_header = [header[rid], "person_pseudonym", "link_status", "match_percentage"]
+        new_header += ["week_of_birth"] if dob is not None else []
+        tmp = path.with_suffix(".prelinked.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(new_header + [header[i] for i in keep if i != rid])
+            for row in rows[1:]:
+                person = owner.get((source, row[rid])) if len(row) > rid else None
+                p = int(person_pct[person]) if person is not None else 0
+                alf = provider_pseudonym(person, seed) if person is not None else ""
+                status = "0" if not alf else "1" if p == 100 else "4"  # none / full / below 100%
+                line = [row[rid] if len(row) > rid else "", alf, status, str(int(p))]
+                line += (
+                    [_week_of_birth(row[dob]) if len(row) > dob else ""] if dob is not None else []
+                )
+                line += [row[i] for i in keep if i != rid and i < len(row)]
+                line += row[len(header) :]  # a malformed line keeps its extra cells
+                w.writerow(line)
+                written.append((source, line[0], alf, status, float(p)))
+        tmp.replace(path)
+    pl.DataFrame(
+        written,
+        schema={"source": pl.String, "record_id": pl.String, "person_pseudonym": pl.String,
+                "link_status": pl.String, "match_percentage": pl.Float64},
+        orient="row",
+    ).write_parquet(out / "truth" / "provider_links.parquet", statistics=False)  # fmt: skip
+    meta_path = out / "delivery.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta.update(layout="prelinked", linkage="provider")
+    meta_path.write_text(json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8")
