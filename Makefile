@@ -39,9 +39,10 @@ typecheck:
 
 ## The suite runs on PYTEST_WORKERS pytest-xdist workers. Tests that share a module fixture
 ## are grouped on one worker (tests/conftest.py), and the session fixtures (worlds, the full
-## run) are built once for all workers (tests/e2e.py `built_once`). PYTEST_WORKERS=0: one process.
+## run) are built once for all workers (tests/e2e.py `built_once`); the tests that need the full
+## run go last, in collection order (--no-loadscope-reorder). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 pytest:
 	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked pytest -q --durations=15 $(PYTEST_XDIST)
