@@ -180,7 +180,7 @@ def test_bootstrap_and_sandwich_standard_errors_agree() -> None:
 
 def test_declared_gmethod_rows_in_a_whole_run(full_run) -> None:  # type: ignore[no-untyped-def]
     """The study config's g-method analyses write their rows to results/estimates.csv."""
-    est = pd.read_csv(full_run.layout.results_dir / "estimates.csv")
+    est = pd.read_csv(full_run / "results" / "estimates.csv")
     trials = est[est["method"] == "trial_emulation"]
     assert set(trials["outcome"]) == {"ks4_score", "ks4_level2_inclusive"}
     assert (trials["contrast"] == "cla_vs_nla").all()

@@ -249,8 +249,8 @@ def test_unquoted_yaml_date_and_unknown_scenario_name(tmp_path: Path) -> None:
     assert load_scenario(path).population.window_end == "2023-08-31"
     with pytest.raises(
         ConfigError,
-        match="shipped scenarios: default, effect_modification, messy, null_effect, "
-        "time_varying_confounding",
+        match="shipped scenarios: default, differential_linkage_error, effect_modification, "
+        "messy, null_effect, time_varying_confounding",
     ):
         load_scenario("nonsense")
 

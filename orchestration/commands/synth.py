@@ -89,10 +89,13 @@ def command(
                 write_prelinked(out, seed)
     except BaseException as exc:  # e.g. a full disk or Ctrl-C: no half-written world is left
         _remove_new_files(out, existed, created_out)
-        if isinstance(exc, OSError):
-            from orchestration.isolation import with_path
+        from orchestration.isolation import operational_os_error, with_path
 
-            raise with_path(exc, out) from None
+        # an OSError, or a library's own I/O error (polars' "No space left on device" from the
+        # writer thread is a ComputeError naming no file): one line naming the folder
+        os_error = operational_os_error(exc) if isinstance(exc, Exception) else None
+        if os_error is not None:
+            raise with_path(os_error, out) from None
         raise
     console.print(summary.to_markdown())
     console.print(f"extracts in {out}/, truth in {out}/truth/ (never read by the pipeline)")
