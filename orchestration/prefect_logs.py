@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -117,6 +118,21 @@ def _make_handler() -> logging.Handler:
             if run is not None and not getattr(record, "flow_run_id", None):
                 safe.flow_run_id, safe.task_run_id = run
             return dict(super().prepare(safe))
+
+        def emit(self, record: logging.LogRecord) -> None:
+            # A line from another thread (a stage's child process, relayed) has Prefect's root
+            # settings, which predate the command's own server: Prefect would start a second,
+            # ephemeral server for it, which nothing stops on Ctrl-C. Send it to the command's
+            # server, or not at all.
+            from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+            if get_current_settings().api.url:
+                super().emit(record)
+                return
+            url = os.environ.get("PREFECT_API_URL")
+            if url:
+                with temporary_settings(updates={PREFECT_API_URL: url}):
+                    super().emit(record)
 
     return ProjectLogHandler(level=logging.INFO)
 
