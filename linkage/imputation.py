@@ -176,6 +176,12 @@ def record_person_for(c: CandidateLinks, keep: np.ndarray, secret: bytes) -> pl.
         link_method=pl.Series(method),
         match_probability=pl.Series(prob).fill_nan(None),
     ).with_columns(person_id=(pl.col("source") + "|" + pl.col("record_id")).min().over("cluster"))
+    return _keyed_record_person(out, secret)
+
+
+def _keyed_record_person(out: pl.DataFrame, secret: bytes) -> pl.DataFrame:
+    """``out`` (source, record_id, person_id, component, link_method, match_probability) as a
+    ``record_person`` table: each person id keyed with ``secret``."""
     ids = out["person_id"].unique().sort()
     keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
     return out.join(keys, on="person_id").select(
@@ -208,16 +214,8 @@ def true_record_person(records: pl.DataFrame, truth: pl.DataFrame, secret: bytes
             )
         )
     )
-    ids = out["person_id"].unique().sort()
-    keys = pl.DataFrame({"person_id": ids, "person_key": pseudonymise(ids.to_list(), secret)})
-    return out.join(keys, on="person_id").select(
-        "source",
-        "record_id",
-        "person_id",
-        "person_key",
-        pl.col("component").alias("component_id"),
-        pl.lit("truth").alias("link_method"),
-        pl.lit(1.0).alias("match_probability"),
+    return _keyed_record_person(
+        out.with_columns(link_method=pl.lit("truth"), match_probability=pl.lit(1.0)), secret
     )
 
 
