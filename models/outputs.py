@@ -24,7 +24,9 @@ from models.disclosure import (
     Release,
     control_release,
     estimate_group,
+    format_estimate,
     km_yearly,
+    row_keys,
 )
 from models.effects import e_value
 from models.gmethods import years_since_entry_figure
@@ -282,13 +284,103 @@ def write_release(
         },
         disclosure,
     )
+    withhold_strata_together(release)
     release.tables["km_yearly"] = km_yearly_table(children, pt, km_outcomes, disclosure)
+    sensitivity = layout.results_dir / "sensitivity.csv"  # written by write_results just before
+    if sensitivity.exists():
+        release.tables["e_values"] = e_value_release(
+            pd.read_csv(sensitivity), release.tables["estimates"]
+        )
     for stale in rel.glob("*.csv"):
         stale.unlink()
     for name, df in release.tables.items():
         write_release_csv(df, rel / f"{name}.csv")
-    (rel / "README.txt").write_text(release.readme(), encoding="utf-8")
+    (rel / "README.txt").write_text(release.readme() + STRATA_README, encoding="utf-8")
     return release
+
+
+# --- the numbers the report's study questions add (orchestration/report/answers.py) ----------
+
+# a stratum's contrast: ``<contrast>_with_<m>``, ``<contrast>_without_<m>`` and their
+# difference ``<contrast>_with_minus_without_<m>``; deprivation: ``<contrast>_most_deprived``,
+# ``<contrast>_less_deprived`` and ``<contrast>_most_deprived_minus_less_deprived``
+# (models.estimators.StratifiedEffect); the conditional effect's levels
+# ``<contrast>_cate_<summary>_<level>`` (models.estimators.DRLearnerEffect)
+_STRATUM = re.compile(r"(?P<base>.+?)_(?:with_minus_without|with|without)_(?P<modifier>.+)")
+_DEPRIVATION = re.compile(
+    r"(?P<base>.+?)_(?:most_deprived_minus_less_deprived|most_deprived|less_deprived)"
+)
+_CATE_LEVEL = re.compile(r"(?P<base>.+?)_cate_(?P<summary>adversities|deprivation)_(?P<level>.+)")
+STRATA_NOTE = "withheld: another stratum of this comparison has too few children or events"
+STRATA_README = (
+    "Effects by stratum (with and without an adversity, most and less deprived, and the "
+    "difference between them; the levels of a conditional-effect summary) are withheld "
+    "together: when one stratum has too few children or events, its sibling strata and the "
+    "difference are withheld too, so that no stratum's counts follow from the whole by "
+    "subtraction. e_values.csv: the E-values of the released estimates only, 2 decimals.\n"
+)
+
+
+def stratum_family(contrast: str) -> str | None:
+    """The comparison a stratum row belongs to (its siblings share it), None for other rows:
+    ``cla_vs_nla_without_domestic_abuse`` -> ``cla_vs_nla|domestic_abuse``,
+    ``cla_vs_nla_less_deprived`` -> ``cla_vs_nla|deprivation``,
+    ``cla_vs_nla_cate_adversities_2`` -> ``cla_vs_nla|cate_adversities``."""
+    if m := _CATE_LEVEL.fullmatch(contrast):
+        return f"{m['base']}|cate_{m['summary']}"
+    if m := _DEPRIVATION.fullmatch(contrast):
+        return f"{m['base']}|deprivation"
+    if m := _STRATUM.fullmatch(contrast):
+        return f"{m['base']}|{m['modifier']}"
+    return None
+
+
+def withhold_strata_together(release: Release) -> set[str]:
+    """Withhold every row of a stratified comparison when one of its rows is withheld (see
+    :func:`stratum_family`): the strata add up to the whole comparison, whose counts are
+    released, so a released sibling would give a withheld stratum's counts back by
+    subtraction. Changes ``release`` in place (estimates, counts, note, ``withheld``) and
+    returns the estimate groups it withheld."""
+    est = release.tables.get("estimates")
+    if est is None or est.empty:
+        return set()
+    keys = row_keys("estimates", est)
+    families = [
+        None if (f := stratum_family(str(c))) is None else f"{o}|{f}|{k.rsplit('|', 1)[1]}"
+        for o, c, k in zip(est["outcome"], est["contrast"], keys, strict=True)
+    ]
+    hit = {f for f, k in zip(families, keys, strict=True) if f and k in release.withheld}
+    extra = {k for f, k in zip(families, keys, strict=True) if f in hit} - release.withheld
+    rows = [i for i, k in enumerate(keys) if k in extra]
+    for i in rows:
+        for c in ESTIMATE_VALUE_COLUMNS:
+            est.iat[i, est.columns.get_loc(c)] = WITHHELD
+        for c in ("n_exposed", "n_unexposed", "events_exposed", "events_unexposed"):
+            j = est.columns.get_loc(c)
+            if str(est.iat[i, j]).strip() not in ("", "nan", "None"):
+                est.iat[i, j] = SUPPRESSED
+        est.iat[i, est.columns.get_loc("note")] = STRATA_NOTE
+    release.withheld |= extra
+    return extra
+
+
+E_VALUE_COLUMNS = ["outcome", "contrast", "method", "scale", "e_value", "e_value_ci"]
+
+
+def e_value_release(sensitivity: pd.DataFrame, released: pd.DataFrame) -> pd.DataFrame:
+    """release/e_values.csv: results/sensitivity.csv's E-values (of the estimate and of the
+    confidence limit nearer the null) for the rows whose estimate is released, 2 decimals (3
+    significant figures from 100): an E-value is a function of a released estimate and its
+    interval, so it discloses nothing the estimate does not."""
+    keys = ["outcome", "contrast", "method", "scale"]
+    shown = released.loc[released["estimate"] != WITHHELD, keys].astype(str)
+    ev = sensitivity.astype({k: str for k in keys}).merge(shown, on=keys, how="inner")
+    for c in ("e_value", "e_value_ci"):
+        ev[c] = [
+            format_estimate(float(v), "hazard_ratio") if c in ev and pd.notna(v) else ""
+            for v in (ev[c] if c in ev else [np.nan] * len(ev))
+        ]
+    return ev.reindex(columns=E_VALUE_COLUMNS).fillna("")
 
 
 # --- the release file format ----------------------------------------------------------------------

@@ -111,6 +111,12 @@ RELEASE_TABLES = (
         "release (disclosure-controlled)",
         "one whole year of one Kaplan-Meier curve (outcome, group)",
     ),
+    OutputTable(
+        "release.e_values",
+        "release/e_values.csv",
+        "release (disclosure-controlled)",
+        "the E-values of one released estimate (the rows the analyses ask one for)",
+    ),
 )
 
 _ADVERSITY = "0/1: recorded at a social-care assessment before care entry (NLA: before index)"

@@ -18,10 +18,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from models.disclosure import DisclosureSettings
 
-SCREENSHOT_SECTIONS = ("top", "table1", "estimates", "km")
+SCREENSHOT_SECTIONS = ("top", "answers", "table1", "estimates", "km")
 
 
 def section_html(page: str, sid: str) -> str:
@@ -33,7 +34,7 @@ def section_html(page: str, sid: str) -> str:
 # what a finished run's report must have (written out here, not read from the report's own
 # list: a section dropped from orchestration.report.SECTIONS must fail the test)
 REQUIRED_SECTIONS = (
-    "summary", "provenance", "data-quality", "linkage", "attrition", "table1", "estimates",
+    "summary", "answers", "provenance", "data-quality", "linkage", "attrition", "table1", "estimates",
     "km", "diagnostics", "sensitivity", "disclosure",
 )  # fmt: skip
 
@@ -60,7 +61,12 @@ def test_every_section_is_there_and_filled(full_run: Path) -> None:
     assert missing_sections(page) == []
     # summary and contents first: the contents list links every section, in page order
     summary = section_html(page, "summary")
-    assert page.index('<section id="summary">') < page.index('<section id="provenance">')
+    # the study's three questions come first after the summary
+    assert (
+        page.index('<section id="summary">')
+        < page.index('<section id="answers">')
+        < page.index('<section id="provenance">')
+    )
     from orchestration.report import SECTIONS
 
     assert re.findall(r'<li><a href="#([\w-]+)">', summary) == [sid for sid, _, _ in SECTIONS]
@@ -186,6 +192,210 @@ def test_linkage_charts_and_failed_expectations(full_run: Path) -> None:
     for chart in charts:
         assert base64.b64encode(chart.read_bytes()).decode() in linkage
     assert "<h3>Failed expectations</h3>" in section_html(page, "data-quality")
+
+
+# --- the study's three questions --------------------------------------------------------------------
+
+QUESTION_FIGURES = (
+    "question 1: the adjusted effect of care",
+    "question 2: unadjusted beside adjusted",
+    "question 3: the effect of care by adversity group",
+    "question 3: absence_by_years_since_entry",
+    "question 3: hazard_by_years_since_entry",
+)
+
+
+def readings(part: str) -> list[str]:
+    return [html.unescape(r) for r in re.findall(r'<p class="reading">(.*?)</p>', part, re.S)]
+
+
+def test_the_three_questions_each_have_figures_sentences_and_the_protocols(
+    full_run: Path,
+) -> None:
+    """The section answering the study's three questions: a figure for each (question 3: by
+    adversity group and by years since entry), each followed by the sentence that reads it;
+    the E-values; the emulated trials' protocols filled from the study config; and every
+    estimate it writes is a released one."""
+    from models.outputs import read_release_csv
+
+    part = section_html((full_run / "report.html").read_text(encoding="utf-8"), "answers")
+    for q in ("1. What difference", "2. Does care make", "3. Over time"):
+        assert q in part, q
+    alts = [html.unescape(a) for a in images(part)]
+    assert alts == list(QUESTION_FIGURES)
+    for alt in QUESTION_FIGURES:  # the sentence right after its figure
+        after = part[part.index(f'alt="{html.escape(alt)}"') :]
+        assert re.match(r'alt="[^"]*" src="[^"]*"><p class="reading">', after), alt
+    said = readings(part)
+    assert len(said) >= len(QUESTION_FIGURES) and all(len(r) > 40 for r in said)
+    assert not any("no effect" in r.lower() for r in said)
+    assert "E-values of the adjusted estimates" in part
+    # the protocols: each element, the declared time-varying confounders filled in
+    for element in ("Eligibility", "Treatment strategies", "Time zero", "Follow-up", "Estimand"):
+        assert f"<td>{element}</td>" in part, element
+    assert "new factors recorded at a review, new child-protection plan" in part
+    # the headline KS4 estimate on the page is the released one
+    est = read_release_csv(full_run / "release" / "estimates.csv")
+    ks4 = est[
+        (est["outcome"] == "ks4_score")
+        & (est["contrast"] == "cla_vs_nla")
+        & (est["method"] == "aipw")
+    ].iloc[0]
+    if ks4["estimate"] != "withheld":
+        assert f"95% CI {ks4['ci_low']} to {ks4['ci_high']} points" in html.unescape(part)
+    assert (full_run / "release" / "e_values.csv").exists()
+
+
+def _stratum_rows(est: pd.DataFrame, modifier: str) -> pd.Series:
+    contrasts = {f"cla_vs_nla_{p}_{modifier}" for p in ("with", "without", "with_minus_without")}
+    return (est["outcome"] == "ks4_score") & est["contrast"].isin(contrasts)
+
+
+def test_a_small_stratum_is_withheld_with_its_siblings_in_release_and_report(
+    full_run: Path, tmp_path: Path
+) -> None:
+    """A stratum planted below the threshold: the release withholds it, its sibling stratum
+    and their difference (the sibling's counts with the released whole comparison would give
+    the small stratum back by subtraction), and the report draws none of them and names the
+    adversity as withheld."""
+    from ground.run_layout import RunLayout
+    from models.outputs import read_release_csv, write_release
+    from models.run import load_cohort
+    from models.settings import ModelSettings
+    from orchestration.report.answers import answers
+    from orchestration.report.sections import ReportContext
+
+    run = tmp_path / "run"
+    shutil.copytree(
+        full_run, run, ignore=shutil.ignore_patterns("*.wal", "linkage_zone*", "validation")
+    )
+    layout = RunLayout.at(run)
+    released = read_release_csv(layout.release_dir / "estimates.csv")
+    shown = released[released["estimate"] != "withheld"]
+    modifier = next(
+        m
+        for m in ("domestic_abuse", "parental_mental_ill_health", "parental_substance_misuse",
+                  "physical_abuse")
+        if _stratum_rows(shown, m).sum() == 3
+    )  # fmt: skip
+    est = pd.read_csv(layout.results_dir / "estimates.csv", keep_default_na=False, na_values=[""])
+    est["warning"] = est["warning"].fillna("")
+    s = ModelSettings.model_validate(
+        yaml.safe_load((layout.results_dir / "model_settings.yaml").read_text())
+    )
+    small = s.disclosure.threshold - 3
+    # the 'with' stratum and the difference (which carries the smaller stratum's counts)
+    planted = _stratum_rows(est, modifier) & (est["contrast"] != f"cla_vs_nla_without_{modifier}")
+    est.loc[planted, "n_exposed"] = small
+    children, pt, _ = load_cohort(layout)
+    write_release(
+        layout, est, pd.read_csv(layout.results_dir / "table1.csv"), children, pt, s.disclosure
+    )
+    out = read_release_csv(layout.release_dir / "estimates.csv")
+    trio = out[_stratum_rows(out, modifier)]
+    assert len(trio) == 3
+    assert (trio[["estimate", "ci_low", "ci_high"]] == "withheld").all().all(), trio
+    assert (trio[["n_exposed", "n_unexposed"]] == "[c]").all().all(), trio
+    assert "withheld together" in (layout.release_dir / "README.txt").read_text()
+    part = answers(ReportContext.of(layout))
+    assert part is not None
+    assert any(
+        "Withheld (a stratum with too few children or events)" in r
+        and html.unescape(label_of(modifier)).lower() in r.lower()
+        for r in readings(part)
+    ), readings(part)
+    # none of the trio's full-run numbers is drawn or written
+    before = shown[_stratum_rows(shown, modifier)]
+    for r in before.itertuples():
+        assert f"{r.estimate} ({r.ci_low} to {r.ci_high})" not in part
+
+
+def label_of(name: str) -> str:
+    from orchestration.report.labels import label
+
+    return label(name)
+
+
+def test_the_sentences_read_the_numbers() -> None:
+    """The readings flip with the numbers (pure functions, planted numbers), and never say
+    "no effect" of an interval that includes no difference."""
+    from orchestration.report.answers import (
+        Effect,
+        Strata,
+        read_adjustment,
+        read_by_years,
+        read_e_values,
+        read_estimate,
+        read_main,
+        read_negative_controls,
+        read_strata,
+    )
+
+    up = Effect("mean_difference", 2.0, 1.0, 3.0)
+    down = Effect("mean_difference", -2.0, -3.0, -1.0)
+    across = Effect("mean_difference", 0.5, -1.0, 2.0)
+    assert "2.00 points higher" in read_estimate("ks4_score", up)
+    assert "whole interval lies above no difference" in read_estimate("ks4_score", up)
+    assert "2.00 points lower" in read_estimate("ks4_score", down)
+    assert "whole interval lies below no difference" in read_estimate("ks4_score", down)
+    assert "the interval includes no difference" in read_estimate("ks4_score", across)
+    hr = Effect("hazard_ratio", 0.5, 0.3, 0.8)
+    assert "0.50 times" in read_estimate("self_harm", hr) and "below" in read_estimate(
+        "self_harm", hr
+    )
+    assert "1.50 times" in read_estimate("self_harm", Effect("hazard_ratio", 1.5, 0.9, 2.5))
+    assert "includes no difference" in read_estimate(
+        "self_harm", Effect("hazard_ratio", 1.5, 0.9, 2.5)
+    )
+    rd = Effect("risk_difference", -0.032, -0.05, -0.01)
+    assert "3.2 percentage points lower" in read_estimate("ks4_level2_inclusive", rd)
+    assert "withheld" in read_estimate("self_harm", None)
+
+    main = read_main([("ks4_score", down), ("self_harm", hr), ("emergency_admission", None)])
+    assert "a decrease in KS4 attainment score and self-harm admission" in main
+    assert "withheld" in main and "emergency hospital admission" in main
+    main = read_main([("ks4_score", across)])
+    assert "KS4 attainment score the interval includes no difference" in main
+    assert "increase" not in main and "decrease" not in main
+
+    crude = Effect("mean_difference", -13.0, -17.0, -9.0)
+    assert "towards no difference for KS4" in read_adjustment([("ks4_score", crude, down)])
+    assert "away from no difference" in read_adjustment([("ks4_score", down, crude)])
+    assert "includes no difference for KS4" in read_adjustment([("ks4_score", crude, across)])
+
+    fine = read_negative_controls([("appendicitis", Effect("hazard_ratio", 1.1, 0.7, 1.7))])
+    assert "no sign of confounding left" in fine
+    off = read_negative_controls([("dental_caries", Effect("hazard_ratio", 1.6, 1.2, 2.1))])
+    assert "some confounding may remain" in off
+    assert "withheld" in read_negative_controls([("appendicitis", None)])
+
+    assert "at least 1.37" in read_e_values([("self_harm", 1.37), ("ks4_score", 2.5)])
+    assert "already includes no difference" in read_e_values([("ks4_score", 1.0)])
+
+    helps = Strata("domestic_abuse", up, down, Effect("difference_in_mean_difference", 4, 1, 7))
+    hurts = Strata("domestic_abuse", down, up, Effect("difference_in_mean_difference", -4, -7, -1))
+    unclear = Strata("physical_abuse", up, up, Effect("difference_in_mean_difference", 0, -3, 3))
+    gone = Strata("parental_substance_misuse", None, None, None)
+    text = read_strata("ks4_score", [helps, unclear, gone])
+    assert "4.00 points higher for children with domestic abuse recorded" in text
+    assert "consistent with care reducing the effect of that adversity" in text
+    assert "For the other 1 group the interval of the difference includes no difference" in text
+    assert "Withheld (a stratum with too few children or events): parental alcohol" in text
+    assert "care did less for them" in read_strata("ks4_score", [hurts])
+    assert "cannot say whether care's effect" in read_strata("ks4_score", [unclear])
+    # for an outcome where lower is better, a higher effect is not the helpful direction
+    assert "care did less for them" in read_strata("absence_rate", [helps])
+
+    years = read_by_years(
+        "absence_rate",
+        [("0", Effect("mean_difference", -0.014, -0.017, -0.010)), ("1", None),
+         ("4+", Effect("mean_difference", -0.005, -0.012, 0.002))],
+    )  # fmt: skip
+    assert "-1.4 percentage points in the first year after entry" in years
+    assert "wholly below no difference" in years and "includes no difference" in years
+    assert "4 or more whole years after entry" in years and "year 1" in years
+    for sentence in (main, fine, off, text, years):
+        assert "no effect" not in sentence.lower()
 
 
 # --- pieces ------------------------------------------------------------------------------------

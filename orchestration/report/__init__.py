@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ground.run_layout import RunLayout
-from orchestration.report import sections
+from orchestration.report import answers, sections
 from orchestration.report.markup import CSS
 from orchestration.report.sections import ReportContext, scrub_counts
 
@@ -62,6 +62,7 @@ Section = Callable[[ReportContext], "str | None"]
 
 # (anchor, title, writer) in page order; the summary's contents list is made from this
 SECTIONS: list[tuple[str, str, Section]] = [
+    ("answers", "The study's three questions", answers.answers),
     ("provenance", "Run provenance", sections.provenance),
     ("data-quality", "Data quality", _data_quality),
     ("linkage", "Linkage quality", _linkage),

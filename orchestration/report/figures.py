@@ -287,3 +287,85 @@ def balance(title: str, labels: Sequence[str], before: Sequence[float], after: S
     ax.legend(fontsize=FONT - 1, loc="lower right")
     ax.grid(axis="x", alpha=0.25)
     return png(fig)
+
+
+# --- effects by years since entry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class YearPoint:
+    """One year since entry as released: ``estimate``/``low``/``high`` None when withheld."""
+
+    label: str  # "0", "1", ..., "4+"
+    estimate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class YearPanel:
+    """One outcome's effects by whole years since entry to care, on ``scale``, in the units of
+    ``y_label`` (the caller scales them: a proportion in percentage points)."""
+
+    title: str
+    scale: str
+    points: Sequence[YearPoint]
+    y_label: str
+
+
+def by_years_since_entry(title: str, panels: Sequence[YearPanel]) -> bytes:
+    """A panel per outcome: the effect of care at each whole year since entry with its 95%
+    interval, the null dashed (a ratio on a log axis); a withheld year is named on the axis
+    and has no point."""
+    n = max(1, len(panels))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.6, 3.3 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.axis("off")
+            continue
+        p = panels[k]
+        ratio = p.scale in RATIO_SCALES
+        xs = np.arange(len(p.points))
+        shown = [
+            (x, pt)
+            for x, pt in zip(xs, p.points, strict=True)
+            if pt.estimate is not None and pt.low is not None and pt.high is not None
+        ]
+        for x, pt in shown:
+            assert pt.estimate is not None and pt.low is not None and pt.high is not None
+            ax.plot([x, x], [pt.low, pt.high], color="#333", lw=1.2)
+            ax.plot([x], [pt.estimate], "s", color="#c44e52", ms=5)
+        if len(shown) > 1:
+            ax.plot([x for x, _ in shown], [pt.estimate for _, pt in shown], color="#c44e52",
+                    lw=0.8, alpha=0.6)  # fmt: skip
+        if not shown:
+            ax.text(0.5, 0.5, "every year withheld\n(too few children or events)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=FONT - 1,
+                    color="#a4161a")  # fmt: skip
+            ax.set_yticks([])
+        else:
+            ax.axhline(1.0 if ratio else 0.0, color="grey", ls="--", lw=0.8)
+        if ratio and shown:
+            values = [v for _, pt in shown for v in (pt.low, pt.high) if v is not None]
+            lo, hi = min([*values, 1.0]) / 1.15, max([*values, 1.0]) * 1.15
+            ax.set_yscale("log")
+            ax.set_ylim(lo, hi)
+            steps = (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 16, 32)
+            ax.yaxis.set_major_locator(FixedLocator([t for t in steps if lo <= t <= hi]))
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ticks = [
+            pt.label if pt.estimate is not None else f"{pt.label}\nwithheld" for pt in p.points
+        ]
+        ax.set_xticks(xs, ticks, fontsize=FONT - 1)
+        ax.set_xlim(-0.5, len(p.points) - 0.5)
+        ax.tick_params(axis="y", labelsize=FONT - 1)
+        ax.set_xlabel("Whole years since entry to care", fontsize=FONT - 1)
+        ax.set_ylabel(p.y_label, fontsize=FONT - 1)
+        ax.set_title(textwrap.fill(p.title, 44), fontsize=FONT)
+        ax.grid(alpha=0.25)
+    fig.suptitle(title, fontsize=FONT + 2)
+    fig.tight_layout()
+    return png(fig)

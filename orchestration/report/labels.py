@@ -46,6 +46,7 @@ LABELS: dict[str, str] = {
     "mental_health_admission": "Mental health admission",
     "self_harm": "Self-harm admission",
     "appendicitis": "Appendicitis (negative control)",
+    "dental_caries": "Dental caries (negative control)",
     # contrasts
     "cla_vs_nla": "Looked after before year 11 vs NLA",
     "long_vs_nla": "Long care vs NLA",
@@ -65,6 +66,14 @@ LABELS: dict[str, str] = {
     "cox_tv": "Cox, time-varying care",
     "cox_tv_unadjusted": "Cox, unadjusted",
     "poisson_pw": "Piecewise Poisson",
+    "trial_emulation": "Sequential trials (time-varying confounders)",
+    "msm_iptw": "Marginal structural model (stabilised weights)",
+    "cox_tv_by_years_since_entry": "Cox, by years since entry",
+    "aipw_boosting": "AIPW, gradient-boosting nuisances",
+    "dr_learner": "DR-learner (conditional effect)",
+    # time-varying confounders
+    "new_factors_recorded": "New factors recorded at a review",
+    "new_protection_plan": "New child-protection plan",
     # scales
     "mean_difference": "Mean difference",
     "risk_difference": "Risk difference",

@@ -28,6 +28,7 @@ details{margin:0.3em 0 1em}summary{cursor:pointer;color:#4c72b0}
 .tc2 td:nth-child(-n+2),.tc3 td:nth-child(-n+3),.tc4 td:nth-child(-n+4){text-align:left}
 .tc2 th:nth-child(-n+2),.tc3 th:nth-child(-n+3),.tc4 th:nth-child(-n+4){text-align:left}
 .tc4{overflow-x:auto}.tc4 table{font-size:0.78em}
+.reading{border-left:3px solid #4c72b0;padding:0.2em 0 0.2em 0.7em;margin:0.3em 0 0.8em}
 .tc4 td:last-child,.tc4 th:last-child{text-align:left}.tc4 td:nth-child(5){white-space:nowrap}
 """
 
