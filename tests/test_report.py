@@ -362,6 +362,9 @@ def test_the_sentences_read_the_numbers() -> None:
     assert "towards no difference for KS4" in read_adjustment([("ks4_score", crude, down)])
     assert "away from no difference" in read_adjustment([("ks4_score", down, crude)])
     assert "includes no difference for KS4" in read_adjustment([("ks4_score", crude, across)])
+    trials = read_adjustment([("ks4_score", crude, across)], [("ks4_score", down)])
+    assert "The sequential trials" in trials and "-2.00 points for KS4" in trials
+    assert trials.endswith("the whole interval lies below no difference.")
 
     fine = read_negative_controls([("appendicitis", Effect("hazard_ratio", 1.1, 0.7, 1.7))])
     assert "no sign of confounding left" in fine

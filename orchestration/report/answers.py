@@ -216,10 +216,14 @@ def read_main(effects: Sequence[tuple[str, Effect | None]]) -> str:
     return text + "."
 
 
-def read_adjustment(pairs: Sequence[tuple[str, Effect | None, Effect | None]]) -> str:
+def read_adjustment(
+    pairs: Sequence[tuple[str, Effect | None, Effect | None]],
+    trials: Sequence[tuple[str, Effect]] = (),
+) -> str:
     """The second question's sentence: for each outcome (name, unadjusted, adjusted), whether
     adjustment moved the estimate towards or away from no difference, and where the adjusted
-    interval lies."""
+    interval lies; then what the sequential trials (``trials``: outcome, released estimate),
+    which also adjust for what was recorded after the referral, give."""
     toward: list[str] = []
     away: list[str] = []
     still: list[str] = []
@@ -251,6 +255,12 @@ def read_adjustment(pairs: Sequence[tuple[str, Effect | None, Effect | None]]) -
         text += f"; the adjusted interval includes no difference for {_listing(covers)}"
     if gone:
         text += f"; withheld (too few children or events): {_listing(gone)}"
+    for outcome, e in trials:
+        text += (
+            f". The sequential trials, which also adjust for what was recorded after the "
+            f"referral, give {_fmt(e.estimate, e.scale, outcome)}{_unit(e.scale, outcome)} for "
+            f"{_name(outcome)} ({interval_words(e, outcome)}): {verdict(e)}"
+        )
     return text + "."
 
 
@@ -500,10 +510,7 @@ def _question_one(est: pd.DataFrame) -> str:
         for _, r in top.iterrows()
     ]
     effects = [(str(r["outcome"]), Effect.of(r)) for _, r in top.iterrows()]
-    per_row = "".join(
-        f"<li>{html.escape(read_estimate(o, e, _exposed_words(str(r['method']))))}</li>"
-        for (o, e), (_, r) in zip(effects, top.iterrows(), strict=True)
-    )
+    per_row = "".join(f"<li>{html.escape(read_estimate(o, e))}</li>" for o, e in effects)
     return (
         png_img(figures.forest_plot(rows), "question 1: the adjusted effect of care")
         + _reading(read_main(effects))
@@ -511,15 +518,12 @@ def _question_one(est: pd.DataFrame) -> str:
     )
 
 
-def _exposed_words(method: str) -> str:
-    return "looked after" if not method.startswith("cox") else "looked after (time-varying)"
-
-
 def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
     by_name = {a.name: a for a in ctx.analyses}
     trials = _rows_of(ctx, est, "sequential_trials")
     rows: list[figures.ForestRow] = []
     pairs: list[tuple[str, Effect | None, Effect | None]] = []
+    trial_effects: list[tuple[str, Effect]] = []
     for _, top in _headline(est).iterrows():
         a = by_name.get(str(top["analysis"]))
         if a is None:
@@ -541,6 +545,9 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
         panel = _panel_title(top["outcome"], top["scale"])
         rows += [_forest_row(panel, r, label(r["method"])) for r in ordered]
         rows += [_forest_row(panel, r, label(r["method"])) for _, r in g.iterrows()]
+        trial_effects += [
+            (str(r["outcome"]), e) for _, r in g.iterrows() if (e := Effect.of(r)) is not None
+        ]
         unadj = [r for r in ordered if "unadjusted" in str(r["method"])]
         pairs.append((str(top["outcome"]), Effect.of(unadj[0]) if unadj else None, Effect.of(top)))
     controls: list[tuple[str, Effect | None]] = []
@@ -561,7 +568,7 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
         return "<p>No adjusted analysis is declared in the study config.</p>"
     return (
         png_img(figures.forest_plot(rows), "question 2: unadjusted beside adjusted")
-        + _reading(read_adjustment(pairs))
+        + _reading(read_adjustment(pairs, trial_effects))
         + (_reading(read_negative_controls(controls)) if controls else "")
         + note(
             "Unadjusted: the crude comparison. Adjusted: for the pre-care adversities, "
@@ -594,7 +601,11 @@ def _e_values(ctx: ReportContext, est: pd.DataFrame) -> str:
     sentence = read_e_values(
         [(str(o), _number(v)) for o, v in zip(ev["outcome"], ev["e_value_ci"], strict=True)]
     )
-    return "<h4>E-values of the adjusted estimates</h4>" + table(shown) + _reading(sentence)
+    return (
+        "<h4>E-values of the adjusted estimates</h4>"
+        + table(shown, text_cols=2)
+        + _reading(sentence)
+    )
 
 
 def _question_three(ctx: ReportContext, est: pd.DataFrame) -> str:
@@ -687,7 +698,8 @@ def _by_adversity(ctx: ReportContext, est: pd.DataFrame) -> str:
             "difference between the two strata with its interval. A stratum with too few "
             f"children or events (fewer than {ctx.disclosure.threshold}) is withheld, and so are "
             "its sibling stratum and the difference, so that it cannot be recovered by "
-            "subtraction."
+            "subtraction; likewise every level of a conditional-effect summary when one level "
+            "is withheld."
         )
         + f"<details><summary>Every stratum row (both KS4 outcomes)</summary>{estimate_table(mine)}</details>"
         + (
