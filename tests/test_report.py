@@ -231,9 +231,13 @@ def test_the_three_questions_each_have_figures_sentences_and_the_protocols(
     assert not any("no effect" in r.lower() for r in said)
     assert "E-values of the adjusted estimates" in part
     # the protocols: each element, the declared time-varying confounders filled in
-    for element in ("Eligibility", "Treatment strategies", "Time zero", "Follow-up", "Estimand"):
+    for element in ("Eligibility", "Treatment strategies", "Time zero", "Follow-up", "Analysis"):
         assert f"<td>{element}</td>" in part, element
-    assert "new factors recorded at a review, new child-protection plan" in part
+    assert "<td>Causal contrast</td>" in part and "<td>Estimand</td>" in part
+    assert (
+        "adversity factors newly recorded at a later assessment, a child-protection plan begun "
+        "after the referral" in part
+    )
     # the headline KS4 estimate on the page is the released one
     est = read_release_csv(full_run / "release" / "estimates.csv")
     ks4 = est[
@@ -308,6 +312,57 @@ def test_a_small_stratum_is_withheld_with_its_siblings_in_release_and_report(
     before = shown[_stratum_rows(shown, modifier)]
     for r in before.itertuples():
         assert f"{r.estimate} ({r.ci_low} to {r.ci_high})" not in part
+
+
+def test_stratum_families_and_levels_are_withheld_together() -> None:
+    """The release rule on planted rows: one small level of a conditional-effect summary
+    withholds every level of that summary (the levels add up to the released whole); other
+    rows stay as the disclosure control left them."""
+    from models.disclosure import control_release
+    from models.outputs import stratum_family, withhold_strata_together
+
+    assert stratum_family("cla_vs_nla_without_domestic_abuse") == "cla_vs_nla|domestic_abuse"
+    assert stratum_family("cla_vs_nla_with_minus_without_physical_abuse") == (
+        "cla_vs_nla|physical_abuse"
+    )
+    assert stratum_family("cla_vs_nla_most_deprived_minus_less_deprived") == (
+        "cla_vs_nla|deprivation"
+    )
+    assert stratum_family("cla_vs_nla_cate_adversities_3") == "cla_vs_nla|cate_adversities"
+    for other in (
+        "cla_vs_nla",
+        "domestic_abuse_in_cla",
+        "physical_abuse_x_cla",
+        "looked_after_year_since_entry_2",
+        "cla_vs_nla_year_since_entry_0",
+    ):
+        assert stratum_family(other) is None, other  # fmt: skip
+
+    def row(contrast: str, n1: int, n0: int) -> dict[str, object]:
+        return {"outcome": "ks4_score", "contrast": contrast, "method": "aipw",
+                "scale": "mean_difference", "estimate": 1.5, "ci_low": 0.5, "ci_high": 2.5,
+                "p_value": 0.01, "n_exposed": n1, "n_unexposed": n0, "events_exposed": None,
+                "events_unexposed": None, "warning": ""}  # fmt: skip
+
+    est = pd.DataFrame(
+        [
+            row("cla_vs_nla", 200, 300),
+            row("cla_vs_nla_cate_adversities_0", 120, 150),
+            row("cla_vs_nla_cate_adversities_1", 76, 145),
+            row("cla_vs_nla_cate_adversities_2", 4, 5),
+            row("cla_vs_nla_cate_deprivation_1_3", 100, 150),
+            row("cla_vs_nla_cate_deprivation_4_10", 100, 150),
+        ]
+    )
+    release = control_release({"estimates": est})
+    before = release.tables["estimates"]["estimate"].tolist()
+    assert before[1:3] == ["1.50", "1.50"]  # the rule of one row: level 2 alone withheld
+    extra = withhold_strata_together(release)
+    out = release.tables["estimates"]
+    assert out["estimate"].tolist() == ["1.50", *["withheld"] * 3, "1.50", "1.50"]
+    assert out.loc[1:3, "n_exposed"].tolist() == ["[c]"] * 3
+    assert extra == {f"ks4_score|cla_vs_nla_cate_adversities_{k}|all" for k in (0, 1)}
+    assert extra <= release.withheld
 
 
 def label_of(name: str) -> str:

@@ -570,6 +570,11 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
         png_img(figures.forest_plot(rows), "question 2: unadjusted beside adjusted")
         + _reading(read_adjustment(pairs, trial_effects))
         + (_reading(read_negative_controls(controls)) if controls else "")
+        + (
+            note("Sequential trials, caveat: " + html.escape(PROTOCOLS["sequential_trials"].caveat))
+            if trial_effects
+            else ""
+        )
         + note(
             "Unadjusted: the crude comparison. Adjusted: for the pre-care adversities, "
             "deprivation and the other baseline covariates (IPW, AIPW, Cox). Sequential "
@@ -806,6 +811,8 @@ def _protocols(ctx: ReportContext) -> str:
         rows = pd.DataFrame(protocol_rows(protocol, a), columns=["protocol element", "this study"])
         parts.append(
             f"<p><strong>{html.escape(protocol.title)}</strong> (analysis "
-            f"<code>{html.escape(a.name)}</code>)</p>" + table(rows, text_cols=2)
+            f"<code>{html.escape(a.name)}</code>)</p>"
+            + table(rows, text_cols=2)
+            + (note("Caveat: " + html.escape(protocol.caveat)) if protocol.caveat else "")
         )
     return "".join(parts) or "<p>No emulated trial is declared in the study config.</p>"

@@ -72,8 +72,8 @@ LABELS: dict[str, str] = {
     "aipw_boosting": "AIPW, gradient-boosting nuisances",
     "dr_learner": "DR-learner (conditional effect)",
     # time-varying confounders
-    "new_factors_recorded": "New factors recorded at a review",
-    "new_protection_plan": "New child-protection plan",
+    "new_factors_recorded": "Adversity factors newly recorded at a later assessment",
+    "new_protection_plan": "A child-protection plan begun after the referral",
     # scales
     "mean_difference": "Mean difference",
     "risk_difference": "Risk difference",

@@ -1,6 +1,7 @@
 """The emulated trials' protocols, as data: each element of a target-trial protocol
 (eligibility, treatment strategies, assignment, time zero, follow-up, outcome, causal contrast
-or estimand, analysis) for each g-method estimator, in the words of docs/gmethods.md. The
+or estimand, analysis) for each g-method estimator, in the words of docs/gmethods.md (the
+sequential trials' and the MSM's as H14 wrote them for the report, 2026-12-02). The
 report renders them as tables (:func:`protocol_rows`), filling in what the study config
 declares (the time-varying confounders, the last year since entry modelled on its own), so a
 changed declaration changes the page.
@@ -24,58 +25,67 @@ class TrialProtocol:
     estimator: str  # the registered estimator (models/estimators.py) it describes
     title: str
     elements: tuple[tuple[str, str], ...]
+    caveat: str = ""  # printed under the protocol and beside the estimate
 
 
 SEQUENTIAL_TRIALS = TrialProtocol(
     "sequential_trials",
-    "Sequential emulation of a trial of care entry (KS4), one trial per year since the "
-    "first referral",
+    "Sequential emulation of a trial of care entry (KS4), trial k at k = 0, 1, 2, ... whole "
+    "years since the first referral",
     (
         (
             "Eligibility",
-            "Children in need of the cohort with a KS4 result whose KS4 year starts after the "
-            "first referral, not looked after since the referral by the start of year k, and "
-            "year 11 not yet begun; re-assessed every year.",
+            "Children in need in the cohort with a KS4 result, first referred before their "
+            "year 11 began, not looked after since the referral by the start of year k, and "
+            "year 11 not yet begun; eligibility re-assessed at the start of every year, so a "
+            "child can be eligible for several trials.",
         ),
         (
             "Treatment strategies",
-            "Enter care during year k (whatever care follows) versus never enter care before "
+            "(1) Enter care during year k (whatever care follows); (2) never enter care before "
             "year 11.",
         ),
         (
             "Assignment",
-            "As observed; exchangeable given the baseline covariates (recorded factors at "
-            "referral, deprivation, authority, age band, sex, birth cohort, prior KS2, prior "
-            "emergency admissions) and the time-varying confounders recorded before the start "
-            "of year k: {confounders}.",
+            "As observed; assumed exchangeable given the baseline covariates (factors recorded "
+            "at the referral, deprivation, local authority, age band, sex, birth cohort, KS2, "
+            "prior emergency admissions) and the time-varying confounders recorded before the "
+            "start of year k: {confounders}.",
         ),
         (
             "Time zero",
-            "The start of year k: day 365k after the first referral (day 0 for k = 0); a "
-            "record made at the review ending year k-1 is known at time zero.",
+            "The start of year k: day 365k after the first referral (day 0 for trial 0). A "
+            "factor recorded at the review that ends year k-1 is known at time zero.",
         ),
         (
             "Follow-up",
-            "From time zero to the KS4 result (end of year 11); controls are censored on "
-            "entering care later (a deviation from 'never'), the censoring undone by inverse "
-            "probability of remaining uncensored given the time-varying confounders of each "
-            "later year.",
+            "From time zero to the KS4 result at the end of year 11. Comparators who later "
+            "enter care deviate from 'never' and are censored then; the censoring is undone by "
+            "inverse probability of remaining out of care, given the time-varying confounders "
+            "of each later year.",
         ),
-        ("Outcome", "KS4 attainment score and level 2 including English and maths."),
+        ("Outcome", "KS4 capped points score (0-90) and level 2 inclusive."),
         (
-            "Estimand",
-            "Per trial the average effect in the treated (ATT): the mean over the entrants of "
-            "the outcome under their care minus the outcome had they never entered care "
-            "before year 11; pooled across trials weighted by entrants (the ATT over all "
-            "children looked after before year 11).",
+            "Causal contrast",
+            "Per-protocol effect in those who entered: per trial, the mean over the entrants "
+            "of the outcome had they entered in year k minus had they never entered before "
+            "year 11 (ATT); pooled over trials weighted by entrants, the ATT of care before "
+            "year 11.",
         ),
         (
             "Analysis",
-            "One pooled discrete-time model of entry per year; controls weighted by the odds "
-            "of entry times the inverse probability of staying out of care, normalised per "
-            "trial; child-clustered sandwich standard errors (the entry model's estimation "
-            "included).",
+            "One pooled discrete-time (complementary log-log) model of entry per year; "
+            "comparator weight in trial k = p_k / prod_(j >= k) (1 - p_j) (ATT odds times "
+            "censoring weights), normalised per trial; child-clustered sandwich standard "
+            "errors (the entry model included) or a child bootstrap.",
         ),
+    ),
+    caveat=(
+        "The 'never enter care before year 11' strategy is close to a positivity violation "
+        "for children referred young who accumulate recorded factors: the comparator weights "
+        "are then carried by a handful of children, and the trials' estimate can be biased "
+        "(low, in the synthetic world with time-varying confounding, even with the world's own "
+        "confounders and entry probabilities: docs/gmethods.md)."
     ),
 )
 
@@ -85,12 +95,13 @@ ABSENCE_MSM = TrialProtocol(
     (
         (
             "Eligibility",
-            "Every school year of the cohort's children from the index academic year on.",
+            "Children in the cohort, school years from the index academic year on.",
         ),
         (
             "Treatment strategies",
-            "The child's care so far versus never entering care, in looked-after years j whole "
-            "years after entry (j = 0 to {last_year}, the last: that many or more).",
+            "Enter care at a given year (and the care that follows) versus never enter; the "
+            "effect read in looked-after years j whole years after entry (j = 0 to "
+            "{last_year}, the last: that many or more).",
         ),
         (
             "Assignment",
@@ -98,13 +109,14 @@ ABSENCE_MSM = TrialProtocol(
             "time-varying confounders as of 1 September of each year ({confounders}); "
             "stabilised weights, truncated at the 1st and 99th percentiles.",
         ),
-        ("Time zero", "The index academic year (the first social-services contact)."),
-        ("Follow-up", "Every later school year with an absence record."),
+        ("Time zero", "The start of each school year (1 September)."),
+        ("Follow-up", "Every school year with an absence record, from the index year on."),
         ("Outcome", "The school year's absence rate."),
         (
             "Estimand",
-            "The mean over looked-after pupil-years j years after entry of the absence rate "
-            "under care minus that under never entering care (percentage points).",
+            "The effect of care so far against never entering, in looked-after years j whole "
+            "years after entry: the mean over those pupil-years of the absence rate under care "
+            "minus that under never entering (ATT over pupil-years, percentage points).",
         ),
         (
             "Analysis",
