@@ -404,7 +404,8 @@ def test_the_sentences_read_the_numbers() -> None:
     )
     rd = Effect("risk_difference", -0.032, -0.05, -0.01)
     assert "3.2 percentage points lower" in read_estimate("ks4_level2_inclusive", rd)
-    assert "withheld" in read_estimate("self_harm", None)
+    assert "withheld or not estimated" in read_estimate("self_harm", None)
+    assert "0.12 to 3,030" in read_estimate("self_harm", Effect("hazard_ratio", 19.1, 0.12, 3030))
 
     main = read_main([("ks4_score", down), ("self_harm", hr), ("emergency_admission", None)])
     assert "a decrease in KS4 attainment score and self-harm admission" in main
@@ -425,7 +426,7 @@ def test_the_sentences_read_the_numbers() -> None:
     assert "no sign of confounding left" in fine
     off = read_negative_controls([("dental_caries", Effect("hazard_ratio", 1.6, 1.2, 2.1))])
     assert "some confounding may remain" in off
-    assert "withheld" in read_negative_controls([("appendicitis", None)])
+    assert "not shown" in read_negative_controls([("appendicitis", None)])
 
     assert "at least 1.37" in read_e_values([("self_harm", 1.37), ("ks4_score", 2.5)])
     assert "already includes no difference" in read_e_values([("ks4_score", 1.0)])
@@ -451,7 +452,10 @@ def test_the_sentences_read_the_numbers() -> None:
     )  # fmt: skip
     assert "-1.4 percentage points in the first year after entry" in years
     assert "wholly below no difference" in years and "includes no difference" in years
-    assert "4 or more whole years after entry" in years and "year 1" in years
+    assert "at 4 or more whole years after entry" in years and "year 1" in years
+    assert "at 1 whole year after entry" in read_by_years(
+        "self_harm", [("0", None), ("1", Effect("hazard_ratio", 19.1, 0.12, 3030.0))]
+    )
     for sentence in (main, fine, off, text, years):
         assert "no effect" not in sentence.lower()
 

@@ -47,7 +47,7 @@ RATIO_WORDS = {
     "rate_ratio": "rate",
     "risk_ratio": "risk",
 }
-WITHHELD_WHY = "withheld: too few children or events"
+WITHHELD_WHY = "not shown (withheld or not estimated: too few children or events)"
 
 
 # --- released numbers -----------------------------------------------------------------------------
@@ -115,6 +115,8 @@ def _fmt(x: float, scale: str, outcome: str) -> str:
     3 significant figures)."""
     if scale.endswith("risk_difference") or outcome in PROPORTION_OUTCOMES:
         return f"{100 * x:.1f}"
+    if abs(x) >= 100:  # a wild bound (few events): 3 significant figures, written out
+        return f"{float(f'{x:.3g}'):,.0f}"
     return format_estimate(x, scale)  # as released
 
 
@@ -269,7 +271,10 @@ def read_negative_controls(controls: Sequence[tuple[str, Effect | None]]) -> str
     difference once confounding is adjusted for."""
     shown = [(o, e) for o, e in controls if e is not None]
     if not shown:
-        return "The negative-control outcomes are withheld (too few events)."
+        return (
+            "The negative-control outcomes are not shown (withheld or not estimated: too few "
+            "events)."
+        )
     off = [(o, e) for o, e in shown if e.side in ("above", "below")]
     listed = "; ".join(
         f"{_name(o)} {_fmt(e.estimate, e.scale, o)} ({interval_words(e, o)})" for o, e in shown
@@ -387,9 +392,13 @@ def read_strata(outcome: str, strata: Sequence[Strata]) -> str:
 
 
 def _years_words(j: str) -> str:
+    """ "0" -> "in the first year after entry", "1" -> "at 1 whole year after entry", "4+" ->
+    "at 4 or more whole years after entry"."""
+    if j == "0":
+        return "in the first year after entry"
     if j.endswith("+"):
-        return f"{j[:-1]} or more whole years after entry"
-    return "in the first year after entry" if j == "0" else f"{j} whole years after entry"
+        return f"at {j[:-1]} or more whole years after entry"
+    return f"at {j} whole year{'' if j == '1' else 's'} after entry"
 
 
 def read_by_years(outcome: str, points: Sequence[tuple[str, Effect | None]]) -> str:
