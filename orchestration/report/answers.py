@@ -23,19 +23,18 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 import orchestration.report.figures as figures
 from models.disclosure import WITHHELD, format_estimate
+from models.estimators import ESTIMATORS
 from models.outputs import stratum_family
 from orchestration.report.labels import RATIO_SCALES, label
 from orchestration.report.markup import note, png_img, table
 from orchestration.report.protocol import PROTOCOLS, protocol_rows
-
-if TYPE_CHECKING:
-    from orchestration.report.sections import ReportContext
+from orchestration.report.sections import ReportContext, estimate_table, interval_text
 
 # outcomes that are proportions: their mean differences are read in percentage points
 PROPORTION_OUTCOMES = frozenset({"absence_rate"})
@@ -455,8 +454,6 @@ def _rows_of(ctx: ReportContext, est: pd.DataFrame, estimator: str) -> pd.DataFr
 
 
 def _forest_row(panel: str, r: Any, row_label: str) -> figures.ForestRow:
-    from orchestration.report.sections import interval_text
-
     e = Effect.of(r)
     return figures.ForestRow(
         panel=panel,
@@ -562,7 +559,9 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
     controls: list[tuple[str, Effect | None]] = []
     neg = est[(est["negative_control"] & est["headline"]).to_numpy()]
     for _, r in neg.iterrows():
-        a = by_name[str(r["analysis"])]
+        a = by_name.get(str(r["analysis"]))
+        if a is None:
+            continue
         same = est[
             (est["analysis"] == a.name)
             & (est["outcome"] == r["outcome"])
@@ -660,9 +659,6 @@ def strata_of(rows: pd.DataFrame, modifiers: Sequence[str]) -> list[Strata]:
 
 
 def _by_adversity(ctx: ReportContext, est: pd.DataFrame) -> str:
-    from models.estimators import ESTIMATORS
-    from orchestration.report.sections import estimate_table
-
     analyses = [a for a in ctx.analyses if a.estimator == "stratified_effect"]
     if not analyses:
         return "<p>No stratified analysis is declared in the study config.</p>"
@@ -751,8 +747,6 @@ def years_of(rows: pd.DataFrame, last_year: int) -> list[tuple[str, Effect | Non
 
 
 def _by_years(ctx: ReportContext, est: pd.DataFrame) -> str:
-    from models.estimators import ESTIMATORS
-
     parts = []
     for estimator, title, y_label in (
         (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.estimators import ESTIMATORS
 from orchestration.report.labels import label
 from schemas.analyses import Analysis
 
@@ -164,8 +165,6 @@ PROTOCOLS: dict[str, TrialProtocol] = {
 
 def protocol_rows(protocol: TrialProtocol, analysis: Analysis) -> list[tuple[str, str]]:
     """The protocol's (element, text) rows with the analysis's declared options filled in."""
-    from models.estimators import ESTIMATORS
-
     # the options as the estimator reads them (its defaults where the config is silent)
     options = ESTIMATORS[analysis.estimator].Options.model_validate(analysis.options or {})
     confounders = getattr(options, "confounders", ())
