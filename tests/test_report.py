@@ -276,12 +276,13 @@ def test_a_small_stratum_is_withheld_with_its_siblings_in_release_and_report(
     layout = RunLayout.at(run)
     released = read_release_csv(layout.release_dir / "estimates.csv")
     shown = released[released["estimate"] != "withheld"]
-    modifier = next(
+    modifier = next((
         m
         for m in ("domestic_abuse", "parental_mental_ill_health", "parental_substance_misuse",
                   "physical_abuse")
         if _stratum_rows(shown, m).sum() == 3
-    )  # fmt: skip
+    ), None)  # fmt: skip
+    assert modifier, "no adversity with its two strata and difference all released in this world"
     est = pd.read_csv(layout.results_dir / "estimates.csv", keep_default_na=False, na_values=[""])
     est["warning"] = est["warning"].fillna("")
     s = ModelSettings.model_validate(
