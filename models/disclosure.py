@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -288,10 +289,76 @@ def _estimate_relations(est: pd.DataFrame, cohort_n: Cell | None) -> list[Relati
                     "survival: every child of the cohort",
                 )
             )
+    rel += _strata_relations(groups)
     return rel
 
 
 CARE_CONTRASTS = ("cla_vs_nla", "long_vs_nla", "short_vs_nla")
+
+
+# a stratum's contrast: ``<contrast>_with_<m>``, ``<contrast>_without_<m>`` and their
+# difference ``<contrast>_with_minus_without_<m>``; deprivation: ``<contrast>_most_deprived``,
+# ``<contrast>_less_deprived`` and ``<contrast>_most_deprived_minus_less_deprived``
+# (models.estimators.StratifiedEffect); the conditional effect's levels
+# ``<contrast>_cate_<summary>_<level>`` (models.estimators.DRLearnerEffect)
+_STRATUM = re.compile(r"(?P<base>.+?)_(?:with_minus_without|with|without)_(?P<modifier>.+)")
+_DEPRIVATION = re.compile(
+    r"(?P<base>.+?)_(?:most_deprived_minus_less_deprived|most_deprived|less_deprived)"
+)
+_CATE_LEVEL = re.compile(r"(?P<base>.+?)_cate_(?P<summary>adversities|deprivation)_(?P<level>.+)")
+
+
+def stratum_family(contrast: str) -> str | None:
+    """The comparison a stratum row belongs to (its siblings share it), None for other rows:
+    ``cla_vs_nla_without_domestic_abuse`` -> ``cla_vs_nla|domestic_abuse``,
+    ``cla_vs_nla_less_deprived`` -> ``cla_vs_nla|deprivation``,
+    ``cla_vs_nla_cate_adversities_2`` -> ``cla_vs_nla|cate_adversities``."""
+    if m := _CATE_LEVEL.fullmatch(contrast):
+        return f"{m['base']}|cate_{m['summary']}"
+    if m := _DEPRIVATION.fullmatch(contrast):
+        return f"{m['base']}|deprivation"
+    if m := _STRATUM.fullmatch(contrast):
+        return f"{m['base']}|{m['modifier']}"
+    return None
+
+
+def _strata_relations(groups: Iterable[str]) -> list[Relation]:
+    """The strata of one comparison (with and without an adversity, most and less deprived, the
+    levels of a conditional-effect summary) partition its children: their counts add up to the
+    whole comparison's, which is released too. The difference between strata rests on the
+    whole comparison's children."""
+    groups = list(groups)
+    present = set(groups)
+    members: dict[tuple[str, str], list[str]] = {}
+    rel: list[Relation] = []
+    for g in groups:
+        outcome, contrast, pop = g.split("|")
+        family = stratum_family(contrast)
+        if family is None:
+            continue
+        whole = f"{outcome}|{family.split('|')[0]}|{pop}"
+        if whole not in present:
+            continue
+        if "_minus_" in contrast:
+            for col in ("n_exposed", "n_unexposed"):
+                rel.append(
+                    Relation(
+                        ((("estimates", whole, col), 1), (("estimates", g, col), -1)),
+                        "a difference between strata: the whole comparison's children",
+                    )
+                )
+        else:
+            members.setdefault((whole, family), []).append(g)
+    for (whole, family), parts in members.items():
+        for col in COUNT_COLUMNS["estimates"]:
+            rel.append(
+                sum_of(
+                    ("estimates", whole, col),
+                    [("estimates", p, col) for p in parts],
+                    f"strata {family}: the strata add up to the whole comparison ({col})",
+                )
+            )
+    return rel
 
 
 def holds(relation: Relation, values: Mapping[Cell, int]) -> bool:

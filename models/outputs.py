@@ -27,6 +27,7 @@ from models.disclosure import (
     format_estimate,
     km_yearly,
     row_keys,
+    stratum_family,
 )
 from models.effects import e_value
 from models.gmethods import years_since_entry_figure
@@ -301,16 +302,6 @@ def write_release(
 
 # --- the numbers the report's study questions add (orchestration/report/answers.py) ----------
 
-# a stratum's contrast: ``<contrast>_with_<m>``, ``<contrast>_without_<m>`` and their
-# difference ``<contrast>_with_minus_without_<m>``; deprivation: ``<contrast>_most_deprived``,
-# ``<contrast>_less_deprived`` and ``<contrast>_most_deprived_minus_less_deprived``
-# (models.estimators.StratifiedEffect); the conditional effect's levels
-# ``<contrast>_cate_<summary>_<level>`` (models.estimators.DRLearnerEffect)
-_STRATUM = re.compile(r"(?P<base>.+?)_(?:with_minus_without|with|without)_(?P<modifier>.+)")
-_DEPRIVATION = re.compile(
-    r"(?P<base>.+?)_(?:most_deprived_minus_less_deprived|most_deprived|less_deprived)"
-)
-_CATE_LEVEL = re.compile(r"(?P<base>.+?)_cate_(?P<summary>adversities|deprivation)_(?P<level>.+)")
 STRATA_NOTE = "withheld: another stratum of this comparison has too few children or events"
 STRATA_README = (
     "Effects by stratum (with and without an adversity, most and less deprived, and the "
@@ -319,20 +310,6 @@ STRATA_README = (
     "difference are withheld too, so that no stratum's counts follow from the whole by "
     "subtraction. e_values.csv: the E-values of the released estimates only, 2 decimals.\n"
 )
-
-
-def stratum_family(contrast: str) -> str | None:
-    """The comparison a stratum row belongs to (its siblings share it), None for other rows:
-    ``cla_vs_nla_without_domestic_abuse`` -> ``cla_vs_nla|domestic_abuse``,
-    ``cla_vs_nla_less_deprived`` -> ``cla_vs_nla|deprivation``,
-    ``cla_vs_nla_cate_adversities_2`` -> ``cla_vs_nla|cate_adversities``."""
-    if m := _CATE_LEVEL.fullmatch(contrast):
-        return f"{m['base']}|cate_{m['summary']}"
-    if m := _DEPRIVATION.fullmatch(contrast):
-        return f"{m['base']}|deprivation"
-    if m := _STRATUM.fullmatch(contrast):
-        return f"{m['base']}|{m['modifier']}"
-    return None
 
 
 def withhold_strata_together(release: Release) -> set[str]:

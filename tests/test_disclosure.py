@@ -165,6 +165,53 @@ def test_withheld_effect_modification_rows_go_together() -> None:
     assert (da["estimate"] != WITHHELD).all()
 
 
+def _strata_rows() -> pd.DataFrame:
+    """KS4 by domestic abuse: the whole comparison and its two strata (6 looked-after
+    children with the adversity), as models.estimators.StratifiedEffect names them."""
+    rows = []
+    for contrast, n_e, n_u in (
+        ("cla_vs_nla", 96, 420),
+        ("cla_vs_nla_with_domestic_abuse", 6, 130),
+        ("cla_vs_nla_without_domestic_abuse", 90, 290),
+    ):
+        rows.append(
+            {
+                "outcome": "ks4_score",
+                "contrast": contrast,
+                "method": "aipw",
+                "scale": "mean_difference",
+                "estimate": -1.5,
+                "ci_low": -3.0,
+                "ci_high": 0.1,
+                "p_value": 0.04,
+                "n_exposed": n_e,
+                "n_unexposed": n_u,
+                "warning": "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_a_withheld_stratum_is_not_recoverable_from_its_sibling_and_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The strata of a comparison add up to the whole comparison (released too): the attacker's
+    check knows it, and secondary suppression protects the small stratum along it."""
+    released = control_release({"estimates": _strata_rows()}).tables
+    out = released["estimates"].set_index("contrast")
+    assert out.loc["cla_vs_nla_with_domestic_abuse", "n_exposed"] == SUPPRESSED
+    assert recoverable_cells(as_released_text(released, tmp_path / "controlled")) == []
+
+    # planted error: primary suppression only; the sibling and the whole give the 6 back
+    import models.disclosure as d
+
+    monkeypatch.setattr(d, "protect", lambda values, sensitive, *a, **k: set(sensitive))
+    leaky = as_released_text(control_release({"estimates": _strata_rows()}).tables, tmp_path / "x")
+    found = {r.cell: (r.low, r.high) for r in recoverable_cells(leaky)}
+    cell = ("estimates", "ks4_score|cla_vs_nla_with_domestic_abuse|all", "n_exposed")
+    assert cell in found and found[cell][0] <= 6 <= found[cell][1], found
+
+
 # --- 2. complementary suppression that survives differencing ----------------------------------
 
 
