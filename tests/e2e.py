@@ -54,6 +54,39 @@ def _cohort(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProces
     )
 
 
+def chromium() -> str:
+    """Debian's headless Chromium (.ci/run installs it); skips the test where there is none."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    return found
+
+
+def headless_chromium(
+    *args: str, profile: Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Chromium, headless and offline (no network, no updates, a throwaway profile), with
+    ``args`` (``--dump-dom URI``, ``--screenshot=PNG URI``...)."""
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
 def built_once(
     tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
 ) -> Path:

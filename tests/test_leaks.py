@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import sqlite3
-import subprocess
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import duckdb
 import pytest
 
 from schemas.contracts import SOURCES
+from tests.e2e import headless_chromium
 from tests.leak_scan import (
     DeliveryIdentifiers,
     DisclosureRule,
@@ -130,21 +130,9 @@ def test_data_docs_index_shows_each_status_without_network(full_run: Path) -> No
         assert (index.parent / link).is_file(), link
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless chromium installed")
-def test_data_docs_index_renders_offline_in_a_browser(full_run: Path) -> None:
+def test_data_docs_index_renders_offline_in_a_browser(full_run: Path, tmp_path: Path) -> None:
     index = _data_docs_index(full_run)
-    dom = subprocess.run(
-        [str(_browser()), "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--dump-dom", index.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout  # fmt: skip
+    dom = headless_chromium("--dump-dom", index.as_uri(), profile=tmp_path / "chr").stdout
     assert len(re.findall(r"ge-status[^>]*>[^<]*(Success|Failed)<", dom)) == len(SOURCES)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import ROOT, _cohort, _env
+from tests.e2e import ROOT, _cohort, _env, headless_chromium
 
 
 def _hashes(run: Path) -> dict[str, str]:
@@ -152,26 +152,8 @@ def test_missing_secret_fails_before_any_work(world: Path, tmp_path: Path) -> No
 
 
 def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chr'}",
-            "--dump-dom",
-            (full_run / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    dom = headless_chromium(
+        "--dump-dom", (full_run / "report.html").as_uri(), profile=tmp_path / "chr", check=False
     ).stdout
     for section in (
         "data-quality",

@@ -10,17 +10,16 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from models.disclosure import DisclosureSettings
+from tests.e2e import chromium, headless_chromium
 
 SCREENSHOT_SECTIONS = ("top", "answers", "table1", "estimates", "km")
 
@@ -536,13 +535,6 @@ def test_figures_are_deterministic_pngs() -> None:
 # --- screenshots -----------------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
-    return chromium
-
-
 def _only_section(page: str, sid: str) -> str:
     """The page with every other section (and the header) hidden: a screenshot of one
     section with the report's own stylesheet."""
@@ -555,25 +547,13 @@ def _only_section(page: str, sid: str) -> str:
     return page.replace("</head>", hide, 1)
 
 
-def screenshot(chromium: str, html_file: Path, png: Path, profile: Path) -> None:
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            "--window-size=1280,1800",
-            f"--screenshot={png}",
-            html_file.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
+def screenshot(html_file: Path, png: Path, profile: Path) -> None:
+    headless_chromium(
+        "--hide-scrollbars",
+        "--window-size=1280,1800",
+        f"--screenshot={png}",
+        html_file.as_uri(),
+        profile=profile,
         check=False,
     )
 
@@ -590,14 +570,14 @@ def test_screenshots_in_headless_chromium(full_run: Path, tmp_path: Path) -> Non
     """Top of the page, Table 1, the forest plot and Kaplan-Meier with numbers at risk, as
     Chromium renders them. Kept in ``$COHORT_TEST_ARTIFACTS/report`` (default: the system temp
     folder's ``cohort-test-artifacts/report``); the path is printed."""
-    chromium = _chromium()
+    chromium()  # skips where there is none
     page = (full_run / "report.html").read_text(encoding="utf-8")
     shots = {}
     for sid in SCREENSHOT_SECTIONS:
         source = tmp_path / f"{sid}.html"
         source.write_text(_only_section(page, sid), encoding="utf-8")
         shots[sid] = tmp_path / f"report_{sid}.png"
-        screenshot(chromium, source, shots[sid], tmp_path / "profile")
+        screenshot(source, shots[sid], tmp_path / "profile")
     blank = [sid for sid, p in shots.items() if not p.exists() or ink(p) < 0.02]
     assert blank == [], f"blank screenshots: {blank}"
     keep = (
@@ -616,9 +596,9 @@ def test_screenshots_in_headless_chromium(full_run: Path, tmp_path: Path) -> Non
 
 def test_a_hidden_section_gives_a_blank_screenshot(full_run: Path, tmp_path: Path) -> None:
     """The screenshot check can fail: a section that is not on the page renders blank."""
-    chromium = _chromium()
+    chromium()  # skips where there is none
     page = (full_run / "report.html").read_text(encoding="utf-8")
     source = tmp_path / "gone.html"
     source.write_text(_only_section(page, "no-such-section"), encoding="utf-8")
-    screenshot(chromium, source, tmp_path / "gone.png", tmp_path / "profile")
+    screenshot(source, tmp_path / "gone.png", tmp_path / "profile")
     assert ink(tmp_path / "gone.png") < 0.02
