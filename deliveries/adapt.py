@@ -1,10 +1,10 @@
-"""Adapt a delivery in a statutory-return layout into the contracts' extract files.
+"""Adapt a delivery in statutory-return layouts into the contracts' extract files.
 
-:func:`adapt_delivery` reads the layout's tables, joins and recodes them, and writes into a new
-folder: one CSV per contract the layout makes, the delivery's other (native) extracts copied as
-they are, ``delivery.json`` naming the layout, and ``adapted/source_lines_<source>.csv``, which
-points
-each written row back to its source file and line (no identifier in it: the row's position in
+:func:`adapt_delivery` reads the layouts' tables (a delivery may hold several layouts, e.g. the
+903 for social care and HES for health, each making different contracts), joins and recodes
+them, and writes into a new folder: one CSV per contract the layouts make, the delivery's other
+(native) extracts copied as they are, ``delivery.json`` naming the layouts (``"layouts"``), and
+``adapted/source_lines_<source>.csv``, which points each written row back to its source file and line (no identifier in it: the row's position in
 the written extract, its record id, the source file's name and the line). Everything is written
 into a temporary folder beside the output and renamed at the end, so a failed adaptation leaves
 nothing behind. No SQL is used: the delivered text never reaches a query.
@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from deliveries.mapping import (
     SourceLayoutError,
     SourceTable,
     load_layout,
+    load_layouts,
     shipped_layouts,
 )
 from deliveries.readers import SourceRow, Value, read_table
@@ -90,35 +91,58 @@ class AdaptSummary:
         return "\n".join(lines)
 
 
+def detect_layouts(folder: Path) -> list[str]:
+    """The shipped layouts whose tables' files are all in ``folder``, in name order (empty:
+    the native layout)."""
+    return [
+        name
+        for name in shipped_layouts()
+        if all(any(folder.glob(t.files)) for t in load_layout(name).tables.values())
+    ]
+
+
 def detect_layout(folder: Path) -> str | None:
-    """The shipped layout whose tables' files are all in ``folder`` (None: native layout)."""
-    for name in shipped_layouts():
-        layout = load_layout(name)
-        if all(any(folder.glob(t.files)) for t in layout.tables.values()):
-            return name
-    return None
+    """The layouts detected in ``folder`` as one ``--layout`` value (``ssda903,hes_apc``), or
+    None for the native layout."""
+    return ",".join(detect_layouts(folder)) or None
+
+
+def declared_layouts(folder: Path) -> list[str]:
+    """The layouts ``folder/delivery.json`` declares: ``"layouts": [...]``, or the single
+    ``"layout"`` an older delivery.json names (empty: none declared)."""
+    path = folder / "delivery.json"
+    if not path.is_file():
+        return []
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        declared = meta.get("layouts", meta.get("layout", []))
+    except (ValueError, AttributeError):
+        raise InputDataError(f"{path} is not a JSON object; correct or remove it") from None
+    names = [declared] if isinstance(declared, str) else declared
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputDataError(f'{path}: "layouts" must be a list of layout names')
+    return names
 
 
 def refuse_unadapted(folder: Path) -> None:
-    """Stop early, with what to do, when a folder given to validation holds a statutory-return
-    layout instead of the contract extracts it makes."""
-    name = detect_layout(folder)
-    if name is None:
-        return
-    layout = load_layout(name)
-    missing = [
-        s
-        for s in layout.outputs
-        if not any(
-            (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
-        )
-    ]
-    if missing:
-        raise InputDataError(
-            f"{folder} holds a delivery in the {name} layout ({', '.join(t.files for t in layout.tables.values())}), "
-            f"not the contract extracts of {', '.join(missing)}: run `cohort adapt --source "
-            f"{folder} --out NEW_FOLDER` first and give NEW_FOLDER to --data"
-        )
+    """Stop early, with what to do, when a folder given to validation holds statutory-return
+    layouts instead of the contract extracts they make."""
+    for name in detect_layouts(folder):
+        layout = load_layout(name)
+        missing = [
+            s
+            for s in layout.outputs
+            if not any(
+                (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
+            )
+        ]
+        if missing:
+            files = ", ".join(t.files for t in layout.tables.values())
+            raise InputDataError(
+                f"{folder} holds a delivery in the {name} layout ({files}), not the contract "
+                f"extracts of {', '.join(missing)}: run `cohort adapt --source {folder} --out "
+                "NEW_FOLDER` first and give NEW_FOLDER to --data"
+            )
 
 
 def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[Path]:
@@ -131,25 +155,31 @@ def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[P
     return files
 
 
-def _native_file(source_dir: Path, source: str, layout: Layout) -> Path:
+def _native_file(source_dir: Path, source: str, names: str) -> Path:
     stem = SOURCES[source].file_stem
     found = [source_dir / f"{stem}.{ext}" for ext in ("csv", "parquet")]
     found = [p for p in found if p.is_file()]
     if len(found) != 1:
         raise SourceLayoutError(
-            f"layout {layout.name} does not make source `{source}`: expected its native extract "
+            f"layout {names} does not make source `{source}`: expected its native extract "
             f"{stem}.csv or {stem}.parquet in {source_dir}"
             + (" (found both; keep one)" if len(found) > 1 else "")
         )
     return found[0]
 
 
-def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layout) -> AdaptSummary:
-    """Write the contract extracts of a delivery in ``layout`` into the new folder ``out_dir``.
+def adapt_delivery(
+    *, source_dir: str | Path, out_dir: str | Path, layout: Layout | Sequence[Layout]
+) -> AdaptSummary:
+    """Write the contract extracts of a delivery in ``layout`` (one layout, or several that make
+    different contracts) into the new folder ``out_dir``.
 
     Raises :class:`SourceLayoutError` for a missing file or column, :class:`MappingError` for
-    a date format that does not read the delivered dates; nothing is left in ``out_dir`` then.
+    a date format that does not read the delivered dates, :class:`LayoutConflictError` for two
+    layouts making the same contract; nothing is left in ``out_dir`` then.
     """
+    layouts = load_layouts([layout] if isinstance(layout, Layout) else list(layout))
+    names = " + ".join(x.name for x in layouts)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if not source_dir.is_dir():
         raise InputDataError(f"delivery folder {source_dir} does not exist")
@@ -159,21 +189,25 @@ def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layou
         )
     if out_dir.resolve() == source_dir.resolve():
         raise InputDataError("--out must be a new folder, not the delivery folder itself")
-    files = {t: _table_files(source_dir, layout.tables[t], layout) for t in layout.tables}
-    native = {s: _native_file(source_dir, s, layout) for s in layout.passthrough_sources}
+    files = {
+        x.name: {t: _table_files(source_dir, x.tables[t], x) for t in x.tables} for x in layouts
+    }
+    made = {s for x in layouts for s in x.outputs}
+    native = {s: _native_file(source_dir, s, names) for s in SOURCES if s not in made}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.adapting-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    summary = AdaptSummary(layout.name, out_dir)
-    record_ids: dict[tuple[str, int], str] = {}  # (source file, line) -> record id written
+    summary = AdaptSummary(names, out_dir)
     try:
         (tmp / ADAPTED_DIR).mkdir()
-        for source, mapping in layout.outputs.items():
-            log.info("adapting %s from layout %s", source, layout.name)
-            record_ids.update(_write_output(mapping, layout, files, tmp, summary))
-        if "dfe_ssda903" in layout.checks:
-            _write_dfe_failures(layout, files, record_ids, tmp, summary)
+        for x in layouts:
+            record_ids: dict[tuple[str, int], str] = {}  # (source file, line) -> record id
+            for source, mapping in x.outputs.items():
+                log.info("adapting %s from layout %s", source, x.name)
+                record_ids.update(_write_output(mapping, x, files[x.name], tmp, summary))
+            if "dfe_ssda903" in x.checks:
+                _write_dfe_failures(x, files[x.name], record_ids, tmp, summary)
         for path in native.values():
             shutil.copyfile(path, tmp / path.name)
             summary.copied.append(path.name)
@@ -186,8 +220,9 @@ def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layou
                 raise InputDataError(
                     f"{delivered_meta} is not a JSON object; correct or remove it"
                 ) from None
-        meta["layout"] = layout.name
-        meta["adapted_sources"] = sorted(layout.outputs)
+        meta.pop("layout", None)  # an older delivery.json's single layout
+        meta["layouts"] = [x.name for x in layouts]
+        meta["adapted_sources"] = sorted(made)
         (tmp / "delivery.json").write_text(
             json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -401,18 +436,33 @@ def inspect_delivery(folder: str | Path) -> str:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"delivery folder {folder} does not exist")
-    name = detect_layout(folder)
-    layout = load_layout(name) if name else None
+    layouts = [load_layout(n) for n in detect_layouts(folder)]
+    made_by = {s: x for x in layouts for s in x.outputs}
+    conflicts = sorted(s for s in made_by if sum(s in x.outputs for x in layouts) > 1)
     lines = [
-        f"Delivery {folder}: layout `{name}` ({layout.description})"
-        if layout
-        else f"Delivery {folder}: no shipped layout detected (native contract extracts)",
+        *(f"Delivery {folder}: layout `{x.name}` ({x.description})" for x in layouts),
+        *(
+            [f"Delivery {folder}: no shipped layout detected (native contract extracts)"]
+            if not layouts
+            else []
+        ),
+    ]
+    declared = [n for n in declared_layouts(folder) if n != "prelinked"]
+    if declared and sorted(declared) != [x.name for x in layouts]:
+        lines.append(f"delivery.json declares layout(s) {', '.join(declared)}")
+    if conflicts:
+        lines.append(
+            f"CONFLICT: more than one detected layout makes {', '.join(conflicts)}; one "
+            "delivery holds one of them: `cohort adapt` will refuse it"
+        )
+    lines += [
         "",
         "| contract | made from | contract columns left empty |",
         "|---|---|---|",
     ]
     for source, contract in SOURCES.items():
-        if layout and source in layout.outputs:
+        if source in made_by:
+            layout = made_by[source]
             mapping = layout.outputs[source]
             tables = [mapping.rows] + ([mapping.join.table] if mapping.join else [])
             made = " + ".join(f"{t} ({layout.tables[t].files})" for t in tables)

@@ -31,6 +31,7 @@ outside the contract's code list is a :class:`MappingError` naming the YAML file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -94,6 +95,10 @@ CHECKS: dict[str, tuple[str, ...]] = {"dfe_ssda903": ("header", "episodes")}
 class MappingError(ConfigError):
     """A layout YAML is wrong: it names a missing column, an unknown code or a date format that
     does not read the delivered dates."""
+
+
+class LayoutConflictError(ConfigError):
+    """Two layouts of one delivery make the same contract's extract."""
 
 
 class SourceLayoutError(InputDataError):
@@ -201,6 +206,40 @@ def load_layout(name_or_path: str | Path) -> Layout:
     except yaml.YAMLError as exc:
         raise MappingError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     return _parse_layout(raw, path)
+
+
+def load_layouts(names: str | Sequence[str | Layout]) -> list[Layout]:
+    """The layouts of one delivery: a name or YAML path, a comma list of them, or a list (of
+    names, paths or loaded layouts). A delivery holds each contract's extract once, so two
+    layouts that make the same contract (the English 903 and the Welsh looked-after return both
+    make ``looked_after_episodes``) cannot be in one delivery: a :class:`LayoutConflictError`."""
+    given = [names] if isinstance(names, str) else list(names)
+    layouts: list[Layout] = []
+    for item in given:
+        if isinstance(item, Layout):
+            layouts.append(item)
+            continue
+        parts = [n.strip() for n in item.split(",") if n.strip()]
+        if not parts:
+            raise MappingError("--layout: give a layout name")
+        layouts += [load_layout(n) for n in parts]
+    if not layouts:
+        raise MappingError("--layout: give a layout name")
+    maker: dict[str, str] = {}
+    seen: set[str] = set()
+    for layout in layouts:
+        if layout.name in seen:
+            raise LayoutConflictError(f"layout {layout.name} is named twice; name it once")
+        seen.add(layout.name)
+        for source in layout.outputs:
+            if source in maker:
+                raise LayoutConflictError(
+                    f"layouts {maker[source]} and {layout.name} both make {source}; one delivery "
+                    f"holds one extract per contract: adapt them as two deliveries, or leave one "
+                    "out"
+                )
+            maker[source] = layout.name
+    return layouts
 
 
 def _need(d: Any, key: str, where: str, kind: type) -> Any:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -40,11 +41,12 @@ from xml.sax.saxutils import escape
 import numpy as np
 import polars as pl
 
-LAYOUT_SOURCES = {
-    "ssda903": ("looked_after_episodes", "care_support_census"),
-    "hes_apc": ("hospital_admissions",),
-}
-LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml", "HES_APC_*.csv")
+from ground.errors import ConfigError
+from synthetic_data import layouts_wales
+
+# a layout writer: the source's frame, the row order it is written in, which rows are malformed,
+# the output folder
+Writer = Callable[[pl.DataFrame, np.ndarray, np.ndarray, Path], None]
 
 SEX_903 = {"M": "1", "F": "2", "U": "0"}
 # CIN census assessment factors: "concerns about the parent(s) or carer(s)"
@@ -224,11 +226,79 @@ def write_hes_apc(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             w.writerow([*line, "EXTRA"] if is_bad else line)
 
 
-WRITERS = {
-    "looked_after_episodes": write_ssda903,
-    "care_support_census": write_cin_census,
-    "hospital_admissions": write_hes_apc,
+def _rows_in_written_order(write_rows: Callable[[list[dict], np.ndarray, Path], None]) -> Writer:
+    """A writer of row dicts (already in the native file's order, with their malformed flags)
+    as a layout writer."""
+
+    def writer(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+        order, bad = _written_order(rows_out, malformed)
+        write_rows(df.gather(order).to_dicts(), bad, out)
+
+    return writer
+
+
+# Every layout the world can be written in: layout name -> source -> its writer. Two layouts
+# that write the same source (the English 903 and the Welsh looked-after return both write the
+# looked-after episodes) cannot be in one delivery.
+WRITERS: dict[str, dict[str, Writer]] = {
+    "ssda903": {
+        "looked_after_episodes": write_ssda903,
+        "care_support_census": write_cin_census,
+    },
+    "hes_apc": {"hospital_admissions": write_hes_apc},
+    "wales_lac": {"looked_after_episodes": _rows_in_written_order(layouts_wales.write_wales_lac)},
+    "wales_crcs": {"care_support_census": _rows_in_written_order(layouts_wales.write_crcs)},
 }
+# the files each layout writes (removed from the output folder before a world is written)
+WRITTEN_FILES: dict[str, tuple[str, ...]] = {
+    "ssda903": ("SSDA903_*.csv", "CIN_census_*.xml"),
+    "hes_apc": ("HES_APC_*.csv",),
+    "wales_lac": layouts_wales.LAC_FILES,
+    "wales_crcs": layouts_wales.CRCS_FILES,
+}
+LAYOUT_SOURCES = {name: tuple(writers) for name, writers in WRITERS.items()}
+LAYOUT_FILES = tuple(p for patterns in WRITTEN_FILES.values() for p in patterns)
+PRELINKED = "prelinked"  # not a return layout: the native world rewritten (write_prelinked)
+
+
+def layout_names(layouts: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The layouts of one delivery from ``--layout`` (a name, a comma list, or a list of names,
+    each possibly a comma list), checked: each known, none twice, no source written by two."""
+    given = [] if layouts is None else [layouts] if isinstance(layouts, str) else list(layouts)
+    if not given:
+        return ()
+    names = [n.strip() for item in given for n in item.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--layout: give a layout name")
+    known = [*WRITERS, PRELINKED]
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"--layout {n!r}: not a layout; known: {', '.join(known)}")
+    if PRELINKED in names and len(names) > 1:
+        raise ConfigError(
+            "--layout prelinked carries no identifiers and cannot be combined with a return "
+            "layout (which carries them); give it alone"
+        )
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--layout {','.join(names)}: a layout is named twice")
+    writer_of: dict[str, str] = {}
+    for n in names:
+        for source in WRITERS.get(n, {}):
+            if source in writer_of:
+                raise ConfigError(
+                    f"--layout {writer_of[source]} and {n} both write {source}; one delivery "
+                    "holds one of them (give one)"
+                )
+            writer_of[source] = n
+    return tuple(names)
+
+
+def layout_writer(layouts: Sequence[str], source: str) -> Writer | None:
+    """The writer of ``source`` in one of the delivery's layouts (None: written natively)."""
+    for name in layouts:
+        if source in WRITERS.get(name, {}):
+            return WRITERS[name][source]
+    return None
 
 
 # Pre-linked extracts (``cohort synth --layout prelinked``) -----------------------------------
