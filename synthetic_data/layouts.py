@@ -42,6 +42,7 @@ import numpy as np
 import polars as pl
 
 from ground.errors import ConfigError
+from synthetic_data import layouts_health_education as health_education
 from synthetic_data import layouts_wales
 
 # a layout writer: the source's frame, the row order it is written in, which rows are malformed,
@@ -226,7 +227,7 @@ def write_hes_apc(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             w.writerow([*line, "EXTRA"] if is_bad else line)
 
 
-def _rows_in_written_order(write_rows: Callable[[list[dict], np.ndarray, Path], None]) -> Writer:
+def rows_in_written_order(write_rows: Callable[[list[dict], np.ndarray, Path], None]) -> Writer:
     """A writer of row dicts (already in the native file's order, with their malformed flags)
     as a layout writer."""
 
@@ -246,8 +247,11 @@ WRITERS: dict[str, dict[str, Writer]] = {
         "care_support_census": write_cin_census,
     },
     "hes_apc": {"hospital_admissions": write_hes_apc},
-    "wales_lac": {"looked_after_episodes": _rows_in_written_order(layouts_wales.write_wales_lac)},
-    "wales_crcs": {"care_support_census": _rows_in_written_order(layouts_wales.write_crcs)},
+    "wales_lac": {"looked_after_episodes": rows_in_written_order(layouts_wales.write_wales_lac)},
+    "wales_crcs": {"care_support_census": rows_in_written_order(layouts_wales.write_crcs)},
+    "ecds": {"emergency_department": rows_in_written_order(health_education.write_ecds)},
+    "school_census": {"school_census": rows_in_written_order(health_education.write_school_census)},
+    "key_stages": {"attainment": rows_in_written_order(health_education.write_key_stages)},
 }
 # the files each layout writes (removed from the output folder before a world is written)
 WRITTEN_FILES: dict[str, tuple[str, ...]] = {
@@ -255,6 +259,9 @@ WRITTEN_FILES: dict[str, tuple[str, ...]] = {
     "hes_apc": ("HES_APC_*.csv",),
     "wales_lac": layouts_wales.LAC_FILES,
     "wales_crcs": layouts_wales.CRCS_FILES,
+    "ecds": health_education.ECDS_FILES,
+    "school_census": health_education.SCHOOL_CENSUS_FILES,
+    "key_stages": health_education.KEY_STAGE_FILES,
 }
 LAYOUT_SOURCES = {name: tuple(writers) for name, writers in WRITERS.items()}
 LAYOUT_FILES = tuple(p for patterns in WRITTEN_FILES.values() for p in patterns)
