@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from deliveries.mapping import (
     ColumnRule,
@@ -273,6 +274,8 @@ def _value(
     check: _DateCheck,
     where: str,
 ) -> str | None:
+    if rule.kind == "value":
+        return rule.value
     values = (joined or {}) if rule.table == JOINED else row
     v = values.get(rule.column)
     if rule.kind == "present":
@@ -310,10 +313,52 @@ def _write_output(
     tmp: Path,
     summary: AdaptSummary,
 ) -> dict[tuple[str, int], str]:
-    """Write one contract's extract and its source lines; returns the record id written for
-    each (source file, line)."""
+    """Write one contract's extract and its source lines (the rows of each of the mapping's
+    parts, one table after the other); returns the record id written for each (source file,
+    line)."""
     contract = mapping.contract
     record_ids: dict[tuple[str, int], str] = {}
+    summary.source_files[mapping.source] = [
+        p.name for part in mapping.all_parts for p in files[part.rows]
+    ]
+    out_path = tmp / f"{contract.file_stem}.csv"
+    lines_path = tmp / ADAPTED_DIR / f"source_lines_{mapping.source}.csv"
+    counts = _Counts()
+    with (
+        out_path.open("w", newline="", encoding="utf-8") as out_fh,
+        lines_path.open("w", newline="", encoding="utf-8") as lines_fh,
+    ):
+        out = csv.writer(out_fh, lineterminator="\n")
+        lines = csv.writer(lines_fh, lineterminator="\n")
+        out.writerow(contract.column_names)
+        lines.writerow(["output_line", "row_number", "record_id", "source_file", "source_line"])
+        for part in mapping.all_parts:
+            _write_part(part, layout, files, out, lines, counts, record_ids, summary)
+    summary.rows[mapping.source] = counts.n
+    summary.malformed[mapping.source] = counts.malformed
+    summary.uncovered[mapping.source] = mapping.uncovered_columns()
+    return record_ids
+
+
+@dataclass
+class _Counts:
+    n: int = 0  # rows written
+    malformed: int = 0
+    good: int = 0  # well-formed rows written (validation's row number)
+
+
+def _write_part(
+    mapping: OutputMapping,
+    layout: Layout,
+    files: dict[str, list[Path]],
+    out: Any,
+    lines: Any,
+    counts: _Counts,
+    record_ids: dict[tuple[str, int], str],
+    summary: AdaptSummary,
+) -> None:
+    """Write the rows of one table of an output mapping (one part) to its extract."""
+    contract = mapping.contract
     table = layout.tables[mapping.rows]
     joined_index: dict[tuple[Value, ...], dict[str, Value]] = {}
     if mapping.join is not None:
@@ -332,55 +377,41 @@ def _write_output(
     by_target = {r.target: r for r in rules}
     checks = {r.target: _DateCheck() for r in rules if r.date_format or r.year_of_date}
     paths = files[table.name]
-    summary.source_files[mapping.source] = [p.name for p in paths]
-    out_path = tmp / f"{contract.file_stem}.csv"
-    lines_path = tmp / ADAPTED_DIR / f"source_lines_{mapping.source}.csv"
-    n = malformed = good = 0
-    with (
-        out_path.open("w", newline="", encoding="utf-8") as out_fh,
-        lines_path.open("w", newline="", encoding="utf-8") as lines_fh,
-    ):
-        out = csv.writer(out_fh, lineterminator="\n")
-        lines = csv.writer(lines_fh, lineterminator="\n")
-        out.writerow(contract.column_names)
-        lines.writerow(["output_line", "row_number", "record_id", "source_file", "source_line"])
-        for file_index, path, row in _rows(table, paths):
-            joined = None
-            if mapping.join is not None:
-                key = tuple(row.values.get(c) for c in mapping.join.on)
-                joined = joined_index.get(key)
-            record_id = (
-                row.values.get(mapping.record_id_column) if mapping.record_id_column else None
-            )
-            if not isinstance(record_id, str):
-                record_id = f"{mapping.record_id_prefix}{file_index:03d}L{row.line:09d}"
-            cells: list[str | None] = [record_id]
-            for name in contract.column_names[1:]:
-                rule = by_target.get(name)
-                cells.append(
-                    None
-                    if rule is None
-                    else _value(
-                        rule,
-                        row.values,
-                        joined,
-                        checks.get(name, _DateCheck()),
-                        f"{path.name} line {row.line}",
-                    )
+    for file_index, path, row in _rows(table, paths):
+        joined = None
+        if mapping.join is not None:
+            key = tuple(row.values.get(c) for c in mapping.join.on)
+            joined = joined_index.get(key)
+        record_id = row.values.get(mapping.record_id_column) if mapping.record_id_column else None
+        if not isinstance(record_id, str):
+            record_id = f"{mapping.record_id_prefix}{file_index:03d}L{row.line:09d}"
+        cells: list[str | None] = [record_id]
+        for name in contract.column_names[1:]:
+            rule = by_target.get(name)
+            cells.append(
+                None
+                if rule is None
+                else _value(
+                    rule,
+                    row.values,
+                    joined,
+                    checks.get(name, _DateCheck()),
+                    f"{path.name} line {row.line}",
                 )
-            text = ["" if c is None else c for c in cells]
-            n += 1
-            if row.malformed:
-                malformed += 1
-                # one field too many: validation quarantines the line as malformed_line
-                text += row.extra or [row.malformed]
-                row_number = ""
-            else:
-                good += 1
-                row_number = str(good)
-            out.writerow(text)
-            lines.writerow([n + 1, row_number, record_id, path.name, row.line])
-            record_ids[(path.name, row.line)] = record_id
+            )
+        text = ["" if c is None else c for c in cells]
+        counts.n += 1
+        if row.malformed:
+            counts.malformed += 1
+            # one field too many: validation quarantines the line as malformed_line
+            text += row.extra or [row.malformed]
+            row_number = ""
+        else:
+            counts.good += 1
+            row_number = str(counts.good)
+        out.writerow(text)
+        lines.writerow([counts.n + 1, row_number, record_id, path.name, row.line])
+        record_ids[(path.name, row.line)] = record_id
     for target, check in checks.items():
         if (
             check.values
@@ -394,10 +425,6 @@ def _write_output(
                 f"as {rule.date_format or rule.year_of_date!r} (first: {check.first_failure}; "
                 "values not shown); correct the format in the layout"
             )
-    summary.rows[mapping.source] = n
-    summary.malformed[mapping.source] = malformed
-    summary.uncovered[mapping.source] = mapping.uncovered_columns()
-    return record_ids
 
 
 DFE_FAILURES_FILE = "dfe_ssda903_failures.csv"
@@ -464,7 +491,11 @@ def inspect_delivery(folder: str | Path) -> str:
         if source in made_by:
             layout = made_by[source]
             mapping = layout.outputs[source]
-            tables = [mapping.rows] + ([mapping.join.table] if mapping.join else [])
+            tables = [
+                t
+                for part in mapping.all_parts
+                for t in [part.rows] + ([part.join.table] if part.join else [])
+            ]
             made = " + ".join(f"{t} ({layout.tables[t].files})" for t in tables)
             empty = ", ".join(mapping.uncovered_columns()) or "none"
         else:

@@ -22,17 +22,25 @@ line; ``columns`` maps each contract column to one rule:
 * ``{flag: COL, any_of: [codes]}`` / ``{flag: COL, any_except: [codes]}``: ``1`` when the
   repeated element ``COL`` holds one of (or one other than) the codes, else ``0``;
 * ``{from: COL, icd10: dotted}``: an ICD-10 code written without its dot (``S060``, as HES
-  writes it) gets the dot back (``S06.0``); a 3-character code or anything else is kept.
+  writes it) gets the dot back (``S06.0``); a 3-character code or anything else is kept;
+* ``{value: TEXT}``: the same text on every row (the key stage of an NPD key stage file).
+
+An output may instead be ``parts:``, a list of such mappings (each with its own ``rows``,
+``record_id`` and ``columns``): their rows are written one table after the other into the one
+extract (NPD's key stage 2 file, then its key stage 4 file, into ``attainment``).
 
 Every name and code is checked against the contracts when the layout is loaded: a mapping that
-names a column no table declares, a contract column that does not exist, or a recoded code
-outside the contract's code list is a :class:`MappingError` naming the YAML file and entry.
+names a column no table declares, a contract column that does not exist, or a recoded code or
+value outside the contract's code list (or, for a column without a code list, not matching its
+pattern: an ECDS SNOMED CT concept recoded to something that is not ICD-10) is a
+:class:`MappingError` naming the YAML file and entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +48,7 @@ from typing import Any, Literal
 import yaml
 
 from ground.errors import ConfigError, InputDataError
-from schemas.contracts import SOURCES, SourceContract, load_codelist
+from schemas.contracts import SOURCES, Column, SourceContract, load_codelist
 
 LAYOUT_DIR = Path(__file__).parent / "layouts"
 
@@ -128,15 +136,16 @@ class ColumnRule:
     """How one contract column is made from the delivered row."""
 
     target: str
-    kind: Literal["from", "present", "flag"]
+    kind: Literal["from", "present", "flag", "value"]
     table: str  # the table the source column comes from (the rows table or the joined one)
-    column: str
+    column: str  # empty for a `value` rule
     date_format: str | None = None
     year_of_date: str | None = None
     codes: dict[str, str] = field(default_factory=dict)
     any_of: tuple[str, ...] = ()
     any_except: tuple[str, ...] = ()
     icd10_dotted: bool = False
+    value: str | None = None  # a `value` rule's text
 
 
 @dataclass(frozen=True)
@@ -155,14 +164,22 @@ class OutputMapping:
     record_id_column: str | None
     record_id_prefix: str
     columns: tuple[ColumnRule, ...]
+    # further tables stacked after this one's rows into the same extract (`parts:`), each an
+    # output mapping of its own (e.g. NPD's key stage 2 file, then its key stage 4 file)
+    parts: tuple[OutputMapping, ...] = ()
 
     @property
     def contract(self) -> SourceContract:
         return SOURCES[self.source]
 
+    @property
+    def all_parts(self) -> tuple[OutputMapping, ...]:
+        """This mapping and its stacked parts, in the order their rows are written."""
+        return (self, *self.parts)
+
     def uncovered_columns(self) -> list[str]:
-        """Contract columns the mapping leaves empty (all nullable: checked at load)."""
-        covered = {r.target for r in self.columns} | {"record_id"}
+        """Contract columns no part of the mapping fills (all nullable: checked at load)."""
+        covered = {r.target for m in self.all_parts for r in m.columns} | {"record_id"}
         return [c for c in self.contract.column_names if c not in covered]
 
 
@@ -310,6 +327,19 @@ def _parse_output(source: str, o: Any, tables: dict[str, SourceTable], where: st
     if source not in SOURCES:
         raise MappingError(f"{where}: no source contract {source!r}; known: {', '.join(SOURCES)}")
     contract = SOURCES[source]
+    if isinstance(o, dict) and "parts" in o:  # several tables stacked into one extract
+        parts = o["parts"]
+        if len(o) != 1 or not isinstance(parts, list) or not parts:
+            raise MappingError(
+                f"{where}.parts: give a list of mappings (rows, record_id, columns) and nothing "
+                "beside it"
+            )
+        if any(isinstance(p, dict) and "parts" in p for p in parts):
+            raise MappingError(f"{where}.parts: a part cannot have parts of its own")
+        first, *rest = (
+            _parse_output(source, p, tables, f"{where}.parts[{i}]") for i, p in enumerate(parts)
+        )
+        return replace(first, parts=tuple(rest))
     rows = _need(o, "rows", where, str)
     if rows not in tables:
         raise MappingError(f"{where}.rows: no table {rows!r}; tables: {', '.join(tables)}")
@@ -369,9 +399,15 @@ def _parse_rule(
         )
     if not isinstance(spec, dict):
         raise MappingError(f"{where}: give a rule such as {{from: COLUMN}}")
+    if "value" in spec:  # the same text on every row (e.g. the key stage of an NPD file)
+        value = spec["value"]
+        if len(spec) != 1 or not isinstance(value, str) or not value:
+            raise MappingError(f"{where}.value: give the text alone, e.g. {{value: KS2}}")
+        _check_contract_codes([value], contract.column(target), f"{where}.value")
+        return ColumnRule(target=target, kind="value", table=rows, column="", value=value)
     kinds = [k for k in ("from", "present", "flag") if k in spec]
     if len(kinds) != 1:
-        raise MappingError(f"{where}: give exactly one of `from`, `present`, `flag`")
+        raise MappingError(f"{where}: give exactly one of `from`, `present`, `flag`, `value`")
     kind = kinds[0]
     ref = spec[kind]
     if not isinstance(ref, str) or not ref:
@@ -390,14 +426,7 @@ def _parse_rule(
     if not isinstance(codes, dict):
         raise MappingError(f"{where}.codes: give a mapping from delivered code to contract code")
     codes = {str(k): str(v) for k, v in codes.items()}
-    if codes and declared.codelist:
-        known = load_codelist(declared.codelist)
-        unknown = sorted({v for v in codes.values() if v not in known})
-        if unknown:
-            raise MappingError(
-                f"{where}.codes: {', '.join(unknown)} not in code list {declared.codelist} of "
-                f"contract column {target}; codes: {', '.join(known)}"
-            )
+    _check_contract_codes(codes.values(), declared, f"{where}.codes")
     fmt = spec.get("date")
     year_fmt = spec.get("year_of_date")
     for f, key in ((fmt, "date"), (year_fmt, "year_of_date")):
@@ -425,6 +454,26 @@ def _parse_rule(
         any_except=_names(spec.get("any_except"), f"{where}.any_except"),
         icd10_dotted=_icd10(spec.get("icd10"), f"{where}.icd10"),
     )
+
+
+def _check_contract_codes(codes: Iterable[str], declared: Column, where: str) -> None:
+    """Codes a layout writes into a contract column: each must be in the column's code list,
+    or match its pattern when it has no code list (an ECDS concept recoded to ICD-10)."""
+    if declared.codelist:
+        known = load_codelist(declared.codelist)
+        unknown = sorted({v for v in codes if v not in known})
+        if unknown:
+            raise MappingError(
+                f"{where}: {', '.join(unknown)} not in code list {declared.codelist} of "
+                f"contract column {declared.name}; codes: {', '.join(known)}"
+            )
+    elif declared.pattern:
+        unmatched = sorted({v for v in codes if not re.fullmatch(declared.pattern, v)})
+        if unmatched:
+            raise MappingError(
+                f"{where}: {', '.join(repr(v) for v in unmatched)} does not match the pattern "
+                f"{declared.pattern} of contract column {declared.name}"
+            )
 
 
 def _icd10(value: Any, where: str) -> bool:
