@@ -276,6 +276,33 @@ def test_a_mapping_recoding_to_an_unknown_code_is_refused(tmp_path: Path) -> Non
         load_layout(_layout_copy(tmp_path, "key_stages", key_stage))
 
 
+def test_a_malformed_parts_or_value_rule_is_refused_at_load(tmp_path: Path) -> None:
+    def beside(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["attainment"]["rows"] = "ks2"
+
+    with pytest.raises(MappingError, match=r"attainment.parts: give a list of mappings"):
+        load_layout(_layout_copy(tmp_path, "key_stages", beside))
+
+    def nested(raw):  # type: ignore[no-untyped-def]
+        parts = raw["outputs"]["attainment"]["parts"]
+        parts[1] = {"parts": [parts[1]]}
+
+    with pytest.raises(MappingError, match=r"a part cannot have parts of its own"):
+        load_layout(_layout_copy(tmp_path, "key_stages", nested))
+
+    def value_and_from(raw):  # type: ignore[no-untyped-def]
+        raw["outputs"]["attainment"]["parts"][0]["columns"]["key_stage"]["from"] = "KS2_UPN"
+
+    with pytest.raises(MappingError, match=r"key_stage.value: give the text alone"):
+        load_layout(_layout_copy(tmp_path, "key_stages", value_and_from))
+
+    def required(raw):  # type: ignore[no-untyped-def]
+        del raw["outputs"]["attainment"]["parts"][1]["columns"]["key_stage"]
+
+    with pytest.raises(MappingError, match=r"parts\[1\]: required contract column\(s\) key_stage"):
+        load_layout(_layout_copy(tmp_path, "key_stages", required))
+
+
 @pytest.mark.parametrize(
     ("name", "source", "column", "delivered"),
     [
