@@ -64,6 +64,8 @@ class AdaptSummary:
     uncovered: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     dfe_failures: dict[str, int] = field(default_factory=dict)  # DfE rule code -> lines
+    section47_enquiries: int | None = None  # Section 47 enquiries read (None: not checked)
+    section47_failures: dict[str, int] = field(default_factory=dict)  # DfE CIN rule -> lines
 
     def to_markdown(self) -> str:
         lines = [
@@ -87,6 +89,18 @@ class AdaptSummary:
                 "DfE SSDA903 rules failed (lines; details in adapted/"
                 f"{DFE_FAILURES_FILE}): "
                 + ", ".join(f"{code} {n:,}" for code, n in sorted(self.dfe_failures.items()))
+            ]
+        if self.section47_enquiries is not None:
+            lines += [
+                f"Section 47 enquiries read (checked, not mapped: no contract column takes "
+                f"them): {self.section47_enquiries:,}; DfE CIN rules failed (lines; details in "
+                f"adapted/{SECTION47_FAILURES_FILE}): "
+                + (
+                    ", ".join(
+                        f"{code} {n:,}" for code, n in sorted(self.section47_failures.items())
+                    )
+                    or "none"
+                )
             ]
         lines += self.warnings
         return "\n".join(lines)
@@ -209,6 +223,8 @@ def adapt_delivery(
                 record_ids.update(_write_output(mapping, x, files[x.name], tmp, summary))
             if "dfe_ssda903" in x.checks:
                 _write_dfe_failures(x, files[x.name], record_ids, tmp, summary)
+            if "dfe_cin_section47" in x.checks:
+                _write_section47_failures(x, files[x.name], tmp, summary)
         for path in native.values():
             shutil.copyfile(path, tmp / path.name)
             summary.copied.append(path.name)
@@ -428,6 +444,27 @@ def _write_part(
 
 
 DFE_FAILURES_FILE = "dfe_ssda903_failures.csv"
+SECTION47_FAILURES_FILE = "dfe_cin_section47_failures.csv"
+
+
+def _write_section47_failures(
+    layout: Layout, files: dict[str, list[Path]], tmp: Path, summary: AdaptSummary
+) -> None:
+    """The DfE's CIN census rules on the delivered Section 47 enquiries: one line per failure
+    (rule, message, fields, source file and line)."""
+    from deliveries.dfe_cin_rules import run_section47_rules
+
+    table = layout.checks["dfe_cin_section47"]["section47"]
+    enquiries, failures = run_section47_rules(files, layout, section47=table)
+    summary.section47_enquiries = enquiries
+    with (tmp / ADAPTED_DIR / SECTION47_FAILURES_FILE).open(
+        "w", newline="", encoding="utf-8"
+    ) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rule", "message", "table", "fields", "source_file", "source_line"])
+        for f in failures:
+            w.writerow([f.code, f.message, f.table, f.fields, f.source_file, f.source_line])
+            summary.section47_failures[f.code] = summary.section47_failures.get(f.code, 0) + 1
 
 
 def _write_dfe_failures(

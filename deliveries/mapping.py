@@ -4,7 +4,8 @@ A layout YAML has two sections:
 
 ``tables``: the files of the delivery, by name. Each has a ``format`` (``csv``: one row per
 line under a header; ``cin_census_xml``: one row per ``Assessments`` element of a children in
-need census XML file), ``files`` (a file name or glob inside the delivery folder), the
+need census XML file; ``cin_section47_xml``: one row per ``Section47`` enquiry of the same
+files, read for the DfE's Section 47 rules only: no contract column takes it), ``files`` (a file name or glob inside the delivery folder), the
 ``columns`` it must hold, ``optional_columns`` it may hold, and an optional unique ``key``.
 
 ``outputs``: one entry per contract the layout writes. ``rows`` names the table that gives one
@@ -52,8 +53,8 @@ from schemas.contracts import SOURCES, Column, SourceContract, load_codelist
 
 LAYOUT_DIR = Path(__file__).parent / "layouts"
 
-TableFormat = Literal["csv", "cin_census_xml"]
-FORMATS: tuple[str, ...] = ("csv", "cin_census_xml")
+TableFormat = Literal["csv", "cin_census_xml", "cin_section47_xml"]
+FORMATS: tuple[str, ...] = ("csv", "cin_census_xml", "cin_section47_xml")
 
 # The fields the CIN census XML reader gives each assessment row (the census guide's item names;
 # the last four of ChildIdentifiers, LEA per child and RecordID are linkage-extract extensions).
@@ -94,10 +95,31 @@ CIN_FIELDS: tuple[str, ...] = (
 )
 # repeated elements: a list per row
 CIN_REPEATED: frozenset[str] = frozenset({"AssessmentFactors", "Disability"})
+# The fields the CIN census XML reader gives each Section 47 enquiry row (``cin_section47_xml``):
+# the file header, the child's LAchildID, its CINdetails' referral and closure dates, and the
+# Section47 group's own items (the census guide's names; DateOfInitialCPC is the enquiry's).
+SECTION47_ITEMS: tuple[str, ...] = (
+    "S47ActualStartDate",
+    "InitialCPCtarget",
+    "DateOfInitialCPC",
+    "ICPCnotRequired",
+)
+SECTION47_FIELDS: tuple[str, ...] = (
+    "ReferenceDate",
+    "LEA",
+    "LAchildID",
+    "CINreferralDate",
+    "CINclosureDate",
+    *SECTION47_ITEMS,
+)
 
-
-# checks a layout may ask for on its delivered tables, and the tables each one reads
-CHECKS: dict[str, tuple[str, ...]] = {"dfe_ssda903": ("header", "episodes")}
+# checks a layout may ask for on its delivered tables: the tables each one reads (by role) and
+# the format those tables must have
+CHECKS: dict[str, tuple[str, ...]] = {
+    "dfe_ssda903": ("header", "episodes"),
+    "dfe_cin_section47": ("section47",),
+}
+CHECK_FORMATS: dict[str, str] = {"dfe_ssda903": "csv", "dfe_cin_section47": "cin_section47_xml"}
 
 
 class MappingError(ConfigError):
@@ -128,6 +150,8 @@ class SourceTable:
     def known_columns(self) -> tuple[str, ...]:
         if self.format == "cin_census_xml":
             return CIN_FIELDS
+        if self.format == "cin_section47_xml":
+            return SECTION47_FIELDS
         return self.columns + self.optional_columns
 
 
@@ -298,12 +322,13 @@ def _parse_layout(raw: Any, path: Path) -> Layout:
         unknown = [c for c in table.key if c not in table.known_columns]
         if unknown:
             raise MappingError(f"{tw}.key: column(s) {', '.join(unknown)} not in the table")
-        if fmt == "cin_census_xml":
-            unknown = [c for c in table.columns + table.optional_columns if c not in CIN_FIELDS]
+        if fmt != "csv":
+            given = table.known_columns
+            unknown = [c for c in table.columns + table.optional_columns if c not in given]
             if unknown:
                 raise MappingError(
-                    f"{tw}: {', '.join(unknown)} not a field the CIN census reader gives; "
-                    f"known: {', '.join(CIN_FIELDS)}"
+                    f"{tw}: {', '.join(unknown)} not a field the CIN census reader gives "
+                    f"({fmt}); known: {', '.join(given)}"
                 )
         tables[tname] = table
     outputs: dict[str, OutputMapping] = {}
@@ -317,8 +342,10 @@ def _parse_layout(raw: Any, path: Path) -> Layout:
         if not isinstance(roles, dict) or set(roles) != set(CHECKS[check]):
             raise MappingError(f"{cw}: name the tables {', '.join(CHECKS[check])}")
         for role, tname in roles.items():
-            if tname not in tables or tables[tname].format != "csv":
-                raise MappingError(f"{cw}.{role}: {tname!r} is not a csv table of the layout")
+            if tname not in tables or tables[tname].format != CHECK_FORMATS[check]:
+                raise MappingError(
+                    f"{cw}.{role}: {tname!r} is not a {CHECK_FORMATS[check]} table of the layout"
+                )
         checks[check] = {str(k): str(v) for k, v in roles.items()}
     return Layout(name, str(raw.get("description", "")), path, tables, outputs, checks)
 
@@ -435,7 +462,7 @@ def _parse_rule(
     if fmt is not None and declared.dtype != "date":
         raise MappingError(f"{where}.date: contract column {target} is not a date")
     if kind == "flag":
-        if tables[table].format == "cin_census_xml" and column not in CIN_REPEATED:
+        if tables[table].format != "csv" and column not in CIN_REPEATED:
             raise MappingError(
                 f"{where}.flag: {column} is not a repeated element "
                 f"({', '.join(sorted(CIN_REPEATED))})"

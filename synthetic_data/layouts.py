@@ -10,7 +10,8 @@ same defects) with sources in their return layouts instead of the native contrac
 * ``care_support_census`` as children in need census XML, one file per census year
   (``CIN_census_<year>.xml``: Header > CollectionDetails > ReferenceDate; each Child with its
   ChildIdentifiers, ChildCharacteristics > Disabilities, CINdetails > Assessments with their
-  factors, ChildProtectionPlans);
+  factors, Section47 (the enquiry before a protection plan: the world does not model its dates,
+  so it starts and its initial conference is held on the plan's first day), ChildProtectionPlans);
 * ``hospital_admissions`` (layout ``hes_apc``) as a HES admitted patient care extract of spells
   (``HES_APC_spells.csv``: EPIKEY, NEWNHSNO, DOB, SEX, HOMEADD, ADMIDATE, DISDATE, ADMIMETH,
   DIAG_4_01, DIAG_4_02, ICD-10 without the dot).
@@ -127,6 +128,13 @@ def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             w2.writerow([*line, "EXTRA"] if is_bad else line)
 
 
+def _is_iso_date(value: str | None) -> bool:
+    try:
+        return value is not None and len(value) == 10 and bool(date.fromisoformat(value))
+    except ValueError:
+        return False
+
+
 def _el(name: str, value: str | None, indent: str) -> str:
     return "" if value is None else f"{indent}<{name}>{escape(value)}</{name}>\n"
 
@@ -148,7 +156,17 @@ def write_cin_census(
             if r[col] == "1"
         )
         referral = _el("CINreferralDate", r["referral_date"], "      ")
-        plan = ""
+        plan = enquiry = ""
+        if _is_iso_date(r["child_protection_plan_start"]):
+            # the enquiry that led to the plan; the world does not model its own dates, so it
+            # starts, and its initial conference is held, on the plan's first day
+            enquiry = (
+                "      <Section47>\n"
+                + _el("S47ActualStartDate", r["child_protection_plan_start"], "        ")
+                + _el("DateOfInitialCPC", r["child_protection_plan_start"], "        ")
+                + "        <ICPCnotRequired>false</ICPCnotRequired>\n"
+                "      </Section47>\n"
+            )
         if r["child_protection_category"] is not None or r["child_protection_plan_start"]:
             plan = (
                 "      <ChildProtectionPlans>\n"
@@ -186,7 +204,7 @@ def write_cin_census(
             + "        <FactorsIdentifiedAtAssessment>\n"
             + factors
             + "        </FactorsIdentifiedAtAssessment>\n"
-            "      </Assessments>\n" + plan + "    </CINdetails>\n"
+            "      </Assessments>\n" + enquiry + plan + "    </CINdetails>\n"
             "  </Child>\n"
         )
     for year, children in by_year.items():
