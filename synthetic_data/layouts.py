@@ -366,7 +366,7 @@ def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SH
     a person with poor identifiers matches poorly everywhere); the identifiers
     removed, the date of birth replaced by its week. Rows and defects (malformed lines,
     duplicates) stay as they were. ``truth/provider_links.parquet`` records what was written;
-    delivery.json says ``"linkage": "provider"``."""
+    delivery.json says ``"linkage": "provider"`` and ``"layouts": ["prelinked"]``."""
     truth = pl.read_parquet(out / "truth" / "record_person.parquet")
     owner = {(s, r): int(p) for s, r, p in truth.iter_rows()}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
@@ -411,5 +411,5 @@ def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SH
     ).write_parquet(out / "truth" / "provider_links.parquet", statistics=False)  # fmt: skip
     meta_path = out / "delivery.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta.update(layout="prelinked", linkage="provider")
+    meta.update(layouts=[PRELINKED], linkage="provider")
     meta_path.write_text(json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8")
