@@ -69,7 +69,7 @@ class AdaptSummary:
 
     def to_markdown(self) -> str:
         lines = [
-            f"Delivery adapted from layout `{self.layout}` into {self.out_dir}",
+            f"Delivery adapted from layout(s) `{self.layout}` into {self.out_dir}",
             "",
             "| contract | rows written | malformed (quarantined by validation) | from |",
             "|---|---:|---:|---|",
@@ -494,22 +494,18 @@ def _write_dfe_failures(
 
 
 def inspect_delivery(folder: str | Path) -> str:
-    """What a delivery folder holds, as markdown: the layout detected, and for each contract
-    whether the layout makes it, a native extract is there, or it is missing, with the contract
-    columns the layout leaves empty. Reads file names only."""
+    """What a delivery folder holds, as markdown: the layouts detected (and those delivery.json
+    declares, when they differ), two layouts making one contract, and for each contract whether
+    a layout makes it, a native extract is there, or it is missing, with the contract columns
+    the layout leaves empty. Reads file names and delivery.json only."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"delivery folder {folder} does not exist")
     layouts = [load_layout(n) for n in detect_layouts(folder)]
     made_by = {s: x for x in layouts for s in x.outputs}
     conflicts = sorted(s for s in made_by if sum(s in x.outputs for x in layouts) > 1)
-    lines = [
-        *(f"Delivery {folder}: layout `{x.name}` ({x.description})" for x in layouts),
-        *(
-            [f"Delivery {folder}: no shipped layout detected (native contract extracts)"]
-            if not layouts
-            else []
-        ),
+    lines = [f"Delivery {folder}: layout `{x.name}` ({x.description})" for x in layouts] or [
+        f"Delivery {folder}: no shipped layout detected (native contract extracts)"
     ]
     declared = [n for n in declared_layouts(folder) if n != "prelinked"]
     if declared and sorted(declared) != [x.name for x in layouts]:
