@@ -216,6 +216,14 @@ def test_cohort_inspect_names_the_layouts(layout_world: Path, tmp_path: Path) ->
         assert name in r.stderr + r.stdout
 
 
+def test_validating_the_layout_folder_says_to_adapt_it_first(layout_world: Path) -> None:
+    from deliveries.adapt import refuse_unadapted
+    from ground.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"in the ecds layout .*run `cohort adapt --source"):
+        refuse_unadapted(layout_world)
+
+
 # --- errors: one line, nothing written ---------------------------------------------------------
 
 
