@@ -183,6 +183,24 @@ def test_a_messy_world_round_trips_defects_and_all(tmp_path: Path) -> None:
     assert {"unparseable_date", "code_outside_list", "duplicate_row", "malformed_line"} <= set(
         planted
     )
+    # validated: every quarantined row of the three sources is traced to its source line (the
+    # key stage files' rows numbered on across the two parts)
+    from deliveries.report import report_adapted_checks
+    from ground.run_layout import RunLayout
+    from validation import ValidationSettings, validate_delivery
+
+    run = RunLayout.at(tmp_path / "run")
+    validated = validate_delivery(
+        data_dir=adapted, layout=run, settings=ValidationSettings(run_great_expectations=False)
+    )
+    checks = report_adapted_checks(data_dir=adapted, layout=run)
+    assert checks is not None
+    for source in SOURCES_MADE:
+        quarantined = validated.sources[source].rows_quarantined
+        assert quarantined > 0 and checks.traced[source] == quarantined, source
+    traced = pl.read_csv(run.validation_dir / "quarantine_source_lines.csv", infer_schema=False)
+    ks4 = traced.filter(pl.col("source_file") == "NPD_KS4_pupils.csv")
+    assert ks4.height > 0  # quarantined rows of the second part point into its own file
 
 
 def test_every_written_row_points_back_to_its_source_file_and_line(
