@@ -1,10 +1,10 @@
-"""Adapt a delivery in a statutory-return layout into the contracts' extract files.
+"""Adapt a delivery in statutory-return layouts into the contracts' extract files.
 
-:func:`adapt_delivery` reads the layout's tables, joins and recodes them, and writes into a new
-folder: one CSV per contract the layout makes, the delivery's other (native) extracts copied as
-they are, ``delivery.json`` naming the layout, and ``adapted/source_lines_<source>.csv``, which
-points
-each written row back to its source file and line (no identifier in it: the row's position in
+:func:`adapt_delivery` reads the layouts' tables (a delivery may hold several layouts, e.g. the
+903 for social care and HES for health, each making different contracts), joins and recodes
+them, and writes into a new folder: one CSV per contract the layouts make, the delivery's other
+(native) extracts copied as they are, ``delivery.json`` naming the layouts (``"layouts"``), and
+``adapted/source_lines_<source>.csv``, which points each written row back to its source file and line (no identifier in it: the row's position in
 the written extract, its record id, the source file's name and the line). Everything is written
 into a temporary folder beside the output and renamed at the end, so a failed adaptation leaves
 nothing behind. No SQL is used: the delivered text never reaches a query.
@@ -19,10 +19,11 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from deliveries.mapping import (
     ColumnRule,
@@ -32,6 +33,7 @@ from deliveries.mapping import (
     SourceLayoutError,
     SourceTable,
     load_layout,
+    load_layouts,
     shipped_layouts,
 )
 from deliveries.readers import SourceRow, Value, read_table
@@ -62,10 +64,12 @@ class AdaptSummary:
     uncovered: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     dfe_failures: dict[str, int] = field(default_factory=dict)  # DfE rule code -> lines
+    section47_enquiries: int | None = None  # Section 47 enquiries read (None: not checked)
+    section47_failures: dict[str, int] = field(default_factory=dict)  # DfE CIN rule -> lines
 
     def to_markdown(self) -> str:
         lines = [
-            f"Delivery adapted from layout `{self.layout}` into {self.out_dir}",
+            f"Delivery adapted from layout(s) `{self.layout}` into {self.out_dir}",
             "",
             "| contract | rows written | malformed (quarantined by validation) | from |",
             "|---|---:|---:|---|",
@@ -86,39 +90,74 @@ class AdaptSummary:
                 f"{DFE_FAILURES_FILE}): "
                 + ", ".join(f"{code} {n:,}" for code, n in sorted(self.dfe_failures.items()))
             ]
+        if self.section47_enquiries is not None:
+            lines += [
+                f"Section 47 enquiries read (checked, not mapped: no contract column takes "
+                f"them): {self.section47_enquiries:,}; DfE CIN rules failed (lines; details in "
+                f"adapted/{SECTION47_FAILURES_FILE}): "
+                + (
+                    ", ".join(
+                        f"{code} {n:,}" for code, n in sorted(self.section47_failures.items())
+                    )
+                    or "none"
+                )
+            ]
         lines += self.warnings
         return "\n".join(lines)
 
 
+def detect_layouts(folder: Path) -> list[str]:
+    """The shipped layouts whose tables' files are all in ``folder``, in name order (empty:
+    the native layout)."""
+    return [
+        name
+        for name in shipped_layouts()
+        if all(any(folder.glob(t.files)) for t in load_layout(name).tables.values())
+    ]
+
+
 def detect_layout(folder: Path) -> str | None:
-    """The shipped layout whose tables' files are all in ``folder`` (None: native layout)."""
-    for name in shipped_layouts():
-        layout = load_layout(name)
-        if all(any(folder.glob(t.files)) for t in layout.tables.values()):
-            return name
-    return None
+    """The layouts detected in ``folder`` as one ``--layout`` value (``ssda903,hes_apc``), or
+    None for the native layout."""
+    return ",".join(detect_layouts(folder)) or None
+
+
+def declared_layouts(folder: Path) -> list[str]:
+    """The layouts ``folder/delivery.json`` declares: ``"layouts": [...]``, or the single
+    ``"layout"`` an older delivery.json names (empty: none declared)."""
+    path = folder / "delivery.json"
+    if not path.is_file():
+        return []
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        declared = meta.get("layouts", meta.get("layout", []))
+    except (ValueError, AttributeError):
+        raise InputDataError(f"{path} is not a JSON object; correct or remove it") from None
+    names = [declared] if isinstance(declared, str) else declared
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputDataError(f'{path}: "layouts" must be a list of layout names')
+    return names
 
 
 def refuse_unadapted(folder: Path) -> None:
-    """Stop early, with what to do, when a folder given to validation holds a statutory-return
-    layout instead of the contract extracts it makes."""
-    name = detect_layout(folder)
-    if name is None:
-        return
-    layout = load_layout(name)
-    missing = [
-        s
-        for s in layout.outputs
-        if not any(
-            (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
-        )
-    ]
-    if missing:
-        raise InputDataError(
-            f"{folder} holds a delivery in the {name} layout ({', '.join(t.files for t in layout.tables.values())}), "
-            f"not the contract extracts of {', '.join(missing)}: run `cohort adapt --source "
-            f"{folder} --out NEW_FOLDER` first and give NEW_FOLDER to --data"
-        )
+    """Stop early, with what to do, when a folder given to validation holds statutory-return
+    layouts instead of the contract extracts they make."""
+    for name in detect_layouts(folder):
+        layout = load_layout(name)
+        missing = [
+            s
+            for s in layout.outputs
+            if not any(
+                (folder / f"{SOURCES[s].file_stem}.{ext}").is_file() for ext in ("csv", "parquet")
+            )
+        ]
+        if missing:
+            files = ", ".join(t.files for t in layout.tables.values())
+            raise InputDataError(
+                f"{folder} holds a delivery in the {name} layout ({files}), not the contract "
+                f"extracts of {', '.join(missing)}: run `cohort adapt --source {folder} --out "
+                "NEW_FOLDER` first and give NEW_FOLDER to --data"
+            )
 
 
 def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[Path]:
@@ -131,25 +170,31 @@ def _table_files(source_dir: Path, table: SourceTable, layout: Layout) -> list[P
     return files
 
 
-def _native_file(source_dir: Path, source: str, layout: Layout) -> Path:
+def _native_file(source_dir: Path, source: str, names: str) -> Path:
     stem = SOURCES[source].file_stem
     found = [source_dir / f"{stem}.{ext}" for ext in ("csv", "parquet")]
     found = [p for p in found if p.is_file()]
     if len(found) != 1:
         raise SourceLayoutError(
-            f"layout {layout.name} does not make source `{source}`: expected its native extract "
+            f"layout {names} does not make source `{source}`: expected its native extract "
             f"{stem}.csv or {stem}.parquet in {source_dir}"
             + (" (found both; keep one)" if len(found) > 1 else "")
         )
     return found[0]
 
 
-def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layout) -> AdaptSummary:
-    """Write the contract extracts of a delivery in ``layout`` into the new folder ``out_dir``.
+def adapt_delivery(
+    *, source_dir: str | Path, out_dir: str | Path, layout: Layout | Sequence[Layout]
+) -> AdaptSummary:
+    """Write the contract extracts of a delivery in ``layout`` (one layout, or several that make
+    different contracts) into the new folder ``out_dir``.
 
     Raises :class:`SourceLayoutError` for a missing file or column, :class:`MappingError` for
-    a date format that does not read the delivered dates; nothing is left in ``out_dir`` then.
+    a date format that does not read the delivered dates, :class:`LayoutConflictError` for two
+    layouts making the same contract; nothing is left in ``out_dir`` then.
     """
+    layouts = load_layouts([layout] if isinstance(layout, Layout) else list(layout))
+    names = " + ".join(x.name for x in layouts)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if not source_dir.is_dir():
         raise InputDataError(f"delivery folder {source_dir} does not exist")
@@ -159,21 +204,27 @@ def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layou
         )
     if out_dir.resolve() == source_dir.resolve():
         raise InputDataError("--out must be a new folder, not the delivery folder itself")
-    files = {t: _table_files(source_dir, layout.tables[t], layout) for t in layout.tables}
-    native = {s: _native_file(source_dir, s, layout) for s in layout.passthrough_sources}
+    files = {
+        x.name: {t: _table_files(source_dir, x.tables[t], x) for t in x.tables} for x in layouts
+    }
+    made = {s for x in layouts for s in x.outputs}
+    native = {s: _native_file(source_dir, s, names) for s in SOURCES if s not in made}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.adapting-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    summary = AdaptSummary(layout.name, out_dir)
-    record_ids: dict[tuple[str, int], str] = {}  # (source file, line) -> record id written
+    summary = AdaptSummary(names, out_dir)
     try:
         (tmp / ADAPTED_DIR).mkdir()
-        for source, mapping in layout.outputs.items():
-            log.info("adapting %s from layout %s", source, layout.name)
-            record_ids.update(_write_output(mapping, layout, files, tmp, summary))
-        if "dfe_ssda903" in layout.checks:
-            _write_dfe_failures(layout, files, record_ids, tmp, summary)
+        for x in layouts:
+            record_ids: dict[tuple[str, int], str] = {}  # (source file, line) -> record id
+            for source, mapping in x.outputs.items():
+                log.info("adapting %s from layout %s", source, x.name)
+                record_ids.update(_write_output(mapping, x, files[x.name], tmp, summary))
+            if "dfe_ssda903" in x.checks:
+                _write_dfe_failures(x, files[x.name], record_ids, tmp, summary)
+            if "dfe_cin_section47" in x.checks:
+                _write_section47_failures(x, files[x.name], tmp, summary)
         for path in native.values():
             shutil.copyfile(path, tmp / path.name)
             summary.copied.append(path.name)
@@ -186,8 +237,9 @@ def adapt_delivery(*, source_dir: str | Path, out_dir: str | Path, layout: Layou
                 raise InputDataError(
                     f"{delivered_meta} is not a JSON object; correct or remove it"
                 ) from None
-        meta["layout"] = layout.name
-        meta["adapted_sources"] = sorted(layout.outputs)
+        meta.pop("layout", None)  # an older delivery.json's single layout
+        meta["layouts"] = [x.name for x in layouts]
+        meta["adapted_sources"] = sorted(made)
         (tmp / "delivery.json").write_text(
             json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -238,6 +290,8 @@ def _value(
     check: _DateCheck,
     where: str,
 ) -> str | None:
+    if rule.kind == "value":
+        return rule.value
     values = (joined or {}) if rule.table == JOINED else row
     v = values.get(rule.column)
     if rule.kind == "present":
@@ -275,10 +329,52 @@ def _write_output(
     tmp: Path,
     summary: AdaptSummary,
 ) -> dict[tuple[str, int], str]:
-    """Write one contract's extract and its source lines; returns the record id written for
-    each (source file, line)."""
+    """Write one contract's extract and its source lines (the rows of each of the mapping's
+    parts, one table after the other); returns the record id written for each (source file,
+    line)."""
     contract = mapping.contract
     record_ids: dict[tuple[str, int], str] = {}
+    summary.source_files[mapping.source] = [
+        p.name for part in mapping.all_parts for p in files[part.rows]
+    ]
+    out_path = tmp / f"{contract.file_stem}.csv"
+    lines_path = tmp / ADAPTED_DIR / f"source_lines_{mapping.source}.csv"
+    counts = _Counts()
+    with (
+        out_path.open("w", newline="", encoding="utf-8") as out_fh,
+        lines_path.open("w", newline="", encoding="utf-8") as lines_fh,
+    ):
+        out = csv.writer(out_fh, lineterminator="\n")
+        lines = csv.writer(lines_fh, lineterminator="\n")
+        out.writerow(contract.column_names)
+        lines.writerow(["output_line", "row_number", "record_id", "source_file", "source_line"])
+        for part in mapping.all_parts:
+            _write_part(part, layout, files, out, lines, counts, record_ids, summary)
+    summary.rows[mapping.source] = counts.n
+    summary.malformed[mapping.source] = counts.malformed
+    summary.uncovered[mapping.source] = mapping.uncovered_columns()
+    return record_ids
+
+
+@dataclass
+class _Counts:
+    n: int = 0  # rows written
+    malformed: int = 0
+    good: int = 0  # well-formed rows written (validation's row number)
+
+
+def _write_part(
+    mapping: OutputMapping,
+    layout: Layout,
+    files: dict[str, list[Path]],
+    out: Any,
+    lines: Any,
+    counts: _Counts,
+    record_ids: dict[tuple[str, int], str],
+    summary: AdaptSummary,
+) -> None:
+    """Write the rows of one table of an output mapping (one part) to its extract."""
+    contract = mapping.contract
     table = layout.tables[mapping.rows]
     joined_index: dict[tuple[Value, ...], dict[str, Value]] = {}
     if mapping.join is not None:
@@ -297,55 +393,41 @@ def _write_output(
     by_target = {r.target: r for r in rules}
     checks = {r.target: _DateCheck() for r in rules if r.date_format or r.year_of_date}
     paths = files[table.name]
-    summary.source_files[mapping.source] = [p.name for p in paths]
-    out_path = tmp / f"{contract.file_stem}.csv"
-    lines_path = tmp / ADAPTED_DIR / f"source_lines_{mapping.source}.csv"
-    n = malformed = good = 0
-    with (
-        out_path.open("w", newline="", encoding="utf-8") as out_fh,
-        lines_path.open("w", newline="", encoding="utf-8") as lines_fh,
-    ):
-        out = csv.writer(out_fh, lineterminator="\n")
-        lines = csv.writer(lines_fh, lineterminator="\n")
-        out.writerow(contract.column_names)
-        lines.writerow(["output_line", "row_number", "record_id", "source_file", "source_line"])
-        for file_index, path, row in _rows(table, paths):
-            joined = None
-            if mapping.join is not None:
-                key = tuple(row.values.get(c) for c in mapping.join.on)
-                joined = joined_index.get(key)
-            record_id = (
-                row.values.get(mapping.record_id_column) if mapping.record_id_column else None
-            )
-            if not isinstance(record_id, str):
-                record_id = f"{mapping.record_id_prefix}{file_index:03d}L{row.line:09d}"
-            cells: list[str | None] = [record_id]
-            for name in contract.column_names[1:]:
-                rule = by_target.get(name)
-                cells.append(
-                    None
-                    if rule is None
-                    else _value(
-                        rule,
-                        row.values,
-                        joined,
-                        checks.get(name, _DateCheck()),
-                        f"{path.name} line {row.line}",
-                    )
+    for file_index, path, row in _rows(table, paths):
+        joined = None
+        if mapping.join is not None:
+            key = tuple(row.values.get(c) for c in mapping.join.on)
+            joined = joined_index.get(key)
+        record_id = row.values.get(mapping.record_id_column) if mapping.record_id_column else None
+        if not isinstance(record_id, str):
+            record_id = f"{mapping.record_id_prefix}{file_index:03d}L{row.line:09d}"
+        cells: list[str | None] = [record_id]
+        for name in contract.column_names[1:]:
+            rule = by_target.get(name)
+            cells.append(
+                None
+                if rule is None
+                else _value(
+                    rule,
+                    row.values,
+                    joined,
+                    checks.get(name, _DateCheck()),
+                    f"{path.name} line {row.line}",
                 )
-            text = ["" if c is None else c for c in cells]
-            n += 1
-            if row.malformed:
-                malformed += 1
-                # one field too many: validation quarantines the line as malformed_line
-                text += row.extra or [row.malformed]
-                row_number = ""
-            else:
-                good += 1
-                row_number = str(good)
-            out.writerow(text)
-            lines.writerow([n + 1, row_number, record_id, path.name, row.line])
-            record_ids[(path.name, row.line)] = record_id
+            )
+        text = ["" if c is None else c for c in cells]
+        counts.n += 1
+        if row.malformed:
+            counts.malformed += 1
+            # one field too many: validation quarantines the line as malformed_line
+            text += row.extra or [row.malformed]
+            row_number = ""
+        else:
+            counts.good += 1
+            row_number = str(counts.good)
+        out.writerow(text)
+        lines.writerow([counts.n + 1, row_number, record_id, path.name, row.line])
+        record_ids[(path.name, row.line)] = record_id
     for target, check in checks.items():
         if (
             check.values
@@ -359,13 +441,30 @@ def _write_output(
                 f"as {rule.date_format or rule.year_of_date!r} (first: {check.first_failure}; "
                 "values not shown); correct the format in the layout"
             )
-    summary.rows[mapping.source] = n
-    summary.malformed[mapping.source] = malformed
-    summary.uncovered[mapping.source] = mapping.uncovered_columns()
-    return record_ids
 
 
 DFE_FAILURES_FILE = "dfe_ssda903_failures.csv"
+SECTION47_FAILURES_FILE = "dfe_cin_section47_failures.csv"
+
+
+def _write_section47_failures(
+    layout: Layout, files: dict[str, list[Path]], tmp: Path, summary: AdaptSummary
+) -> None:
+    """The DfE's CIN census rules on the delivered Section 47 enquiries: one line per failure
+    (rule, message, fields, source file and line)."""
+    from deliveries.dfe_cin_rules import run_section47_rules
+
+    table = layout.checks["dfe_cin_section47"]["section47"]
+    enquiries, failures = run_section47_rules(files, layout, section47=table)
+    summary.section47_enquiries = enquiries
+    with (tmp / ADAPTED_DIR / SECTION47_FAILURES_FILE).open(
+        "w", newline="", encoding="utf-8"
+    ) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rule", "message", "table", "fields", "source_file", "source_line"])
+        for f in failures:
+            w.writerow([f.code, f.message, f.table, f.fields, f.source_file, f.source_line])
+            summary.section47_failures[f.code] = summary.section47_failures.get(f.code, 0) + 1
 
 
 def _write_dfe_failures(
@@ -395,26 +494,41 @@ def _write_dfe_failures(
 
 
 def inspect_delivery(folder: str | Path) -> str:
-    """What a delivery folder holds, as markdown: the layout detected, and for each contract
-    whether the layout makes it, a native extract is there, or it is missing, with the contract
-    columns the layout leaves empty. Reads file names only."""
+    """What a delivery folder holds, as markdown: the layouts detected (and those delivery.json
+    declares, when they differ), two layouts making one contract, and for each contract whether
+    a layout makes it, a native extract is there, or it is missing, with the contract columns
+    the layout leaves empty. Reads file names and delivery.json only."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"delivery folder {folder} does not exist")
-    name = detect_layout(folder)
-    layout = load_layout(name) if name else None
-    lines = [
-        f"Delivery {folder}: layout `{name}` ({layout.description})"
-        if layout
-        else f"Delivery {folder}: no shipped layout detected (native contract extracts)",
+    layouts = [load_layout(n) for n in detect_layouts(folder)]
+    made_by = {s: x for x in layouts for s in x.outputs}
+    conflicts = sorted(s for s in made_by if sum(s in x.outputs for x in layouts) > 1)
+    lines = [f"Delivery {folder}: layout `{x.name}` ({x.description})" for x in layouts] or [
+        f"Delivery {folder}: no shipped layout detected (native contract extracts)"
+    ]
+    declared = [n for n in declared_layouts(folder) if n != "prelinked"]
+    if declared and sorted(declared) != [x.name for x in layouts]:
+        lines.append(f"delivery.json declares layout(s) {', '.join(declared)}")
+    if conflicts:
+        lines.append(
+            f"CONFLICT: more than one detected layout makes {', '.join(conflicts)}; one "
+            "delivery holds one of them: `cohort adapt` will refuse it"
+        )
+    lines += [
         "",
         "| contract | made from | contract columns left empty |",
         "|---|---|---|",
     ]
     for source, contract in SOURCES.items():
-        if layout and source in layout.outputs:
+        if source in made_by:
+            layout = made_by[source]
             mapping = layout.outputs[source]
-            tables = [mapping.rows] + ([mapping.join.table] if mapping.join else [])
+            tables = [
+                t
+                for part in mapping.all_parts
+                for t in [part.rows] + ([part.join.table] if part.join else [])
+            ]
             made = " + ".join(f"{t} ({layout.tables[t].files})" for t in tables)
             empty = ", ".join(mapping.uncovered_columns()) or "none"
         else:

@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deliveries.mapping import CIN_FIELDS, CIN_REPEATED, SourceLayoutError, SourceTable
+from deliveries.mapping import (
+    CIN_FIELDS,
+    CIN_REPEATED,
+    SECTION47_FIELDS,
+    SECTION47_ITEMS,
+    SourceLayoutError,
+    SourceTable,
+)
 
 XML_CHUNK_BYTES = 1 << 20
 
@@ -35,6 +42,8 @@ class SourceRow:
 def read_table(path: Path, table: SourceTable) -> Iterator[SourceRow]:
     if table.format == "csv":
         return read_csv(path, table)
+    if table.format == "cin_section47_xml":
+        return read_cin_census_xml(path, table, unit="Section47")
     return read_cin_census_xml(path, table)
 
 
@@ -104,12 +113,23 @@ class _CinCensusParser:
     """Children in need census XML: one row per ``Assessments`` element, carrying the file
     header (``ReferenceDate``, ``LEA``), its ``Child`` (identifiers, characteristics), its
     ``CINdetails`` and the child-protection plan of that episode in force at the assessment (the
-    latest starting on or before it; the only one if there is one)."""
+    latest starting on or before it; the only one if there is one).
 
-    SKIPPED = frozenset({"Section47", "CINPlanDates", "Reviews"})
+    With ``unit="Section47"``: one row per ``Section47`` element instead, carrying the file
+    header, the child's ``LAchildID`` and its ``CINdetails``' referral and closure dates."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, unit: str = "Assessments") -> None:
         self.path = path
+        self.unit = unit
+        # groups not read: the ones no row needs (for Section 47 rows, a CINdetails-level
+        # DateOfInitialCPC must not be taken for the enquiry's, so it is dropped in emit)
+        self.skipped = frozenset(
+            {"CINPlanDates", "Reviews"} | ({"Section47"} if unit == "Assessments" else set())
+        )
+        self.fields = frozenset(CIN_FIELDS) | (
+            frozenset(SECTION47_ITEMS) if unit == "Section47" else frozenset()
+        )
+        self.section47: list[_Scope] = []
         self.parser = xml.parsers.expat.ParserCreate()
         self.parser.StartElementHandler = self.start
         self.parser.EndElementHandler = self.end
@@ -133,7 +153,7 @@ class _CinCensusParser:
         name = self.local(name)
         self.stack.append(name)
         self.buffer = []
-        if self.skip_depth or name in self.SKIPPED:
+        if self.skip_depth or name in self.skipped:
             self.skip_depth += 1
             return
         line = self.parser.CurrentLineNumber
@@ -141,10 +161,13 @@ class _CinCensusParser:
             self.child = _Scope(line=line)
         elif name == "CINdetails":
             self.details = _Scope(line=line)
-            self.assessments, self.plans = [], []
+            self.assessments, self.plans, self.section47 = [], [], []
         elif name == "Assessments":
             self.current = _Scope(line=line)
             self.assessments.append(self.current)
+        elif name == "Section47":
+            self.current = _Scope(line=line)
+            self.section47.append(self.current)
         elif name == "ChildProtectionPlans":
             self.current = _Scope(line=line)
             self.plans.append(self.current)
@@ -158,11 +181,14 @@ class _CinCensusParser:
         if self.skip_depth:
             self.skip_depth -= 1
             return
-        if name in ("Assessments", "ChildProtectionPlans"):
+        if name in ("Assessments", "ChildProtectionPlans", "Section47"):
             self.current = None
         elif name == "CINdetails":
-            self.emit()
-        elif name in CIN_FIELDS:
+            if self.unit == "Section47":
+                self.emit_section47()
+            else:
+                self.emit()
+        elif name in self.fields:
             value = "".join(self.buffer).strip() or None
             scope = self.scope_for()
             if name in CIN_REPEATED:
@@ -197,6 +223,15 @@ class _CinCensusParser:
             bad = any(s is not None and s.duplicated for s in scopes)
             self.rows.append(SourceRow(a.line, values, "element_repeated" if bad else None))
 
+    def emit_section47(self) -> None:
+        details = {k: v for k, v in self.details.values.items() if k != "DateOfInitialCPC"}
+        for enquiry in self.section47:
+            values: dict[str, Value] = {f: None for f in SECTION47_FIELDS}
+            for scope_values in (self.header.values, self.child.values, details, enquiry.values):
+                values.update({k: v for k, v in scope_values.items() if k in values})
+            bad = any(s.duplicated for s in (self.child, self.details, enquiry))
+            self.rows.append(SourceRow(enquiry.line, values, "element_repeated" if bad else None))
+
     def plan_for(self, assessment: _Scope) -> _Scope | None:
         if len(self.plans) <= 1:
             return self.plans[0] if self.plans else None
@@ -211,9 +246,12 @@ class _CinCensusParser:
         return max(started, key=lambda p: str(p.values["CPPstartDate"])) if started else None
 
 
-def read_cin_census_xml(path: Path, table: SourceTable) -> Iterator[SourceRow]:
-    """Rows of a children in need census XML file, streamed."""
-    p = _CinCensusParser(path)
+def read_cin_census_xml(
+    path: Path, table: SourceTable, unit: str = "Assessments"
+) -> Iterator[SourceRow]:
+    """Rows of a children in need census XML file, streamed: one per ``unit`` element
+    (``Assessments`` or ``Section47``)."""
+    p = _CinCensusParser(path, unit)
     with path.open("rb") as fh:
         while True:
             chunk = fh.read(XML_CHUNK_BYTES)

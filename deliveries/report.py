@@ -22,7 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deliveries.adapt import ADAPTED_DIR, DFE_FAILURES_FILE
+from deliveries.adapt import ADAPTED_DIR, DFE_FAILURES_FILE, SECTION47_FAILURES_FILE
+from deliveries.dfe_cin_rules import RULES as SECTION47_RULES
 from deliveries.dfe_rules import RULES
 from ground.db import connect, quote_ident
 from ground.run_layout import RunLayout
@@ -37,6 +38,7 @@ class AdaptedChecks:
 
     traced: dict[str, int] = field(default_factory=dict)
     dfe_failures: dict[str, int] = field(default_factory=dict)
+    section47_failures: dict[str, int] = field(default_factory=dict)
 
 
 def report_adapted_checks(*, data_dir: str | Path, layout: RunLayout) -> AdaptedChecks | None:
@@ -92,13 +94,31 @@ def report_adapted_checks(*, data_dir: str | Path, layout: RunLayout) -> Adapted
                 "SELECT rule, count(*) FROM validation.dfe_ssda903_failures GROUP BY rule"
             ).fetchall():
                 result.dfe_failures[str(code)] = int(n)
+        section47 = adapted / SECTION47_FAILURES_FILE
+        if section47.is_file():
+            con.execute(
+                "CREATE OR REPLACE TABLE validation.dfe_cin_section47_failures AS "
+                "SELECT * FROM read_csv(?, header=true, all_varchar=true)",
+                [str(section47)],
+            )
+            for code, n in con.execute(
+                "SELECT rule, count(*) FROM validation.dfe_cin_section47_failures GROUP BY rule"
+            ).fetchall():
+                result.section47_failures[str(code)] = int(n)
     finally:
         con.close()
-    _write_reports(result, layout, dfe_checked=(adapted / DFE_FAILURES_FILE).is_file())
+    _write_reports(
+        result,
+        layout,
+        dfe_checked=(adapted / DFE_FAILURES_FILE).is_file(),
+        section47_checked=(adapted / SECTION47_FAILURES_FILE).is_file(),
+    )
     return result
 
 
-def _write_reports(result: AdaptedChecks, layout: RunLayout, *, dfe_checked: bool) -> None:
+def _write_reports(
+    result: AdaptedChecks, layout: RunLayout, *, dfe_checked: bool, section47_checked: bool
+) -> None:
     lines = ["", "## Adapted delivery: quarantined rows traced to their source lines", ""]
     lines += ["| source | quarantined rows traced |", "|---|---:|"]
     lines += [f"| {s} | {n:,} |" for s, n in result.traced.items()]
@@ -124,6 +144,23 @@ def _write_reports(result: AdaptedChecks, layout: RunLayout, *, dfe_checked: boo
             for r in RULES
         ]
         lines += ["", "Each failing line: validation.dfe_ssda903_failures (linkage zone).", ""]
+    if section47_checked:
+        lines += [
+            "## DfE children in need census rules on Section 47 enquiries (reported; no contract "
+            "column takes an enquiry)",
+            "",
+            "| rule | message | lines failing |",
+            "|---|---|---:|",
+        ]
+        lines += [
+            f"| {r.code} | {r.message} | {result.section47_failures.get(r.code, 0):,} |"
+            for r in SECTION47_RULES
+        ]
+        lines += [
+            "",
+            "Each failing line: validation.dfe_cin_section47_failures (linkage zone).",
+            "",
+        ]
     report = layout.validation_dir / "dq_report.md"
     with report.open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines))

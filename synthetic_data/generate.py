@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,7 @@ import polars as pl
 from ground.errors import ConfigError
 from schemas.contracts import SOURCES
 from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
-from synthetic_data.layouts import LAYOUT_FILES, LAYOUT_SOURCES
-from synthetic_data.layouts import WRITERS as LAYOUT_WRITERS
+from synthetic_data.layouts import LAYOUT_FILES, layout_names, layout_writer
 from synthetic_data.scenario import Scenario, load_scenario, scenario_to_yaml
 from synthetic_data.world import (
     ADVERSITIES,
@@ -215,7 +214,7 @@ def _write_source(
     rng: np.random.Generator,
     file_format: FileFormat,
     out: Path,
-    layout: str | None = None,
+    layouts: tuple[str, ...] = (),
 ) -> tuple[str, int, list[tuple[str, str]]]:
     """Inject the source's defects and write its file; returns the source, its row count and
     its defect log (record id, defect)."""
@@ -223,8 +222,9 @@ def _write_source(
     c, defects, rows_out, malformed = _inject_defects(source, cols, sc, rng, file_format)
     for other in out.glob(f"{contract.file_stem}.*"):
         other.unlink()
-    if layout is not None and source in LAYOUT_SOURCES[layout]:  # a return layout instead
-        LAYOUT_WRITERS[source](_frame(c), rows_out, malformed, out)
+    layout_writes = layout_writer(layouts, source)
+    if layout_writes is not None:  # a return layout instead
+        layout_writes(_frame(c), rows_out, malformed, out)
         return source, rows_out.size, defects
     path = out / f"{contract.file_stem}.{file_format}"
     _write_extract(_frame(c), rows_out, malformed, path, file_format)
@@ -550,7 +550,7 @@ def generate_world(
     out_dir: str | Path,
     file_format: FileFormat = "csv",
     progress: Progress | None = None,
-    layout: str | None = None,
+    layout: str | Sequence[str] | None = None,
 ) -> SynthSummary:
     """Generate a synthetic world and write its seven extracts and ``truth/`` to ``out_dir``.
 
@@ -560,8 +560,7 @@ def generate_world(
         raise ConfigError(f"--children must be at least 100 (got {n_children})")
     if file_format not in ("csv", "parquet"):
         raise ConfigError(f"--format must be csv or parquet (got {file_format!r})")
-    if layout is not None and layout not in LAYOUT_SOURCES:
-        raise ConfigError(f"--layout must be one of {', '.join(LAYOUT_SOURCES)} (got {layout!r})")
+    layouts = layout_names(layout)  # the delivery's return layouts (ConfigError if wrong)
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     step = progress or (lambda msg: log.info("%s", msg))
     out = Path(out_dir)
@@ -609,7 +608,9 @@ def generate_world(
             )
             step(f"writing {source}")
             writes.append(
-                writer.submit(_write_source, source, source_cols, sc, rng, file_format, out, layout)
+                writer.submit(
+                    _write_source, source, source_cols, sc, rng, file_format, out, layouts
+                )
             )
             del source_cols, owner
             if source == "population_register":
@@ -635,7 +636,7 @@ def generate_world(
                 "seed": seed,
                 "n_children": n_children,
                 "format": file_format,
-                **({"layout": layout} if layout else {}),
+                **({"layouts": list(layouts)} if layouts else {}),
             },
             sort_keys=True,
         )

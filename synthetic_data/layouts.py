@@ -10,7 +10,8 @@ same defects) with sources in their return layouts instead of the native contrac
 * ``care_support_census`` as children in need census XML, one file per census year
   (``CIN_census_<year>.xml``: Header > CollectionDetails > ReferenceDate; each Child with its
   ChildIdentifiers, ChildCharacteristics > Disabilities, CINdetails > Assessments with their
-  factors, ChildProtectionPlans);
+  factors, Section47 (the enquiry before a protection plan: the world does not model its dates,
+  so it starts and its initial conference is held on the plan's first day), ChildProtectionPlans);
 * ``hospital_admissions`` (layout ``hes_apc``) as a HES admitted patient care extract of spells
   (``HES_APC_spells.csv``: EPIKEY, NEWNHSNO, DOB, SEX, HOMEADD, ADMIDATE, DISDATE, ADMIMETH,
   DIAG_4_01, DIAG_4_02, ICD-10 without the dot).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -40,11 +42,13 @@ from xml.sax.saxutils import escape
 import numpy as np
 import polars as pl
 
-LAYOUT_SOURCES = {
-    "ssda903": ("looked_after_episodes", "care_support_census"),
-    "hes_apc": ("hospital_admissions",),
-}
-LAYOUT_FILES = ("SSDA903_*.csv", "CIN_census_*.xml", "HES_APC_*.csv")
+from ground.errors import ConfigError
+from synthetic_data import layouts_health_education as health_education
+from synthetic_data import layouts_wales
+
+# a layout writer: the source's frame, the row order it is written in, which rows are malformed,
+# the output folder
+Writer = Callable[[pl.DataFrame, np.ndarray, np.ndarray, Path], None]
 
 SEX_903 = {"M": "1", "F": "2", "U": "0"}
 # CIN census assessment factors: "concerns about the parent(s) or carer(s)"
@@ -124,6 +128,13 @@ def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             w2.writerow([*line, "EXTRA"] if is_bad else line)
 
 
+def _is_iso_date(value: str | None) -> bool:
+    try:
+        return value is not None and len(value) == 10 and bool(date.fromisoformat(value))
+    except ValueError:
+        return False
+
+
 def _el(name: str, value: str | None, indent: str) -> str:
     return "" if value is None else f"{indent}<{name}>{escape(value)}</{name}>\n"
 
@@ -145,7 +156,17 @@ def write_cin_census(
             if r[col] == "1"
         )
         referral = _el("CINreferralDate", r["referral_date"], "      ")
-        plan = ""
+        plan = enquiry = ""
+        if _is_iso_date(r["child_protection_plan_start"]):
+            # the enquiry that led to the plan; the world does not model its own dates, so it
+            # starts, and its initial conference is held, on the plan's first day
+            enquiry = (
+                "      <Section47>\n"
+                + _el("S47ActualStartDate", r["child_protection_plan_start"], "        ")
+                + _el("DateOfInitialCPC", r["child_protection_plan_start"], "        ")
+                + "        <ICPCnotRequired>false</ICPCnotRequired>\n"
+                "      </Section47>\n"
+            )
         if r["child_protection_category"] is not None or r["child_protection_plan_start"]:
             plan = (
                 "      <ChildProtectionPlans>\n"
@@ -183,7 +204,7 @@ def write_cin_census(
             + "        <FactorsIdentifiedAtAssessment>\n"
             + factors
             + "        </FactorsIdentifiedAtAssessment>\n"
-            "      </Assessments>\n" + plan + "    </CINdetails>\n"
+            "      </Assessments>\n" + enquiry + plan + "    </CINdetails>\n"
             "  </Child>\n"
         )
     for year, children in by_year.items():
@@ -224,11 +245,85 @@ def write_hes_apc(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             w.writerow([*line, "EXTRA"] if is_bad else line)
 
 
-WRITERS = {
-    "looked_after_episodes": write_ssda903,
-    "care_support_census": write_cin_census,
-    "hospital_admissions": write_hes_apc,
+def rows_in_written_order(write_rows: Callable[[list[dict], np.ndarray, Path], None]) -> Writer:
+    """A writer of row dicts (already in the native file's order, with their malformed flags)
+    as a layout writer."""
+
+    def writer(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray, out: Path) -> None:
+        order, bad = _written_order(rows_out, malformed)
+        write_rows(df.gather(order).to_dicts(), bad, out)
+
+    return writer
+
+
+# Every layout the world can be written in: layout name -> source -> its writer. Two layouts
+# that write the same source (the English 903 and the Welsh looked-after return both write the
+# looked-after episodes) cannot be in one delivery.
+WRITERS: dict[str, dict[str, Writer]] = {
+    "ssda903": {
+        "looked_after_episodes": write_ssda903,
+        "care_support_census": write_cin_census,
+    },
+    "hes_apc": {"hospital_admissions": write_hes_apc},
+    "wales_lac": {"looked_after_episodes": rows_in_written_order(layouts_wales.write_wales_lac)},
+    "wales_crcs": {"care_support_census": rows_in_written_order(layouts_wales.write_crcs)},
+    "ecds": {"emergency_department": rows_in_written_order(health_education.write_ecds)},
+    "school_census": {"school_census": rows_in_written_order(health_education.write_school_census)},
+    "key_stages": {"attainment": rows_in_written_order(health_education.write_key_stages)},
 }
+# the files each layout writes (removed from the output folder before a world is written)
+WRITTEN_FILES: dict[str, tuple[str, ...]] = {
+    "ssda903": ("SSDA903_*.csv", "CIN_census_*.xml"),
+    "hes_apc": ("HES_APC_*.csv",),
+    "wales_lac": layouts_wales.LAC_FILES,
+    "wales_crcs": layouts_wales.CRCS_FILES,
+    "ecds": health_education.ECDS_FILES,
+    "school_census": health_education.SCHOOL_CENSUS_FILES,
+    "key_stages": health_education.KEY_STAGE_FILES,
+}
+LAYOUT_SOURCES = {name: tuple(writers) for name, writers in WRITERS.items()}
+LAYOUT_FILES = tuple(p for patterns in WRITTEN_FILES.values() for p in patterns)
+PRELINKED = "prelinked"  # not a return layout: the native world rewritten (write_prelinked)
+
+
+def layout_names(layouts: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The layouts of one delivery from ``--layout`` (a name, a comma list, or a list of names,
+    each possibly a comma list), checked: each known, none twice, no source written by two."""
+    given = [] if layouts is None else [layouts] if isinstance(layouts, str) else list(layouts)
+    if not given:
+        return ()
+    names = [n.strip() for item in given for n in item.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--layout: give a layout name")
+    known = [*WRITERS, PRELINKED]
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"--layout {n!r}: not a layout; known: {', '.join(known)}")
+    if PRELINKED in names and len(names) > 1:
+        raise ConfigError(
+            "--layout prelinked carries no identifiers and cannot be combined with a return "
+            "layout (which carries them); give it alone"
+        )
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--layout {','.join(names)}: a layout is named twice")
+    writer_of: dict[str, str] = {}
+    for n in names:
+        for source in WRITERS.get(n, {}):
+            if source in writer_of:
+                raise ConfigError(
+                    f"--layout {writer_of[source]} and {n} both write {source}; one delivery "
+                    "holds one of them (give one)"
+                )
+            writer_of[source] = n
+    return tuple(names)
+
+
+def layout_writer(layouts: Sequence[str], source: str) -> Writer | None:
+    """The writer of ``source`` in one of the delivery's layouts (None: written natively)."""
+    for name in layouts:
+        if source in WRITERS.get(name, {}):
+            return WRITERS[name][source]
+    return None
 
 
 # Pre-linked extracts (``cohort synth --layout prelinked``) -----------------------------------
@@ -271,7 +366,7 @@ def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SH
     a person with poor identifiers matches poorly everywhere); the identifiers
     removed, the date of birth replaced by its week. Rows and defects (malformed lines,
     duplicates) stay as they were. ``truth/provider_links.parquet`` records what was written;
-    delivery.json says ``"linkage": "provider"``."""
+    delivery.json says ``"linkage": "provider"`` and ``"layouts": ["prelinked"]``."""
     truth = pl.read_parquet(out / "truth" / "record_person.parquet")
     owner = {(s, r): int(p) for s, r, p in truth.iter_rows()}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
@@ -316,5 +411,5 @@ def write_prelinked(out: Path, seed: int, lower_share: float = PROVIDER_LOWER_SH
     ).write_parquet(out / "truth" / "provider_links.parquet", statistics=False)  # fmt: skip
     meta_path = out / "delivery.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta.update(layout="prelinked", linkage="provider")
+    meta.update(layouts=[PRELINKED], linkage="provider")
     meta_path.write_text(json.dumps(meta, sort_keys=True) + "\n", encoding="utf-8")

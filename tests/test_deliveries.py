@@ -305,6 +305,51 @@ def test_the_dfe_rules_report_every_planted_breach(layout_world: Path, tmp_path:
     assert all(len(v) <= 2 for v in extra.values()), extra
 
 
+def test_the_dfe_cin_rules_read_every_section47_enquiry_and_report_planted_breaches(
+    world: Path, layout_world: Path, tmp_path: Path
+) -> None:
+    """The CIN census's Section 47 enquiries are read (one per protection plan the world
+    records) and checked by the DfE's rules 2889, 8615 and 8839, not mapped: the clean delivery
+    fails none; each planted breach is found on its enquiry's line, and nothing else."""
+
+    def failures(source: Path, out: Path) -> tuple[int | None, dict[str, set[tuple[str, int]]]]:
+        summary = adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
+        found: dict[str, set[tuple[str, int]]] = {}
+        rows = pl.read_csv(out / "adapted" / "dfe_cin_section47_failures.csv", infer_schema=False)
+        for rule, file, line in rows.select("rule", "source_file", "source_line").rows():
+            found.setdefault(rule, set()).add((file, int(line)))
+        return summary.section47_enquiries, found
+
+    native = pl.read_csv(world / "care_support_census.csv", infer_schema=False)
+    plans = native["child_protection_plan_start"].str.contains(r"^\d{4}-\d{2}-\d{2}$").sum()
+    enquiries, clean = failures(layout_world, tmp_path / "clean")
+    assert enquiries == plans > 0
+    assert clean == {}
+    source = tmp_path / "delivery"
+    shutil.copytree(layout_world, source, ignore=shutil.ignore_patterns("truth"))
+    census = max(source.glob("CIN_census_*.xml"), key=lambda p: p.read_text().count("<Section47>"))
+    lines = census.read_text().splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if "<Section47>" in line]
+    assert len(at) >= 3 and "<S47ActualStartDate>" in lines[at[0] + 1]
+    # 2889: the enquiry starts before the referral; 8615: after its initial conference
+    lines[at[0] + 1] = "        <S47ActualStartDate>1990-01-01</S47ActualStartDate>\n"
+    lines[at[1] + 1] = "        <S47ActualStartDate>2099-01-01</S47ActualStartDate>\n"
+    # 8839: two open enquiries (no conference, not marked not required) in one CINdetails
+    start, end = at[2], at[2] + 4
+    assert "</Section47>" in lines[end]
+    open_enquiry = [lines[start], lines[start + 1], lines[start + 3], lines[end]]
+    lines[start : end + 1] = open_enquiry + open_enquiry
+    census.write_text("".join(lines))
+    enquiries, found = failures(source, tmp_path / "planted")
+    assert enquiries == plans + 1
+    name = census.name
+    assert found == {
+        "2889": {(name, at[0] + 1)},
+        "8615": {(name, at[1] + 1)},
+        "8839": {(name, at[2] + 1), (name, at[2] + 5)},
+    }
+
+
 def _cohort_tables(run: Path) -> dict[str, pl.DataFrame]:
     import duckdb
 
@@ -406,6 +451,7 @@ def test_the_dfe_failures_and_traced_quarantine_reach_the_data_quality_report(
         assert checks.dfe_failures.get(rule, 0) >= 1, rule
     report = (run.validation_dir / "dq_report.md").read_text(encoding="utf-8")
     assert report.index("## looked_after_episodes") < report.index("## DfE SSDA903 validation")
+    assert "## DfE children in need census rules on Section 47 enquiries" in report
     assert "| 146 | Episodes | Placement type code is not a valid code. |" in report
     for source_name in SOCIAL_CARE:
         assert checks.traced[source_name] == summary.sources[source_name].rows_quarantined

@@ -31,13 +31,16 @@ def command(
         str, typer.Option("--format", help="Extract file format: csv or parquet.")
     ] = "csv",
     layout: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--layout",
-            help="Write sources in a delivery layout instead of the native extracts (ssda903: "
+            help="Write sources in delivery layouts instead of the native extracts (ssda903: "
             "SSDA903 CSVs + CIN census XML; hes_apc: HES admitted patient care spells; "
-            "`cohort adapt` reads them) or pre-linked (prelinked: provider person ids and match "
-            "quality, no identifiers; validate/run read it as it is).",
+            "wales_lac: the Welsh looked-after children census; wales_crcs: the Welsh children "
+            "receiving care and support census; repeat --layout or give a comma list for "
+            "several, each writing different sources; `cohort adapt` reads them) or pre-linked "
+            "(prelinked, alone: provider person ids and match quality, no identifiers; "
+            "validate/run read it as it is).",
         ),
     ] = None,
 ) -> None:
@@ -51,6 +54,7 @@ def command(
 
     from ground.errors import ConfigError
     from synthetic_data import generate_world
+    from synthetic_data.layouts import PRELINKED, layout_names
 
     # checked before any work or any file is written
     if not MIN_CHILDREN <= children <= MAX_CHILDREN:
@@ -59,7 +63,8 @@ def command(
         )
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED}")
-    prelinked = layout == "prelinked"  # the native world, then rewritten as pre-linked
+    layouts = layout_names(layout)  # known, and no source written by two of them
+    prelinked = layouts == (PRELINKED,)  # the native world, then rewritten as pre-linked
     if prelinked and file_format != "csv":
         raise ConfigError("--layout prelinked writes CSV extracts: leave --format at csv")
     if out.exists() and not out.is_dir():
@@ -80,7 +85,7 @@ def command(
                 out_dir=out,
                 file_format=file_format,  # type: ignore[arg-type]
                 progress=lambda msg: bar.update(task, description=msg),
-                layout=None if prelinked else layout,
+                layout=None if prelinked else layouts,
             )
             if prelinked:
                 from synthetic_data.layouts import write_prelinked
