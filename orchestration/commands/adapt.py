@@ -20,7 +20,8 @@ def command(
         list[str] | None,
         typer.Option(
             "--layout",
-            help="A shipped layout (ssda903, hes_apc, wales_lac, wales_crcs) or a layout YAML; "
+            help="A shipped layout (ssda903, hes_apc, wales_lac, wales_crcs, ecds, school_census, "
+            "key_stages) or a layout YAML; "
             "repeat it (or give a comma list) for a delivery holding several; default: the "
             "layouts delivery.json declares, else the shipped layouts whose files are in "
             "--source.",

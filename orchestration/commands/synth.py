@@ -37,7 +37,9 @@ def command(
             help="Write sources in delivery layouts instead of the native extracts (ssda903: "
             "SSDA903 CSVs + CIN census XML; hes_apc: HES admitted patient care spells; "
             "wales_lac: the Welsh looked-after children census; wales_crcs: the Welsh children "
-            "receiving care and support census; repeat --layout or give a comma list for "
+            "receiving care and support census; ecds: emergency department attendances; "
+            "school_census: the DfE school census pupil extract; key_stages: NPD KS2/KS4 pupil "
+            "files; repeat --layout or give a comma list for "
             "several, each writing different sources; `cohort adapt` reads them) or pre-linked "
             "(prelinked, alone: provider person ids and match quality, no identifiers; "
             "validate/run read it as it is).",
