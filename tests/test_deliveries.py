@@ -216,6 +216,7 @@ def test_a_delivery_missing_a_declared_column_stops_with_nothing_written(
         adapt_delivery(source_dir=source, out_dir=out, layout=load_layout("ssda903"))
     assert "DATE_COMMENCED" not in str(err.value)  # header cells are never echoed
     assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder
 
 
 def test_cohort_adapt_prints_one_line_and_exits_2(layout_world: Path, tmp_path: Path) -> None:
