@@ -21,7 +21,10 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,8 +121,57 @@ DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_ip
 GMETHOD_ESTIMATORS = (*DEFAULT_METHOD, "hazard_by_years_since_entry")
 
 
+# control weights truncated at these percentiles (SequentialTrialEmulation's
+# ``truncate_percentile``, not an option of the declared analysis): truncation's bias, measured
+TRUNCATION_PERCENTILES = (99.0, 95.0)
+
+
+@contextmanager
+def trials_truncated_at(percentile: float) -> Iterator[None]:
+    """Within the block the study's ``sequential_trials`` estimator fits with its control
+    weights truncated at ``percentile`` (it builds ``models.gmethods.SequentialTrialEmulation``
+    when it fits, so the class is swapped for one with the cap set)."""
+    import models.gmethods as gm
+
+    original = gm.SequentialTrialEmulation
+
+    class Truncated(original):  # type: ignore[valid-type,misc]
+        def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False):
+            super().__init__(replicates, seed, augment, truncate_percentile=percentile)
+
+    gm.SequentialTrialEmulation = Truncated  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        gm.SequentialTrialEmulation = original  # type: ignore[misc]
+
+
+def truncated_trials(cohort: Any) -> pd.DataFrame:
+    """The declared trial emulation refitted with its control weights truncated at each of
+    :data:`TRUNCATION_PERCENTILES` (method ``trial_emulation_trunc<p>``)."""
+    from models.run import run_analyses
+    from models.settings import ModelSettings
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    trials = next(a for a in DEFAULT_ANALYSES if a.estimator == "sequential_trials")
+    parts = []
+    for pct in TRUNCATION_PERCENTILES:
+        method = f"{trials.options.get('method', 'trial_emulation')}_trunc{pct:g}"
+        a = trials.model_copy(
+            update={
+                "name": f"{trials.name}_trunc{pct:g}",
+                "options": {**trials.options, "method": method},
+            }
+        )
+        with trials_truncated_at(pct):
+            fitted = run_analyses(cohort, [a], ModelSettings())
+        parts.append(fitted.estimates.assign(analysis=fitted.row_analysis))
+    return pd.concat(parts, ignore_index=True)
+
+
 def score_seed(base: Path) -> pd.DataFrame:
-    """Fit :func:`scored_analyses` on one kept cohort and score them against its truth."""
+    """Fit :func:`scored_analyses` (and :func:`truncated_trials`) on one kept cohort and score
+    them against its truth."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData
     from models.run import load_cohort, run_analyses
@@ -128,7 +180,10 @@ def score_seed(base: Path) -> pd.DataFrame:
     children, pt, sy = load_cohort(RunLayout.at(base / "run"))
     cohort = CohortData(children, pt, sy)
     fitted = run_analyses(cohort, scored_analyses(), ModelSettings())
-    est = fitted.estimates.assign(analysis=fitted.row_analysis)
+    est = pd.concat(
+        [fitted.estimates.assign(analysis=fitted.row_analysis), truncated_trials(cohort)],
+        ignore_index=True,
+    )
     return score(est, truth_table(base / "world" / "truth"))
 
 

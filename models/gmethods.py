@@ -229,7 +229,13 @@ class SequentialTrialEmulation:
     so a control's appearance in several trials is accounted for.
     """
 
-    def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False) -> None:
+    def __init__(
+        self,
+        replicates: int = 0,
+        seed: int = 20240601,
+        augment: bool = False,
+        truncate_percentile: float | None = None,
+    ) -> None:
         # augment: doubly robust; the outcome's linear model on the entry model's design, fitted
         # in the controls with their weights, is subtracted from every outcome before the
         # weighted contrast (consistent if either model is right, and far less dependent on the
@@ -237,6 +243,15 @@ class SequentialTrialEmulation:
         self.augment = augment
         self.replicates = max(replicates, 100) if augment else replicates
         self.seed = seed
+        # truncate_percentile: every control row's weight capped at this percentile of the
+        # positive control weights (recomputed in each bootstrap replicate). Trades the variance
+        # of the few children with weights in the hundreds for a bias towards the
+        # baseline-only answer (docs/gmethods.md measures it); None: no cap
+        if truncate_percentile is not None and not 50 <= truncate_percentile < 100:
+            raise ValueError(
+                f"truncate_percentile must be in [50, 100) (got {truncate_percentile})"
+            )
+        self.truncate_percentile = truncate_percentile
 
     def fit(
         self,
@@ -293,7 +308,7 @@ class SequentialTrialEmulation:
         self.coef_ = pd.Series(beta, index=self.columns_)
 
         def estimates(counts: np.ndarray, b: np.ndarray) -> dict[str, tuple[float, pd.DataFrame]]:
-            w = self._control_weights(x, b, off, child, ctrl) * counts[child]
+            w = self._truncated(self._control_weights(x, b, off, child, ctrl)) * counts[child]
             nt = np.bincount(trial, weights=a * counts[child], minlength=trial.max() + 1)
             wsum = np.bincount(trial, weights=w, minlength=trial.max() + 1)
             out = {}
@@ -318,7 +333,9 @@ class SequentialTrialEmulation:
             return out
 
         full = estimates(np.ones(n_children), beta)
-        w_full = self._control_weights(x, beta, off, child, ctrl)
+        w_raw = self._control_weights(x, beta, off, child, ctrl)
+        cap = self._cap(w_raw)
+        w_full = np.minimum(w_raw, cap)
         boot: dict[str, list[float]] = {name: [] for name in outcomes}
         rng = np.random.default_rng(self.seed)
         for _ in range(self.replicates):
@@ -337,7 +354,7 @@ class SequentialTrialEmulation:
             if self.replicates > 0:
                 se = float(np.std(reps, ddof=1)) if len(reps) >= 20 else float("nan")
             else:
-                se = _sandwich_se(x, a, off, beta, child, ctrl, trial, outcomes[name], att)
+                se = _sandwich_se(x, a, off, beta, child, ctrl, trial, outcomes[name], att, cap)
             warnings = []
             dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
             if dropped:
@@ -349,6 +366,15 @@ class SequentialTrialEmulation:
             results[name] = TrialResult(att, se, n_treated, n_ctrl_children, tab, warnings)
         self.control_weights_ = w_full
         return results
+
+    def _cap(self, w: np.ndarray) -> float:
+        """The largest control weight kept: ``truncate_percentile`` of the positive weights."""
+        if self.truncate_percentile is None or not np.any(w > 0):
+            return float("inf")
+        return float(np.percentile(w[w > 0], self.truncate_percentile))
+
+    def _truncated(self, w: np.ndarray) -> np.ndarray:
+        return np.minimum(w, self._cap(w))
 
     @staticmethod
     def _control_weights(
@@ -383,6 +409,7 @@ def _sandwich_se(
     trial: np.ndarray,
     y_child: np.ndarray,
     att: float,
+    cap: float = float("inf"),
 ) -> float:
     """Child-clustered sandwich (influence-function) standard error of the pooled ATT, the
     entry model's estimation included (stacked estimating equations, linearised).
@@ -391,7 +418,8 @@ def _sandwich_se(
     trial); a child's influence is its own entrant term, its weight in every trial it is a
     control in, and through the entry model's coefficients (score times the inverse
     information) the change of every control weight, ``d log w_k / d beta = (dp_k / p_k) x_k +
-    sum_{j >= k} exp(eta_j) x_j``."""
+    sum_{j >= k} exp(eta_j) x_j``. A weight truncated at ``cap`` is held there (no gradient;
+    the cap itself is treated as fixed)."""
     eta = np.clip(x @ beta + off, -30, 5)
     e = np.exp(eta)
     p = np.clip(-np.expm1(-e), 1e-9, 1 - 1e-9)
@@ -405,6 +433,9 @@ def _sandwich_se(
     log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
     w = np.where(ctrl, p * np.exp(-log_s), 0.0)
     dlogw = x * (d / p)[:, None] + rev
+    capped = w > cap
+    w = np.minimum(w, cap)
+    dlogw[capped] = 0.0
     n_k = np.bincount(trial, weights=a)
     w_k = np.bincount(trial, weights=w, minlength=len(n_k))
     ok = (n_k > 0) & (w_k > 0)
