@@ -362,6 +362,14 @@ class SequentialTrialEmulation:
             ess = _effective_sample_size(w_full)
             if ess < 50:
                 warnings.append(f"control weights' effective sample size {ess:.0f} < 50")
+            elif ess < 0.2 * n_ctrl_children:
+                # the comparators' weight sits on a few children: "never in care" is nearly
+                # impossible for some entrants (a practical positivity violation, biased low
+                # under the world's time-varying confounding: docs/gmethods.md section 5)
+                warnings.append(
+                    f"control weights' effective sample size {ess:.0f} of {n_ctrl_children} "
+                    "control children: few comparators stand in for many entrants"
+                )
             tab = tab.assign(control_effective_size=ess)
             results[name] = TrialResult(att, se, n_treated, n_ctrl_children, tab, warnings)
         self.control_weights_ = w_full
