@@ -4,6 +4,7 @@
         [--children 20000] [--workdir /work/logs/h8/worlds]
     uv run --locked python benchmarks/gmethods_coverage.py score --scenario S [--children 20000]
         [--workdir ...] [--out coverage_out]
+    uv run --locked python benchmarks/gmethods_coverage.py score-msm ...   (only the hazard MSM)
 
 ``prepare`` runs ``synth -> validate (no Great Expectations) -> link -> build`` once per seed and
 keeps the world and the built run (``WORKDIR/gm_<scenario>_<children>_<seed>/``): the model
@@ -21,7 +22,10 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,8 +122,109 @@ DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_ip
 GMETHOD_ESTIMATORS = (*DEFAULT_METHOD, "hazard_by_years_since_entry")
 
 
+# control weights truncated at these percentiles (SequentialTrialEmulation's
+# ``truncate_percentile``, not an option of the declared analysis): truncation's bias, measured
+TRUNCATION_PERCENTILES = (99.0, 95.0)
+
+
+@contextmanager
+def trials_truncated_at(percentile: float) -> Iterator[None]:
+    """Within the block the study's ``sequential_trials`` estimator fits with its control
+    weights truncated at ``percentile`` (it builds ``models.gmethods.SequentialTrialEmulation``
+    when it fits, so the class is swapped for one with the cap set)."""
+    import models.gmethods as gm
+
+    original = gm.SequentialTrialEmulation
+
+    class Truncated(original):  # type: ignore[valid-type,misc]
+        def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False):
+            super().__init__(replicates, seed, augment, truncate_percentile=percentile)
+
+    gm.SequentialTrialEmulation = Truncated  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        gm.SequentialTrialEmulation = original  # type: ignore[misc]
+
+
+def truncated_trials(cohort: Any) -> pd.DataFrame:
+    """The declared trial emulation refitted with its control weights truncated at each of
+    :data:`TRUNCATION_PERCENTILES` (method ``trial_emulation_trunc<p>``)."""
+    from models.run import run_analyses
+    from models.settings import ModelSettings
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    trials = next(a for a in DEFAULT_ANALYSES if a.estimator == "sequential_trials")
+    parts = []
+    for pct in TRUNCATION_PERCENTILES:
+        method = f"{trials.options.get('method', 'trial_emulation')}_trunc{pct:g}"
+        a = trials.model_copy(
+            update={
+                "name": f"{trials.name}_trunc{pct:g}",
+                "options": {**trials.options, "method": method},
+            }
+        )
+        with trials_truncated_at(pct):
+            fitted = run_analyses(cohort, [a], ModelSettings())
+        parts.append(fitted.estimates.assign(analysis=fitted.row_analysis))
+    return pd.concat(parts, ignore_index=True)
+
+
+HAZARD_MSM_OUTCOMES = (
+    "self_harm",
+    "emergency_admission",
+    "mental_health_admission",
+    "dental_caries",
+)
+
+
+def hazard_msm_rows(cohort: Any) -> pd.DataFrame:
+    """:func:`models.gmethods.hazard_msm` (not yet a declared analysis: its estimator wrapper
+    belongs in models/estimators.py) for each of :data:`HAZARD_MSM_OUTCOMES`, with the
+    time-varying confounders (method ``msm_iptw_hazard``) and without them
+    (``msm_iptw_hazard_baseline_only``), on the survival models' covariates; rows shaped like
+    results/estimates.csv (contrast ``cla_vs_nla``, scale ``hazard_ratio``)."""
+    from models.gmethods import TIME_VARYING_CONFOUNDERS, hazard_msm
+    from models.propensity import design_matrix
+    from models.settings import ModelSettings
+
+    s = ModelSettings()
+    kids = cohort.children.reset_index(drop=True)
+    x = design_matrix(kids, s.survival_covariates, s.categorical)
+    rows = []
+    for outcome in HAZARD_MSM_OUTCOMES:
+        for method, conf in (
+            ("msm_iptw_hazard", TIME_VARYING_CONFOUNDERS),
+            ("msm_iptw_hazard_baseline_only", ()),
+        ):
+            r = hazard_msm(cohort.person_time, kids, x, conf, outcome)
+            rows.append(
+                {
+                    "outcome": outcome,
+                    "contrast": "cla_vs_nla",
+                    "method": method,
+                    "scale": "hazard_ratio",
+                    "estimate": r.hazard_ratio,
+                    "ci_low": r.ci[0],
+                    "ci_high": r.ci[1],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def score_hazard_msm(base: Path) -> pd.DataFrame:
+    """Only :func:`hazard_msm_rows` on one kept cohort, scored (seconds, not minutes)."""
+    from ground.run_layout import RunLayout
+    from models.estimators import CohortData
+    from models.run import load_cohort
+
+    cohort = CohortData(*load_cohort(RunLayout.at(base / "run")))
+    return score(hazard_msm_rows(cohort), truth_table(base / "world" / "truth"))
+
+
 def score_seed(base: Path) -> pd.DataFrame:
-    """Fit :func:`scored_analyses` on one kept cohort and score them against its truth."""
+    """Fit :func:`scored_analyses` (and :func:`truncated_trials`) on one kept cohort and score
+    them against its truth."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData
     from models.run import load_cohort, run_analyses
@@ -128,7 +233,14 @@ def score_seed(base: Path) -> pd.DataFrame:
     children, pt, sy = load_cohort(RunLayout.at(base / "run"))
     cohort = CohortData(children, pt, sy)
     fitted = run_analyses(cohort, scored_analyses(), ModelSettings())
-    est = fitted.estimates.assign(analysis=fitted.row_analysis)
+    est = pd.concat(
+        [
+            fitted.estimates.assign(analysis=fitted.row_analysis),
+            truncated_trials(cohort),
+            hazard_msm_rows(cohort),
+        ],
+        ignore_index=True,
+    )
     return score(est, truth_table(base / "world" / "truth"))
 
 
@@ -176,12 +288,13 @@ def score_main(a: argparse.Namespace, workdir: Path) -> None:
         if not (base / "built").exists():
             continue
         t0 = time.perf_counter()
-        rows.append(score_seed(base).assign(seed=seed))
+        scorer = score_hazard_msm if a.command == "score-msm" else score_seed
+        rows.append(scorer(base).assign(seed=seed))
         sys.stderr.write(f"scored seed {seed}: {time.perf_counter() - t0:.0f} s\n")
     if not rows:
         raise SystemExit(f"no prepared seeds in {workdir} for {a.scenario} at {a.children}")
     r = pd.concat(rows, ignore_index=True)
-    name = f"gmethods_{a.scenario}_{a.children}"
+    name = f"gmethods_{a.scenario}_{a.children}" + ("_msm" if a.command == "score-msm" else "")
     (out / f"{name}.json").write_text(r.to_json(orient="records", indent=1), encoding="utf-8")
     table = summary_table(r)
     text = (
@@ -228,7 +341,7 @@ def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["prepare", "score", "time"])
+    p.add_argument("command", choices=["prepare", "score", "score-msm", "time"])
     p.add_argument("--scenario", default="time_varying_confounding")
     p.add_argument("--seeds", default="1-20")
     p.add_argument("--children", type=int, default=20_000)

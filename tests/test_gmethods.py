@@ -267,3 +267,109 @@ def test_years_since_entry_figure_is_drawn_from_the_msm_rows(tmp_path) -> None: 
     path = tmp_path / "absence_by_years_since_entry.png"
     assert years_since_entry_figure(rows, path) and path.stat().st_size > 1000
     assert not years_since_entry_figure(rows.assign(method="gee"), tmp_path / "none.png")
+
+
+def simulate_hazard(
+    n: int, seed: int, log_hr: float = float(np.log(1.6))
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Children in need followed 8 years from referral (cohort.children's and
+    cohort.person_time's columns that :func:`models.gmethods.hazard_msm` reads). A factor
+    recorded at a yearly review (L, kept once recorded) multiplies the entry-to-care hazard by
+    e and the outcome hazard by 2; care multiplies the outcome hazard by ``exp(log_hr)`` and
+    does not change L, so the marginal structural HR is ``exp(log_hr)`` (up to
+    non-collapsibility, small here: about 8% of children have an event per 2% yearly hazard).
+    """
+    rng = np.random.default_rng(seed)
+    years = 8
+    index = pd.Timestamp("2012-01-01") + pd.to_timedelta(rng.integers(0, 2000, n), unit="D")
+    b = rng.binomial(1, 0.4, n).astype(float)
+    u = rng.normal(size=n)
+    exp_entry, exp_event = rng.exponential(size=n), rng.exponential(size=n)
+    cum_e, cum_y = np.zeros(n), np.zeros(n)
+    entry, event = np.full(n, np.nan), np.full(n, np.nan)
+    recorded = np.zeros(n)
+    rows = []
+    for k in range(years):
+        t0 = 365 * k
+        rate_e = 0.08 * np.exp(0.4 * b + 1.0 * recorded)
+        live = np.isnan(entry)
+        reach = live & (cum_e + rate_e >= exp_entry)
+        day_e = t0 + np.maximum(np.floor((exp_entry - cum_e) / rate_e * 365), 1)
+        entry = np.where(reach, day_e, entry)
+        cum_e = cum_e + np.where(live, rate_e, 0.0)
+        base = 0.02 * np.exp(0.7 * recorded + 0.5 * b)
+        cut = np.where(np.isfinite(entry) & (entry > t0) & (entry < t0 + 365), entry, np.nan)
+        in_care = np.isfinite(entry) & (entry <= t0)
+        pieces = (
+            (np.full(n, float(t0)), np.where(np.isnan(cut), t0 + 365.0, cut), in_care),
+            (cut, np.where(np.isnan(cut), np.nan, t0 + 365.0), np.ones(n, bool)),
+        )
+        for lo, hi, la in pieces:
+            ok = np.isfinite(lo) & np.isnan(event)
+            h = base * np.exp(log_hr * la)
+            dt = np.where(ok, (hi - lo) / 365, 0.0)
+            hit = ok & (cum_y + h * dt >= exp_event)
+            day = np.minimum(lo + np.maximum(np.ceil((exp_event - cum_y) / h * 365), 1), hi)
+            stop = np.where(hit, day, hi)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "c": np.flatnonzero(ok),
+                        "start_day": lo[ok].astype(int),
+                        "stop_day": stop[ok].astype(int),
+                        "looked_after": la[ok].astype(int),
+                        "event": hit[ok].astype(int),
+                        "new_factors_recorded": recorded[ok],
+                    }
+                )
+            )
+            event = np.where(hit, day, event)
+            cum_y = cum_y + np.where(ok & ~hit, h * dt, 0.0)
+        # the review at the end of the year may record a factor
+        recorded = np.maximum(recorded, rng.uniform(size=n) < 0.12 * np.exp(0.5 * u))
+    keys = np.array([f"c{i}" for i in range(n)])
+    pt = pd.concat(rows, ignore_index=True)
+    pt = pt[pt["stop_day"] > pt["start_day"]]
+    pt = (
+        pt.assign(person_key=keys[pt["c"].to_numpy()], outcome="self_harm", new_protection_plan=0.0)
+        .drop(columns="c")
+        .sort_values(["person_key", "start_day"])
+        .reset_index(drop=True)
+    )
+    followed = np.where(np.isfinite(event), event, 365.0 * years)
+    children = pd.DataFrame(
+        {
+            "person_key": keys,
+            "index_date": index,
+            "age_at_index": rng.uniform(4, 10, n),
+            "care_entry_date": index + pd.to_timedelta(entry, unit="D"),
+            "followup_end": index + pd.to_timedelta(followed, unit="D"),
+            "b": b,
+        }
+    )
+    return children, pt
+
+
+def test_hazard_msm_finds_the_hazard_ratio_where_baseline_weights_do_not() -> None:
+    """Truth check of the IPW marginal structural hazard model over 8 simulated cohorts of
+    6,000 (about 1,650 events each): with the recorded factor in the weights the mean log-HR
+    bias is under 0.06 (measured 2026-12-02: +0.011, MC SE 0.018, SD/SE 0.92) and at least 6
+    of 8 intervals cover; with baseline-only weights it is over 0.06 (measured +0.100: the
+    confounding the weights remove). Shown failing with the weights' year factors set to 1
+    (bias +0.100)."""
+    from models.gmethods import hazard_msm
+
+    truth = float(np.log(1.6))
+    err: dict[tuple[str, ...], list[float]] = {CONFOUNDERS[:1]: [], (): []}
+    covers = 0
+    for seed in range(8):
+        children, pt = simulate_hazard(6_000, 500 + seed)
+        for confounders in err:
+            r = hazard_msm(pt, children, children[["b"]], confounders, "self_harm")
+            err[confounders].append(np.log(r.hazard_ratio) - truth)
+            if confounders:
+                covers += abs(np.log(r.hazard_ratio) - truth) < 1.96 * r.log_hr_se
+    weighted, baseline_only = np.mean(err[CONFOUNDERS[:1]]), np.mean(err[()])
+    assert abs(weighted) < 0.06, err
+    assert covers >= 6, err
+    assert baseline_only > 0.06, err
