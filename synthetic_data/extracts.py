@@ -9,9 +9,7 @@ missing pupil and health numbers follow from the person's history and are not.
 
 Text columns are polars String series from the start: most are a small table (dates, codes,
 names) gathered by an integer index, so ten million rows never become ten million Python
-strings. The school census's counts, years and flags stay integers (``_count``) until written,
-and its repetitive text columns (codes, areas, schools, dates of birth) are Categorical
-(``coded``).
+strings. The school census's counts, years and flags stay integers (``_count``) until written.
 Noise and defects touch a few per cent of rows and are scattered back in place.
 """
 
@@ -61,16 +59,6 @@ def text(table: Sequence[str | None] | np.ndarray | pl.Series, index: np.ndarray
     return t.gather(np.asarray(index, dtype=np.int64))
 
 
-def coded(table: Sequence[str | None] | pl.Series, index: np.ndarray) -> pl.Series:
-    """``text(table, index)`` as a Categorical series: 4 bytes a row instead of a 16-byte
-    string view. For the school census's repetitive columns (ten million rows at 1M: about
-    1 GB less at the generator's peak). Written as the same text: the CSV writer prints the
-    values and a parquet extract casts them to String (``generate._write_extract``); a defect
-    scattered in (a code outside the list, a placeholder date) becomes one more category."""
-    t = table if isinstance(table, pl.Series) else pl.Series(list(table), dtype=pl.String)
-    return text(t.cast(pl.Categorical), index)
-
-
 def pick(s: pl.Series, rows: np.ndarray) -> pl.Series:
     """The rows of ``s`` chosen by a boolean mask or by integer positions."""
     rows = np.asarray(rows)
@@ -93,27 +81,22 @@ def _format_ints(x: np.ndarray, width: int, prefix: str) -> pl.Series:
     return s
 
 
-def fmt_int(
-    x: np.ndarray, width: int = 0, prefix: str = "", *, categorical: bool = False
-) -> pl.Series:
+def fmt_int(x: np.ndarray, width: int = 0, prefix: str = "") -> pl.Series:
     """Non-negative integers as text, zero-padded to ``width`` (what "%0<width>d" gives).
 
     Where the values span a small range (years, counts, codes) the distinct values are
-    formatted once and gathered (as a Categorical series with ``categorical``: see
-    :func:`coded`)."""
+    formatted once and gathered."""
     x = np.asarray(x, dtype=np.int64)
     if x.size > 10_000:
         lo, hi = int(x.min()), int(x.max())
         if hi - lo < x.size // 10:
-            table = _format_ints(np.arange(lo, hi + 1, dtype=np.int64), width, prefix)
-            return (coded if categorical else text)(table, x - lo)
+            return text(_format_ints(np.arange(lo, hi + 1, dtype=np.int64), width, prefix), x - lo)
     return _format_ints(x, width, prefix)
 
 
-def iso(days: np.ndarray, *, categorical: bool = False) -> pl.Series:
+def iso(days: np.ndarray) -> pl.Series:
     """ISO date strings; -1 (or any negative day) becomes null. Each distinct day in the
-    range is formatted once and gathered (as a Categorical series with ``categorical``: see
-    :func:`coded`)."""
+    range is formatted once and gathered."""
     d = np.asarray(days, dtype=np.int64)
     valid = d >= 0
     if not valid.any():
@@ -122,7 +105,7 @@ def iso(days: np.ndarray, *, categorical: bool = False) -> pl.Series:
     table = pl.Series(np.arange(lo, hi + 2, dtype=np.int64)).cast(pl.Int32).cast(pl.Date)
     table = table.cast(pl.String)
     table[hi - lo + 1] = None  # the last slot stands for "no date"
-    return (coded if categorical else text)(table, np.where(valid, d - lo, hi - lo + 1))
+    return table.gather(np.where(valid, d - lo, hi - lo + 1))
 
 
 def _bool(x: np.ndarray) -> pl.Series:
@@ -468,11 +451,11 @@ def _school_census(
     # random draws keep one fixed order.
     col: dict[str, pl.Series] = {"record_id": _record_ids("SC", m)}
     res = w.residence_at(person, cday)
-    col["area_code"] = fmt_int(w.res_area[res], 7, "A", categorical=True)
-    col["la_code"] = coded(LA_CODES, w.res_la[res])
+    col["area_code"] = fmt_int(w.res_area[res], 7, "A")
+    col["la_code"] = text(LA_CODES, w.res_la[res])
     phase = np.where(ayv - reception[person] >= 7, 2, 1)
     school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
-    col["school_id"] = fmt_int(school, 7, "S", categorical=True)
+    col["school_id"] = fmt_int(school, 7, "S")
     col["academic_year"] = _count(ayv)
     del res, school
     care_share, since = school_year_care(w, person, ayv)
@@ -489,7 +472,7 @@ def _school_census(
         rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
     )
     sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
-    col["special_needs"] = coded(
+    col["special_needs"] = text(
         ["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0)
     )
     del sen_p
@@ -531,10 +514,10 @@ def _school_census(
     col["upn"] = ids.upn.gather(person)
     col["first_name"] = ids.first.gather(person)
     col["surname"] = ids.surname_at(person, cday)
-    col["date_of_birth"] = iso(w.birth[person], categorical=True)
-    col["sex"] = coded(["F", "M"], w.sex_male[person].astype(np.int64))
+    col["date_of_birth"] = iso(w.birth[person])
+    col["sex"] = _sex(w.sex_male[person])
     col["deprivation_decile"] = _count(w.decile[person])
-    col["ethnicity"] = coded(ETH_CODES, w.ethnicity[person])
+    col["ethnicity"] = text(ETH_CODES, w.ethnicity[person])
     cols = {name: col.pop(name) for name in SOURCES["school_census"].column_names}
     apply_name_noise(cols, "school_census", sc, rng, nlog, (ids, person, cday))
     return cols, person
