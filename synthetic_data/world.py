@@ -224,10 +224,19 @@ EVENT_KINDS = (
 
 
 def _calibrate_intercept(lp: np.ndarray, target: float) -> float:
+    """The intercept ``a`` at which the mean of ``expit(a + lp)`` is ``target`` (bisection).
+    Each step computes ``expit(mid + lp)`` exactly as :func:`expit` does, in one reused
+    buffer: forty steps on a million children otherwise allocate and fault in 200 arrays."""
     lo, hi = -20.0, 20.0
+    buf = np.empty_like(lp, dtype=np.float64)
     for _ in range(40):
         mid = (lo + hi) / 2
-        if expit(mid + lp).mean() > target:
+        np.add(mid, lp, out=buf)
+        np.negative(buf, out=buf)
+        np.exp(buf, out=buf)
+        np.add(1.0, buf, out=buf)
+        np.divide(1.0, buf, out=buf)
+        if buf.mean() > target:
             hi = mid
         else:
             lo = mid
@@ -273,8 +282,8 @@ def build_people(n: int, sc: Scenario, rng: np.random.Generator) -> World:
     loading = sc.adversity.family_risk_loading
     adversity = np.zeros((n, 5), bool)
     onset = np.full((n, 5), -1, np.int64)
+    lp = loading * family_risk
     for k, target in enumerate(prev):
-        lp = loading * family_risk
         a = _calibrate_intercept(lp, target)
         has = rng.random(n) < expit(a + lp)
         if ADVERSITIES[k] == "parental_learning_disability":
@@ -764,20 +773,22 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         [w.fu_start[:, None], bdays, care_pts, w.onset[:, :4], entry_years, w.fu_end[:, None]],
         axis=1,
     )
-    pts = np.clip(pts, w.fu_start[:, None], w.fu_end[:, None])
+    np.clip(pts, w.fu_start[:, None], w.fu_end[:, None], out=pts)  # in place: 220 MB at 1M
     pts.sort(axis=1)
     a, b = pts[:, :-1], pts[:, 1:]
     valid = b > a
-    person = np.broadcast_to(np.arange(n)[:, None], a.shape)[valid]
-    s, t = a[valid], b[valid]
+    # the segment arrays (about 20 million at 1M children) in the smallest types that hold
+    # them exactly: days and persons fit 32 bits, ages and counts 8 (same values, same draws)
+    person = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], a.shape)[valid]
+    s, t = a[valid].astype(np.int32), b[valid].astype(np.int32)
     mid = (s + t) // 2
-    age = ((mid - w.birth[person]) / YEAR).astype(np.int64)
+    age = ((mid - w.birth[person]) / YEAR).astype(np.int8)
     # looked after during segment?
     in_care = np.zeros(s.size, bool)
     for j in range(2):
         cs, ce = care_pts[person, 2 * j], care_pts[person, 2 * j + 1]
         in_care |= (cs >= 0) & (mid >= cs) & (mid < ce)
-    n_adv = np.zeros(s.size, np.int64)  # adversities (of the first four) begun by mid-segment
+    n_adv = np.zeros(s.size, np.int8)  # adversities (of the first four) begun by mid-segment
     for k in range(4):
         onset = w.onset[:, k][person]
         n_adv += (onset >= 0) & (onset <= mid)
@@ -844,7 +855,7 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         ev_k.append(np.full(seg.size, k))
     p, d, k_ = np.concatenate(ev_p), np.concatenate(ev_d), np.concatenate(ev_k)
     order = np.lexsort((k_, d, p))
-    w.ev_person, w.ev_day, w.ev_kind = p[order], d[order], k_[order]
+    w.ev_person, w.ev_day, w.ev_kind = p[order].astype(np.int64), d[order], k_[order]
 
 
 def _process_rngs(seed: int) -> list[np.random.Generator]:
