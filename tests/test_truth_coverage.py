@@ -9,20 +9,25 @@ for an unbiased estimator with exactly calibrated 95% Wald intervals, and each f
 planted error, see docs/benchmarks.md "What make test-slow asserts"):
 
 * Coverage over seeds 1..20 of 20,000 children, per main estimator (outcome, contrast,
-  method), on the scale the model is fitted on (log for ratios), with SE = interval width /
-  3.92:
+  method), with each seed's z = (estimate - truth) / SE on the scale the model is fitted on
+  (log for ratios; SE = interval width / 3.92):
   - every one of the 20 seeds fitted;
-  - at most 5 misses of 20 (P(6 or more) = 0.0003 per estimator);
-  - mean bias within 4 Monte Carlo SEs (SD / sqrt(20)) of zero (t with 19 df: P = 0.0008);
-  - SD of the estimates over seeds / mean SE between 0.5 and 1.6 (chi-square with 19 df:
-    P = 0.0003 and 0.0002): too-narrow and too-wide intervals both fail;
-  - pooled over every main estimator (about 30 x 20 intervals), coverage at least 90% (a
+  - at most 5 misses of 20 (Binomial(20, 0.05): P(6 or more) = 0.00033);
+  - mean z within +-0.8: bias under 0.8 of the estimator's own SE (mean of 20 N(0, 1):
+    P = 0.00035);
+  - root mean square z at most 1.6 (chi-square, 20 df: P = 0.00015): intervals too narrow
+    for the spread and bias they have fail;
+  - pooled over every main estimator (about 29 x 20 intervals), coverage at least 90% (a
     calibrated set pools to 95% with an SD of about 1-2 points even with the estimators'
     correlation).
-  With about 30 main estimators per scenario the family-wise false-alarm rate is about 5%
-  (Bonferroni). The rule this replaces, "coverage at least 90% for every estimator" (at most 2
-  misses of 20), fails for a calibrated estimator with probability 0.075 each, so for about 30
-  of them in about 90% of seed sets (it failed on level-2 IPW, 17 of 20).
+  Per estimator about 0.0008, so about 2.4% family-wise over 29 (Bonferroni). The rule this
+  replaces, "coverage at least 90% for every estimator" (at most 2 misses of 20), fails for a
+  calibrated estimator with probability 0.075 each, so for 29 of them in most seed sets (it
+  failed on level-2 IPW, 17 of 20). Not asserted, because the worlds of different seeds are
+  not independent samples of one population for KS4 (over seeds 1-7 the SD of even the
+  unadjusted KS4 difference, whose HC1 SE is textbook, is 0.5-0.9 times that SE): bias in
+  Monte Carlo SEs and the SD over seeds / mean SE (issue #20's must-show bounds, 2 MC SEs and
+  0.8-1.25). ``estimator_calibration`` reports both; docs/benchmarks.md has the figures.
 * One large world (100,000 children, seed 5): every adjusted estimate (IPW, AIPW, time-varying
   Cox) is within 3.29 SEs of the truth (its 99.9% interval covers; Bonferroni over about 17
   estimates: false alarm at most 1.7%), where "every 95% interval covers" fails by design in
@@ -64,11 +69,10 @@ RATIO_SCALES = ("hazard_ratio", "odds_ratio")
 Z95 = 1.959963984540054
 
 # Bounds per main estimator over the 20 seeds, each with its false-alarm rate for an unbiased
-# estimator with calibrated intervals (module docstring): misses (Binomial(20, 0.05)), bias in
-# Monte Carlo SEs (t, 19 df), SD over seeds / mean SE (chi-square, 19 df).
-MAX_MISSES = 5  # P(>= 6 of 20) = 0.00033
-MAX_BIAS_MC_SE = 4.0  # P(|t19| > 4) = 0.00077
-SD_OVER_SE = (0.5, 1.6)  # P = 0.00039 below, 0.00021 above
+# estimator with calibrated intervals (module docstring).
+MAX_MISSES = 5  # Binomial(20, 0.05): P(>= 6) = 0.00033
+MAX_ABS_MEAN_Z = 0.8  # mean of 20 N(0, 1): P(|.| > 0.8) = 0.00035
+MAX_RMS_Z = 1.6  # chi-square 20 df: P(RMS > 1.6) = 0.00015
 MIN_POOLED_COVERAGE = 0.90
 # One world: every adjusted estimate within this many SEs of the truth (two-sided P = 0.001)
 MAX_ABS_Z = 3.29
@@ -111,20 +115,24 @@ def main_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def estimator_calibration(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per main estimator over the seeds: seeds fitted, misses (a failed fit is a miss), mean
-    bias, its Monte Carlo SE (SD / sqrt(seeds)), the SD over seeds and the mean SE."""
-    main = main_rows(rows).assign(se=standard_errors, missed=lambda r: ~r["covers"].astype(bool))
+    """Per main estimator over the seeds: seeds, fits, misses (a failed fit is a miss), mean
+    and root mean square z; and, reported only (module docstring), the mean bias, its Monte
+    Carlo SE (SD / sqrt(fits)), the SD over seeds and the mean SE."""
+    main = main_rows(rows).assign(
+        se=standard_errors, z=z_scores, missed=lambda r: ~r["covers"].astype(bool)
+    )
     g = main.groupby(["outcome", "contrast", "scale", "method"], sort=True)
     out = g.agg(
         seeds=("seed", "nunique"),
-        fitted=("estimate", "count"),
+        fitted=("z", "count"),
         misses=("missed", "sum"),
+        mean_z=("z", "mean"),
+        rms_z=("z", lambda z: float(np.sqrt(np.mean(np.square(z))))),
         mean_bias=("bias", "mean"),
         sd=("bias", "std"),
         mean_se=("se", "mean"),
     ).reset_index()
-    out["mc_se"] = out["sd"] / np.sqrt(out["fitted"])
-    out["bias_in_mc_se"] = out["mean_bias"] / out["mc_se"]
+    out["bias_in_mc_se"] = out["mean_bias"] / (out["sd"] / np.sqrt(out["fitted"]))
     out["sd_over_se"] = out["sd"] / out["mean_se"]
     return out
 
@@ -135,8 +143,8 @@ def calibration_failures(table: pd.DataFrame, n_seeds: int) -> pd.DataFrame:
         (table["seeds"] == n_seeds)
         & (table["fitted"] == n_seeds)
         & (table["misses"] <= MAX_MISSES)
-        & (table["bias_in_mc_se"].abs() <= MAX_BIAS_MC_SE)
-        & table["sd_over_se"].between(*SD_OVER_SE)
+        & (table["mean_z"].abs() <= MAX_ABS_MEAN_Z)
+        & (table["rms_z"] <= MAX_RMS_Z)
     )
     return table[~ok.fillna(False)]
 
