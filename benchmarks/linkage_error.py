@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,6 +47,49 @@ SECRET = b"linkage-error-benchmark-secret-0123456789"
 ANALYSES = ("naive", "true_links", "linkage_aware")
 
 
+def truth_labels(candidates: Any, edges: np.ndarray, truth_dir: Path) -> pl.DataFrame:
+    """The clerical reviewer, played by the synthetic truth: the representative records of
+    ``edges`` with ``is_match`` (same true person)."""
+    from linkage.imputation import edge_records
+
+    truth = pl.read_parquet(truth_dir / "record_person.parquet").select(
+        "source", "record_id", pl.col("person_id").cast(pl.String)
+    )
+    r = edge_records(candidates, edges)
+    for side in ("l", "r"):
+        r = r.join(
+            truth.rename(
+                {"source": f"source_{side}", "record_id": f"record_id_{side}", "person_id": side}
+            ),
+            on=[f"source_{side}", f"record_id_{side}"],
+            how="left",
+            maintain_order="left",
+        )
+    return r.with_columns(is_match=(pl.col("l") == pl.col("r")).fill_null(False)).drop("l", "r")
+
+
+def calibration_check(candidates: Any, calibrated: np.ndarray | None, truth_dir: Path) -> list:
+    """Splink's and the calibrated probabilities against the truth, by match-weight band,
+    for the usual pairs and those only the candidate rules propose (every candidate edge)."""
+    from linkage.imputation import calibration_bins
+
+    every = np.arange(candidates.edge_p.size)
+    y = truth_labels(candidates, every, truth_dir)["is_match"].to_numpy()
+    rule = (
+        candidates.edge_candidate_rule
+        if candidates.edge_candidate_rule is not None
+        else np.zeros(every.size, bool)
+    )
+    out = []
+    for name, p in (("splink", candidates.edge_p), ("calibrated", calibrated)):
+        if p is None:
+            continue
+        for kind, sel in (("blocking_rules", ~rule), ("candidate_rules", rule)):
+            bins = calibration_bins(p[sel], y[sel], candidates.weights()[sel])
+            out += bins.with_columns(probability=pl.lit(name), pairs_from=pl.lit(kind)).to_dicts()
+    return out
+
+
 def run_seed(
     seed: int,
     *,
@@ -53,22 +98,27 @@ def run_seed(
     draws: int,
     workdir: Path | None = None,
     keep: bool = False,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """One seed: the scored estimates of the three analyses and the stage timings."""
+    true_links: bool = True,
+    labels: int = 1000,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed: the scored estimates of the three analyses, the stage timings and (under
+    ``"calibration"``) Splink's and the calibrated probabilities against the truth.
+    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own."""
     from cohort import build_cohort
     from evaluation.true_links import refit_on_true_links
     from ground.run_layout import RunLayout
     from linkage import LinkageSettings, link_run
+    from linkage.imputation import review_sample
     from models import run_models
     from models.settings import ModelSettings
-    from orchestration.link_uncertainty import run_link_uncertainty
+    from orchestration.link_uncertainty import calibrate, read_candidates, run_link_uncertainty
     from synthetic_data import generate_world
     from validation import ValidationSettings, validate_delivery
 
     ms = ModelSettings(bootstrap_replicates=0)
     base = Path(tempfile.mkdtemp(prefix=f"linkerr_{scenario}_{seed}_", dir=workdir))
     data, run = base / "world", base / "run"
-    times: dict[str, float] = {}
+    times: dict[str, Any] = {}
     try:
         t = time.perf_counter()
         generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
@@ -88,27 +138,57 @@ def run_seed(
         parts = [
             score(pd.read_csv(layout.results_dir / "estimates.csv"), truth).assign(analysis="naive")
         ]
-        t = time.perf_counter()
-        est = refit_on_true_links(
-            run_dir=run,
-            truth_dir=data / "truth",
-            out_dir=base / "true_links",
-            secret=SECRET,
-            model_settings=ms,
-        )
-        times["true_links"] = time.perf_counter() - t
-        parts.append(score(est, truth).assign(analysis="true_links"))
+        if true_links:
+            t = time.perf_counter()
+            est = refit_on_true_links(
+                run_dir=run,
+                truth_dir=data / "truth",
+                out_dir=base / "true_links",
+                secret=SECRET,
+                model_settings=ms,
+            )
+            times["true_links"] = time.perf_counter() - t
+            parts.append(score(est, truth).assign(analysis="true_links"))
         if draws:
+            candidates = read_candidates(layout)
+            label_frame = None
+            calibrated = None
+            if labels:
+                edges = review_sample(candidates, labels, np.random.default_rng(seed))
+                label_frame = truth_labels(candidates, edges, data / "truth")
+                calibrated = calibrate(candidates, label_frame).probabilities(candidates)
+            times["calibration"] = calibration_check(candidates, calibrated, data / "truth")
+            times["candidate_edges"] = int(candidates.edge_p.size)
             t = time.perf_counter()
             summary = run_link_uncertainty(
-                run_dir=run, draws=draws, secret=SECRET, seed=seed, model_settings=ms
+                run_dir=run,
+                draws=draws,
+                secret=SECRET,
+                seed=seed,
+                model_settings=ms,
+                labels=label_frame,
             )
             times["link_draws"] = time.perf_counter() - t
             pooled = summary.table
+            keys = ["outcome", "contrast", "method", "scale"]
             scored = score(pooled, truth).merge(
-                pooled[["outcome", "contrast", "method", "scale", "linkage_share"]],
-                on=["outcome", "contrast", "method", "scale"],
+                pooled[[*keys, "linkage_share", "between_var", "total_var", "width_ratio"]],
+                on=keys,
             )
+            # each draw's estimate on the fitted scale, for the Monte Carlo error against M
+            per_draw = (
+                pd.concat(
+                    [
+                        score(d, truth)[[*keys, "bias"]].assign(draw=i)
+                        for i, d in enumerate(summary.draw_estimates)
+                    ]
+                )
+                .groupby(keys)["bias"]
+                .apply(list)
+                .rename("draw_bias")
+                .reset_index()
+            )
+            scored = scored.merge(per_draw, on=keys, how="left")
             parts.append(scored.assign(analysis="linkage_aware"))
         rows = pd.concat(parts, ignore_index=True)
         return rows.assign(seed=seed, children=children, scenario=scenario, draws=draws), times
@@ -173,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="linkage_error_out")
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--no-true-links", action="store_true", help="skip the refit on the true links")
+    p.add_argument(
+        "--labels",
+        type=int,
+        default=1000,
+        help="pairs labelled by the truth to calibrate the draws (0: Splink's probabilities)",
+    )
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,9 +284,13 @@ def main(argv: list[str] | None = None) -> None:
             draws=a.draws,
             workdir=workdir,
             keep=a.keep,
+            true_links=not a.no_true_links,
+            labels=a.labels,
         )
         done += rows.to_dict("records")
-        timings[str(seed)] = {k: round(v, 1) for k, v in times.items()}
+        timings[str(seed)] = {
+            k: round(v, 1) if isinstance(v, float) else v for k, v in times.items()
+        }
         path.write_text(
             json.dumps(
                 {"scenario": a.scenario, "children": a.children, "rows": done, "timings": timings},
@@ -207,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             ),
             encoding="utf-8",
         )
-        sys.stderr.write(f"seed {seed}: {time.perf_counter() - t0:.0f} s {timings[str(seed)]}\n")
+        brief = {k: v for k, v in timings[str(seed)].items() if k != "calibration"}
+        sys.stderr.write(f"seed {seed}: {time.perf_counter() - t0:.0f} s {brief}\n")
     rows_df = pd.DataFrame(done)
     rows_df = rows_df[rows_df["seed"].between(a.first_seed, a.first_seed + a.seeds - 1)]
     table = summary_table(rows_df)
