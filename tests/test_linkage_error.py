@@ -229,71 +229,131 @@ def test_calibration_recovers_each_strata_share_of_true_matches_from_a_review_sa
         fit_calibration(c, found[:10], y[:10])
 
 
-def test_draws_recover_a_missed_link_only_from_candidates_below_the_threshold(
-    full_run: Path, world: Path
-) -> None:
-    """On the session run (default world): health records the linker left unlinked although
-    their child is in the register. The candidate rules and the floor of 0.001 score most of
-    them with their child, and draws from calibrated probabilities link them back. The
-    planted error, drawing only among the pairs the linker accepts from (the old behaviour:
-    `linkage.scored_pairs` alone), recovers none. Shown failing with load_candidates reading
-    scored_pairs only: 0 recovered."""
-    from benchmarks.linkage_error import truth_labels
-    from orchestration.link_uncertainty import calibrate, read_candidates
-
-    run = RunLayout.at(full_run)
-    c = read_candidates(run)
-    truth = pl.read_parquet(world / "truth" / "record_person.parquet").select(
-        "source", "record_id", pl.col("person_id").cast(pl.String)
+def _register_and_admissions() -> tuple[dict[str, pl.DataFrame], dict[str, dict[str, str]]]:
+    """Six register children and four admissions. ``h_missed``: Ava's admission with no NHS
+    number and a placement postcode no register row holds (the differential scenario's
+    missed link); Ava shares her date of birth and sex with Isla, the decoy."""
+    register = pl.DataFrame(
+        {
+            "rid": [f"p{i}" for i in range(6)],
+            "nhs": ["9000000001", "9000000002", "9000000003", "9000000004", "9000000005", None],
+            "first": ["ava", "isla", "noah", "leo", "mia", "ella"],
+            "last": ["jones", "price", "evans", "davies", "hughes", "lewis"],
+            "dob": [
+                "2008-03-14",
+                "2008-03-14",
+                "2007-11-02",
+                "2009-06-30",
+                "2010-01-09",
+                "2006-05-05",
+            ],
+            "sex": ["F", "F", "M", "M", "F", "F"],
+            "pc": ["CF10 1AA", "CF24 3BB", "SA1 2CC", "LL57 3DD", "NP20 4EE", "CF5 9FF"],
+        }
     )
-    # each component's true person, and the register component of each person
-    comp = (
-        c.records.join(truth, on=["source", "record_id"])
-        .group_by("component")
-        .agg(
-            pl.col("person_id").first(),
-            pl.col("source").eq("population_register").any().alias("reg"),
+    admissions = pl.DataFrame(
+        {
+            "rid": ["h_missed", "h_nhs", "h_postcode", "h_other"],
+            "nhs": [None, "9000000003", None, "9000000004"],
+            "dob": ["2008-03-14", "2007-11-02", "2010-01-09", "2009-06-30"],
+            "sex": ["F", "M", "F", "M"],
+            "pc": ["SY23 9ZZ", "SA1 2CC", "NP20 4EE", "LL57 3DD"],
+        }
+    )
+    roles = {
+        "population_register": {
+            "record_id": "rid",
+            "nhs_number": "nhs",
+            "first_name": "first",
+            "surname": "last",
+            "date_of_birth": "dob",
+            "sex": "sex",
+            "postcode": "pc",
+        },
+        "hospital_admissions": {
+            "record_id": "rid",
+            "nhs_number": "nhs",
+            "date_of_birth": "dob",
+            "sex": "sex",
+            "postcode": "pc",
+        },
+    }
+    return {"population_register": register, "hospital_admissions": admissions}, roles
+
+
+def _zone_of(result: object, *, with_candidates: bool) -> duckdb.DuckDBPyConnection:
+    """A linkage zone's tables from a LinkResult (record ids only), in memory."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    clusters = result.clusters  # type: ignore[attr-defined]
+    con.register("c", clusters)
+    con.execute(
+        'CREATE TABLE linkage.record_person AS SELECT "table" AS source, record_id, '
+        "component_id FROM c"
+    )
+    con.register("p", result.pairs)  # type: ignore[attr-defined]
+    con.execute("CREATE TABLE linkage.scored_pairs AS SELECT * FROM p")
+    if with_candidates:
+        con.register("k", result.candidate_pairs)  # type: ignore[attr-defined]
+        con.execute("CREATE TABLE linkage.candidate_pairs AS SELECT * FROM k")
+    return con
+
+
+def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
+    linked_run: Path,
+) -> None:
+    """The linker leaves Ava's placement-address admission unlinked (nothing it blocks on
+    agrees), exactly as before; the candidate rule scores it with Ava and with Isla (same
+    date of birth and sex) and draws link it to one of them. The planted error, drawing only
+    among the pairs the linker scores from 0.5 (the old behaviour: no candidate pairs), never
+    recovers it. Shown failing with `candidate_floor=None` (no candidate pairs: recovered in
+    0 of 200 draws)."""
+    from linkage import LinkageSettings
+    from linkage.link import link_tables
+
+    tables, roles = _register_and_admissions()
+    model = RunLayout.at(linked_run).linkage_dir / "model.json"  # tiny data cannot train
+    result = link_tables(tables, roles, settings=LinkageSettings(model_path=str(model)))
+    cluster = dict(
+        zip(
+            result.clusters["record_id"].to_list(),
+            result.clusters["cluster_id"].to_list(),
+            strict=True,
         )
     )
-    person = dict(zip(comp["component"].to_list(), comp["person_id"].to_list(), strict=True))
-    reg_of = {p_: k for k, p_, r in comp.select("component", "person_id", "reg").iter_rows() if r}
-    # health records the linker left as persons of their own
-    linked = c.records.join(_linker_persons(run), on=["source", "record_id"])
-    lonely = (
-        linked.group_by("person_key")
-        .agg(pl.col("component").n_unique().alias("k"), pl.col("component").first())
-        .filter(pl.col("k") == 1)
+    # the linker: the NHS number and the postcode link their admissions; the missed one is alone
+    assert cluster["h_nhs"] == cluster["p2"] and cluster["h_postcode"] == cluster["p4"]
+    assert sum(v == cluster["h_missed"] for v in cluster.values()) == 1
+    cand = result.candidate_pairs
+    assert cand is not None
+    missed = cand.filter(
+        (pl.col("record_id_l") == "h_missed") | (pl.col("record_id_r") == "h_missed")
     )
-    missed = [
-        (k, reg_of[person[k]])
-        for k in lonely["component"].to_list()
-        if k in person and person[k] in reg_of and not c.spine[k]
-    ]
-    assert len(missed) >= 20, "the default world should leave some health records unlinked"
-    pair_edge = {(a, b): i for i, (a, b) in enumerate(zip(c.edge_a, c.edge_b, strict=True))}
-    edge_of = [pair_edge.get((min(a, b), max(a, b))) for a, b in missed]
-    scored = np.array([e is not None for e in edge_of])
-    assert scored.mean() > 0.5  # most missed links are candidates now
+    partners = set(missed["record_id_l"].to_list() + missed["record_id_r"].to_list()) - {"h_missed"}
+    assert partners == {"p0", "p1"} and missed["candidate_rule"].all()
 
-    rng = np.random.default_rng(3)
-    sample = review_sample(c, 1000, rng)
-    cal = calibrate(c, truth_labels(c, sample, world / "truth"))
-    drawn = c.with_probabilities(cal.probabilities(c))
-    accepted = (~c.edge_candidate_rule) & (c.edge_p >= 0.5)  # what the old draws could link
-    old = drawn.with_probabilities(np.where(accepted, drawn.edge_p, 0.0))
-    idx = np.array([e for e in edge_of if e is not None])
-    new_rate = np.mean([draw_edges(drawn, rng)[idx].mean() for _ in range(50)])
-    old_rate = np.mean([draw_edges(old, rng)[idx].mean() for _ in range(50)])
-    assert old_rate == 0.0
-    assert new_rate > 0.3
-
-
-def _linker_persons(run: RunLayout) -> pl.DataFrame:
-    con = duckdb.connect(str(run.linkage_db), read_only=True)
-    try:
-        return con.sql("SELECT source, record_id, person_key FROM linkage.record_person").pl()
-    finally:
+    p_ava = missed.filter((pl.col("record_id_l") == "p0") | (pl.col("record_id_r") == "p0"))[
+        "match_probability"
+    ].item()
+    rng = np.random.default_rng(11)
+    n = 200
+    recovered = {}
+    for with_candidates in (True, False):
+        con = _zone_of(result, with_candidates=with_candidates)
+        c = load_candidates(con)
         con.close()
+        person = [record_person_for(c, draw_edges(c, rng), b"k" * 20) for _ in range(n)]
+
+        def same(rp: pl.DataFrame, ids: list[str]) -> bool:
+            return rp.filter(pl.col("record_id").is_in(ids))["person_id"].n_unique() == 1
+
+        recovered[with_candidates] = np.mean([same(rp, ["h_missed", "p0"]) for rp in person])
+        # one register person per record group: never Ava and Isla at once
+        assert not any(same(rp, ["p0", "p1"]) for rp in person)
+    assert recovered[False] == 0.0
+    # drawn at its probability (Splink's here: no labels to calibrate on)
+    assert abs(recovered[True] - p_ava) < 4 * np.sqrt(p_ava * (1 - p_ava) / n)
+    assert recovered[True] > 0
 
 
 # ---------------------------------------------------------------- Rubin's rules
