@@ -240,16 +240,17 @@ class LinkCalibration:
 
     Splink's match probabilities are not calibrated on these data (they assume the
     comparisons independent given match status, and one prior for every pair; docs/
-    linkage_error.md has the bins). In each stratum of :data:`STRATA` the share of true matches
-    among the labelled pairs, shrunk towards Splink's mean probability there by a prior worth
-    ``prior_pairs`` labels, gives the stratum's calibrated share; every pair of the stratum
-    keeps its rank by Splink (``logit p`` moved by the stratum's ``offset``). A stratum
-    without labels keeps Splink's probabilities. ``table``: one row per labelled stratum
-    (``STRATA`` columns, ``labelled, matches, splink, calibrated, offset``)."""
+    linkage_error.md has the bins). Within each group of the first three :data:`STRATA`
+    (candidate rule, looked after, unknown postcode), the labelled share of true matches by
+    match-weight band is made non-decreasing in the band (pool-adjacent-violators, weighted by
+    the labels), which borrows strength between neighbouring bands; that is the stratum's
+    calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``
+    moved by the stratum's ``offset``). A stratum without labels keeps Splink's probabilities.
+    ``table``: one row per labelled stratum (``STRATA`` columns, ``labelled, matches, splink,
+    calibrated, offset``)."""
 
     table: pl.DataFrame
     labelled: int
-    prior_pairs: float
 
     def probabilities(self, c: CandidateLinks) -> np.ndarray:
         key = pl.DataFrame(c.strata(), schema=list(STRATA), orient="row")
@@ -259,11 +260,7 @@ class LinkCalibration:
         return _expit(_logit(c.edge_p) + offset.to_numpy())
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "labelled": self.labelled,
-            "prior_pairs": self.prior_pairs,
-            "strata": self.table.to_dicts(),
-        }
+        return {"labelled": self.labelled, "strata": self.table.to_dicts()}
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -299,9 +296,19 @@ def review_sample(c: CandidateLinks, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(np.concatenate(picked)) if picked else np.array([], np.int64)
 
 
-def fit_calibration(
-    c: CandidateLinks, edges: np.ndarray, is_match: np.ndarray, prior_pairs: float = 5.0
-) -> LinkCalibration:
+def _increasing(share: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of ``share`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(share, weight, strict=True):
+        blocks.append([float(v), float(w), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.repeat([b[0] for b in blocks], [int(b[2]) for b in blocks])
+
+
+def fit_calibration(c: CandidateLinks, edges: np.ndarray, is_match: np.ndarray) -> LinkCalibration:
     """The calibration from the labels ``is_match`` of the labelled ``edges`` (see
     :class:`LinkCalibration`)."""
     y = np.asarray(is_match, dtype=bool)
@@ -317,14 +324,17 @@ def fit_calibration(
         lab.group_by(list(STRATA))
         .agg(labelled=pl.len(), matches=pl.col("y").sum(), splink=pl.col("p").mean())
         .sort(list(STRATA))
-        .with_columns(
-            calibrated=(pl.col("matches") + prior_pairs * pl.col("splink"))
-            / (pl.col("labelled") + prior_pairs)
-        )
     )
-    offset = _logit(table["calibrated"].to_numpy()) - _logit(table["splink"].to_numpy())
+    group = list(STRATA[:-1])
+    calibrated = np.empty(table.height)
+    for _, part in table.with_row_index("row").group_by(group, maintain_order=True):
+        rows = part["row"].to_numpy()
+        share = (part["matches"] / part["labelled"]).to_numpy()
+        calibrated[rows] = _increasing(share, part["labelled"].to_numpy().astype(float))
+    offset = _logit(calibrated) - _logit(table["splink"].to_numpy())
     return LinkCalibration(
-        table.with_columns(offset=pl.Series(offset)), labelled=int(y.size), prior_pairs=prior_pairs
+        table.with_columns(calibrated=pl.Series(calibrated), offset=pl.Series(offset)),
+        labelled=int(y.size),
     )
 
 
