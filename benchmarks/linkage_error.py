@@ -2,7 +2,8 @@
 
     uv run --locked python benchmarks/linkage_error.py [--seeds 20] [--first-seed 1]
         [--children 20000] [--scenario differential_linkage_error] [--draws 10]
-        [--out linkage_error_out] [--workdir DIR]
+        [--out linkage_error_out] [--workdir DIR] [--no-true-links] [--labels 1000]
+    uv run --locked python benchmarks/linkage_error.py --report OUT1/x.json [OUT2/y.json ...]
 
 For each seed, in-process in a temporary folder: ``synth`` -> ``validate`` (Great
 Expectations off) -> ``link`` -> ``build`` -> ``model`` (the *naive* estimates: the linker's
@@ -10,9 +11,19 @@ links taken as true), then
 
 * ``true_links``: every estimate refitted on the world's true links
   (:func:`evaluation.true_links.refit_on_true_links`);
-* ``linkage_aware``: ``--draws`` link sets drawn from the scored pairs, build and model per
-  draw, pooled with Rubin's rules (:func:`orchestration.link_uncertainty.run_link_uncertainty`);
-  ``--draws 0`` skips it.
+* ``linkage_aware``: ``--draws`` link sets drawn from the scored and candidate pairs, build
+  and the analyses per draw, pooled with Rubin's rules
+  (:func:`orchestration.link_uncertainty.run_link_uncertainty`); ``--draws 0`` skips it. The
+  draw probabilities are recalibrated on ``--labels`` pairs of the review sample, labelled by
+  the synthetic truth (``truth_labels``: the truth plays the clerical reviewer); the
+  calibration is checked against the truth on every candidate pair, by match-weight band
+  (stored per seed under ``timings[seed]["calibration"]``). Each pooled row keeps every
+  draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
+  pooled estimate.
+
+``--report`` merges result files (e.g. seed ranges run in parallel into different ``--out``
+folders) and prints the summary, the width ratios and linkage shares, the Monte Carlo error
+and the calibration bins.
 
 Every estimate with a true value is scored as in ``benchmarks/coverage_seeds.py`` (covers,
 bias and width on the fitted scale), with a column ``analysis`` (naive | true_links |
@@ -243,6 +254,77 @@ def to_markdown(table: pd.DataFrame, methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def monte_carlo_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per pooled estimate (mean over seeds): the width ratio (linkage-aware / naive), the
+    share of variance due to linkage, and the Monte Carlo SE of the pooled estimate with the
+    draws run, ``sqrt(B / M)``, as a share of its standard error ``sqrt(T)``; and the draws
+    needed for that share to be 0.1 (``M = B / (0.01 T)``, about 100 x the linkage share:
+    White, Royston and Wood 2011)."""
+    la = rows[rows["analysis"] == "linkage_aware"].copy()
+    b = la["draw_bias"].map(
+        lambda v: np.var(v, ddof=1) if isinstance(v, list) and len(v) > 1 else np.nan
+    )
+    m = la["draw_bias"].map(lambda v: len(v) if isinstance(v, list) else np.nan)
+    la["mc_share"] = np.sqrt(b / m) / np.sqrt(la["total_var"])
+    la["draws_for_0.1"] = np.ceil(b / (0.01 * la["total_var"]))
+    return (
+        la.groupby(["outcome", "contrast", "method"])
+        .agg(
+            seeds=("seed", "nunique"),
+            width_ratio=("width_ratio", "mean"),
+            width_ratio_min=("width_ratio", "min"),
+            width_ratio_max=("width_ratio", "max"),
+            linkage_share=("linkage_share", "mean"),
+            mc_share=("mc_share", "mean"),
+            draws_for_mc_share_01=("draws_for_0.1", "median"),
+        )
+        .reset_index()
+    )
+
+
+def calibration_report(timings: dict[str, Any]) -> pd.DataFrame:
+    """Splink's and the calibrated probabilities against the truth, summed over seeds."""
+    cal = [r for t in timings.values() for r in t.get("calibration", [])]
+    if not cal:
+        return pd.DataFrame()
+    c = pd.DataFrame(cal)
+    c["matches"] = c["pairs"] * c["observed"]
+    c["expected"] = c["pairs"] * c["predicted"]
+    out = (
+        c.groupby(["pairs_from", "probability", "match_weight"], sort=False)[
+            ["pairs", "expected", "matches"]
+        ]
+        .sum()
+        .reset_index()
+    )
+    out["predicted"] = out["expected"] / out["pairs"]
+    out["observed"] = out["matches"] / out["pairs"]
+    return out.drop(columns=["expected", "matches"])
+
+
+def report(paths: list[str]) -> None:
+    """Merge result files and print the tables of the docs."""
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+    for path in paths:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows += stored["rows"]
+        timings.update(stored.get("timings", {}))
+    df = pd.DataFrame(rows)
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    main_methods = ("regression", "ipw", "aipw", "cox_tv", "poisson_pw")
+    sys.stdout.write(f"seeds {seeds}\n\n{to_markdown(summary_table(df), main_methods)}\n\n")
+    if "draw_bias" in df:
+        mc = monte_carlo_table(df)
+        sys.stdout.write(mc[mc["method"].isin(main_methods)].to_string(index=False) + "\n\n")
+    for seed, t in sorted(timings.items(), key=lambda kv: int(kv[0])):
+        brief = {k: v for k, v in t.items() if k != "calibration"}
+        sys.stdout.write(f"seed {seed}: {brief}\n")
+    cal = calibration_report(timings)
+    if not cal.empty:
+        sys.stdout.write("\n" + cal.to_string(index=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=20)
@@ -260,7 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         default=1000,
         help="pairs labelled by the truth to calibrate the draws (0: Splink's probabilities)",
     )
+    p.add_argument("--report", nargs="+", help="merge these result files and print the tables")
     a = p.parse_args(argv)
+    if a.report:
+        report(a.report)
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"linkage_error_{a.scenario}_{a.children}.json"
