@@ -218,6 +218,16 @@ def load_candidates(
     unknown = _unknown_postcode_components(con, rec, spine_source)
     a = pairs["a"].to_numpy().astype(np.int64)
     b = pairs["b"].to_numpy().astype(np.int64)
+    # A candidate rule proposes a register person for a record group without one (a health
+    # record with no NHS number). Its other pairs are dropped: two register persons (a
+    # register group also holds its children's nameless health records, so the rule pairs
+    # those with every other child born that day: never a match on these worlds, yet drawn
+    # independently they merged two children), and a school or care group of a child whose
+    # register group is itself a candidate (drawn independently of that choice, they joined
+    # one child's records to another).
+    to_spine = spine[a] != spine[b]
+    kept = ~pairs["candidate_rule"].to_numpy().astype(bool) | to_spine
+    pairs, a, b = pairs.filter(pl.Series(kept)), a[kept], b[kept]
     return CandidateLinks(
         records=rec,
         edge_a=a,
