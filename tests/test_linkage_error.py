@@ -356,6 +356,45 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
     assert recovered[True] > 0
 
 
+def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_person() -> None:
+    """Candidate-rule pairs propose a register person for a record group that has none: one
+    between two register groups (a register group's own nameless health record paired with
+    another child born that day) or between a school group and a health record would, drawn
+    independently, merge two children, and is dropped. Usual-rule pairs are all kept. Shown
+    failing without the filter: 4 edges instead of 2."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    con.execute(
+        """CREATE TABLE linkage.record_person AS SELECT * FROM (VALUES
+        ('population_register', 'p0', 0), ('hospital_admissions', 'h0', 0),
+        ('population_register', 'p1', 1), ('hospital_admissions', 'h9', 2),
+        ('school_census', 's1', 3)) t(source, record_id, component_id)"""
+    )
+    pair = "SELECT * FROM (VALUES {}) t(table_l, record_id_l, table_r, record_id_r, "
+    con.execute(
+        "CREATE TABLE linkage.scored_pairs AS "
+        + pair.format("('school_census', 's1', 'population_register', 'p1', 0.97, 5.0)")
+        + "match_probability, match_weight)"
+    )
+    con.execute(
+        "CREATE TABLE linkage.candidate_pairs AS "
+        + pair.format(
+            "('hospital_admissions', 'h9', 'population_register', 'p1', 0.1, -3.2, true), "
+            "('population_register', 'p0', 'population_register', 'p1', 0.1, -3.2, true), "
+            "('hospital_admissions', 'h9', 'school_census', 's1', 0.1, -3.2, true)"
+        )
+        + "match_probability, match_weight, candidate_rule)"
+    )
+    c = load_candidates(con)
+    con.close()
+    assert c.edge_candidate_rule is not None
+    edges = sorted(
+        zip(c.edge_a.tolist(), c.edge_b.tolist(), c.edge_candidate_rule.tolist(), strict=True)
+    )
+    # components 0 (p0+h0), 1 (p1), 2 (h9), 3 (s1)
+    assert edges == [(1, 2, True), (1, 3, False)]
+
+
 # ---------------------------------------------------------------- Rubin's rules
 
 
