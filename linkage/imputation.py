@@ -22,11 +22,16 @@ joined by an exact NHS number, UPN or authority child id, which stay joined in e
   independently with its probability;
 * people are the connected components over the drawn edges, as in the linker.
 
-Only the pairs the linker scored and kept are candidates: Splink's predictions are stored from
-a match probability of 0.5 (``linkage.link._predict``), so a true pair scored below 0.5, or
-never blocked together (a health record with no NHS number and a postcode no register row
-has), is missed in every draw. Multiple linkage imputation carries the uncertainty *among the
-scored candidates* into the intervals; it cannot recover links the blocking never proposed.
+Candidates are the pairs the linker scored from 0.5 (``linkage.scored_pairs``) and, since the
+linkage stage keeps them, ``linkage.candidate_pairs``: pairs scored from
+``LinkageSettings.candidate_floor`` (0.001) up to 0.5, and pairs only the plan's candidate
+rules propose (``linkage.link.PIPELINE_PLAN``: date of birth + sex for a record with no name,
+such as a health record with no NHS number and a placement postcode, which no usual rule
+pairs with its child). A candidate-rule pair is kept only from a record group without a
+register person to a register group. Splink's probabilities are not calibrated on these data,
+so draws use probabilities recalibrated on a labelled review sample (:class:`LinkCalibration`,
+:func:`review_sample`) when labels are given. A true pair never scored at all (a date of
+birth wrong too) is still missed in every draw.
 """
 
 from __future__ import annotations
