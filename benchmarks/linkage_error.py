@@ -2,7 +2,8 @@
 
     uv run --locked python benchmarks/linkage_error.py [--seeds 20] [--first-seed 1]
         [--children 20000] [--scenario differential_linkage_error] [--draws 10]
-        [--out linkage_error_out] [--workdir DIR]
+        [--out linkage_error_out] [--workdir DIR] [--no-true-links] [--labels 1000]
+    uv run --locked python benchmarks/linkage_error.py --report OUT1/x.json [OUT2/y.json ...]
 
 For each seed, in-process in a temporary folder: ``synth`` -> ``validate`` (Great
 Expectations off) -> ``link`` -> ``build`` -> ``model`` (the *naive* estimates: the linker's
@@ -10,9 +11,19 @@ links taken as true), then
 
 * ``true_links``: every estimate refitted on the world's true links
   (:func:`evaluation.true_links.refit_on_true_links`);
-* ``linkage_aware``: ``--draws`` link sets drawn from the scored pairs, build and model per
-  draw, pooled with Rubin's rules (:func:`orchestration.link_uncertainty.run_link_uncertainty`);
-  ``--draws 0`` skips it.
+* ``linkage_aware``: ``--draws`` link sets drawn from the scored and candidate pairs, build
+  and the analyses per draw, pooled with Rubin's rules
+  (:func:`orchestration.link_uncertainty.run_link_uncertainty`); ``--draws 0`` skips it. The
+  draw probabilities are recalibrated on ``--labels`` pairs of the review sample, labelled by
+  the synthetic truth (``truth_labels``: the truth plays the clerical reviewer); the
+  calibration is checked against the truth on every candidate pair, by match-weight band
+  (stored per seed under ``timings[seed]["calibration"]``). Each pooled row keeps every
+  draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
+  pooled estimate.
+
+``--report`` merges result files (e.g. seed ranges run in parallel into different ``--out``
+folders) and prints the summary, the width ratios and linkage shares, the Monte Carlo error
+and the calibration bins.
 
 Every estimate with a true value is scored as in ``benchmarks/coverage_seeds.py`` (covers,
 bias and width on the fitted scale), with a column ``analysis`` (naive | true_links |
@@ -33,7 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,6 +58,49 @@ SECRET = b"linkage-error-benchmark-secret-0123456789"
 ANALYSES = ("naive", "true_links", "linkage_aware")
 
 
+def truth_labels(candidates: Any, edges: np.ndarray, truth_dir: Path) -> pl.DataFrame:
+    """The clerical reviewer, played by the synthetic truth: the representative records of
+    ``edges`` with ``is_match`` (same true person)."""
+    from linkage.imputation import edge_records
+
+    truth = pl.read_parquet(truth_dir / "record_person.parquet").select(
+        "source", "record_id", pl.col("person_id").cast(pl.String)
+    )
+    r = edge_records(candidates, edges)
+    for side in ("l", "r"):
+        r = r.join(
+            truth.rename(
+                {"source": f"source_{side}", "record_id": f"record_id_{side}", "person_id": side}
+            ),
+            on=[f"source_{side}", f"record_id_{side}"],
+            how="left",
+            maintain_order="left",
+        )
+    return r.with_columns(is_match=(pl.col("l") == pl.col("r")).fill_null(False)).drop("l", "r")
+
+
+def calibration_check(candidates: Any, calibrated: np.ndarray | None, truth_dir: Path) -> list:
+    """Splink's and the calibrated probabilities against the truth, by match-weight band,
+    for the usual pairs and those only the candidate rules propose (every candidate edge)."""
+    from linkage.imputation import calibration_bins
+
+    every = np.arange(candidates.edge_p.size)
+    y = truth_labels(candidates, every, truth_dir)["is_match"].to_numpy()
+    rule = (
+        candidates.edge_candidate_rule
+        if candidates.edge_candidate_rule is not None
+        else np.zeros(every.size, bool)
+    )
+    out = []
+    for name, p in (("splink", candidates.edge_p), ("calibrated", calibrated)):
+        if p is None:
+            continue
+        for kind, sel in (("blocking_rules", ~rule), ("candidate_rules", rule)):
+            bins = calibration_bins(p[sel], y[sel], candidates.weights()[sel])
+            out += bins.with_columns(probability=pl.lit(name), pairs_from=pl.lit(kind)).to_dicts()
+    return out
+
+
 def run_seed(
     seed: int,
     *,
@@ -53,22 +109,27 @@ def run_seed(
     draws: int,
     workdir: Path | None = None,
     keep: bool = False,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """One seed: the scored estimates of the three analyses and the stage timings."""
+    true_links: bool = True,
+    labels: int = 1000,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed: the scored estimates of the three analyses, the stage timings and (under
+    ``"calibration"``) Splink's and the calibrated probabilities against the truth.
+    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own."""
     from cohort import build_cohort
     from evaluation.true_links import refit_on_true_links
     from ground.run_layout import RunLayout
     from linkage import LinkageSettings, link_run
+    from linkage.imputation import review_sample
     from models import run_models
     from models.settings import ModelSettings
-    from orchestration.link_uncertainty import run_link_uncertainty
+    from orchestration.link_uncertainty import calibrate, read_candidates, run_link_uncertainty
     from synthetic_data import generate_world
     from validation import ValidationSettings, validate_delivery
 
     ms = ModelSettings(bootstrap_replicates=0)
     base = Path(tempfile.mkdtemp(prefix=f"linkerr_{scenario}_{seed}_", dir=workdir))
     data, run = base / "world", base / "run"
-    times: dict[str, float] = {}
+    times: dict[str, Any] = {}
     try:
         t = time.perf_counter()
         generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
@@ -88,27 +149,57 @@ def run_seed(
         parts = [
             score(pd.read_csv(layout.results_dir / "estimates.csv"), truth).assign(analysis="naive")
         ]
-        t = time.perf_counter()
-        est = refit_on_true_links(
-            run_dir=run,
-            truth_dir=data / "truth",
-            out_dir=base / "true_links",
-            secret=SECRET,
-            model_settings=ms,
-        )
-        times["true_links"] = time.perf_counter() - t
-        parts.append(score(est, truth).assign(analysis="true_links"))
+        if true_links:
+            t = time.perf_counter()
+            est = refit_on_true_links(
+                run_dir=run,
+                truth_dir=data / "truth",
+                out_dir=base / "true_links",
+                secret=SECRET,
+                model_settings=ms,
+            )
+            times["true_links"] = time.perf_counter() - t
+            parts.append(score(est, truth).assign(analysis="true_links"))
         if draws:
+            candidates = read_candidates(layout)
+            label_frame = None
+            calibrated = None
+            if labels:
+                edges = review_sample(candidates, labels, np.random.default_rng(seed))
+                label_frame = truth_labels(candidates, edges, data / "truth")
+                calibrated = calibrate(candidates, label_frame).probabilities(candidates)
+            times["calibration"] = calibration_check(candidates, calibrated, data / "truth")
+            times["candidate_edges"] = int(candidates.edge_p.size)
             t = time.perf_counter()
             summary = run_link_uncertainty(
-                run_dir=run, draws=draws, secret=SECRET, seed=seed, model_settings=ms
+                run_dir=run,
+                draws=draws,
+                secret=SECRET,
+                seed=seed,
+                model_settings=ms,
+                labels=label_frame,
             )
             times["link_draws"] = time.perf_counter() - t
             pooled = summary.table
+            keys = ["outcome", "contrast", "method", "scale"]
             scored = score(pooled, truth).merge(
-                pooled[["outcome", "contrast", "method", "scale", "linkage_share"]],
-                on=["outcome", "contrast", "method", "scale"],
+                pooled[[*keys, "linkage_share", "between_var", "total_var", "width_ratio"]],
+                on=keys,
             )
+            # each draw's estimate on the fitted scale, for the Monte Carlo error against M
+            per_draw = (
+                pd.concat(
+                    [
+                        score(d, truth)[[*keys, "bias"]].assign(draw=i)
+                        for i, d in enumerate(summary.draw_estimates)
+                    ]
+                )
+                .groupby(keys)["bias"]
+                .apply(list)
+                .rename("draw_bias")
+                .reset_index()
+            )
+            scored = scored.merge(per_draw, on=keys, how="left")
             parts.append(scored.assign(analysis="linkage_aware"))
         rows = pd.concat(parts, ignore_index=True)
         return rows.assign(seed=seed, children=children, scenario=scenario, draws=draws), times
@@ -163,6 +254,77 @@ def to_markdown(table: pd.DataFrame, methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def monte_carlo_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per pooled estimate (mean over seeds): the width ratio (linkage-aware / naive), the
+    share of variance due to linkage, and the Monte Carlo SE of the pooled estimate with the
+    draws run, ``sqrt(B / M)``, as a share of its standard error ``sqrt(T)``; and the draws
+    needed for that share to be 0.1 (``M = B / (0.01 T)``, about 100 x the linkage share:
+    White, Royston and Wood 2011)."""
+    la = rows[rows["analysis"] == "linkage_aware"].copy()
+    b = la["draw_bias"].map(
+        lambda v: np.var(v, ddof=1) if isinstance(v, list) and len(v) > 1 else np.nan
+    )
+    m = la["draw_bias"].map(lambda v: len(v) if isinstance(v, list) else np.nan)
+    la["mc_share"] = np.sqrt(b / m) / np.sqrt(la["total_var"])
+    la["draws_for_0.1"] = np.ceil(b / (0.01 * la["total_var"]))
+    return (
+        la.groupby(["outcome", "contrast", "method"])
+        .agg(
+            seeds=("seed", "nunique"),
+            width_ratio=("width_ratio", "mean"),
+            width_ratio_min=("width_ratio", "min"),
+            width_ratio_max=("width_ratio", "max"),
+            linkage_share=("linkage_share", "mean"),
+            mc_share=("mc_share", "mean"),
+            draws_for_mc_share_01=("draws_for_0.1", "median"),
+        )
+        .reset_index()
+    )
+
+
+def calibration_report(timings: dict[str, Any]) -> pd.DataFrame:
+    """Splink's and the calibrated probabilities against the truth, summed over seeds."""
+    cal = [r for t in timings.values() for r in t.get("calibration", [])]
+    if not cal:
+        return pd.DataFrame()
+    c = pd.DataFrame(cal)
+    c["matches"] = c["pairs"] * c["observed"]
+    c["expected"] = c["pairs"] * c["predicted"]
+    out = (
+        c.groupby(["pairs_from", "probability", "match_weight"], sort=False)[
+            ["pairs", "expected", "matches"]
+        ]
+        .sum()
+        .reset_index()
+    )
+    out["predicted"] = out["expected"] / out["pairs"]
+    out["observed"] = out["matches"] / out["pairs"]
+    return out.drop(columns=["expected", "matches"])
+
+
+def report(paths: list[str]) -> None:
+    """Merge result files and print the tables of the docs."""
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+    for path in paths:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows += stored["rows"]
+        timings.update(stored.get("timings", {}))
+    df = pd.DataFrame(rows)
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    main_methods = ("regression", "ipw", "aipw", "cox_tv", "poisson_pw")
+    sys.stdout.write(f"seeds {seeds}\n\n{to_markdown(summary_table(df), main_methods)}\n\n")
+    if "draw_bias" in df:
+        mc = monte_carlo_table(df)
+        sys.stdout.write(mc[mc["method"].isin(main_methods)].to_string(index=False) + "\n\n")
+    for seed, t in sorted(timings.items(), key=lambda kv: int(kv[0])):
+        brief = {k: v for k, v in t.items() if k != "calibration"}
+        sys.stdout.write(f"seed {seed}: {brief}\n")
+    cal = calibration_report(timings)
+    if not cal.empty:
+        sys.stdout.write("\n" + cal.to_string(index=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=20)
@@ -173,7 +335,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="linkage_error_out")
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--no-true-links", action="store_true", help="skip the refit on the true links")
+    p.add_argument(
+        "--labels",
+        type=int,
+        default=1000,
+        help="pairs labelled by the truth to calibrate the draws (0: Splink's probabilities)",
+    )
+    p.add_argument("--report", nargs="+", help="merge these result files and print the tables")
     a = p.parse_args(argv)
+    if a.report:
+        report(a.report)
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"linkage_error_{a.scenario}_{a.children}.json"
@@ -197,9 +370,13 @@ def main(argv: list[str] | None = None) -> None:
             draws=a.draws,
             workdir=workdir,
             keep=a.keep,
+            true_links=not a.no_true_links,
+            labels=a.labels,
         )
         done += rows.to_dict("records")
-        timings[str(seed)] = {k: round(v, 1) for k, v in times.items()}
+        timings[str(seed)] = {
+            k: round(v, 1) if isinstance(v, float) else v for k, v in times.items()
+        }
         path.write_text(
             json.dumps(
                 {"scenario": a.scenario, "children": a.children, "rows": done, "timings": timings},
@@ -207,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
             ),
             encoding="utf-8",
         )
-        sys.stderr.write(f"seed {seed}: {time.perf_counter() - t0:.0f} s {timings[str(seed)]}\n")
+        brief = {k: v for k, v in timings[str(seed)].items() if k != "calibration"}
+        sys.stderr.write(f"seed {seed}: {time.perf_counter() - t0:.0f} s {brief}\n")
     rows_df = pd.DataFrame(done)
     rows_df = rows_df[rows_df["seed"].between(a.first_seed, a.first_seed + a.seeds - 1)]
     table = summary_table(rows_df)

@@ -22,16 +22,22 @@ joined by an exact NHS number, UPN or authority child id, which stay joined in e
   independently with its probability;
 * people are the connected components over the drawn edges, as in the linker.
 
-Only the pairs the linker scored and kept are candidates: Splink's predictions are stored from
-a match probability of 0.5 (``linkage.link._predict``), so a true pair scored below 0.5, or
-never blocked together (a health record with no NHS number and a postcode no register row
-has), is missed in every draw. Multiple linkage imputation carries the uncertainty *among the
-scored candidates* into the intervals; it cannot recover links the blocking never proposed.
+Candidates are the pairs the linker scored from 0.5 (``linkage.scored_pairs``) and, since the
+linkage stage keeps them, ``linkage.candidate_pairs``: pairs scored from
+``LinkageSettings.candidate_floor`` (0.001) up to 0.5, and pairs only the plan's candidate
+rules propose (``linkage.link.PIPELINE_PLAN``: date of birth + sex for a record with no name,
+such as a health record with no NHS number and a placement postcode, which no usual rule
+pairs with its child). A candidate-rule pair is kept only from a record group without a
+register person to a register group. Splink's probabilities are not calibrated on these data,
+so draws use probabilities recalibrated on a labelled review sample (:class:`LinkCalibration`,
+:func:`review_sample`) when labels are given. A true pair never scored at all (a date of
+birth wrong too) is still missed in every draw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import duckdb
@@ -58,30 +64,123 @@ class CandidateLinks:
     """The linkage zone reduced to what draws need (record ids only, no identifiers).
 
     ``records``: ``source, record_id, component`` (component: 0..n_components-1);
-    ``edges``: component pairs ``a < b`` with the highest probability of their profile pairs;
-    ``spine``: whether a component holds a population-register record."""
+    ``edges``: component pairs ``a < b`` with the highest probability and match weight of
+    their profile pairs (``edge_p``, ``edge_w``), and the features the calibration reads
+    (:data:`FEATURES`): ``edge_candidate_rule`` (only a candidate rule proposed the pair: no
+    usual blocking rule did), ``edge_looked_after`` (either side holds a looked-after episode),
+    ``edge_unknown_postcode`` (either side holds a record whose postcode no register row
+    holds, such as a placement address); ``spine``: whether a component holds a
+    population-register record; ``rep_l, rep_r``: each edge's representative records
+    (``source|record_id``), by which clerical reviewers' labels are matched."""
 
     records: pl.DataFrame
     edge_a: np.ndarray
     edge_b: np.ndarray
     edge_p: np.ndarray
     spine: np.ndarray
+    edge_w: np.ndarray | None = None
+    edge_candidate_rule: np.ndarray | None = None
+    edge_looked_after: np.ndarray | None = None
+    edge_unknown_postcode: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
         return int(self.spine.size)
 
+    def strata(self) -> np.ndarray:
+        """Each edge's calibration stratum, one row of :data:`STRATA` per edge: whether only a
+        candidate rule proposed it, whether a side is looked after, whether a side has an
+        unknown postcode, and its match-weight band (:data:`WEIGHT_BANDS`)."""
+        n = self.edge_p.size
 
-def load_candidates(
-    con: duckdb.DuckDBPyConnection, spine_source: str = "population_register"
-) -> CandidateLinks:
-    """Read ``linkage.record_person`` and ``linkage.scored_pairs`` (a linkage-zone connection)."""
-    tables = {
+        def flag(x: np.ndarray | None) -> np.ndarray:
+            return np.zeros(n, np.int64) if x is None else x.astype(np.int64)
+
+        return np.column_stack(
+            [
+                flag(self.edge_candidate_rule),
+                flag(self.edge_looked_after),
+                flag(self.edge_unknown_postcode),
+                np.digitize(self.weights(), WEIGHT_BANDS),
+            ]
+        )
+
+    def weights(self) -> np.ndarray:
+        """Match weights (log2 Bayes factor with the prior); from the probabilities where the
+        zone kept none."""
+        if self.edge_w is not None:
+            return self.edge_w
+        p = np.clip(self.edge_p, 1e-12, 1 - 1e-12)
+        return np.log2(p / (1 - p))
+
+    def with_probabilities(self, p: np.ndarray) -> CandidateLinks:
+        """The same candidates with the draw probability of each edge replaced."""
+        return replace(self, edge_p=np.clip(p, 0.0, 1.0))
+
+
+#: the calibration's strata (columns of ``CandidateLinks.strata``) and match-weight bands
+STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "weight_band")
+WEIGHT_BANDS = (-10.0, -7.0, -5.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)
+
+LOOKED_AFTER_SOURCE = "looked_after_episodes"
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {
         r[0]
         for r in con.execute(
             "SELECT table_schema || '.' || table_name FROM information_schema.tables"
         ).fetchall()
     }
+
+
+def _unknown_postcode_components(
+    con: duckdb.DuckDBPyConnection, rec: pl.DataFrame, spine_source: str
+) -> np.ndarray:
+    """Per component: whether it holds a record whose postcode (upper case, no spaces) no
+    record of the register holds. Postcodes are read and compared inside the linkage zone;
+    only the flag leaves it."""
+    n = int(rec["component"].max()) + 1  # type: ignore[arg-type]
+    out = np.zeros(n, bool)
+    with_postcode = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'staging' AND column_name = 'postcode'"
+        ).fetchall()
+    }
+    if spine_source not in with_postcode:
+        return out
+    norm = "upper(replace(CAST(postcode AS VARCHAR), ' ', ''))"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE register_postcodes AS SELECT DISTINCT {norm} AS pc "
+        f"FROM staging.{quote_ident(spine_source)} WHERE postcode IS NOT NULL"
+    )
+    con.register("rec_frame", rec)
+    try:
+        for source in sorted(with_postcode - {spine_source}):
+            comps = con.execute(
+                f"""SELECT DISTINCT f.component
+                    FROM staging.{quote_ident(source)} s
+                    JOIN rec_frame f ON f.source = ? AND f.record_id = CAST(s.record_id AS VARCHAR)
+                    WHERE s.postcode IS NOT NULL
+                      AND {norm} NOT IN (SELECT pc FROM register_postcodes)""",
+                [source],
+            ).fetchnumpy()["component"]
+            out[np.asarray(comps, dtype=np.int64)] = True
+    finally:
+        con.unregister("rec_frame")
+        con.execute("DROP TABLE register_postcodes")
+    return out
+
+
+def load_candidates(
+    con: duckdb.DuckDBPyConnection, spine_source: str = "population_register"
+) -> CandidateLinks:
+    """Read ``linkage.record_person``, ``linkage.scored_pairs`` and, when the linkage stage
+    kept them, ``linkage.candidate_pairs`` (the pairs below the linker's floor and those only
+    the candidate rules propose) from a linkage-zone connection."""
+    tables = _tables(con)
     for t in ("linkage.record_person", "linkage.scored_pairs"):
         if t not in tables:
             raise LinkDrawError(f"the linkage zone has no {t}: run `cohort link` first")
@@ -93,12 +192,23 @@ def load_candidates(
     if rec.height == 0:
         raise LinkDrawError("linkage.record_person is empty: nothing to draw")
     n = int(rec["component"].max()) + 1  # type: ignore[arg-type]
+    scored = (
+        "SELECT table_l, record_id_l, table_r, record_id_r, match_probability, match_weight, "
+        "false AS candidate_rule FROM linkage.scored_pairs"
+    )
+    if "linkage.candidate_pairs" in tables:
+        scored += (
+            " UNION ALL SELECT table_l, record_id_l, table_r, record_id_r, match_probability, "
+            "match_weight, candidate_rule FROM linkage.candidate_pairs"
+        )
     con.register("rec_frame", rec)
     try:
         pairs = con.sql(
-            """SELECT least(l.component, r.component) AS a, greatest(l.component, r.component) AS b,
-                      max(s.match_probability) AS p
-               FROM linkage.scored_pairs s
+            f"""SELECT least(l.component, r.component) AS a,
+                      greatest(l.component, r.component) AS b,
+                      max(s.match_probability) AS p, max(s.match_weight) AS w,
+                      bool_and(s.candidate_rule) AS candidate_rule
+               FROM ({scored}) s
                JOIN rec_frame l ON l.source = s.table_l AND l.record_id = s.record_id_l
                JOIN rec_frame r ON r.source = s.table_r AND r.record_id = s.record_id_r
                WHERE l.component <> r.component
@@ -108,12 +218,213 @@ def load_candidates(
         con.unregister("rec_frame")
     spine = np.zeros(n, bool)
     spine[rec.filter(pl.col("source") == spine_source)["component"].to_numpy()] = True
+    care = np.zeros(n, bool)
+    care[rec.filter(pl.col("source") == LOOKED_AFTER_SOURCE)["component"].to_numpy()] = True
+    unknown = _unknown_postcode_components(con, rec, spine_source)
+    a = pairs["a"].to_numpy().astype(np.int64)
+    b = pairs["b"].to_numpy().astype(np.int64)
+    # A candidate rule proposes a register person for a record group without one (a health
+    # record with no NHS number). Its other pairs are dropped: two register persons (a
+    # register group also holds its children's nameless health records, so the rule pairs
+    # those with every other child born that day: never a match on these worlds, yet drawn
+    # independently they merged two children), and a school or care group of a child whose
+    # register group is itself a candidate (drawn independently of that choice, they joined
+    # one child's records to another).
+    to_spine = spine[a] != spine[b]
+    kept = ~pairs["candidate_rule"].to_numpy().astype(bool) | to_spine
+    pairs, a, b = pairs.filter(pl.Series(kept)), a[kept], b[kept]
     return CandidateLinks(
         records=rec,
-        edge_a=pairs["a"].to_numpy().astype(np.int64),
-        edge_b=pairs["b"].to_numpy().astype(np.int64),
+        edge_a=a,
+        edge_b=b,
         edge_p=np.clip(pairs["p"].to_numpy().astype(np.float64), 0.0, 1.0),
         spine=spine,
+        edge_w=pairs["w"].to_numpy().astype(np.float64),
+        edge_candidate_rule=pairs["candidate_rule"].to_numpy().astype(bool),
+        edge_looked_after=care[a] | care[b],
+        edge_unknown_postcode=unknown[a] | unknown[b],
+    )
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class LinkCalibration:
+    """Draw probabilities recalibrated on a labelled sample of candidate pairs.
+
+    Splink's match probabilities are not calibrated on these data (they assume the
+    comparisons independent given match status, and one prior for every pair; docs/
+    linkage_error.md has the bins). Within each group of the first three :data:`STRATA`
+    (candidate rule, looked after, unknown postcode), the labelled share of true matches by
+    match-weight band is made non-decreasing in the band (pool-adjacent-violators, weighted by
+    the labels), which borrows strength between neighbouring bands; that is the stratum's
+    calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``
+    moved by the stratum's ``offset``). A stratum without labels keeps Splink's probabilities.
+    ``table``: one row per labelled stratum (``STRATA`` columns, ``labelled, matches, splink,
+    calibrated, offset``)."""
+
+    table: pl.DataFrame
+    labelled: int
+
+    def probabilities(self, c: CandidateLinks) -> np.ndarray:
+        key = pl.DataFrame(c.strata(), schema=list(STRATA), orient="row")
+        offset = key.join(
+            self.table.select(*STRATA, "offset"), on=list(STRATA), how="left", maintain_order="left"
+        )["offset"].fill_null(0.0)
+        return _expit(_logit(c.edge_p) + offset.to_numpy())
+
+    def to_json(self) -> dict[str, object]:
+        return {"labelled": self.labelled, "strata": self.table.to_dicts()}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -40, 40))))
+
+
+def review_sample(c: CandidateLinks, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Edges to label by clerical review (indices into the edges): up to ``n``, spread evenly
+    over the calibration's strata (:data:`STRATA`), so that the rare strata the draws depend
+    on are labelled too."""
+    _, stratum = np.unique(c.strata(), axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    counts = np.bincount(stratum)
+    take = np.zeros(counts.size, np.int64)
+    left = min(n, stratum.size)
+    while left > 0:  # equal shares, capped by each stratum's size
+        open_ = np.flatnonzero(take < counts)
+        if left < open_.size:
+            add = np.zeros(open_.size, np.int64)
+            add[rng.choice(open_.size, left, replace=False)] = 1
+        else:
+            add = np.minimum(counts[open_] - take[open_], left // open_.size)
+        take[open_] += add
+        left -= int(add.sum())
+    order = rng.permutation(stratum.size)
+    by_stratum = stratum[order]
+    picked = [order[by_stratum == s_][: take[s_]] for s_ in np.flatnonzero(take)]
+    return np.sort(np.concatenate(picked)) if picked else np.array([], np.int64)
+
+
+def _increasing(share: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of ``share`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(share, weight, strict=True):
+        blocks.append([float(v), float(w), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.repeat([b[0] for b in blocks], [int(b[2]) for b in blocks])
+
+
+def fit_calibration(c: CandidateLinks, edges: np.ndarray, is_match: np.ndarray) -> LinkCalibration:
+    """The calibration from the labels ``is_match`` of the labelled ``edges`` (see
+    :class:`LinkCalibration`)."""
+    y = np.asarray(is_match, dtype=bool)
+    if y.size < 50 or y.all() or not y.any():
+        raise LinkDrawError(
+            f"calibration needs at least 50 labelled pairs with both matches and non-matches; "
+            f"got {y.size} ({int(y.sum())} matches): label more pairs of the review sample"
+        )
+    lab = pl.DataFrame(c.strata()[edges], schema=list(STRATA), orient="row").with_columns(
+        y=pl.Series(y.astype(float)), p=pl.Series(c.edge_p[edges])
+    )
+    table = (
+        lab.group_by(list(STRATA))
+        .agg(labelled=pl.len(), matches=pl.col("y").sum(), splink=pl.col("p").mean())
+        .sort(list(STRATA))
+    )
+    group = list(STRATA[:-1])
+    calibrated = np.empty(table.height)
+    for _, part in table.with_row_index("row").group_by(group, maintain_order=True):
+        rows = part["row"].to_numpy()
+        share = (part["matches"] / part["labelled"]).to_numpy()
+        calibrated[rows] = _increasing(share, part["labelled"].to_numpy().astype(float))
+    offset = _logit(calibrated) - _logit(table["splink"].to_numpy())
+    return LinkCalibration(
+        table.with_columns(calibrated=pl.Series(calibrated), offset=pl.Series(offset)),
+        labelled=int(y.size),
+    )
+
+
+def edge_labels(c: CandidateLinks, labels: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Clerical-review labels (``source_l, record_id_l, source_r, record_id_r, is_match``:
+    any two records of the two record groups) as (edge indices, labels)."""
+    missing = {"source_l", "record_id_l", "source_r", "record_id_r", "is_match"} - set(
+        labels.columns
+    )
+    if missing:
+        raise LinkDrawError(
+            f"the link labels lack column(s) {sorted(missing)}: expected source_l, "
+            "record_id_l, source_r, record_id_r, is_match"
+        )
+    comp = c.records.select("source", "record_id", "component")
+    lab = (
+        labels.select(
+            pl.col("source_l").cast(pl.String),
+            pl.col("record_id_l").cast(pl.String),
+            pl.col("source_r").cast(pl.String),
+            pl.col("record_id_r").cast(pl.String),
+            pl.col("is_match").cast(pl.Boolean),
+        )
+        .join(
+            comp.rename({"source": "source_l", "record_id": "record_id_l", "component": "cl"}),
+            on=["source_l", "record_id_l"],
+        )
+        .join(
+            comp.rename({"source": "source_r", "record_id": "record_id_r", "component": "cr"}),
+            on=["source_r", "record_id_r"],
+        )
+        .with_columns(a=pl.min_horizontal("cl", "cr"), b=pl.max_horizontal("cl", "cr"))
+    )
+    edges = pl.DataFrame({"a": c.edge_a, "b": c.edge_b}).with_row_index("edge")
+    hit = lab.join(edges, on=["a", "b"])
+    return hit["edge"].to_numpy().astype(np.int64), hit["is_match"].to_numpy()
+
+
+def edge_records(c: CandidateLinks, edges: np.ndarray) -> pl.DataFrame:
+    """One record of each side of ``edges`` (``source_l, record_id_l, source_r,
+    record_id_r``): what a reviewer looks up, and what the labels name."""
+    first = c.records.group_by("component").agg(
+        pl.col("source").first(), pl.col("record_id").first()
+    )
+    first = first.sort("component")
+    src = np.full(c.n_components, "", dtype=object)
+    rid = np.full(c.n_components, "", dtype=object)
+    idx = first["component"].to_numpy()
+    src[idx] = first["source"].to_numpy()
+    rid[idx] = first["record_id"].to_numpy()
+    a, b = c.edge_a[edges], c.edge_b[edges]
+    return pl.DataFrame(
+        {
+            "source_l": src[a].tolist(),
+            "record_id_l": rid[a].tolist(),
+            "source_r": src[b].tolist(),
+            "record_id_r": rid[b].tolist(),
+        },
+        schema={k: pl.String for k in ("source_l", "record_id_l", "source_r", "record_id_r")},
+    )
+
+
+def calibration_bins(p: np.ndarray, is_match: np.ndarray, w: np.ndarray) -> pl.DataFrame:
+    """Predicted against observed share of true matches by match-weight band (for the docs
+    and the benchmark: is a probability what it says?)."""
+    edges_ = [-np.inf, -10, -7, -5, -3, -1, 0, 1, 2, 3, 5, 7, 10, 15, np.inf]
+    band = np.digitize(w, edges_[1:-1])
+    d = pl.DataFrame({"band": band, "p": p, "y": is_match.astype(float)})
+    labels = [f"[{lo}, {hi})" for lo, hi in pairwise(edges_)]
+    return (
+        d.group_by("band")
+        .agg(pairs=pl.len(), predicted=pl.col("p").mean(), observed=pl.col("y").mean())
+        .sort("band")
+        .with_columns(match_weight=pl.col("band").map_elements(lambda i: labels[i], pl.String))
+        .select("match_weight", "pairs", "predicted", "observed")
     )
 
 

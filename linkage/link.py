@@ -51,6 +51,7 @@ from linkage.training import (
     prior_rule,
     quiet_splink,
     rule_recall,
+    rule_sql,
     untrained_comparisons,
 )
 
@@ -85,6 +86,11 @@ class LinkResult:
     em_sessions: list[str] = field(default_factory=list)
     charts: dict[str, Path] = field(default_factory=dict)
     review: pl.DataFrame | None = None  # clerical-review sample (identifiers), if asked for
+    #: scored pairs the linker does not use, kept for multiple linkage imputation
+    #: (:mod:`linkage.imputation`): pairs below the prediction floor of ``pairs`` down to
+    #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together;
+    #: same columns as ``pairs`` plus ``candidate_rule`` (whether a candidate rule made it)
+    candidate_pairs: pl.DataFrame | None = None
 
 
 def _soundex(name: str | None) -> str | None:
@@ -211,6 +217,10 @@ class ModelPlan:
     blocking_rules: tuple[Rule, ...] | None = None
     em_sessions: tuple[Rule, ...] | None = None
     prior_rule: Rule | None = None
+    #: wider rules used only to propose *candidate* pairs for link draws (never linked by the
+    #: linker itself), restricted to pairs where exactly one side has no person name (a
+    #: health record, which has only a date of birth, sex and postcode to block on)
+    candidate_rules: tuple[Rule, ...] = ()
 
 
 #: the pipeline's blocking and training, declared (at a million children, choosing rules by
@@ -236,6 +246,10 @@ PIPELINE_PLAN = ModelPlan(
         ("first_name", "surname", "postcode"),  # date of birth, sex
     ),
     prior_rule=("first_name", "surname", "date_of_birth"),
+    # A health record without an NHS number whose postcode no register row holds (a placement
+    # address) agrees with its child on none of the rules above: the linker misses it, and
+    # link draws can recover it only if the pair is scored at all (docs/linkage_error.md)
+    candidate_rules=(("date_of_birth", "sex"),),
 )
 
 
@@ -345,7 +359,7 @@ def plan_model(
         counter = _pair_counter(con, prof, across_tables)
         rules = tuple(choose_blocking_rules(columns, counter, settings.max_pairs_per_rule))
     sessions = plan.em_sessions or tuple(choose_em_sessions(columns, rules))
-    return ModelPlan(rules, sessions, plan.prior_rule or prior_rule(columns))
+    return ModelPlan(rules, sessions, plan.prior_rule or prior_rule(columns), plan.candidate_rules)
 
 
 def load_model(
@@ -496,11 +510,76 @@ def _no_prior(rule: Rule) -> LinkageTrainingError:
     )
 
 
+def _prediction_floor(settings: LinkageSettings) -> float:
+    """The lowest match probability of the pairs the linker uses (``LinkResult.pairs``)."""
+    return 0.5 if settings.match_threshold is None else min(0.5, settings.match_threshold)
+
+
 def _predict(linker: Any, settings: LinkageSettings) -> Any:
-    floor = 0.5 if settings.match_threshold is None else min(0.5, settings.match_threshold)
+    floor = _prediction_floor(settings)
+    if settings.candidate_floor is not None:  # the pairs below it are candidates for draws
+        floor = min(floor, settings.candidate_floor)
     messages: list[str] = []  # untrained levels were reported once, by _train
     with quiet_splink(messages):
         return linker.inference.predict(threshold_match_probability=floor)
+
+
+def candidate_rule_sql(keys: Rule, columns: Sequence[Column], *, across_tables: bool) -> str:
+    """A candidate rule's SQL: the keys agree, different components, and exactly one side has
+    no person name (without name columns: the keys alone)."""
+    sql = rule_sql(keys, across_tables=across_tables)
+    names = [c.name for c in columns if c.scored and c.kind is ColumnKind.PERSON_NAME]
+    if not names:
+        return sql
+    nameless = " AND ".join(f"{{side}}.{quote_ident(n)} IS NULL" for n in names)
+    return f"{sql} AND (({nameless.format(side='l')}) <> ({nameless.format(side='r')}))"
+
+
+def _predict_candidates(
+    linker: Any,
+    sdf: Any,
+    con: duckdb.DuckDBPyConnection,
+    columns: Sequence[Column],
+    plan: ModelPlan,
+    settings: LinkageSettings,
+    across_tables: bool,
+) -> pl.DataFrame:
+    """Pairs only ``plan.candidate_rules`` block together, scored by the trained model, down to
+    ``settings.candidate_floor``: a second linker on the same profiles with the trained
+    parameters and the prediction rules followed by the candidate rules; the pairs an earlier
+    rule makes (``match_key``) are the linker's and dropped here."""
+    from splink import Linker
+
+    empty = pl.DataFrame(
+        schema={
+            "profile_id_l": pl.Int64,
+            "profile_id_r": pl.Int64,
+            "match_probability": pl.Float64,
+            "match_weight": pl.Float64,
+        }
+    )
+    if settings.candidate_floor is None or not plan.candidate_rules:
+        return empty
+    assert plan.blocking_rules is not None
+    model = linker.misc.save_model_to_json()
+    main = [rule_sql(r, across_tables=across_tables) for r in plan.blocking_rules]
+    extra = [
+        candidate_rule_sql(r, columns, across_tables=across_tables) for r in plan.candidate_rules
+    ]
+    model["blocking_rules_to_generate_predictions"] = [
+        {"blocking_rule": sql, "sql_dialect": "duckdb"} for sql in main + extra
+    ]
+    model.pop("linker_uid", None)
+    wide = Linker(sdf, model, log_level=logging.WARNING)
+    messages: list[str] = []
+    with quiet_splink(messages):
+        predictions = wide.inference.predict(threshold_match_probability=settings.candidate_floor)
+    return con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+        f"FROM {quote_ident(predictions.physical_name)} "
+        "WHERE CAST(match_key AS INTEGER) >= ? ORDER BY profile_id_l, profile_id_r",
+        params=[len(main)],
+    ).pl()
 
 
 def _linker(
@@ -569,11 +648,26 @@ def _score_on_duckdb(
     # still give identical probabilities; the output is sorted below
     con.execute("SET threads = ?", [threads])
     predictions = _predict(linker, settings)
-    pairs = con.sql(
+    scored = con.sql(
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
         f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
     ).pl()
-    return (*_finish(linker, prof, pairs, settings, explain), plan)
+    # the linker's pairs are those from the usual floor up, exactly as without candidates
+    floor = _prediction_floor(settings)
+    pairs = scored.filter(pl.col("match_probability") >= floor)
+    candidates = pl.concat(
+        [
+            scored.filter(pl.col("match_probability") < floor).with_columns(
+                candidate_rule=pl.lit(False)
+            ),
+            _predict_candidates(
+                linker, sdf, con, columns, plan, settings, across_tables
+            ).with_columns(candidate_rule=pl.lit(True)),
+        ]
+    )
+    pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
+    extras.candidates = candidates
+    return pairs_out, model_json, extras, plan
 
 
 def spark_session(settings: LinkageSettings, temp_directory: str | Path | None = None) -> Any:
@@ -645,9 +739,17 @@ def _score_on_spark(
         .orderBy("profile_id_l", "profile_id_r")
         .toArrow()
     )
-    pairs = pl.from_arrow(table)
-    assert isinstance(pairs, pl.DataFrame)
-    return _finish(linker, prof, pairs, settings, explain)
+    scored = pl.from_arrow(table)
+    assert isinstance(scored, pl.DataFrame)
+    # the linker's pairs from the usual floor; below it, candidates for link draws (the
+    # candidate rules run on DuckDB only)
+    floor = _prediction_floor(settings)
+    pairs = scored.filter(pl.col("match_probability") >= floor)
+    pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
+    extras.candidates = scored.filter(pl.col("match_probability") < floor).with_columns(
+        candidate_rule=pl.lit(False)
+    )
+    return pairs_out, model_json, extras
 
 
 def _finish(
@@ -678,6 +780,7 @@ class _Extras:
     threshold: float
     charts: dict[str, Path]
     review: pl.DataFrame | None
+    candidates: pl.DataFrame | None = None  # profile pairs kept for link draws only
 
 
 LinkType = Literal["link_and_dedupe", "link_only", "dedupe_only"]
@@ -840,17 +943,29 @@ def link_tables(
     rep_of = pl.Series("rep", [None] * n_comp, dtype=pl.String).scatter(
         rep["component"].to_numpy(), rep["rep"]
     )
-    left = rep_of.gather(comp_of[pl_]).str.splitn("|", 2)
-    right = rep_of.gather(comp_of[pr_]).str.splitn("|", 2)
-    pair_frame = pl.DataFrame(
-        {
-            "match_probability": prob,
-            "match_weight": pairs["match_weight"].to_numpy(),
-            "table_l": left.struct.field("field_0"),
-            "record_id_l": left.struct.field("field_1"),
-            "table_r": right.struct.field("field_0"),
-            "record_id_r": right.struct.field("field_1"),
-        }
+
+    def by_record(scored: pl.DataFrame) -> pl.DataFrame:
+        """Profile pairs as pairs of representative records (no identifiers)."""
+        left = rep_of.gather(comp_of[scored["profile_id_l"].to_numpy()]).str.splitn("|", 2)
+        right = rep_of.gather(comp_of[scored["profile_id_r"].to_numpy()]).str.splitn("|", 2)
+        return pl.DataFrame(
+            {
+                "match_probability": scored["match_probability"].to_numpy(),
+                "match_weight": scored["match_weight"].to_numpy(),
+                "table_l": left.struct.field("field_0"),
+                "record_id_l": left.struct.field("field_1"),
+                "table_r": right.struct.field("field_0"),
+                "record_id_r": right.struct.field("field_1"),
+            }
+        )
+
+    pair_frame = by_record(pairs)
+    candidate_frame = (
+        None
+        if extras.candidates is None
+        else by_record(extras.candidates).with_columns(
+            candidate_rule=extras.candidates["candidate_rule"]
+        )
     )
     con.close()
     return LinkResult(
@@ -864,4 +979,5 @@ def link_tables(
         em_sessions=["+".join(r) for r in plan.em_sessions or ()],
         charts=extras.charts,
         review=extras.review,
+        candidate_pairs=candidate_frame,
     )

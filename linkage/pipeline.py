@@ -179,6 +179,13 @@ def _link_run(
         con.execute("CREATE OR REPLACE TABLE linkage.scored_pairs AS SELECT * FROM pairs_frame")
         con.unregister("clusters_frame")
         con.unregister("pairs_frame")
+        # pairs below the linker's floor, and pairs only the candidate rules make: for link
+        # draws (linkage.imputation); record ids and scores only, kept in this zone
+        con.execute("DROP TABLE IF EXISTS linkage.candidate_pairs")
+        if result.candidate_pairs is not None:
+            con.register("candidate_frame", result.candidate_pairs)
+            con.execute("CREATE TABLE linkage.candidate_pairs AS SELECT * FROM candidate_frame")
+            con.unregister("candidate_frame")
         if result.review is not None:  # pairs near the threshold, for people to label
             con.register("review_frame", result.review)
             con.execute(
@@ -248,7 +255,8 @@ def _provider_link_run(
             ORDER BY source, record_id"""
         )
         con.unregister("keys_frame")
-        for stale in ("scored_pairs", "clerical_review"):  # an earlier run's Splink tables
+        # an earlier run's Splink tables
+        for stale in ("scored_pairs", "candidate_pairs", "clerical_review"):
             con.execute(f"DROP TABLE IF EXISTS {quote_ident('linkage.' + stale)}")
         (layout.linkage_dir / "model.json").write_text(
             json.dumps({"link_method": "provider"}, indent=2) + "\n", encoding="utf-8"

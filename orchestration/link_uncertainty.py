@@ -2,11 +2,15 @@
 
 ``cohort link-uncertainty --run RUN --draws 10`` (and :func:`run_link_uncertainty`):
 
-1. read the run's scored pairs and deterministic components from the linkage zone
-   (:func:`linkage.imputation.load_candidates`; the pairs are not scored again);
+1. read the run's scored pairs, the candidate pairs below the linker's floor, and the
+   deterministic components from the linkage zone (:func:`linkage.imputation.load_candidates`;
+   the pairs are not scored again); with clerical-review labels (``labels``: a labelled
+   :func:`write_review_sample`), recalibrate the draw probabilities on them
+   (:func:`linkage.imputation.fit_calibration`), else draw from Splink's probabilities;
 2. for each draw, one plausible link set (:func:`linkage.imputation.draw_record_person`) is
    written as the analysis zone of ``RUN/link_draws/draw_NN/``, and the later stages run there
-   as in the run: ``cohort build`` (the run's saved study config) and ``cohort model``;
+   as in the run: ``cohort build`` (the run's saved study config) and the run's analyses (the
+   model stage's fits, without its figures and release tables);
 3. every estimate is pooled over the draws with Rubin's rules (:func:`models.pooling.rubin_pool`)
    and written beside the run's own: ``RUN/results/linkage_uncertainty.csv`` (full precision:
    the main estimate and interval, the pooled one, the share of variance due to linkage) and
@@ -26,23 +30,36 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import yaml
 
 from cohort import build_cohort
 from cohort.config import load_study_config
-from ground.errors import RunStateError
+from ground.errors import ConfigError, RunStateError
 from ground.run_layout import RunLayout
-from linkage.imputation import draw_record_person, load_candidates, write_link_set_zone
+from linkage.imputation import (
+    CandidateLinks,
+    LinkCalibration,
+    draw_record_person,
+    edge_labels,
+    edge_records,
+    fit_calibration,
+    load_candidates,
+    review_sample,
+    write_link_set_zone,
+)
 from linkage.settings import LinkageSettings
-from models import run_models
+from models.estimators import CohortData
 from models.pooling import KEYS, rubin_pool
+from models.run import load_cohort, run_analyses
 from models.settings import ModelSettings
+from schemas.analyses import load_run_analyses
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +72,9 @@ class LinkUncertaintySummary:
     seconds_per_draw: float
     seconds_total: float
     table: pd.DataFrame
+    #: each draw's estimates table (for the Monte Carlo error of the pooled estimate)
+    draw_estimates: list[pd.DataFrame] = field(default_factory=list)
+    calibration: LinkCalibration | None = None
 
     def to_markdown(self) -> str:
         lines = [
@@ -82,10 +102,16 @@ def _draw_estimates(
     linkage_settings: LinkageSettings,
     model_settings: ModelSettings,
 ) -> pd.DataFrame:
+    """One draw's estimates: its analysis zone, build, and the run's analyses fitted (the
+    estimates only: the draws need no figures, release tables or table 1)."""
     write_link_set_zone(run.linkage_db, record_person, draw_layout, linkage_settings)  # type: ignore[arg-type]
     build_cohort(layout=draw_layout, config=load_study_config(run.cohort_dir / "study_config.yaml"))
-    run_models(layout=draw_layout, settings=model_settings)
-    return pd.read_csv(draw_layout.results_dir / "estimates.csv")
+    children, person_time, school_years = load_cohort(draw_layout)
+    if children.empty:
+        raise RunStateError(f"{draw_layout.root}: the drawn link set gave an empty cohort")
+    analyses = load_run_analyses(draw_layout.cohort_dir / "study_config.yaml")
+    fitted = run_analyses(CohortData(children, person_time, school_years), analyses, model_settings)
+    return fitted.estimates
 
 
 def run_settings_of(run: RunLayout) -> tuple[LinkageSettings, ModelSettings]:
@@ -126,6 +152,69 @@ def compare_with_main(main: pd.DataFrame, pooled: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+REVIEW_TABLE = "linkage.link_review_sample"
+
+
+def read_candidates(run: RunLayout) -> CandidateLinks:
+    """The run's candidate links (the linkage zone opened read-only)."""
+    if not run.linkage_db.exists():
+        raise RunStateError(f"{run.linkage_db} not found: run `cohort link` first")
+    con = duckdb.connect(str(run.linkage_db), read_only=True)
+    try:
+        return load_candidates(con)
+    finally:
+        con.close()
+
+
+def write_review_sample(run_dir: str | Path, pairs: int = 1000, seed: int = 2012) -> int:
+    """Choose ``pairs`` candidate pairs for clerical review, spread over the calibration's
+    strata (:func:`linkage.imputation.review_sample`), and store them in the linkage zone as
+    ``linkage.link_review_sample`` (``source_l, record_id_l, source_r, record_id_r`` and an
+    empty ``is_match``): reviewers look the records up there and fill ``is_match``; the
+    labels never leave the zone. Returns the number of pairs written."""
+    run = RunLayout.at(run_dir)
+    c = read_candidates(run)
+    edges = review_sample(c, pairs, np.random.default_rng(seed))
+    sample = edge_records(c, edges).with_columns(is_match=pl.lit(None, dtype=pl.Boolean))
+    con = duckdb.connect(str(run.linkage_db))
+    try:
+        con.register("review_frame", sample)
+        con.execute(f"CREATE OR REPLACE TABLE {REVIEW_TABLE} AS SELECT * FROM review_frame")
+        con.unregister("review_frame")
+    finally:
+        con.close()
+    return sample.height
+
+
+def _zone_labels(run: RunLayout) -> pl.DataFrame | None:
+    """The labelled rows of ``linkage.link_review_sample``, if reviewers filled any."""
+    con = duckdb.connect(str(run.linkage_db), read_only=True)
+    try:
+        schema, table = REVIEW_TABLE.split(".")
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()
+        if not found or not found[0]:
+            return None
+        return con.sql(f"SELECT * FROM {REVIEW_TABLE} WHERE is_match IS NOT NULL").pl()
+    finally:
+        con.close()
+
+
+def calibrate(candidates: CandidateLinks, labels: pl.DataFrame) -> LinkCalibration:
+    """The draw probabilities' calibration from labelled candidate pairs."""
+    edges, is_match = edge_labels(candidates, labels)
+    if edges.size < labels.height:
+        raise ConfigError(
+            f"{labels.height - edges.size} of {labels.height} labelled pairs are not candidate "
+            "pairs of this run (labels from another run?): label pairs of this run's "
+            "linkage.link_review_sample"
+        )
+    return fit_calibration(candidates, edges, is_match)
+
+
 def run_link_uncertainty(
     *,
     run_dir: str | Path,
@@ -135,10 +224,14 @@ def run_link_uncertainty(
     model_settings: ModelSettings | None = None,
     keep_draws: bool = False,
     progress: Callable[[str], None] | None = None,
+    labels: pl.DataFrame | None = None,
 ) -> LinkUncertaintySummary:
     """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
     ``secret``: the key of the draws' pseudonyms (default: a throwaway random key; a draw's
-    keys are never joined to the run's)."""
+    keys are never joined to the run's). ``labels``: labelled candidate pairs (``source_l,
+    record_id_l, source_r, record_id_r, is_match``) to recalibrate the draw probabilities on
+    (default: the labelled rows of the zone's ``linkage.link_review_sample``; none: Splink's
+    own probabilities, which are not calibrated, see docs/linkage_error.md)."""
     step = progress or (lambda m: log.info("%s", m))
     run = RunLayout.at(run_dir)
     if not run.linkage_db.exists():
@@ -149,11 +242,15 @@ def run_link_uncertainty(
     if not main_path.exists():
         raise RunStateError(f"{main_path} not found: run `cohort model` first")
     t0 = time.perf_counter()
-    con = duckdb.connect(str(run.linkage_db), read_only=True)
-    try:
-        candidates = load_candidates(con)
-    finally:
-        con.close()
+    candidates = read_candidates(run)
+    labels = labels if labels is not None else _zone_labels(run)
+    calibration = None
+    if labels is not None and labels.height:
+        calibration = calibrate(candidates, labels)
+        candidates = candidates.with_probabilities(calibration.probabilities(candidates))
+        step(f"draw probabilities recalibrated on {calibration.labelled} labelled pairs")
+    else:
+        step("no labelled pairs: drawing from Splink's own (uncalibrated) probabilities")
     rng = np.random.default_rng(seed)
     key = secret or os.urandom(32)
     base = run.root / DRAWS_DIR
@@ -182,10 +279,13 @@ def run_link_uncertainty(
                 "seconds_total": round(total, 1),
                 "seconds_per_draw": round(total / max(draws, 1), 1),
                 "bootstrap_replicates": ms.bootstrap_replicates,
+                "calibration": None if calibration is None else calibration.to_json(),
             },
             indent=2,
         )
         + "\n",
         encoding="utf-8",
     )
-    return LinkUncertaintySummary(draws, total / max(draws, 1), total, table)
+    return LinkUncertaintySummary(
+        draws, total / max(draws, 1), total, table, estimates, calibration
+    )

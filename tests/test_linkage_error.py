@@ -12,11 +12,18 @@ import polars as pl
 import pytest
 
 from ground.errors import ConfigError
+from ground.run_layout import RunLayout
 from linkage.imputation import (
+    STRATA,
     CandidateLinks,
+    LinkDrawError,
     draw_edges,
+    edge_labels,
+    edge_records,
+    fit_calibration,
     load_candidates,
     record_person_for,
+    review_sample,
     true_record_person,
     write_link_set_zone,
 )
@@ -134,6 +141,258 @@ def test_record_person_of_a_draw_is_connected_components() -> None:
     persons = rp.group_by("person_id").len()
     assert sorted(persons["len"].to_list()) == [1, 1, 2]
     assert rp.filter(pl.col("record_id") == "R003")["link_method"].item() == "unlinked"
+
+
+# ---------------------------------------------------------------- candidates below the threshold
+
+
+def test_candidate_rule_proposes_a_nameless_record_with_a_named_one_only() -> None:
+    """The candidate rule (date of birth + sex) pairs a record with no name (a health record)
+    with a named one, never two named records (those the usual rules score) nor two nameless
+    ones. Shown failing with the name condition dropped: the named pair (0, 1) is proposed."""
+    from linkage.comparisons import PIPELINE_COLUMNS
+    from linkage.link import PIPELINE_PLAN, candidate_rule_sql
+
+    sql = candidate_rule_sql(
+        PIPELINE_PLAN.candidate_rules[0], PIPELINE_COLUMNS, across_tables=False
+    )
+    prof = pl.DataFrame(
+        {
+            "profile_id": [0, 1, 2, 3, 4],
+            "component": [0, 1, 2, 3, 4],
+            "first_name": ["amy", "amy", None, None, "amy"],
+            "surname": ["ray", "roy", None, None, "ray"],
+            "date_of_birth": ["2010-01-02"] * 4 + ["2011-01-02"],
+            "sex": ["F"] * 5,
+        }
+    )
+    con = duckdb.connect()
+    con.register("p", prof)
+    pairs = con.sql(
+        f"SELECT l.profile_id, r.profile_id FROM p l JOIN p r ON l.profile_id < r.profile_id "
+        f"AND {sql} ORDER BY 1, 2"
+    ).fetchall()
+    assert pairs == [(0, 2), (0, 3), (1, 2), (1, 3)]
+
+
+def _strata_candidates(n: int, rng: np.random.Generator) -> tuple[CandidateLinks, np.ndarray]:
+    """Edges between a register component and a health one, in strata whose true share of
+    matches is known and far from Splink's probability (0.3 in every edge)."""
+    rule = rng.random(n) < 0.5
+    care = rng.random(n) < 0.3
+    unknown = rng.random(n) < 0.3
+    true_p = np.where(rule, np.where(care & unknown, 0.9, 0.05), 0.6)
+    c = CandidateLinks(
+        records=pl.DataFrame(
+            {
+                "source": ["population_register"] * n + ["hospital_admissions"] * n,
+                "record_id": [f"P{i}" for i in range(n)] + [f"H{i}" for i in range(n)],
+                "component": list(range(2 * n)),
+            }
+        ),
+        edge_a=np.arange(n, dtype=np.int64),
+        edge_b=np.arange(n, 2 * n, dtype=np.int64),
+        edge_p=np.full(n, 0.3),
+        spine=np.r_[np.ones(n, bool), np.zeros(n, bool)],
+        edge_w=np.full(n, -1.2),
+        edge_candidate_rule=rule,
+        edge_looked_after=care,
+        edge_unknown_postcode=unknown,
+    )
+    return c, rng.random(n) < true_p
+
+
+def test_calibration_recovers_each_strata_share_of_true_matches_from_a_review_sample() -> None:
+    """2,000 labelled pairs of 20,000: the calibrated probabilities match the true share of
+    matches in every stratum within 0.1 (3 binomial SEs of a stratum's 250 labels; Splink's
+    0.3 is off by 0.25-0.6); the labels are found again from the records a reviewer is
+    shown."""
+    rng = np.random.default_rng(5)
+    c, is_match = _strata_candidates(20_000, rng)
+    edges = review_sample(c, 2000, rng)
+    assert edges.size == 2000
+    # every stratum gets its equal share of the labels, the rare ones too (candidate rule x
+    # looked after x unknown postcode: 4.5% of the pairs, 1/8 of the labels)
+    strata = [tuple(r) for r in c.strata()[edges]]
+    assert len(set(strata)) == 8
+    assert strata.count((1, 1, 1, 4)) == 250
+    labels = edge_records(c, edges).with_columns(is_match=pl.Series(is_match[edges]))
+    found, y = edge_labels(c, labels)
+    np.testing.assert_array_equal(np.sort(found), edges)
+    cal = fit_calibration(c, found, y)
+    p = cal.probabilities(c)
+    for key in {tuple(r) for r in c.strata()}:
+        sel = (c.strata() == np.array(key)).all(axis=1)
+        assert abs(p[sel].mean() - is_match[sel].mean()) < 0.1, key
+    assert list(cal.table.columns[: len(STRATA)]) == list(STRATA)
+    with pytest.raises(LinkDrawError, match="at least 50 labelled pairs"):
+        fit_calibration(c, found[:10], y[:10])
+
+
+def _register_and_admissions() -> tuple[dict[str, pl.DataFrame], dict[str, dict[str, str]]]:
+    """Six register children and four admissions. ``h_missed``: Ava's admission with no NHS
+    number and a placement postcode no register row holds (the differential scenario's
+    missed link); Ava shares her date of birth and sex with Isla, the decoy."""
+    register = pl.DataFrame(
+        {
+            "rid": [f"p{i}" for i in range(6)],
+            "nhs": ["9000000001", "9000000002", "9000000003", "9000000004", "9000000005", None],
+            "first": ["ava", "isla", "noah", "leo", "mia", "ella"],
+            "last": ["jones", "price", "evans", "davies", "hughes", "lewis"],
+            "dob": [
+                "2008-03-14",
+                "2008-03-14",
+                "2007-11-02",
+                "2009-06-30",
+                "2010-01-09",
+                "2006-05-05",
+            ],
+            "sex": ["F", "F", "M", "M", "F", "F"],
+            "pc": ["CF10 1AA", "CF24 3BB", "SA1 2CC", "LL57 3DD", "NP20 4EE", "CF5 9FF"],
+        }
+    )
+    admissions = pl.DataFrame(
+        {
+            "rid": ["h_missed", "h_nhs", "h_postcode", "h_other"],
+            "nhs": [None, "9000000003", None, "9000000004"],
+            "dob": ["2008-03-14", "2007-11-02", "2010-01-09", "2009-06-30"],
+            "sex": ["F", "M", "F", "M"],
+            "pc": ["SY23 9ZZ", "SA1 2CC", "NP20 4EE", "LL57 3DD"],
+        }
+    )
+    roles = {
+        "population_register": {
+            "record_id": "rid",
+            "nhs_number": "nhs",
+            "first_name": "first",
+            "surname": "last",
+            "date_of_birth": "dob",
+            "sex": "sex",
+            "postcode": "pc",
+        },
+        "hospital_admissions": {
+            "record_id": "rid",
+            "nhs_number": "nhs",
+            "date_of_birth": "dob",
+            "sex": "sex",
+            "postcode": "pc",
+        },
+    }
+    return {"population_register": register, "hospital_admissions": admissions}, roles
+
+
+def _zone_of(result: object, *, with_candidates: bool) -> duckdb.DuckDBPyConnection:
+    """A linkage zone's tables from a LinkResult (record ids only), in memory."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    clusters = result.clusters  # type: ignore[attr-defined]
+    con.register("c", clusters)
+    con.execute(
+        'CREATE TABLE linkage.record_person AS SELECT "table" AS source, record_id, '
+        "component_id FROM c"
+    )
+    con.register("p", result.pairs)  # type: ignore[attr-defined]
+    con.execute("CREATE TABLE linkage.scored_pairs AS SELECT * FROM p")
+    if with_candidates:
+        con.register("k", result.candidate_pairs)  # type: ignore[attr-defined]
+        con.execute("CREATE TABLE linkage.candidate_pairs AS SELECT * FROM k")
+    return con
+
+
+def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
+    linked_run: Path,
+) -> None:
+    """The linker leaves Ava's placement-address admission unlinked (nothing it blocks on
+    agrees), exactly as before; the candidate rule scores it with Ava and with Isla (same
+    date of birth and sex) and draws link it to one of them. The planted error, drawing only
+    among the pairs the linker scores from 0.5 (the old behaviour: no candidate pairs), never
+    recovers it. Shown failing with `candidate_floor=None` (no candidate pairs: recovered in
+    0 of 200 draws)."""
+    from linkage import LinkageSettings
+    from linkage.link import link_tables
+
+    tables, roles = _register_and_admissions()
+    model = RunLayout.at(linked_run).linkage_dir / "model.json"  # tiny data cannot train
+    result = link_tables(tables, roles, settings=LinkageSettings(model_path=str(model)))
+    cluster = dict(
+        zip(
+            result.clusters["record_id"].to_list(),
+            result.clusters["cluster_id"].to_list(),
+            strict=True,
+        )
+    )
+    # the linker: the NHS number and the postcode link their admissions; the missed one is alone
+    assert cluster["h_nhs"] == cluster["p2"] and cluster["h_postcode"] == cluster["p4"]
+    assert sum(v == cluster["h_missed"] for v in cluster.values()) == 1
+    cand = result.candidate_pairs
+    assert cand is not None
+    missed = cand.filter(
+        (pl.col("record_id_l") == "h_missed") | (pl.col("record_id_r") == "h_missed")
+    )
+    partners = set(missed["record_id_l"].to_list() + missed["record_id_r"].to_list()) - {"h_missed"}
+    assert partners == {"p0", "p1"} and missed["candidate_rule"].all()
+
+    p_ava = missed.filter((pl.col("record_id_l") == "p0") | (pl.col("record_id_r") == "p0"))[
+        "match_probability"
+    ].item()
+    rng = np.random.default_rng(11)
+    n = 200
+    recovered = {}
+    for with_candidates in (True, False):
+        con = _zone_of(result, with_candidates=with_candidates)
+        c = load_candidates(con)
+        con.close()
+        person = [record_person_for(c, draw_edges(c, rng), b"k" * 20) for _ in range(n)]
+
+        def same(rp: pl.DataFrame, ids: list[str]) -> bool:
+            return rp.filter(pl.col("record_id").is_in(ids))["person_id"].n_unique() == 1
+
+        recovered[with_candidates] = np.mean([same(rp, ["h_missed", "p0"]) for rp in person])
+        # one register person per record group: never Ava and Isla at once
+        assert not any(same(rp, ["p0", "p1"]) for rp in person)
+    assert recovered[False] == 0.0
+    # drawn at its probability (Splink's here: no labels to calibrate on)
+    assert abs(recovered[True] - p_ava) < 4 * np.sqrt(p_ava * (1 - p_ava) / n)
+    assert recovered[True] > 0
+
+
+def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_person() -> None:
+    """Candidate-rule pairs propose a register person for a record group that has none: one
+    between two register groups (a register group's own nameless health record paired with
+    another child born that day) or between a school group and a health record would, drawn
+    independently, merge two children, and is dropped. Usual-rule pairs are all kept. Shown
+    failing without the filter: 4 edges instead of 2."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    con.execute(
+        """CREATE TABLE linkage.record_person AS SELECT * FROM (VALUES
+        ('population_register', 'p0', 0), ('hospital_admissions', 'h0', 0),
+        ('population_register', 'p1', 1), ('hospital_admissions', 'h9', 2),
+        ('school_census', 's1', 3)) t(source, record_id, component_id)"""
+    )
+    pair = "SELECT * FROM (VALUES {}) t(table_l, record_id_l, table_r, record_id_r, "
+    con.execute(
+        "CREATE TABLE linkage.scored_pairs AS "
+        + pair.format("('school_census', 's1', 'population_register', 'p1', 0.97, 5.0)")
+        + "match_probability, match_weight)"
+    )
+    con.execute(
+        "CREATE TABLE linkage.candidate_pairs AS "
+        + pair.format(
+            "('hospital_admissions', 'h9', 'population_register', 'p1', 0.1, -3.2, true), "
+            "('population_register', 'p0', 'population_register', 'p1', 0.1, -3.2, true), "
+            "('hospital_admissions', 'h9', 'school_census', 's1', 0.1, -3.2, true)"
+        )
+        + "match_probability, match_weight, candidate_rule)"
+    )
+    c = load_candidates(con)
+    con.close()
+    assert c.edge_candidate_rule is not None
+    edges = sorted(
+        zip(c.edge_a.tolist(), c.edge_b.tolist(), c.edge_candidate_rule.tolist(), strict=True)
+    )
+    # components 0 (p0+h0), 1 (p1), 2 (h9), 3 (s1)
+    assert edges == [(1, 2, True), (1, 3, False)]
 
 
 # ---------------------------------------------------------------- Rubin's rules
