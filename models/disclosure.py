@@ -415,16 +415,21 @@ def control_cells(
     """Every cell as released: ``[c]`` (small, hidden, or suppressed to protect another along
     a relation that holds on the true counts) or the count rounded to ``settings.rounding``.
 
-    ``hidden`` cells (the counts of a withheld estimate) are shown as ``[c]``; those below the
-    threshold are protected like small counts, the others are treated as known to a reader."""
+    ``hidden`` cells (the counts of a withheld estimate) are shown as ``[c]``; those below twice
+    the threshold are protected like small counts, the others are treated as known to a
+    reader."""
     hidden = hidden or set()
     derived = unreleased_values(values, relations)
     values = {**values, **derived}
     unreleased = set(derived)
     known = known or set()
     sensitive = {c for c, v in values.items() if 0 < v < settings.threshold and c not in known}
-    # a reader cannot tell a hidden or unreleased 0 from a small count: protect them too
-    sensitive |= {c for c in hidden | unreleased if values[c] < settings.threshold}
+    # a reader cannot tell a hidden or unreleased 0 from a small count: protect them too; a
+    # hidden count under twice the threshold could still be pinned to an interval narrower than
+    # the threshold that reaches below it (what recoverable_cells looks for), so it is
+    # protected as well (e.g. the third of three strata when the whole and two are released)
+    sensitive |= {c for c in unreleased if values[c] < settings.threshold}
+    sensitive |= {c for c in hidden if values[c] < 2 * settings.threshold}
     true_relations = [r for r in relations if holds(r, values)]
     suppressed = (
         protect(values, sensitive, true_relations, settings.threshold, known, unreleased) | hidden
