@@ -520,3 +520,38 @@ def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
     # a run without scored pairs is named, one line, exit 2
     r = _cohort("link-uncertainty", "--run", str(tmp_path / "nowhere"), env=_env(tmp_path))
     assert r.returncode == 2 and "cohort link" in r.stderr
+
+
+def test_review_sample_command_stores_pairs_for_review_in_the_zone_only(
+    full_run: Path, tmp_path: Path
+) -> None:
+    """`cohort link-uncertainty --review-sample N` stores N candidate pairs (record ids and an
+    empty is_match, no identifier) in the linkage zone of a copy of the session run, and
+    writes nothing else: no draws, no results."""
+    import shutil
+
+    import duckdb
+
+    from tests.e2e import _cohort, _env
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    results_before = sorted(p.name for p in (run / "results").iterdir())
+    r = _cohort("link-uncertainty", "--run", str(run), "--review-sample", "40", env=_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "linkage.link_review_sample" in r.stdout
+    con = duckdb.connect(str(run / "linkage_zone.duckdb"), read_only=True)
+    try:
+        sample = con.execute("SELECT * FROM linkage.link_review_sample").df()
+    finally:
+        con.close()
+    assert list(sample.columns) == [
+        "source_l",
+        "record_id_l",
+        "source_r",
+        "record_id_r",
+        "is_match",
+    ]
+    assert 0 < len(sample) <= 40 and sample["is_match"].isna().all()
+    assert sorted(p.name for p in (run / "results").iterdir()) == results_before
+    assert not (run / "link_draws").exists()

@@ -26,6 +26,16 @@ def command(
     keep_draws: Annotated[
         bool, typer.Option("--keep-draws", help="Keep RUN/link_draws/ (pseudonymous zones).")
     ] = False,
+    review_sample: Annotated[
+        int | None,
+        typer.Option(
+            "--review-sample",
+            min=1,
+            help="Instead of drawing: store N candidate pairs for clerical review in the "
+            "linkage zone (linkage.link_review_sample; reviewers fill is_match there), spread "
+            "over the calibration's strata; the next run without it calibrates on the labels.",
+        ),
+    ] = None,
 ) -> None:
     """Draw link sets from the run's scored pairs, rerun build and model per draw, pool with
     Rubin's rules: RUN/results/linkage_uncertainty.csv beside the main estimates, with the
@@ -36,9 +46,21 @@ def command(
     from rich.console import Console
 
     from ground.run_layout import RunLayout
-    from orchestration.link_uncertainty import run_link_uncertainty, run_settings_of
+    from orchestration.link_uncertainty import (
+        REVIEW_TABLE,
+        run_link_uncertainty,
+        run_settings_of,
+        write_review_sample,
+    )
 
     console = Console(stderr=True)
+    if review_sample is not None:
+        n = write_review_sample(run, pairs=review_sample, seed=seed)
+        typer.echo(
+            f"{n} candidate pairs stored for review in the linkage zone ({REVIEW_TABLE}); "
+            "fill is_match there, then run `cohort link-uncertainty` without --review-sample."
+        )
+        return
     model_settings = None
     if bootstrap_replicates is not None:
         _, ms = run_settings_of(RunLayout.at(run))
