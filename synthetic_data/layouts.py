@@ -45,6 +45,7 @@ import polars as pl
 from ground.errors import ConfigError
 from synthetic_data import layouts_health_education as health_education
 from synthetic_data import layouts_wales
+from synthetic_data.layouts_wales import uk_date
 
 # a layout writer: the source's frame, the row order it is written in, which rows are malformed,
 # the output folder
@@ -60,16 +61,6 @@ FACTOR_CODES = {
     "parent_physical_ill_health": "6B",
 }
 DISABILITY_CODE = "DDA"  # any disability; "NONE" for none
-
-
-def _uk_date(value: str | None) -> str:
-    """ISO ``YYYY-MM-DD`` as dd/mm/yyyy; anything else (a defect) as it is."""
-    if value is None:
-        return ""
-    try:
-        return date.fromisoformat(value).strftime("%d/%m/%Y") if len(value) == 10 else value
-    except ValueError:
-        return value
 
 
 def _written_order(rows_out: np.ndarray, malformed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +84,7 @@ def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
                 "LA": key[0],
                 "CHILD": key[1],
                 "SEX": SEX_903.get(r["sex"], r["sex"] or ""),
-                "DOB": _uk_date(r["date_of_birth"]),
+                "DOB": uk_date(r["date_of_birth"]),
                 "UPN": "",
             }
     with (out / "SSDA903_header.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -111,13 +102,13 @@ def write_ssda903(df: pl.DataFrame, rows_out: np.ndarray, malformed: np.ndarray,
             line = [
                 r["la_code"] or "",
                 r["la_child_id"] or "",
-                _uk_date(r["episode_start"]),
+                uk_date(r["episode_start"]),
                 r["reason_episode_started"] or "",
                 r["legal_status"] or "",
                 "",
                 r["placement_type"] or "",
                 "",
-                _uk_date(r["episode_end"]),
+                uk_date(r["episode_end"]),
                 r["reason_episode_ended"] or "",
                 "",
                 r["postcode"] or "",
