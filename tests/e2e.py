@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import polars as pl
 import pytest
 from filelock import FileLock
 
@@ -85,6 +86,35 @@ def headless_chromium(
         timeout=120,
         check=check,
     )
+
+
+def contract_rows(path: Path) -> pl.DataFrame:
+    """A contract CSV as text, malformed lines cut to the contract's columns, rows sorted."""
+    df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    return df.sort(df.columns, nulls_last=True)
+
+
+def zone_tables(run: Path, schema: str) -> dict[str, pl.DataFrame]:
+    """Every table of one schema of a run's analysis zone, rows sorted (to compare two runs)."""
+    import duckdb
+
+    con = duckdb.connect(str(run / "analysis_zone.duckdb"), read_only=True)
+    try:
+        names = [
+            t
+            for (t,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                "ORDER BY 1",
+                [schema],
+            ).fetchall()
+        ]
+        tables = {}
+        for t in names:
+            df = con.sql(f'SELECT * FROM "{schema}"."{t}"').pl()
+            tables[t] = df.sort(df.columns, nulls_last=True)
+        return tables
+    finally:
+        con.close()
 
 
 def built_once(

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deliveries import MappingError, SourceLayoutError, adapt_delivery, detect_layout, load_layout
-from tests.e2e import _cohort, _env
+from tests.e2e import _cohort, _env, contract_rows, zone_tables
 
 SOCIAL_CARE = ("looked_after_episodes", "care_support_census")
 
@@ -32,12 +32,6 @@ def adapted(layout_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("adapted") / "delivery"
     adapt_delivery(source_dir=layout_world, out_dir=out, layout=load_layout("ssda903"))
     return out
-
-
-def _rows(path: Path) -> pl.DataFrame:
-    """A contract CSV as text, malformed lines cut to the contract's columns, rows sorted."""
-    df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
-    return df.sort(df.columns, nulls_last=True)
 
 
 def test_the_layout_world_holds_the_layout_files_and_the_same_truth(
@@ -100,7 +94,7 @@ def test_a_messy_world_round_trips_apart_from_what_the_903_header_cannot_carry(
     )
     adapted = tmp_path / "adapted"
     care = "care_support_census"
-    assert _rows(adapted / f"{care}.csv").equals(_rows(native / f"{care}.csv"))
+    assert contract_rows(adapted / f"{care}.csv").equals(contract_rows(native / f"{care}.csv"))
     malformed_native = (native / f"{care}.csv").read_text().count(",EXTRA\n")
     assert malformed_native > 0, "the messy world should plant malformed lines"
     assert summary.malformed[care] == malformed_native
@@ -110,7 +104,7 @@ def test_a_messy_world_round_trips_apart_from_what_the_903_header_cannot_carry(
             native / "looked_after_episodes.csv", infer_schema=False, truncate_ragged_lines=True
         )
     )
-    got = _rows(adapted / "looked_after_episodes.csv")
+    got = contract_rows(adapted / "looked_after_episodes.csv")
     assert got.equals(expected.sort(expected.columns, nulls_last=True))
     defects = pl.read_parquet(layout_dir / "truth" / "defects.parquet")
     planted = defects.filter(pl.col("source").is_in(SOCIAL_CARE))["defect"].unique().to_list()
@@ -351,27 +345,6 @@ def test_the_dfe_cin_rules_read_every_section47_enquiry_and_report_planted_breac
     }
 
 
-def _cohort_tables(run: Path) -> dict[str, pl.DataFrame]:
-    import duckdb
-
-    con = duckdb.connect(str(run / "analysis_zone.duckdb"), read_only=True)
-    try:
-        names = [
-            t
-            for (t,) in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'cohort' "
-                "ORDER BY 1"
-            ).fetchall()
-        ]
-        tables = {}
-        for t in names:
-            df = con.sql(f'SELECT * FROM cohort."{t}"').pl()
-            tables[t] = df.sort(df.columns, nulls_last=True)
-        return tables
-    finally:
-        con.close()
-
-
 @pytest.mark.slow
 def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimates(
     full_run: Path, adapted: Path, tmp_path: Path
@@ -383,7 +356,7 @@ def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimate
                 timeout=1200)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
-    native, layout = _cohort_tables(full_run), _cohort_tables(run)
+    native, layout = zone_tables(full_run, "cohort"), zone_tables(run, "cohort")
     assert set(native) == set(layout) and {"children", "person_time"} <= set(native)
     for name, table in native.items():
         assert layout[name].equals(table), name

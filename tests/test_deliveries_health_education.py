@@ -22,7 +22,7 @@ from deliveries import (
     load_layouts,
 )
 from schemas.contracts import load_codelist
-from tests.e2e import _cohort, _env
+from tests.e2e import _cohort, _env, zone_tables
 
 LAYOUTS = ["ecds", "key_stages", "school_census"]
 SOURCES_MADE = ("emergency_department", "attainment", "school_census")
@@ -373,28 +373,6 @@ def test_cohort_adapt_prints_one_line_and_exits_2(layout_world: Path, tmp_path: 
 # --- the whole run -----------------------------------------------------------------------------
 
 
-def _zone_tables(run: Path, schema: str) -> dict[str, pl.DataFrame]:
-    import duckdb
-
-    con = duckdb.connect(str(run / "analysis_zone.duckdb"), read_only=True)
-    try:
-        names = [
-            t
-            for (t,) in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                "ORDER BY 1",
-                [schema],
-            ).fetchall()
-        ]
-        tables = {}
-        for t in names:
-            df = con.sql(f'SELECT * FROM {schema}."{t}"').pl()
-            tables[t] = df.sort(df.columns, nulls_last=True)
-        return tables
-    finally:
-        con.close()
-
-
 @pytest.mark.slow
 def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimates(
     full_run: Path, adapted: Path, tmp_path: Path
@@ -406,7 +384,7 @@ def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimate
                 timeout=1800)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
-    native, layout = _zone_tables(full_run, "cohort"), _zone_tables(run, "cohort")
+    native, layout = zone_tables(full_run, "cohort"), zone_tables(run, "cohort")
     assert set(native) == set(layout) and {"children", "person_time"} <= set(native)
     for name, table in native.items():
         assert layout[name].equals(table), name
@@ -414,7 +392,7 @@ def test_a_run_on_the_adapted_delivery_gives_the_native_runs_cohort_and_estimate
         assert (run / "results" / results).read_bytes() == (
             full_run / "results" / results
         ).read_bytes(), results
-    native, layout = _zone_tables(full_run, "analysis"), _zone_tables(run, "analysis")
+    native, layout = zone_tables(full_run, "analysis"), zone_tables(run, "analysis")
     assert set(native) == set(layout)
     for name, table in native.items():
         if name == "emergency_department":

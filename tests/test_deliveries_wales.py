@@ -29,8 +29,7 @@ from deliveries import (
     load_layouts,
 )
 from ground.errors import ConfigError
-from tests.e2e import _cohort, _env
-from tests.test_deliveries import _cohort_tables
+from tests.e2e import _cohort, _env, contract_rows, zone_tables
 
 WALES = ("wales_crcs", "wales_lac")
 SOCIAL_CARE = ("looked_after_episodes", "care_support_census")
@@ -52,12 +51,6 @@ def wales_adapted(wales_world: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("wales_adapted") / "delivery"
     adapt_delivery(source_dir=wales_world, out_dir=out, layout=load_layouts(WALES))
     return out
-
-
-def _rows(path: Path) -> pl.DataFrame:
-    """A contract CSV as text, malformed lines cut to the contract's columns, rows sorted."""
-    df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
-    return df.sort(df.columns, nulls_last=True)
 
 
 def test_the_welsh_world_holds_the_returns_and_the_same_truth(
@@ -108,7 +101,9 @@ def test_a_messy_world_round_trips_through_the_welsh_returns(tmp_path: Path) -> 
     )
     for source in SOCIAL_CARE:
         name = f"{source}.csv"
-        assert _rows(tmp_path / "adapted" / name).equals(_rows(native / name)), source
+        assert contract_rows(tmp_path / "adapted" / name).equals(contract_rows(native / name)), (
+            source
+        )
         malformed_native = (native / name).read_text().count(",EXTRA\n")
         assert summary.malformed[source] == malformed_native, source
     assert sum(summary.malformed.values()) > 0, "the messy world should plant malformed lines"
@@ -316,7 +311,7 @@ def test_a_run_on_the_adapted_welsh_delivery_gives_the_native_runs_cohort_and_es
                 env=_env(tmp_path), timeout=1200)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
-    native, wales = _cohort_tables(full_run), _cohort_tables(run)
+    native, wales = zone_tables(full_run, "cohort"), zone_tables(run, "cohort")
     assert set(native) == set(wales) and {"children", "person_time"} <= set(native)
     for name, table in native.items():
         assert wales[name].equals(table), name
