@@ -772,6 +772,54 @@ def stabilised_year_weights(
 
 
 @dataclass
+class EntryWeights:
+    """The stabilised weights of first entry to care (:func:`stabilised_year_weights` on
+    :func:`entry_years`), computed once per population and shared by every outcome of
+    :func:`hazard_msm`: per row of the yearly grid the product over the years before it
+    (``before``) and through it (``through``); per child its grid rows ``first_row`` to
+    ``first_row + n_rows - 1`` and its first entry (days from the index date, NaN if none)."""
+
+    before: np.ndarray
+    through: np.ndarray
+    first_row: np.ndarray
+    n_rows: np.ndarray
+    entry_day: np.ndarray
+
+    @property
+    def final(self) -> np.ndarray:
+        """Each child's weight for its whole treatment history (through its last year)."""
+        return self.through[self.first_row + self.n_rows - 1]
+
+    def of_rows(self, child: np.ndarray, start_day: np.ndarray) -> np.ndarray:
+        """The weight of person-time rows of ``child`` (row of the children) starting on
+        ``start_day``: a row before first entry carries the geometric mean of its year's weights
+        at the year's start and end, a row from entry on the weight through the entry year
+        (fixed from then on: once in care the strategy is followed)."""
+        k = np.maximum((start_day - 1) // PERIOD_DAYS, 0)
+        k = np.minimum(k, self.n_rows[child] - 1)
+        entry = self.entry_day[child]
+        after_entry = np.isfinite(entry) & (start_day >= entry)
+        at = self.first_row[child] + k
+        return np.where(after_entry, self.final[child], np.sqrt(self.before[at] * self.through[at]))
+
+
+def entry_weights(
+    kids: pd.DataFrame,
+    person_time: pd.DataFrame,
+    baseline: pd.DataFrame,
+    confounders: Sequence[str],
+) -> EntryWeights:
+    """:class:`EntryWeights` of ``kids`` (the rows of ``baseline``, index 0..n-1)."""
+    years = entry_years(kids, person_time, confounders)
+    before, through = stabilised_year_weights(years, baseline, confounders)
+    n_rows = np.bincount(years["child"].to_numpy(), minlength=len(kids))
+    first_row = np.r_[0, np.cumsum(n_rows)[:-1]]
+    index = pd.to_datetime(kids["index_date"])
+    entry = (pd.to_datetime(kids["care_entry_date"]) - index).dt.days.to_numpy(dtype=float)
+    return EntryWeights(before, through, first_row, n_rows, entry)
+
+
+@dataclass
 class HazardMSMResult:
     """The marginal structural model's hazard ratio of being looked after and its weights."""
 
@@ -782,31 +830,128 @@ class HazardMSMResult:
     events_unexposed: int
     n_exposed: int
     n_unexposed: int
-    weights: np.ndarray
+    weights: np.ndarray  # each person-time row's weight, truncated
     warnings: list[str] = field(default_factory=list)
+    cells: int = 0  # (child, looked after, year of age, year since index) cells fitted
+    truncated_at: tuple[float, float] = (float("nan"), float("nan"))
 
 
-def weighted_poisson(
-    x: np.ndarray, y: np.ndarray, offset: np.ndarray, w: np.ndarray, cluster: np.ndarray
+# the piecewise-exponential model's time-varying terms: looked after (0/1) x year of age
+# (0-17) x whole years since the index date (0 to PERIOD_LEVELS - 1, the last "or more")
+AGE_YEARS = 18
+N_PATTERNS = 2 * AGE_YEARS * PERIOD_LEVELS
+
+
+def pattern_design(present: np.ndarray) -> np.ndarray:
+    """The model's columns for each of the :data:`N_PATTERNS` patterns of looked after, year of
+    age and year since the index (``pattern = 108 la + 6 age + since``): intercept, looked
+    after, one indicator per year of age and per year since the index that occurs in
+    ``present`` (the patterns fitted), the first occurring level of each the reference."""
+    la, age, since = pattern_parts(np.arange(N_PATTERNS))
+    ages = np.unique(age[present])[1:]
+    sinces = np.unique(since[present])[1:]
+    return np.c_[
+        np.ones(N_PATTERNS),
+        la,
+        (age[:, None] == ages[None, :]).astype(float),
+        (since[:, None] == sinces[None, :]).astype(float),
+    ]
+
+
+def pattern_parts(pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Looked after, year of age and year since the index of each pattern."""
+    return (
+        pattern // (AGE_YEARS * PERIOD_LEVELS),
+        (pattern // PERIOD_LEVELS) % AGE_YEARS,
+        pattern % PERIOD_LEVELS,
+    )
+
+
+def without_eventless_levels(pattern: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """The cells to fit: those of a year of age or a year since the index in which no one had
+    the event are left out. Such a level's coefficient has its maximum likelihood at minus
+    infinity, where its cells add nothing to the likelihood or to any score: leaving them out
+    is that limit, reached without Newton's method creeping towards it one unit a step."""
+    keep = np.ones(len(pattern), bool)
+    for part in pattern_parts(pattern)[1:]:
+        with_events = np.bincount(part, weights=events, minlength=AGE_YEARS) > 0
+        keep &= with_events[part]
+    return keep
+
+
+def weighted_poisson_cells(
+    pattern: np.ndarray,
+    child: np.ndarray,
+    events: np.ndarray,
+    exposure: np.ndarray,
+    z: np.ndarray,
+    b: np.ndarray,
+    max_iter: int = 100,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted Poisson regression (log link, Newton's method) with the covariance clustered on
-    ``cluster`` (a child's rows together: the weights are estimated per child and the rows of
-    one child are not independent). ``x`` holds the intercept column."""
-    b = np.zeros(x.shape[1])
-    b[0] = np.log(max(np.sum(w * y), 1e-9) / np.sum(w * np.exp(offset)))
-    for _ in range(100):
-        mu = np.exp(np.clip(x @ b + offset, -50, 50))
-        info = (x * (w * mu)[:, None]).T @ x
-        step = np.linalg.lstsq(info, x.T @ (w * (y - mu)), rcond=None)[0]
-        b = b + step
-        if np.abs(step).max() < 1e-9:
+    """Weighted Poisson regression (log link) on aggregated cells, with the covariance
+    clustered on the child.
+
+    Cell c is one child's person-time with one pattern of the time-varying terms; its design
+    row is ``[z[pattern[c]], b[child[c]]]``, ``events`` its weighted event count (sum of
+    weight x event over its rows) and ``exposure`` its weighted person-time. The weighted
+    Poisson log-likelihood of the rows, ``sum w (y eta - t exp(eta))``, depends on a cell's rows
+    only through those two sums, and so do the score and each child's score (the cluster
+    sandwich's meat): the fit and its child-clustered covariance are exactly the row-level
+    ones. Newton's method with step halving; the information is assembled from blocks
+    (patterns x patterns, patterns x children via a sparse sum, children's baseline), so no
+    cells x columns matrix is ever formed: memory and time grow with the number of cells and
+    children, not with rows x columns."""
+    from scipy import sparse
+
+    n_children, pz = b.shape[0], z.shape[1]
+    base_eta = np.log(max(events.sum(), 1e-9) / exposure.sum())
+    coef = np.zeros(pz + b.shape[1])
+    coef[0] = base_eta
+
+    def parts(beta: np.ndarray) -> tuple[np.ndarray, float]:
+        eta = (z @ beta[:pz])[pattern] + (b @ beta[pz:])[child]
+        mu = exposure * np.exp(np.clip(eta, -50, 50))
+        return mu, float(np.sum(events * eta - mu))
+
+    def blocks(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sum_c v_c x_c and sum_c v_c x_c x_c' over the cells"""
+        by_pattern = np.bincount(pattern, weights=v, minlength=N_PATTERNS)
+        by_child = np.bincount(child, weights=v, minlength=n_children)
+        # sum_c v_c (pattern indicator) b[child]': patterns x baseline columns
+        pb = sparse.csr_matrix((v, (pattern, child)), shape=(N_PATTERNS, n_children)) @ b
+        zb = z.T @ pb
+        info = np.block(
+            [[(z * by_pattern[:, None]).T @ z, zb], [zb.T, (b * by_child[:, None]).T @ b]]
+        )
+        return np.r_[z.T @ by_pattern, b.T @ by_child], info
+
+    mu, ll = parts(coef)
+    for _ in range(max_iter):
+        score, _ = blocks(events - mu)
+        _, info = blocks(mu)
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(info, score, rcond=None)[0]
+        for _half in range(30):
+            new_mu, new_ll = parts(coef + step)
+            if np.isfinite(new_ll) and new_ll >= ll - 1e-10 * abs(ll):
+                break
+            step = step / 2
+        gain = new_ll - ll
+        coef, mu, ll = coef + step, new_mu, new_ll
+        # converged when the log-likelihood stops rising (relative 1e-10; R's glm stops at 1e-8
+        # on the deviance): a level without events (a year of age in which no child had the
+        # event) has its coefficient drift towards minus infinity, changing nothing else
+        if np.abs(step).max() < 1e-9 or gain < 1e-10 * (abs(ll) + 0.1):
             break
-    mu = np.exp(np.clip(x @ b + offset, -50, 50))
-    bread = np.linalg.pinv((x * (w * mu)[:, None]).T @ x)
-    _, code = np.unique(cluster, return_inverse=True)
-    u = np.zeros((code.max() + 1, x.shape[1]))
-    np.add.at(u, code, x * (w * (y - mu))[:, None])
-    return b, bread @ (u.T @ u) @ bread
+    _, info = blocks(mu)
+    bread = np.linalg.pinv(info)
+    r = events - mu
+    # each child's score: its cells' patterns' columns and its baseline times its residual sum
+    per_child = sparse.csr_matrix((r, (child, pattern)), shape=(n_children, N_PATTERNS)) @ z
+    u = np.c_[per_child, b * np.bincount(child, weights=r, minlength=n_children)[:, None]]
+    return coef, bread @ (u.T @ u) @ bread
 
 
 def hazard_msm(
@@ -816,93 +961,106 @@ def hazard_msm(
     confounders: Sequence[str],
     outcome: str,
     truncate_percentile: float | None = 99.9,
+    weights: EntryWeights | None = None,
 ) -> HazardMSMResult:
     """Inverse-probability-weighted marginal structural model of the hazard of ``outcome`` with
     care as a time-varying treatment (issue #20 item 3): a piecewise-exponential (Poisson)
     model on ``person_time``'s rows split at birthdays, of the event on being looked after,
-    year of age and the ``baseline`` covariates, weighted by the stabilised weights of
-    :func:`stabilised_year_weights` (a row before first entry carries the weight of the years
-    before its own, a row from entry on the weight through the entry year, fixed from then on;
+    year of age, whole years since the index date and the ``baseline`` covariates, weighted by
+    the stabilised weights of :func:`stabilised_year_weights` (:meth:`EntryWeights.of_rows`;
     truncated at the ``truncate_percentile`` and 100 minus it of the rows' weights, 99.9 as
-    :func:`absence_msm`),
-    child-clustered sandwich intervals.
+    :func:`absence_msm`), child-clustered sandwich intervals.
+
+    The rows are summed into cells (child x looked after x year of age x year since the index:
+    their design rows are identical) and fitted by :func:`weighted_poisson_cells`, exactly the
+    row-level fit, in memory that grows with cells and children (about 10 cells a child).
+    ``weights``: the population's :class:`EntryWeights` when several outcomes share them
+    (computed here otherwise).
 
     Estimand: the hazard ratio of being looked after against never having entered care, for a
     population with the baseline covariates given (care's total effect, the part that runs
     through the adversity it prevents included). ``kids`` are the rows of ``baseline``."""
-    from models.survival import age_month_intervals, split_at_age_years
+    from models.survival import MONTH
 
     kids = kids.reset_index(drop=True)
-    years = entry_years(kids, person_time, confounders)
-    before, through = stabilised_year_weights(years, baseline, confounders)
-    pos = pd.Series(np.arange(len(kids)), index=kids["person_key"].to_numpy())
-    rows = person_time[
-        (person_time["outcome"] == outcome) & person_time["person_key"].isin(pos.index)
+    if weights is None:
+        weights = entry_weights(kids, person_time, baseline, confounders)
+    rows = person_time.loc[
+        person_time["outcome"] == outcome,
+        ["person_key", "start_day", "stop_day", "looked_after", "event"],
     ]
-    rows = rows.assign(child=pos.loc[rows["person_key"]].to_numpy())
-    # each row's weight: the child's treatment history up to the row's start
-    index = pd.to_datetime(kids["index_date"])
-    entry = (pd.to_datetime(kids["care_entry_date"]) - index).dt.days.to_numpy(dtype=float)
-    first_row = np.r_[
-        0, np.cumsum(years.groupby("child").size().reindex(range(len(kids)), fill_value=0))[:-1]
-    ]
-    n_rows = years.groupby("child").size().reindex(range(len(kids)), fill_value=0).to_numpy()
-    c = rows["child"].to_numpy()
-    k = np.maximum((rows["start_day"].to_numpy() - 1) // PERIOD_DAYS, 0)
-    k = np.minimum(k, n_rows[c] - 1)
-    after_entry = np.isfinite(entry[c]) & (rows["start_day"].to_numpy() >= entry[c])
-    at = first_row[c] + k
-    w = np.where(
-        after_entry, through[first_row[c] + n_rows[c] - 1], np.sqrt(before[at] * through[at])
-    )
+    c = pd.Index(kids["person_key"]).get_indexer(rows["person_key"])
+    mine = c >= 0
+    rows, c = rows[mine], c[mine]
+    start_day = rows["start_day"].to_numpy(np.int64)
+    w = weights.of_rows(c, start_day)
     warnings = []
     if len(w) and w.max() > 50:
         warnings.append(f"largest stabilised weight {w.max():.0f} before truncation")
+    bounds = (float("nan"), float("nan"))
     if truncate_percentile is not None and len(w):
         lo, hi = np.percentile(w, [100 - truncate_percentile, truncate_percentile])
-        w = np.clip(w, lo, hi)
-    rows = rows.assign(_w=w)
-    pieces = split_at_age_years(age_month_intervals(rows, kids))
-    pieces = pieces[pieces["stop"] > pieces["start"]]
-    band = (pieces["start"] // 12).clip(upper=17).astype(int)
-    ages = pd.get_dummies(band, prefix="age", drop_first=True, dtype=float)
-    # years since the index date (as the weights' numerator): the hazard drifts with time since
-    # referral (adversity accumulates), and so does the share looked after
-    since = np.minimum(
-        (pieces["start"].to_numpy() - 12 * pieces["age_at_index"].to_numpy()) // 12,
-        PERIOD_LEVELS - 1,
-    )
-    since_dummies = (since[:, None] == np.arange(1, PERIOD_LEVELS)[None, :]).astype(float)
-    b = baseline.to_numpy(float)[pieces["child"].to_numpy()]
-    x = np.c_[
-        np.ones(len(pieces)),
-        pieces["looked_after"].to_numpy(float),
-        ages.to_numpy(),
-        since_dummies,
-        b,
-    ]
-    keep = np.r_[True, True, x[:, 2:].std(axis=0) > 0]
-    x = x[:, keep]
-    y = pieces["event"].to_numpy(float)
-    la = pieces["looked_after"].to_numpy() == 1
-    coef, cov = weighted_poisson(
-        x,
-        y,
-        np.log(pieces["stop"].to_numpy() - pieces["start"].to_numpy()),
-        pieces["_w"].to_numpy(),
-        pieces["child"].to_numpy(),
-    )
+        w, bounds = np.clip(w, lo, hi), (float(lo), float(hi))
+    # age in whole months, as models.survival.age_month_intervals: an emptied row's event
+    # moves to the child's last remaining row
+    base = kids["age_at_index"].to_numpy(float)[c] * 365.25
+    start = np.floor((base + start_day) / MONTH).astype(np.int64)
+    stop = np.floor((base + rows["stop_day"].to_numpy(np.int64)) / MONTH).astype(np.int64)
+    la = rows["looked_after"].to_numpy() == 1
+    event = rows["event"].to_numpy().astype(float)
+    empty = stop <= start
+    moved = np.unique(c[empty & (event == 1)])
+    keep = ~empty
+    c, start, stop, la, event, w = c[keep], start[keep], stop[keep], la[keep], event[keep], w[keep]
+    if len(moved):
+        last_stop = pd.Series(stop).groupby(c).transform("max").to_numpy()
+        event[np.isin(c, moved) & (stop == last_stop)] = 1.0
+    # split at birthdays (as models.survival.split_at_age_years), each piece within one year of
+    # age; an event stays on the row's last piece
+    first = start // 12
+    n = np.maximum((stop - 1) // 12 - first + 1, 1)
+    idx = np.repeat(np.arange(len(c)), n)
+    j = np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n)
+    year = first[idx] + j
+    p_start = np.maximum(start[idx], 12 * year)
+    p_stop = np.minimum(stop[idx], 12 * (year + 1))
+    p_event = np.where(j == n[idx] - 1, event[idx], 0.0)
+    p_child, p_la, p_w = c[idx], la[idx], w[idx]
+    age_band = np.minimum(p_start // 12, AGE_YEARS - 1)
+    months_since = p_start - 12 * kids["age_at_index"].to_numpy(float)[p_child]
+    since = np.clip(months_since // 12, 0, PERIOD_LEVELS - 1).astype(np.int64)
+    pattern = (p_la * AGE_YEARS + age_band) * PERIOD_LEVELS + since
+    cell, inverse = np.unique(p_child * N_PATTERNS + pattern, return_inverse=True)
+    cell_events = np.bincount(inverse, weights=p_w * p_event)
+    cell_exposure = np.bincount(inverse, weights=p_w * (p_stop - p_start))
+    cell_child, cell_pattern = cell // N_PATTERNS, cell % N_PATTERNS
+    fitted = without_eventless_levels(cell_pattern, cell_events)
+    cell_child, cell_pattern = cell_child[fitted], cell_pattern[fitted]
+    cell_events, cell_exposure = cell_events[fitted], cell_exposure[fitted]
+    present = np.zeros(N_PATTERNS, bool)
+    present[cell_pattern] = True
+    z = pattern_design(present)
+    # a baseline column constant over the children with person-time has no coefficient
+    b = baseline.to_numpy(float)
+    varies = b[np.unique(cell_child)].std(axis=0) > 0
+    b = b[:, varies]
+    with _one_blas_thread():
+        coef, cov = weighted_poisson_cells(
+            cell_pattern, cell_child, cell_events, cell_exposure, z, b
+        )
     se = float(np.sqrt(max(cov[1, 1], 0.0)))
     hr = float(np.exp(coef[1]))
-    exposed = set(pieces.loc[la, "child"])
+    exposed = np.unique(c[la])
     return HazardMSMResult(
         hr,
         (float(np.exp(coef[1] - 1.96 * se)), float(np.exp(coef[1] + 1.96 * se))),
         se,
-        int(y[la].sum()),
-        int(y[~la].sum()),
+        int(event[la].sum()),
+        int(event[~la].sum()),
         len(exposed),
-        int(pieces["child"].nunique()) - len(exposed),
+        len(np.unique(c)) - len(exposed),
         w,
         warnings,
+        cells=len(cell),
+        truncated_at=bounds,
     )

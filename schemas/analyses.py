@@ -278,6 +278,22 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "contrast": "cla_vs_nla",
         "report_section": "results_only",
     },
+    # the IPW marginal structural model of the time-to-event outcomes (docs/gmethods.md 3b)
+    {
+        "name": "hazard_msm",
+        "label": "Hospital outcomes: marginal structural model, stabilised time-varying weights "
+        "(time-varying confounders)",
+        "estimator": "hazard_msm",
+        "outcomes": [
+            "self_harm",
+            "emergency_admission",
+            "mental_health_admission",
+            "dental_caries",
+        ],
+        "contrast": "cla_vs_nla",
+        "options": {"confounders": ["new_factors_recorded", "new_protection_plan"]},
+        "negative_controls": ["dental_caries"],
+    },
 ]
 
 
