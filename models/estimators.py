@@ -1238,8 +1238,10 @@ class HazardMSM(AnalysisEstimator):
     marginal structural model, :func:`models.gmethods.hazard_msm`): rows ``contrast`` (the
     hazard ratio of being looked after against never having entered care), method
     ``msm_iptw_hazard``, with the counts of ``time_varying_survival`` (the same children and
-    events). The weights are modelled once and shared by the outcomes; diagnostics: their
-    mean, range, effective sample size and each outcome's truncation bounds. Protocol:
+    events). The weights are modelled once and shared by the outcomes; diagnostics: the
+    children's whole-history weights' mean and range (before truncation), and per outcome the
+    truncation bounds and the Kish effective sample size of its person-time rows' weights (a
+    warning under half the rows). Protocol:
     docs/gmethods.md section 3b."""
 
     name = "hazard_msm"
@@ -1256,20 +1258,12 @@ class HazardMSM(AnalysisEstimator):
             return
         x = design_matrix(kids, s.survival_covariates, s.categorical)
         weights = entry_weights(kids, pt, x, o.confounders)
+        # each child's weight for its whole treatment history, before truncation
         final = weights.final
-        ess = float(final.sum() ** 2 / np.sum(final**2))
         self.diagnostics_ += [
             diagnostic(a.name, "weight_mean", float(final.mean())),
             diagnostic(a.name, "weight_min", float(final.min())),
             diagnostic(a.name, "weight_max", float(final.max())),
-            diagnostic(
-                a.name,
-                "effective_sample_size",
-                ess,
-                ""
-                if ess >= 0.5 * len(kids)
-                else f"the weights' effective sample size is {ess:.0f} of {len(kids)} children",
-            ),
         ]
         outcomes = a.outcomes
         if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
@@ -1324,8 +1318,18 @@ class HazardMSM(AnalysisEstimator):
                 )
             )
             low, high = r.truncated_at
+            w = r.weights  # the outcome's person-time rows' weights, truncated
+            ess = float(w.sum() ** 2 / np.sum(w**2)) if len(w) else nan
+            few = (
+                f"the weights' effective sample size is {ess:.0f} of {len(w)} person-time rows"
+                if ess < 0.5 * len(w)
+                else ""
+            )
+            where = f"{a.name}:{outcome}"
             self.diagnostics_ += [
-                diagnostic(f"{a.name}:{outcome}", "weight_truncated_below", low),
-                diagnostic(f"{a.name}:{outcome}", "weight_truncated_above", high),
-                diagnostic(f"{a.name}:{outcome}", "cells", float(r.cells)),
+                diagnostic(where, "weight_truncated_below", low),
+                diagnostic(where, "weight_truncated_above", high),
+                diagnostic(where, "person_time_rows", float(len(w))),
+                diagnostic(where, "effective_sample_size", ess, few),
+                diagnostic(where, "cells", float(r.cells)),
             ]
