@@ -220,11 +220,13 @@ def read_main(effects: Sequence[tuple[str, Effect | None]]) -> str:
 def read_adjustment(
     pairs: Sequence[tuple[str, Effect | None, Effect | None]],
     trials: Sequence[tuple[str, Effect]] = (),
+    msm: Sequence[tuple[str, Effect]] = (),
 ) -> str:
     """The second question's sentence: for each outcome (name, unadjusted, adjusted), whether
     adjustment moved the estimate towards or away from no difference, and where the adjusted
-    interval lies; then what the sequential trials (``trials``: outcome, released estimate),
-    which also adjust for what was recorded after the referral, give."""
+    interval lies; then what the sequential trials (``trials``: outcome, released estimate)
+    and the hazards' marginal structural model (``msm``), which also adjust for what was
+    recorded after the referral, give."""
     toward: list[str] = []
     away: list[str] = []
     still: list[str] = []
@@ -261,6 +263,15 @@ def read_adjustment(
             f". The sequential trials, which also adjust for what was recorded after the "
             f"referral, give {_fmt(e.estimate, e.scale, outcome)}{_unit(e.scale, outcome)} for "
             f"{_name(outcome)} ({interval_words(e, outcome)}): {verdict(e)}"
+        )
+    if msm:
+        listed = "; ".join(
+            f"{_fmt(e.estimate, e.scale, o)} for {_name(o)} ({interval_words(e, o)}): {verdict(e)}"
+            for o, e in msm
+        )
+        text += (
+            ". The marginal structural model, which also weights for what was recorded after "
+            f"the referral and estimates care's total effect, gives a hazard ratio of {listed}"
         )
     return text + "."
 
@@ -527,9 +538,16 @@ def _question_one(est: pd.DataFrame) -> str:
 def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
     by_name = {a.name: a for a in ctx.analyses}
     trials = _rows_of(ctx, est, "sequential_trials")
+    msm = _rows_of(ctx, est, "hazard_msm")
     rows: list[figures.ForestRow] = []
     pairs: list[tuple[str, Effect | None, Effect | None]] = []
     trial_effects: list[tuple[str, Effect]] = []
+    msm_effects: list[tuple[str, Effect]] = []
+
+    def msm_of(r: Any) -> pd.DataFrame:
+        """The hazard MSM's released rows of a headline row's outcome and contrast."""
+        return msm[(msm["outcome"] == r["outcome"]) & (msm["contrast"] == r["contrast"])]
+
     for _, top in _headline(est).iterrows():
         a = by_name.get(str(top["analysis"]))
         if a is None:
@@ -554,6 +572,12 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
         trial_effects += [
             (str(r["outcome"]), e) for _, r in g.iterrows() if (e := Effect.of(r)) is not None
         ]
+        rows += [_forest_row(panel, r, label(r["method"])) for _, r in msm_of(top).iterrows()]
+        msm_effects += [
+            (str(r["outcome"]), e)
+            for _, r in msm_of(top).iterrows()
+            if (e := Effect.of(r)) is not None
+        ]
         unadj = [r for r in ordered if "unadjusted" in str(r["method"])]
         pairs.append((str(top["outcome"]), Effect.of(unadj[0]) if unadj else None, Effect.of(top)))
     controls: list[tuple[str, Effect | None]] = []
@@ -571,23 +595,34 @@ def _question_two(ctx: ReportContext, est: pd.DataFrame) -> str:
         if "negative control" not in panel:
             panel += " (negative control)"
         rows += [_forest_row(panel, s, label(s["method"])) for _, s in same.iterrows()]
+        rows += [_forest_row(panel, s, label(s["method"])) for _, s in msm_of(r).iterrows()]
         controls.append((str(r["outcome"]), Effect.of(r)))
     if not rows:
         return "<p>No adjusted analysis is declared in the study config.</p>"
     return (
         png_img(figures.forest_plot(rows), "question 2: unadjusted beside adjusted")
-        + _reading(read_adjustment(pairs, trial_effects))
+        + _reading(read_adjustment(pairs, trial_effects, msm_effects))
         + (_reading(read_negative_controls(controls)) if controls else "")
         + (
             note("Sequential trials, caveat: " + html.escape(PROTOCOLS["sequential_trials"].caveat))
             if trial_effects
             else ""
         )
+        + (
+            note(
+                "Marginal structural model of the hazards, caveat: "
+                + html.escape(PROTOCOLS["hazard_msm"].caveat)
+            )
+            if msm_effects
+            else ""
+        )
         + note(
             "Unadjusted: the crude comparison. Adjusted: for the pre-care adversities, "
             "deprivation and the other baseline covariates (IPW, AIPW, Cox). Sequential "
             "trials: also for what was recorded after the referral and before each year's "
-            "decision (protocol below). Negative controls: outcomes care cannot cause, whose "
+            "decision (protocol below); the marginal structural model of the hazards: the "
+            "same, by weighting each child's time by the inverse probability of its care so "
+            "far (protocol below). Negative controls: outcomes care cannot cause, whose "
             "adjusted interval should include no difference."
         )
         + _e_values(ctx, est)

@@ -68,6 +68,7 @@ LABELS: dict[str, str] = {
     "poisson_pw": "Piecewise Poisson",
     "trial_emulation": "Sequential trials (time-varying confounders)",
     "msm_iptw": "Marginal structural model (stabilised weights)",
+    "msm_iptw_hazard": "Marginal structural model, hazards (time-varying confounders)",
     "cox_tv_by_years_since_entry": "Cox, by years since entry",
     "aipw_boosting": "AIPW, gradient-boosting nuisances",
     "dr_learner": "DR-learner (conditional effect)",
