@@ -913,22 +913,25 @@ def weighted_poisson_cells(
         mu = exposure * np.exp(np.clip(eta, -50, 50))
         return mu, float(np.sum(events * eta - mu))
 
-    def blocks(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """sum_c v_c x_c and sum_c v_c x_c x_c' over the cells"""
+    def total(v: np.ndarray) -> np.ndarray:
+        """sum_c v_c x_c over the cells (the score when v is the residual)"""
+        by_pattern = np.bincount(pattern, weights=v, minlength=N_PATTERNS)
+        by_child = np.bincount(child, weights=v, minlength=n_children)
+        return np.r_[z.T @ by_pattern, b.T @ by_child]
+
+    def information(v: np.ndarray) -> np.ndarray:
+        """sum_c v_c x_c x_c' over the cells, by blocks"""
         by_pattern = np.bincount(pattern, weights=v, minlength=N_PATTERNS)
         by_child = np.bincount(child, weights=v, minlength=n_children)
         # sum_c v_c (pattern indicator) b[child]': patterns x baseline columns
-        pb = sparse.csr_matrix((v, (pattern, child)), shape=(N_PATTERNS, n_children)) @ b
-        zb = z.T @ pb
-        info = np.block(
+        zb = z.T @ (sparse.csr_matrix((v, (pattern, child)), shape=(N_PATTERNS, n_children)) @ b)
+        return np.block(
             [[(z * by_pattern[:, None]).T @ z, zb], [zb.T, (b * by_child[:, None]).T @ b]]
         )
-        return np.r_[z.T @ by_pattern, b.T @ by_child], info
 
     mu, ll = parts(coef)
     for _ in range(max_iter):
-        score, _ = blocks(events - mu)
-        _, info = blocks(mu)
+        score, info = total(events - mu), information(mu)
         try:
             step = np.linalg.solve(info, score)
         except np.linalg.LinAlgError:
@@ -941,12 +944,12 @@ def weighted_poisson_cells(
         gain = new_ll - ll
         coef, mu, ll = coef + step, new_mu, new_ll
         # converged when the log-likelihood stops rising (relative 1e-10; R's glm stops at 1e-8
-        # on the deviance): a level without events (a year of age in which no child had the
-        # event) has its coefficient drift towards minus infinity, changing nothing else
+        # on the deviance): a baseline level in which no child had the event (a local
+        # authority, in a small cohort) has its coefficient drift towards minus infinity,
+        # changing nothing else
         if np.abs(step).max() < 1e-9 or gain < 1e-10 * (abs(ll) + 0.1):
             break
-    _, info = blocks(mu)
-    bread = np.linalg.pinv(info)
+    bread = np.linalg.pinv(information(mu))
     r = events - mu
     # each child's score: its cells' patterns' columns and its baseline times its residual sum
     per_child = sparse.csr_matrix((r, (child, pattern)), shape=(n_children, N_PATTERNS)) @ z
