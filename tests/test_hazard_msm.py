@@ -109,7 +109,8 @@ def test_declared_hazard_msm_rows_in_a_whole_run(full_run: Path) -> None:
     pd.testing.assert_frame_equal(msm[counts], cox[counts])
 
     released = read_release_csv(full_run / "release" / "estimates.csv")
-    rel = released[released["contrast"] == "cla_vs_nla"].set_index(["outcome", "method"])
+    hazard_ratios = (released["contrast"] == "cla_vs_nla") & (released["scale"] == "hazard_ratio")
+    rel = released[hazard_ratios].set_index(["outcome", "method"]).sort_index()
     for outcome in msm.index:
         withheld = rel.loc[(outcome, "msm_iptw_hazard"), "estimate"] == "withheld"
         assert withheld == (rel.loc[(outcome, "cox_tv"), "estimate"] == "withheld"), outcome
