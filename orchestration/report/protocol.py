@@ -108,7 +108,7 @@ ABSENCE_MSM = TrialProtocol(
             "Assignment",
             "Entry to care modelled year by year given the baseline covariates and the "
             "time-varying confounders as of 1 September of each year ({confounders}); "
-            "stabilised weights, truncated at the 1st and 99th percentiles.",
+            "stabilised weights, truncated at the 0.1th and 99.9th percentiles.",
         ),
         ("Time zero", "The start of each school year (1 September)."),
         ("Follow-up", "Every school year with an absence record, from the index year on."),
