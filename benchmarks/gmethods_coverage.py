@@ -10,8 +10,9 @@
 keeps the world and the built run (``WORKDIR/gm_<scenario>_<children>_<seed>/``): the model
 stage is then cheap to repeat. ``score`` loads each kept cohort, fits the g-method analyses of
 ``cohort/study_default.yaml`` (sequential trial emulation of care entry for KS4, the marginal
-structural models of absence by years since entry) beside the baseline-only KS4 estimators
-(regression, IPW, AIPW with analytic standard errors), joins every estimate to the world's own
+structural models of absence by years since entry and of the hospital outcomes' hazards)
+beside the baseline-only KS4 estimators (regression, IPW, AIPW with analytic standard
+errors), joins every estimate to the world's own
 ``truth/effects.json`` and prints per estimator: coverage, mean bias (with its Monte Carlo SE),
 the SD of the estimates across seeds over their mean SE, and the mean estimate.
 """
@@ -118,7 +119,11 @@ def scored_analyses() -> list[Analysis]:
     return [*declared, doubly_robust, *twins, baseline]
 
 
-DEFAULT_METHOD = {"sequential_trials": "trial_emulation", "absence_msm": "msm_iptw"}
+DEFAULT_METHOD = {
+    "sequential_trials": "trial_emulation",
+    "absence_msm": "msm_iptw",
+    "hazard_msm": "msm_iptw_hazard",
+}
 GMETHOD_ESTIMATORS = (*DEFAULT_METHOD, "hazard_by_years_since_entry")
 
 
@@ -170,56 +175,18 @@ def truncated_trials(cohort: Any) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-HAZARD_MSM_OUTCOMES = (
-    "self_harm",
-    "emergency_admission",
-    "mental_health_admission",
-    "dental_caries",
-)
-
-
-def hazard_msm_rows(cohort: Any) -> pd.DataFrame:
-    """:func:`models.gmethods.hazard_msm` (not yet a declared analysis: its estimator wrapper
-    belongs in models/estimators.py) for each of :data:`HAZARD_MSM_OUTCOMES`, with the
-    time-varying confounders (method ``msm_iptw_hazard``) and without them
-    (``msm_iptw_hazard_baseline_only``), on the survival models' covariates; rows shaped like
-    results/estimates.csv (contrast ``cla_vs_nla``, scale ``hazard_ratio``)."""
-    from models.gmethods import TIME_VARYING_CONFOUNDERS, hazard_msm
-    from models.propensity import design_matrix
-    from models.settings import ModelSettings
-
-    s = ModelSettings()
-    kids = cohort.children.reset_index(drop=True)
-    x = design_matrix(kids, s.survival_covariates, s.categorical)
-    rows = []
-    for outcome in HAZARD_MSM_OUTCOMES:
-        for method, conf in (
-            ("msm_iptw_hazard", TIME_VARYING_CONFOUNDERS),
-            ("msm_iptw_hazard_baseline_only", ()),
-        ):
-            r = hazard_msm(cohort.person_time, kids, x, conf, outcome)
-            rows.append(
-                {
-                    "outcome": outcome,
-                    "contrast": "cla_vs_nla",
-                    "method": method,
-                    "scale": "hazard_ratio",
-                    "estimate": r.hazard_ratio,
-                    "ci_low": r.ci[0],
-                    "ci_high": r.ci[1],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def score_hazard_msm(base: Path) -> pd.DataFrame:
-    """Only :func:`hazard_msm_rows` on one kept cohort, scored (seconds, not minutes)."""
+    """Only the declared ``hazard_msm`` analysis and its baseline-only twin on one kept
+    cohort, scored (seconds, not minutes)."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData
-    from models.run import load_cohort
+    from models.run import load_cohort, run_analyses
+    from models.settings import ModelSettings
 
     cohort = CohortData(*load_cohort(RunLayout.at(base / "run")))
-    return score(hazard_msm_rows(cohort), truth_table(base / "world" / "truth"))
+    msm = [a for a in scored_analyses() if a.estimator == "hazard_msm"]
+    fitted = run_analyses(cohort, msm, ModelSettings())
+    return score(fitted.estimates, truth_table(base / "world" / "truth"))
 
 
 def score_seed(base: Path) -> pd.DataFrame:
@@ -237,7 +204,6 @@ def score_seed(base: Path) -> pd.DataFrame:
         [
             fitted.estimates.assign(analysis=fitted.row_analysis),
             truncated_trials(cohort),
-            hazard_msm_rows(cohort),
         ],
         ignore_index=True,
     )
