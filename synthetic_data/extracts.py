@@ -41,6 +41,8 @@ from synthetic_data.world import (
     YEAR,
     World,
     academic_year_of_birth,
+    adversities_begun,
+    chunks,
     make_date,
     observed_ks4,
     sept1,
@@ -446,71 +448,88 @@ def _school_census(
     person, ayv, cday = person[order], ayv[order], cday[order]
     del order
     m = person.size
-    # Ten million rows: each column becomes text as soon as its inputs exist, and the numeric
-    # working arrays are dropped as they are used, so they are never all alive at once. The
-    # random draws keep one fixed order.
+    # Ten million rows at 1M: each column becomes text as soon as its inputs exist, the
+    # numeric working arrays are small types dropped as they are used, and every value
+    # derived row by row is computed a chunk of rows at a time (``chunks``). The random draws
+    # keep one fixed order: each column's draws are taken chunk after chunk before the next.
     col: dict[str, pl.Series] = {"record_id": _record_ids("SC", m)}
     res = w.residence_at(person, cday)
-    col["area_code"] = fmt_int(w.res_area[res], 7, "A")
+    area = w.res_area[res]
+    col["area_code"] = fmt_int(area, 7, "A")
     col["la_code"] = text(LA_CODES, w.res_la[res])
-    phase = np.where(ayv - reception[person] >= 7, 2, 1)
-    school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
+    secondary = ayv - reception[person] >= 7
+    school = (area // 1000) * 100 + (area % 1000) // 4 * 3 % 97 + np.where(secondary, 20, 10)
     col["school_id"] = fmt_int(school, 7, "S")
     col["academic_year"] = _count(ayv)
-    del res, school
-    care_share, since = school_year_care(w, person, ayv)
-    n_adv = np.zeros(m, np.int64)
-    n_adv0 = np.zeros(m, np.int8)  # had the child never entered care (differs only after entry)
-    for k in range(w.onset.shape[1]):
-        onset = w.onset[person, k]
-        n_adv += (onset >= 0) & (onset <= cday)
-        onset = w.onset_no_care[person, k]
-        n_adv0 += (onset >= 0) & (onset <= cday)
-    del onset
-    dep = 10 - w.decile[person]
-    col["free_school_meals"] = _count(
-        rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
-    )
-    sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
-    col["special_needs"] = text(
-        ["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0)
-    )
-    del sen_p
+    del res, area, school
+    care_share = np.empty(m)
+    since = np.empty(m, np.int8)  # whole years since first entry, -1 before it
+    n_adv = np.empty(m, np.int8)  # adversities begun by census day
+    n_adv0 = np.empty(m, np.int8)  # had the child never entered care (differs only after entry)
+    dep = np.empty(m, np.int8)
+    for c in chunks(m):
+        care_share[c], since[c] = school_year_care(w, person[c], ayv[c])
+        n_adv[c] = adversities_begun(w.onset, person[c], cday[c])
+        n_adv0[c] = adversities_begun(w.onset_no_care, person[c], cday[c])
+        dep[c] = 10 - w.decile[person[c]]
+    fsm = np.empty(m, bool)
+    for c in chunks(m):
+        lp = -3.0 + 0.3 * dep[c] + 0.5 * n_adv[c]
+        fsm[c] = rng.random(c.stop - c.start) < 1 / (1 + np.exp(-lp))
+    col["free_school_meals"] = _count(fsm)
+    del fsm
+    sen = np.empty(m, bool)
+    for c in chunks(m):
+        lp = -2.2 + 0.4 * n_adv[c] + 2.0 * w.disability[person[c]]
+        sen[c] = rng.random(c.stop - c.start) < 1 / (1 + np.exp(-lp))
+    col["special_needs"] = text(["N", "K", "E"], np.where(sen, 1 + (rng.random(m) < 0.2), 0))
+    del sen
     possible = rng.integers(300, 331, m)
     noise = rng.gamma(2.0, 0.01, m)
     e = sc.effects
-    n_pre = w.pre_care_adversity.sum(axis=1)[person]
-    effect = care_share * (
-        e.absence_rate_looked_after
-        + e.absence_care_x_adversity * n_pre
-        + e.absence_care_per_year_since_entry * np.clip(since, 0, MAX_YEARS_SINCE_ENTRY)
-    )
-    rate = np.clip(0.04 + 0.012 * n_adv + 0.003 * dep + effect + noise, 0, 0.9)
-    rate0 = np.clip(0.04 + 0.012 * n_adv0 + 0.003 * dep + noise, 0, 0.9)
+    n_pre = w.pre_care_adversity.sum(axis=1)  # per person
+    absent = np.empty(m, np.int64)
     w.school_years = {
         "person_id": person.astype(np.int32),
         "academic_year": ayv.astype(np.int16),
         "looked_after_share": care_share.astype(np.float32),
-        "years_since_entry": since.astype(np.int8),
-        "absence_rate_factual": rate.astype(np.float32),
-        "absence_rate_no_care": rate0.astype(np.float32),
+        "years_since_entry": since,
+        "absence_rate_factual": np.empty(m, np.float32),
+        "absence_rate_no_care": np.empty(m, np.float32),
     }
-    del dep, care_share, since, noise, effect, rate0, n_pre, n_adv0, ayv
-    absent = rng.binomial(possible, rate)
-    del rate
+    for c in chunks(m):
+        effect = care_share[c] * (
+            e.absence_rate_looked_after
+            + e.absence_care_x_adversity * n_pre[person[c]]
+            + e.absence_care_per_year_since_entry * np.clip(since[c], 0, MAX_YEARS_SINCE_ENTRY)
+        )
+        rate = np.clip(0.04 + 0.012 * n_adv[c] + 0.003 * dep[c] + effect + noise[c], 0, 0.9)
+        rate0 = np.clip(0.04 + 0.012 * n_adv0[c] + 0.003 * dep[c] + noise[c], 0, 0.9)
+        w.school_years["absence_rate_factual"][c] = rate
+        w.school_years["absence_rate_no_care"][c] = rate0
+        absent[c] = rng.binomial(possible[c], rate)
+    del dep, care_share, since, noise, n_adv0, ayv
     col["sessions_possible"] = _count(possible)
     del possible
-    unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
+    unauth = np.empty(m, np.int64)
+    for c in chunks(m):
+        unauth[c] = rng.binomial(absent[c], np.clip(0.25 + 0.05 * n_adv[c], 0, 0.9))
     col["sessions_authorised_absence"] = _count(absent - unauth)
     col["sessions_unauthorised_absence"] = _count(unauth)
     del absent, unauth
-    col["fixed_exclusions"] = _count(rng.poisson(0.01 + 0.03 * n_adv * (phase == 2)))
-    del phase
+    exclusions = np.empty(m, np.int64)
+    for c in chunks(m):
+        exclusions[c] = rng.poisson(0.01 + 0.03 * n_adv[c] * secondary[c])
+    col["fixed_exclusions"] = _count(exclusions)
+    del exclusions, secondary
     col["postcode"] = _stale_postcode(
         ids, person, cday, "school_census", col["record_id"], sc, rng, nlog
     )
-    col["permanent_exclusion"] = _count(rng.random(m) < 0.0005 + 0.002 * n_adv)
-    del n_adv
+    permanent = np.empty(m, bool)
+    for c in chunks(m):
+        permanent[c] = rng.random(c.stop - c.start) < 0.0005 + 0.002 * n_adv[c]
+    col["permanent_exclusion"] = _count(permanent)
+    del n_adv, permanent
     col["upn"] = ids.upn.gather(person)
     col["first_name"] = ids.first.gather(person)
     col["surname"] = ids.surname_at(person, cday)
