@@ -432,36 +432,48 @@ def _school_census(
     """One row per pupil per school year (census day in January)."""
     ay0 = academic_year_of_birth(w.birth)
     reception = ay0 + 5
-    years = np.arange(12)
-    ay = reception[:, None] + years[None, :]
-    census_day = make_date(ay + 1, 1, 15)
+    first_year = int(reception.min())
+    # each person's twelve school years (from reception) as offsets from the first year
+    year = (reception - first_year).astype(np.int16)[:, None] + np.arange(12, dtype=np.int16)
+    census_days = make_date(first_year + np.arange(int(year.max()) + 1) + 1, 1, 15)
+    census_day = census_days[year]  # each distinct year's census day computed once
     ok = (
         (census_day >= w.fu_start[:, None])
         & (census_day < w.fu_end[:, None])
         & (census_day <= window_end)
     )
+    del census_day
     ok &= ~(rng.random(ok.shape) < 0.01)  # a few missed census returns (home education etc.)
-    person = np.broadcast_to(np.arange(w.n)[:, None], ok.shape)[ok]
-    ayv, cday = ay[ok], census_day[ok]
-    del ok, ay, census_day
-    order = np.lexsort((person, ayv))
-    person, ayv, cday = person[order], ayv[order], cday[order]
-    del order
+    # rows by academic year, then person: the kept (person, year) cells, which run by person,
+    # stably sorted by year (16 bits: a radix sort)
+    cell = np.flatnonzero(ok)
+    del ok
+    cell = cell[np.argsort(year.ravel()[cell], kind="stable")]
+    del year
+    person = cell // 12
+    ayv = reception[person] + cell % 12
+    del cell
+    cday = census_days[ayv - first_year]
     m = person.size
-    # Ten million rows at 1M: each column becomes text as soon as its inputs exist, the
-    # numeric working arrays are small types dropped as they are used, and every value
-    # derived row by row is computed a chunk of rows at a time (``chunks``). The random draws
-    # keep one fixed order: each column's draws are taken chunk after chunk before the next.
     col: dict[str, pl.Series] = {"record_id": _record_ids("SC", m)}
-    res = w.residence_at(person, cday)
-    area = w.res_area[res]
+    area = np.empty(m, w.res_area.dtype)  # of the residence on census day
+    la = np.empty(m, w.res_la.dtype)
+    school = np.empty(m, np.int64)
+    secondary = np.empty(m, bool)
+    for c in chunks(m):
+        res = w.residence_at(person[c], cday[c])
+        area[c], la[c] = w.res_area[res], w.res_la[res]
+        secondary[c] = ayv[c] - reception[person[c]] >= 7
+        school[c] = (
+            (area[c] // 1000) * 100
+            + (area[c] % 1000) // 4 * 3 % 97
+            + np.where(secondary[c], 20, 10)
+        )
     col["area_code"] = fmt_int(area, 7, "A")
-    col["la_code"] = text(LA_CODES, w.res_la[res])
-    secondary = ayv - reception[person] >= 7
-    school = (area // 1000) * 100 + (area % 1000) // 4 * 3 % 97 + np.where(secondary, 20, 10)
+    col["la_code"] = text(LA_CODES, la)
     col["school_id"] = fmt_int(school, 7, "S")
     col["academic_year"] = _count(ayv)
-    del res, area, school
+    del area, la, school
     care_share = np.empty(m)
     since = np.empty(m, np.int8)  # whole years since first entry, -1 before it
     n_adv = np.empty(m, np.int8)  # adversities begun by census day
