@@ -621,26 +621,24 @@ def _hospital(
     w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
 ) -> tuple[Built, Built]:
     """Hospital admissions and emergency-department attendances, from the same events."""
-    kind = np.array(EVENT_KINDS)[w.ev_kind]
+    kind = w.ev_kind  # index into EVENT_KINDS
+
+    def of(*names: str) -> np.ndarray:
+        return np.isin(kind, [EVENT_KINDS.index(name) for name in names])
+
     ev_p, ev_d = w.ev_person, w.ev_day
-    adm_mask = (
-        (kind == "emergency")
-        | (kind == "mental_health")
-        | (kind == "appendicitis")
-        | (kind == "elective")
-        | (kind == "dental_caries")
-        | ((kind == "self_harm") & (rng.random(kind.size) < 0.35))
+    adm_mask = of("emergency", "mental_health", "appendicitis", "elective", "dental_caries") | (
+        of("self_harm") & (rng.random(kind.size) < 0.35)
     )
     ed_mask = (
-        (kind == "self_harm")
-        | (kind == "ed_injury")
-        | ((kind == "emergency") & (rng.random(kind.size) < 0.6))
-        | ((kind == "appendicitis") & (rng.random(kind.size) < 0.8))
+        of("self_harm", "ed_injury")
+        | (of("emergency") & (rng.random(kind.size) < 0.6))
+        | (of("appendicitis") & (rng.random(kind.size) < 0.8))
     )
     diag_codes: list[str] = []  # every pool one after another; diag indexes into it
     diag = np.zeros(kind.size, np.int64)
     for kind_name, pool in DIAGNOSES.items():
-        sel = kind == kind_name
+        sel = of(kind_name)
         diag[sel] = len(diag_codes) + rng.integers(0, len(pool), sel.sum())
         diag_codes += pool
     # admissions
@@ -650,12 +648,11 @@ def _hospital(
     m = ap.size
     rid = _record_ids("HA", m)
     methods = ["11", "12", "13", "21", "22", "28"]
+    elective = np.isin(ak, [EVENT_KINDS.index("elective"), EVENT_KINDS.index("dental_caries")])
     method = np.where(
-        (ak == "elective") | (ak == "dental_caries"),
-        rng.integers(0, 3, m),
-        np.array([3, 3, 4, 5])[rng.integers(0, 4, m)],
+        elective, rng.integers(0, 3, m), np.array([3, 3, 4, 5])[rng.integers(0, 4, m)]
     )
-    method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), 0, method)
+    method = np.where((ak == EVENT_KINDS.index("mental_health")) & (rng.random(m) < 0.3), 0, method)
     los = rng.geometric(0.45, m) - 1
     nhs = ids.nhs.gather(ap)
     miss_rate = ids.error.rate(sc.noise.missing_nhs_admissions, "missing_nhs", ap, ad)
