@@ -812,6 +812,13 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     age = np.empty(s.size, np.int8)
     in_care = np.empty(s.size, bool)  # looked after at mid-segment
     n_adv = np.empty(s.size, np.int8)  # adversities (of the first four) begun by mid-segment
+    base_lp = np.empty(s.size)  # log hazard ratio from adversity and deprivation
+    years = np.empty(s.size)  # segment length
+    # care's log HR beyond gamma: pre-care adversity and years since first entry (0-4), an
+    # array only when the scenario modifies the effect
+    modified = bool(e.log_hr_care_x_adversity or slope)
+    care_mod = np.zeros(s.size if modified else 0)
+    n_pre = w.pre_care_adversity.sum(axis=1)  # per person
     for c in chunks(s.size):
         pers, mid = person[c], (s[c] + t[c]) // 2
         age[c] = ((mid - w.birth[pers]) / YEAR).astype(np.int8)
@@ -821,46 +828,46 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
             looked_after |= (cs >= 0) & (mid >= cs) & (mid < ce)
         in_care[c] = looked_after
         n_adv[c] = adversities_begun(w.onset[:, :4], pers, mid)
+        base_lp[c] = o.log_hr_per_adversity * n_adv[c] + o.log_hr_per_deprivation_decile * (
+            10 - w.decile[pers]
+        )
+        years[c] = (t[c] - s[c]) / YEAR
+        mod: np.ndarray | float = 0.0
+        if e.log_hr_care_x_adversity:
+            mod = e.log_hr_care_x_adversity * n_pre[pers]
+        if slope:
+            since = np.clip((mid - w.first_entry[pers]) // YEAR, 0, MAX_YEARS_SINCE_ENTRY)
+            mod = mod + slope * since
+        if modified:
+            care_mod[c] = mod
     girl = ~w.sex_male[person]
     del care_pts  # the segment arrays remain
-    n_pre = w.pre_care_adversity.sum(axis=1)  # per person
 
-    def care_lhr(gamma: float, c: slice, pers: np.ndarray) -> np.ndarray | float:
-        """Care's log hazard ratio in segments ``c``: the kind's ``gamma``, modified by
-        pre-care adversity and years since first entry (0-4) where the scenario says so."""
-        care_mod: np.ndarray | float = 0.0  # an array only when the scenario modifies it
-        if e.log_hr_care_x_adversity:
-            care_mod = e.log_hr_care_x_adversity * n_pre[pers]
-        if slope:
-            mid = (s[c] + t[c]) // 2
-            since = np.clip((mid - w.first_entry[pers]) // YEAR, 0, MAX_YEARS_SINCE_ENTRY)
-            care_mod = care_mod + slope * since
-        return gamma + care_mod
+    def care_lhr(gamma: float, c: slice) -> np.ndarray | float:
+        """Care's log hazard ratio in segments ``c``."""
+        return gamma + care_mod[c] if modified else gamma + 0.0
 
     def profile(name: str, c: slice) -> tuple[np.ndarray, np.ndarray | float, np.ndarray | float]:
         """Segments ``c``'s baseline rate, log hazard ratio from covariates, and care's log
         hazard ratio (0 for a kind care does not affect)."""
-        ag, nadv, pers = age[c], n_adv[c], person[c]
-        base_lp = o.log_hr_per_adversity * nadv + o.log_hr_per_deprivation_decile * (
-            10 - w.decile[pers]
-        )
+        ag, nadv, pers, lp = age[c], n_adv[c], person[c], base_lp[c]
         if name == "self_harm":
             rate = o.self_harm_base_rate * np.where(ag >= 12, 1.0, np.where(ag >= 10, 0.2, 0.0))
             rate = rate * np.where(girl[c], 1.6, 0.6)
-            return rate, base_lp + 0.3 * nadv, care_lhr(e.log_hr_self_harm, c, pers)
+            return rate, lp + 0.3 * nadv, care_lhr(e.log_hr_self_harm, c)
         if name == "emergency":
             rate = o.emergency_base_rate * np.where(ag == 0, 3.0, np.where(ag < 5, 1.5, 1.0))
-            return rate, base_lp, care_lhr(e.log_hr_emergency_admission, c, pers)
+            return rate, lp, care_lhr(e.log_hr_emergency_admission, c)
         if name == "mental_health":
             rate = o.mental_health_base_rate * np.where(ag >= 12, 1.0, np.where(ag >= 6, 0.4, 0.0))
-            return rate, base_lp + 0.2 * nadv, care_lhr(e.log_hr_mental_health_admission, c, pers)
+            return rate, lp + 0.2 * nadv, care_lhr(e.log_hr_mental_health_admission, c)
         if name == "appendicitis":
             return o.appendicitis_rate * (ag >= 4), 0.0, 0.0
         if name == "ed_injury":
-            return o.ed_injury_rate * np.ones(ag.size), base_lp, 0.0
+            return o.ed_injury_rate * np.ones(ag.size), lp, 0.0
         if name == "dental_caries":  # negative control: care's causes, no care effect
             la_eff = w.la_care_effect[w.la_at_referral][pers]  # authority at referral
-            lp = base_lp + o.dental_caries_log_hr_per_la_propensity * la_eff
+            lp = lp + o.dental_caries_log_hr_per_la_propensity * la_eff
             return o.dental_caries_rate * (ag >= 2), lp, 0.0
         return o.elective_rate * np.ones(ag.size), 0.0, 0.0
 
@@ -873,7 +880,7 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
         for c in chunks(s.size):
             base, lp, care = profile(name, c)
             rate = base * np.exp(lp + (care * in_care[c] if affected else 0.0))
-            count = rng.poisson(rate * ((t[c] - s[c]) / YEAR))
+            count = rng.poisson(rate * years[c])
             segs.append(np.repeat(np.arange(c.start, c.stop), count))
         seg = np.concatenate(segs)
         when = s[seg] + (rng.random(seg.size) * (t[seg] - s[seg])).astype(np.int64)
