@@ -201,6 +201,11 @@ class World:
             self.res_first = np.searchsorted(self.res_person, np.arange(self.n), side="left")
             self.res_count = np.bincount(self.res_person, minlength=self.n)
         when = np.asarray(when)
+        if person.size > CHUNK_ROWS:  # a chunk at a time: small temporaries (see ``chunks``)
+            out = np.empty(person.size, self.res_first.dtype)
+            for c in chunks(person.size):
+                out[c] = self.residence_at(person[c], when[c])
+            return out
         first = self.res_first[person]
         idx = first.copy()
         later = np.flatnonzero(self.res_count[person] > 1)
