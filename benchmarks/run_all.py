@@ -66,8 +66,21 @@ def run_stage(name: str, args: list[str], env: dict[str, str], log_dir: Path) ->
     if proc.returncode != 0:
         print(log.read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"stage {name} failed; log: {log}")
-    print(f"  {name}: {wall:.1f} s, {usage.ru_maxrss / 2**20:.2f} GiB", flush=True)
-    return {"stage": name, "wall_seconds": round(wall, 1), "peak_gib": usage.ru_maxrss / 2**20}
+    # CPU time and minor page faults as well: on a loaded or memory-ballooned VM the wall time
+    # moves a lot between runs, these much less (docs/benchmarks.md, generator section)
+    print(
+        f"  {name}: {wall:.1f} s, {usage.ru_maxrss / 2**20:.2f} GiB (user {usage.ru_utime:.1f} s,"
+        f" system {usage.ru_stime:.1f} s, {usage.ru_minflt / 1e6:.2f} M minor faults)",
+        flush=True,
+    )
+    return {
+        "stage": name,
+        "wall_seconds": round(wall, 1),
+        "peak_gib": usage.ru_maxrss / 2**20,
+        "user_seconds": round(usage.ru_utime, 1),
+        "system_seconds": round(usage.ru_stime, 1),
+        "minor_faults": usage.ru_minflt,
+    }
 
 
 def _count(db: Path, sql: str) -> int:

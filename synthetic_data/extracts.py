@@ -41,6 +41,8 @@ from synthetic_data.world import (
     YEAR,
     World,
     academic_year_of_birth,
+    adversities_begun,
+    chunks,
     make_date,
     observed_ks4,
     sept1,
@@ -430,87 +432,116 @@ def _school_census(
     """One row per pupil per school year (census day in January)."""
     ay0 = academic_year_of_birth(w.birth)
     reception = ay0 + 5
-    years = np.arange(12)
-    ay = reception[:, None] + years[None, :]
-    census_day = make_date(ay + 1, 1, 15)
+    first_year = int(reception.min())
+    # each person's twelve school years (from reception) as offsets from the first year
+    year = (reception - first_year).astype(np.int16)[:, None] + np.arange(12, dtype=np.int16)
+    census_days = make_date(first_year + np.arange(int(year.max()) + 1) + 1, 1, 15)
+    census_day = census_days[year]  # each distinct year's census day computed once
     ok = (
         (census_day >= w.fu_start[:, None])
         & (census_day < w.fu_end[:, None])
         & (census_day <= window_end)
     )
+    del census_day
     ok &= ~(rng.random(ok.shape) < 0.01)  # a few missed census returns (home education etc.)
-    person = np.broadcast_to(np.arange(w.n)[:, None], ok.shape)[ok]
-    ayv, cday = ay[ok], census_day[ok]
-    del ok, ay, census_day
-    order = np.lexsort((person, ayv))
-    person, ayv, cday = person[order], ayv[order], cday[order]
-    del order
+    # rows by academic year, then person: the kept (person, year) cells, which run by person,
+    # stably sorted by year (16 bits: a radix sort)
+    cell = np.flatnonzero(ok)
+    del ok
+    cell = cell[np.argsort(year.ravel()[cell], kind="stable")]
+    del year
+    person = cell // 12
+    ayv = reception[person] + cell % 12
+    del cell
+    cday = census_days[ayv - first_year]
     m = person.size
-    # Ten million rows: each column becomes text as soon as its inputs exist, and the numeric
-    # working arrays are dropped as they are used, so they are never all alive at once. The
-    # random draws keep one fixed order.
     col: dict[str, pl.Series] = {"record_id": _record_ids("SC", m)}
-    res = w.residence_at(person, cday)
-    col["area_code"] = fmt_int(w.res_area[res], 7, "A")
-    col["la_code"] = text(LA_CODES, w.res_la[res])
-    phase = np.where(ayv - reception[person] >= 7, 2, 1)
-    school = (w.res_area[res] // 1000) * 100 + (w.res_area[res] % 1000) // 4 * 3 % 97 + phase * 10
+    area = np.empty(m, w.res_area.dtype)  # of the residence on census day
+    la = np.empty(m, w.res_la.dtype)
+    school = np.empty(m, np.int64)
+    secondary = np.empty(m, bool)
+    for c in chunks(m):
+        res = w.residence_at(person[c], cday[c])
+        area[c], la[c] = w.res_area[res], w.res_la[res]
+        secondary[c] = ayv[c] - reception[person[c]] >= 7
+        school[c] = (
+            (area[c] // 1000) * 100
+            + (area[c] % 1000) // 4 * 3 % 97
+            + np.where(secondary[c], 20, 10)
+        )
+    col["area_code"] = fmt_int(area, 7, "A")
+    col["la_code"] = text(LA_CODES, la)
     col["school_id"] = fmt_int(school, 7, "S")
     col["academic_year"] = _count(ayv)
-    del res, school
-    care_share, since = school_year_care(w, person, ayv)
-    n_adv = np.zeros(m, np.int64)
-    n_adv0 = np.zeros(m, np.int8)  # had the child never entered care (differs only after entry)
-    for k in range(w.onset.shape[1]):
-        onset = w.onset[person, k]
-        n_adv += (onset >= 0) & (onset <= cday)
-        onset = w.onset_no_care[person, k]
-        n_adv0 += (onset >= 0) & (onset <= cday)
-    del onset
-    dep = 10 - w.decile[person]
-    col["free_school_meals"] = _count(
-        rng.random(m) < 1 / (1 + np.exp(-(-3.0 + 0.3 * dep + 0.5 * n_adv)))
-    )
-    sen_p = 1 / (1 + np.exp(-(-2.2 + 0.4 * n_adv + 2.0 * w.disability[person])))
-    col["special_needs"] = text(
-        ["N", "K", "E"], np.where(rng.random(m) < sen_p, 1 + (rng.random(m) < 0.2), 0)
-    )
-    del sen_p
+    del area, la, school
+    care_share = np.empty(m)
+    since = np.empty(m, np.int8)  # whole years since first entry, -1 before it
+    n_adv = np.empty(m, np.int8)  # adversities begun by census day
+    n_adv0 = np.empty(m, np.int8)  # had the child never entered care (differs only after entry)
+    dep = np.empty(m, np.int8)
+    for c in chunks(m):
+        care_share[c], since[c] = school_year_care(w, person[c], ayv[c])
+        n_adv[c] = adversities_begun(w.onset, person[c], cday[c])
+        n_adv0[c] = adversities_begun(w.onset_no_care, person[c], cday[c])
+        dep[c] = 10 - w.decile[person[c]]
+    fsm = np.empty(m, bool)
+    for c in chunks(m):
+        lp = -3.0 + 0.3 * dep[c] + 0.5 * n_adv[c]
+        fsm[c] = rng.random(c.stop - c.start) < 1 / (1 + np.exp(-lp))
+    col["free_school_meals"] = _count(fsm)
+    del fsm
+    sen = np.empty(m, bool)
+    for c in chunks(m):
+        lp = -2.2 + 0.4 * n_adv[c] + 2.0 * w.disability[person[c]]
+        sen[c] = rng.random(c.stop - c.start) < 1 / (1 + np.exp(-lp))
+    col["special_needs"] = text(["N", "K", "E"], np.where(sen, 1 + (rng.random(m) < 0.2), 0))
+    del sen
     possible = rng.integers(300, 331, m)
     noise = rng.gamma(2.0, 0.01, m)
     e = sc.effects
-    n_pre = w.pre_care_adversity.sum(axis=1)[person]
-    effect = care_share * (
-        e.absence_rate_looked_after
-        + e.absence_care_x_adversity * n_pre
-        + e.absence_care_per_year_since_entry * np.clip(since, 0, MAX_YEARS_SINCE_ENTRY)
-    )
-    rate = np.clip(0.04 + 0.012 * n_adv + 0.003 * dep + effect + noise, 0, 0.9)
-    rate0 = np.clip(0.04 + 0.012 * n_adv0 + 0.003 * dep + noise, 0, 0.9)
+    n_pre = w.pre_care_adversity.sum(axis=1)  # per person
+    absent = np.empty(m, np.int64)
     w.school_years = {
         "person_id": person.astype(np.int32),
         "academic_year": ayv.astype(np.int16),
         "looked_after_share": care_share.astype(np.float32),
-        "years_since_entry": since.astype(np.int8),
-        "absence_rate_factual": rate.astype(np.float32),
-        "absence_rate_no_care": rate0.astype(np.float32),
+        "years_since_entry": since,
+        "absence_rate_factual": np.empty(m, np.float32),
+        "absence_rate_no_care": np.empty(m, np.float32),
     }
-    del dep, care_share, since, noise, effect, rate0, n_pre, n_adv0, ayv
-    absent = rng.binomial(possible, rate)
-    del rate
+    for c in chunks(m):
+        effect = care_share[c] * (
+            e.absence_rate_looked_after
+            + e.absence_care_x_adversity * n_pre[person[c]]
+            + e.absence_care_per_year_since_entry * np.clip(since[c], 0, MAX_YEARS_SINCE_ENTRY)
+        )
+        rate = np.clip(0.04 + 0.012 * n_adv[c] + 0.003 * dep[c] + effect + noise[c], 0, 0.9)
+        rate0 = np.clip(0.04 + 0.012 * n_adv0[c] + 0.003 * dep[c] + noise[c], 0, 0.9)
+        w.school_years["absence_rate_factual"][c] = rate
+        w.school_years["absence_rate_no_care"][c] = rate0
+        absent[c] = rng.binomial(possible[c], rate)
+    del dep, care_share, since, noise, n_adv0, ayv
     col["sessions_possible"] = _count(possible)
     del possible
-    unauth = rng.binomial(absent, np.clip(0.25 + 0.05 * n_adv, 0, 0.9))
+    unauth = np.empty(m, np.int64)
+    for c in chunks(m):
+        unauth[c] = rng.binomial(absent[c], np.clip(0.25 + 0.05 * n_adv[c], 0, 0.9))
     col["sessions_authorised_absence"] = _count(absent - unauth)
     col["sessions_unauthorised_absence"] = _count(unauth)
     del absent, unauth
-    col["fixed_exclusions"] = _count(rng.poisson(0.01 + 0.03 * n_adv * (phase == 2)))
-    del phase
+    exclusions = np.empty(m, np.int64)
+    for c in chunks(m):
+        exclusions[c] = rng.poisson(0.01 + 0.03 * n_adv[c] * secondary[c])
+    col["fixed_exclusions"] = _count(exclusions)
+    del exclusions, secondary
     col["postcode"] = _stale_postcode(
         ids, person, cday, "school_census", col["record_id"], sc, rng, nlog
     )
-    col["permanent_exclusion"] = _count(rng.random(m) < 0.0005 + 0.002 * n_adv)
-    del n_adv
+    permanent = np.empty(m, bool)
+    for c in chunks(m):
+        permanent[c] = rng.random(c.stop - c.start) < 0.0005 + 0.002 * n_adv[c]
+    col["permanent_exclusion"] = _count(permanent)
+    del n_adv, permanent
     col["upn"] = ids.upn.gather(person)
     col["first_name"] = ids.first.gather(person)
     col["surname"] = ids.surname_at(person, cday)
@@ -590,26 +621,24 @@ def _hospital(
     w: World, ids: Identities, sc: Scenario, rng: np.random.Generator, nlog: NoiseLog
 ) -> tuple[Built, Built]:
     """Hospital admissions and emergency-department attendances, from the same events."""
-    kind = np.array(EVENT_KINDS)[w.ev_kind]
+    kind = w.ev_kind  # index into EVENT_KINDS
+
+    def of(*names: str) -> np.ndarray:
+        return np.isin(kind, [EVENT_KINDS.index(name) for name in names])
+
     ev_p, ev_d = w.ev_person, w.ev_day
-    adm_mask = (
-        (kind == "emergency")
-        | (kind == "mental_health")
-        | (kind == "appendicitis")
-        | (kind == "elective")
-        | (kind == "dental_caries")
-        | ((kind == "self_harm") & (rng.random(kind.size) < 0.35))
+    adm_mask = of("emergency", "mental_health", "appendicitis", "elective", "dental_caries") | (
+        of("self_harm") & (rng.random(kind.size) < 0.35)
     )
     ed_mask = (
-        (kind == "self_harm")
-        | (kind == "ed_injury")
-        | ((kind == "emergency") & (rng.random(kind.size) < 0.6))
-        | ((kind == "appendicitis") & (rng.random(kind.size) < 0.8))
+        of("self_harm", "ed_injury")
+        | (of("emergency") & (rng.random(kind.size) < 0.6))
+        | (of("appendicitis") & (rng.random(kind.size) < 0.8))
     )
     diag_codes: list[str] = []  # every pool one after another; diag indexes into it
     diag = np.zeros(kind.size, np.int64)
     for kind_name, pool in DIAGNOSES.items():
-        sel = kind == kind_name
+        sel = of(kind_name)
         diag[sel] = len(diag_codes) + rng.integers(0, len(pool), sel.sum())
         diag_codes += pool
     # admissions
@@ -619,12 +648,11 @@ def _hospital(
     m = ap.size
     rid = _record_ids("HA", m)
     methods = ["11", "12", "13", "21", "22", "28"]
+    elective = np.isin(ak, [EVENT_KINDS.index("elective"), EVENT_KINDS.index("dental_caries")])
     method = np.where(
-        (ak == "elective") | (ak == "dental_caries"),
-        rng.integers(0, 3, m),
-        np.array([3, 3, 4, 5])[rng.integers(0, 4, m)],
+        elective, rng.integers(0, 3, m), np.array([3, 3, 4, 5])[rng.integers(0, 4, m)]
     )
-    method = np.where((ak == "mental_health") & (rng.random(m) < 0.3), 0, method)
+    method = np.where((ak == EVENT_KINDS.index("mental_health")) & (rng.random(m) < 0.3), 0, method)
     los = rng.geometric(0.45, m) - 1
     nhs = ids.nhs.gather(ap)
     miss_rate = ids.error.rate(sc.noise.missing_nhs_admissions, "missing_nhs", ap, ad)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import resource
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,15 +58,46 @@ PLACEHOLDER_COLUMN: dict[str, str] = {
 UNPARSEABLE = ["2015-13-45", "31/02/2015", "unknown", "0000-00-00"]
 
 
+@dataclass(frozen=True)
+class StepUsage:
+    """The process's resources over one generator step (from its progress message to the
+    next; the health and writer threads' work falls in whichever step it overlaps)."""
+
+    step: str
+    wall_seconds: float
+    user_seconds: float
+    system_seconds: float
+    minor_faults: int
+    peak_gib: float  # the process's peak so far
+
+
+def _usage() -> tuple[float, float, float, int, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt, r.ru_maxrss / 2**20
+
+
 @dataclass
 class SynthSummary:
-    """What was written: rows per source, and where."""
+    """What was written: rows per source, and where; the resources of each step."""
 
     out_dir: Path
     scenario: str
     n_children: int
     seed: int
     row_counts: dict[str, int] = field(default_factory=dict)
+    steps: list[StepUsage] = field(default_factory=list)
+
+    def steps_markdown(self) -> str:
+        lines = [
+            "| step | wall s | user s | system s | minor faults | peak GiB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {u.step} | {u.wall_seconds:.1f} | {u.user_seconds:.1f} | {u.system_seconds:.1f}"
+            f" | {u.minor_faults:,} | {u.peak_gib:.2f} |"
+            for u in self.steps
+        ]
+        return "\n".join(lines)
 
     def to_markdown(self) -> str:
         lines = [
@@ -585,7 +619,13 @@ def _generate_world(
         raise ConfigError(f"--format must be csv or parquet (got {file_format!r})")
     layouts = layout_names(layout)  # the delivery's return layouts (ConfigError if wrong)
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    step = progress or (lambda msg: log.info("%s", msg))
+    report = progress or (lambda msg: log.info("%s", msg))
+    marks: list[tuple[str, tuple[float, float, float, int, float]]] = []
+
+    def step(msg: str) -> None:
+        marks.append((msg, _usage()))
+        report(msg)
+
     out = Path(out_dir)
     truth = out / "truth"
     if truth.exists():
@@ -673,6 +713,23 @@ def _generate_world(
     ).sort("source", "record_id", "defect").write_parquet(
         truth / "defects.parquet", statistics=False
     )
+    marks.append(("", _usage()))
+    # each interval is named by what the main thread did in it (the health and writer threads
+    # work alongside): the simulation, building each source ("writing X" is reported once X is
+    # built), then the truth while the last extracts are written
+    for i, ((_, a), (end, b)) in enumerate(itertools.pairwise(marks)):
+        built = end.removeprefix("writing ")
+        if i == 0:
+            name = "simulating the world"
+        elif built in SOURCES:
+            name = f"building {built}"
+        elif not end:
+            name = "writing truth, the last extracts and the defect log"
+        else:
+            continue  # handing the last source to the writer: nothing is done
+        summary.steps.append(
+            StepUsage(name, b[0] - a[0], b[1] - a[1], b[2] - a[2], b[3] - a[3], peak_gib=b[4])
+        )
     return summary
 
 

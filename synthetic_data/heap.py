@@ -21,7 +21,9 @@ cannot be switched back on once set, so they are left where a large workload tak
 anyway (mmap 32 MB, trim twice that), not at the 128 KB they start from. Output does not
 depend on any of this; the figures are in docs/benchmarks.md (generator section).
 
-Only the C heap (numpy) is affected; polars has its own allocator. Elsewhere than glibc
+Only the C heap (numpy) is affected; polars has its own allocator (jemalloc), which
+`cohort synth` tells to keep freed pages before polars loads
+(``orchestration/commands/synth.py``, ``keep_polars_freed_memory``). Elsewhere than glibc
 (macOS, musl) this does nothing.
 """
 

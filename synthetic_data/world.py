@@ -15,6 +15,7 @@ factors, deprivation, authority and age identifies the effect of care.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,6 +201,11 @@ class World:
             self.res_first = np.searchsorted(self.res_person, np.arange(self.n), side="left")
             self.res_count = np.bincount(self.res_person, minlength=self.n)
         when = np.asarray(when)
+        if person.size > CHUNK_ROWS:  # a chunk at a time: small temporaries (see ``chunks``)
+            out = np.empty(person.size, self.res_first.dtype)
+            for c in chunks(person.size):
+                out[c] = self.residence_at(person[c], when[c])
+            return out
         first = self.res_first[person]
         idx = first.copy()
         later = np.flatnonzero(self.res_count[person] > 1)
@@ -741,6 +747,29 @@ def care_log_hr(w: World, sc: Scenario, gamma: float) -> np.ndarray:
 
 CARE_AFFECTED_KINDS = ("self_harm", "emergency", "mental_health")
 MAX_YEARS_SINCE_ENTRY = 4  # effects by years since entry: 0, 1, 2, 3, 4 and more
+CHUNK_ROWS = 1 << 20  # rows (health-event segments, pupil-years) computed at once
+
+
+def chunks(m: int) -> Iterator[slice]:
+    """Consecutive slices of ``CHUNK_ROWS`` covering rows 0 to ``m``.
+
+    A value derived from ten or twenty million rows (1M children) is computed a chunk at a
+    time into its result, so each temporary is a few MB that the C heap keeps and reuses
+    (``synthetic_data/heap.py``) instead of 80-160 MB faulted in afresh, which on the
+    benchmark VM costs system time. A random draw taken chunk after chunk from one generator
+    is the same as one draw over all rows (numpy draws element by element), as long as no
+    other draw from that generator comes in between."""
+    return (slice(lo, min(lo + CHUNK_ROWS, m)) for lo in range(0, m, CHUNK_ROWS))
+
+
+def adversities_begun(onset: np.ndarray, person: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """How many of each row's person's adversities (``onset``: person x adversity, -1 for
+    none) had begun by the row's day."""
+    n = np.zeros(person.size, np.int8)
+    for k in range(onset.shape[1]):
+        o = onset[person, k]
+        n += (o >= 0) & (o <= day)
+    return n
 
 
 def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
@@ -769,86 +798,96 @@ def health_events(w: World, sc: Scenario, rng: np.random.Generator) -> None:
     )  # split at entry anniversaries only when the care effect changes with them
     if slope:
         entry_years[w.first_entry < 0] = -1
+    # the segment arrays (about 20 million at 1M children) in the smallest types that hold
+    # them exactly: days and persons fit 32 bits, ages and counts 8 (same values, same draws)
     pts = np.concatenate(
         [w.fu_start[:, None], bdays, care_pts, w.onset[:, :4], entry_years, w.fu_end[:, None]],
         axis=1,
+        dtype=np.int32,
+        casting="same_kind",
     )
-    np.clip(pts, w.fu_start[:, None], w.fu_end[:, None], out=pts)  # in place: 220 MB at 1M
+    fu_start, fu_end = w.fu_start.astype(np.int32), w.fu_end.astype(np.int32)
+    np.clip(pts, fu_start[:, None], fu_end[:, None], out=pts)  # in place: 120 MB at 1M
     pts.sort(axis=1)
     a, b = pts[:, :-1], pts[:, 1:]
     valid = b > a
-    # the segment arrays (about 20 million at 1M children) in the smallest types that hold
-    # them exactly: days and persons fit 32 bits, ages and counts 8 (same values, same draws)
     person = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], a.shape)[valid]
-    s, t = a[valid].astype(np.int32), b[valid].astype(np.int32)
-    mid = (s + t) // 2
-    age = ((mid - w.birth[person]) / YEAR).astype(np.int8)
-    # looked after during segment?
-    in_care = np.zeros(s.size, bool)
-    for j in range(2):
-        cs, ce = care_pts[person, 2 * j], care_pts[person, 2 * j + 1]
-        in_care |= (cs >= 0) & (mid >= cs) & (mid < ce)
-    n_adv = np.zeros(s.size, np.int8)  # adversities (of the first four) begun by mid-segment
-    for k in range(4):
-        onset = w.onset[:, k][person]
-        n_adv += (onset >= 0) & (onset <= mid)
-    dep = 10 - w.decile[person]
-    base_lp = o.log_hr_per_adversity * n_adv + o.log_hr_per_deprivation_decile * dep
-    # care's log HR beyond gamma: pre-care adversity and years since first entry (0-4)
-    care_mod: np.ndarray | float = 0.0  # an array only when the scenario modifies the effect
-    if e.log_hr_care_x_adversity:
-        care_mod = e.log_hr_care_x_adversity * w.pre_care_adversity.sum(axis=1)[person]
-    if slope:
-        since = np.clip((mid - w.first_entry[person]) // YEAR, 0, MAX_YEARS_SINCE_ENTRY)
-        care_mod = care_mod + slope * since
-        del since
-    years = (t - s) / YEAR
+    s, t = a[valid], b[valid]
+    del pts, a, b, valid, bdays, entry_years
+    age = np.empty(s.size, np.int8)
+    in_care = np.empty(s.size, bool)  # looked after at mid-segment
+    n_adv = np.empty(s.size, np.int8)  # adversities (of the first four) begun by mid-segment
+    base_lp = np.empty(s.size)  # log hazard ratio from adversity and deprivation
+    years = np.empty(s.size)  # segment length
+    # care's log HR beyond gamma: pre-care adversity and years since first entry (0-4), an
+    # array only when the scenario modifies the effect
+    modified = bool(e.log_hr_care_x_adversity or slope)
+    care_mod = np.zeros(s.size if modified else 0)
+    n_pre = w.pre_care_adversity.sum(axis=1)  # per person
+    for c in chunks(s.size):
+        pers, mid = person[c], (s[c] + t[c]) // 2
+        age[c] = ((mid - w.birth[pers]) / YEAR).astype(np.int8)
+        looked_after = np.zeros(mid.size, bool)
+        for j in range(2):
+            cs, ce = care_pts[pers, 2 * j], care_pts[pers, 2 * j + 1]
+            looked_after |= (cs >= 0) & (mid >= cs) & (mid < ce)
+        in_care[c] = looked_after
+        n_adv[c] = adversities_begun(w.onset[:, :4], pers, mid)
+        base_lp[c] = o.log_hr_per_adversity * n_adv[c] + o.log_hr_per_deprivation_decile * (
+            10 - w.decile[pers]
+        )
+        years[c] = (t[c] - s[c]) / YEAR
+        mod: np.ndarray | float = 0.0
+        if e.log_hr_care_x_adversity:
+            mod = e.log_hr_care_x_adversity * n_pre[pers]
+        if slope:
+            since = np.clip((mid - w.first_entry[pers]) // YEAR, 0, MAX_YEARS_SINCE_ENTRY)
+            mod = mod + slope * since
+        if modified:
+            care_mod[c] = mod
     girl = ~w.sex_male[person]
-    del (
-        pts,
-        a,
-        b,
-        valid,
-        mid,
-        onset,
-        dep,
-        care_pts,
-        bdays,
-        entry_years,
-    )  # only the segment arrays below remain
+    del care_pts  # the segment arrays remain
 
-    def profile(name: str) -> tuple[np.ndarray, np.ndarray | float, float]:
-        """Baseline rate, log hazard ratio from covariates, and care's log hazard ratio;
-        one event kind at a time, so only one kind's segment arrays are alive."""
+    def care_lhr(gamma: float, c: slice) -> np.ndarray | float:
+        """Care's log hazard ratio in segments ``c``."""
+        return gamma + care_mod[c] if modified else gamma + 0.0
+
+    def profile(name: str, c: slice) -> tuple[np.ndarray, np.ndarray | float, np.ndarray | float]:
+        """Segments ``c``'s baseline rate, log hazard ratio from covariates, and care's log
+        hazard ratio (0 for a kind care does not affect)."""
+        ag, nadv, pers, lp = age[c], n_adv[c], person[c], base_lp[c]
         if name == "self_harm":
-            rate = o.self_harm_base_rate * np.where(age >= 12, 1.0, np.where(age >= 10, 0.2, 0.0))
-            return rate * np.where(girl, 1.6, 0.6), base_lp + 0.3 * n_adv, e.log_hr_self_harm
+            rate = o.self_harm_base_rate * np.where(ag >= 12, 1.0, np.where(ag >= 10, 0.2, 0.0))
+            rate = rate * np.where(girl[c], 1.6, 0.6)
+            return rate, lp + 0.3 * nadv, care_lhr(e.log_hr_self_harm, c)
         if name == "emergency":
-            rate = o.emergency_base_rate * np.where(age == 0, 3.0, np.where(age < 5, 1.5, 1.0))
-            return rate, base_lp, e.log_hr_emergency_admission
+            rate = o.emergency_base_rate * np.where(ag == 0, 3.0, np.where(ag < 5, 1.5, 1.0))
+            return rate, lp, care_lhr(e.log_hr_emergency_admission, c)
         if name == "mental_health":
-            rate = o.mental_health_base_rate * np.where(
-                age >= 12, 1.0, np.where(age >= 6, 0.4, 0.0)
-            )
-            return rate, base_lp + 0.2 * n_adv, e.log_hr_mental_health_admission
+            rate = o.mental_health_base_rate * np.where(ag >= 12, 1.0, np.where(ag >= 6, 0.4, 0.0))
+            return rate, lp + 0.2 * nadv, care_lhr(e.log_hr_mental_health_admission, c)
         if name == "appendicitis":
-            return o.appendicitis_rate * (age >= 4), 0.0, 0.0
+            return o.appendicitis_rate * (ag >= 4), 0.0, 0.0
         if name == "ed_injury":
-            return o.ed_injury_rate * np.ones(s.size), base_lp, 0.0
+            return o.ed_injury_rate * np.ones(ag.size), lp, 0.0
         if name == "dental_caries":  # negative control: care's causes, no care effect
-            rate = o.dental_caries_rate * (age >= 2)
-            la_eff = w.la_care_effect[w.la_at_referral][person]  # authority at referral
-            return rate, base_lp + o.dental_caries_log_hr_per_la_propensity * la_eff, 0.0
-        return o.elective_rate * np.ones(s.size), 0.0, 0.0
+            la_eff = w.la_care_effect[w.la_at_referral][pers]  # authority at referral
+            lp = lp + o.dental_caries_log_hr_per_la_propensity * la_eff
+            return o.dental_caries_rate * (ag >= 2), lp, 0.0
+        return o.elective_rate * np.ones(ag.size), 0.0, 0.0
 
+    # rates a chunk of segments at a time (about 20 million segments at 1M children; see
+    # ``chunks``): the Poisson draws of a kind follow each other in segment order
     ev_p, ev_d, ev_k = [], [], []
     for k, name in enumerate(EVENT_KINDS):
-        base, lp, gamma = profile(name)
         affected = name in CARE_AFFECTED_KINDS
-        rate = base * np.exp(lp + ((gamma + care_mod) * in_care if affected else 0.0))
-        del base, lp
-        count = rng.poisson(rate * years)
-        seg = np.repeat(np.arange(s.size), count)
+        segs = []
+        for c in chunks(s.size):
+            base, lp, care = profile(name, c)
+            rate = base * np.exp(lp + (care * in_care[c] if affected else 0.0))
+            count = rng.poisson(rate * years[c])
+            segs.append(np.repeat(np.arange(c.start, c.stop), count))
+        seg = np.concatenate(segs)
         when = s[seg] + (rng.random(seg.size) * (t[seg] - s[seg])).astype(np.int64)
         ev_p.append(person[seg])
         ev_d.append(when)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +12,30 @@ import typer
 
 MIN_CHILDREN, MAX_CHILDREN = 100, 20_000_000  # the largest world the generator is meant for
 MAX_SEED = 2**32 - 1
+
+# Polars' allocator (jemalloc) options for the generator's process: never hand freed pages
+# back to the kernel ("a decay time of -1 disables purging", jemalloc(3), opt.dirty_decay_ms
+# and opt.muzzy_decay_ms). Polars itself sets 500 ms and 1 s and appends this variable to
+# them (polars/__init__.py) when it is first imported, which is when jemalloc reads it. On a
+# machine that returns free memory to its host, a page polars freed and purged costs a host
+# fault when it is used again. `cohort synth` is a short-lived process whose polars memory
+# is freed and reallocated in rounds of the same sizes, so keeping it costs no more than its
+# peak; the process gives everything back when it exits. docs/benchmarks.md (generator).
+POLARS_ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"
+POLARS_ALLOCATOR_OPTIONS = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def keep_polars_freed_memory() -> bool:
+    """Set polars' allocator to keep freed memory for the rest of this process, unless the
+    user set the variable or polars is already loaded (then its allocator is configured and
+    the output is the same, only slower). Returns whether the setting is in force."""
+    if POLARS_ALLOCATOR_VARIABLE in os.environ:
+        return os.environ[POLARS_ALLOCATOR_VARIABLE].endswith(POLARS_ALLOCATOR_OPTIONS)
+    if "polars" in sys.modules:
+        logging.getLogger(__name__).debug("polars already loaded: its allocator is left as is")
+        return False
+    os.environ[POLARS_ALLOCATOR_VARIABLE] = POLARS_ALLOCATOR_OPTIONS
+    return True
 
 
 def command(
@@ -45,12 +72,21 @@ def command(
             "validate/run read it as it is).",
         ),
     ] = None,
+    timings: Annotated[
+        bool,
+        typer.Option(
+            "--timings",
+            help="Also print each step's wall, CPU (user, system) seconds, minor page faults "
+            "and peak memory.",
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic world: seven messy source extracts plus a truth folder.
 
     The truth folder (OUT/truth/) holds record-to-person maps, latent variables, injected
     defects and the true causal effects; the pipeline never reads it.
     """
+    keep_polars_freed_memory()  # before anything imports polars
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -105,6 +141,8 @@ def command(
             raise with_path(os_error, out) from None
         raise
     console.print(summary.to_markdown())
+    if timings:
+        console.print(summary.steps_markdown())
     console.print(f"extracts in {out}/, truth in {out}/truth/ (never read by the pipeline)")
 
 
