@@ -55,6 +55,11 @@ if str(ROOT) not in sys.path:
 from benchmarks.coverage_seeds import coverage_table, score, truth_table  # noqa: E402
 
 SECRET = b"linkage-error-benchmark-secret-0123456789"
+#: the analyses holding the main estimates (CLA vs NLA: KS4 score and level 2 by regression,
+#: IPW and AIPW; every hospital outcome by time-varying Cox and Poisson): ``--main-only`` fits
+#: just these, in the naive and true-link analyses alike (each analysis is fitted on its own,
+#: so their rows are the same as in a run of every analysis)
+MAIN_ANALYSES = ("ks4_cla_vs_nla", "time_to_event")
 ANALYSES = ("naive", "true_links", "linkage_aware")
 
 
@@ -111,10 +116,12 @@ def run_seed(
     keep: bool = False,
     true_links: bool = True,
     labels: int = 1000,
+    main_only: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One seed: the scored estimates of the three analyses, the stage timings and (under
     ``"calibration"``) Splink's and the calibrated probabilities against the truth.
-    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own."""
+    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own.
+    ``main_only``: fit only :data:`MAIN_ANALYSES` (naive and true links; not with draws)."""
     from cohort import build_cohort
     from evaluation.true_links import refit_on_true_links
     from ground.run_layout import RunLayout
@@ -123,6 +130,7 @@ def run_seed(
     from models import run_models
     from models.settings import ModelSettings
     from orchestration.link_uncertainty import calibrate, read_candidates, run_link_uncertainty
+    from schemas.analyses import load_run_analyses
     from synthetic_data import generate_world
     from validation import ValidationSettings, validate_delivery
 
@@ -147,7 +155,13 @@ def run_seed(
         times["link"] = time.perf_counter() - t
         t = time.perf_counter()
         build_cohort(layout=layout)
-        run_models(layout=layout, settings=ms)
+        analyses = None
+        if main_only:
+            declared = load_run_analyses(layout.cohort_dir / "study_config.yaml")
+            analyses = [a for a in declared if a.name in MAIN_ANALYSES]
+            if {a.name for a in analyses} != set(MAIN_ANALYSES):
+                raise SystemExit(f"the study config does not declare all of {MAIN_ANALYSES}")
+        run_models(layout=layout, settings=ms, analyses=analyses)
         times["build_model"] = time.perf_counter() - t
         truth = truth_table(data / "truth")
         parts = [
@@ -161,6 +175,7 @@ def run_seed(
                 out_dir=base / "true_links",
                 secret=SECRET,
                 model_settings=ms,
+                analyses=analyses,
             )
             times["true_links"] = time.perf_counter() - t
             parts.append(score(est, truth).assign(analysis="true_links"))
@@ -419,11 +434,19 @@ def main(argv: list[str] | None = None) -> None:
         default=1000,
         help="pairs labelled by the truth to calibrate the draws (0: Splink's probabilities)",
     )
+    p.add_argument(
+        "--main-only",
+        action="store_true",
+        help=f"fit only the analyses of the main estimates ({', '.join(MAIN_ANALYSES)}); "
+        "needs --draws 0",
+    )
     p.add_argument("--report", nargs="+", help="merge these result files and print the tables")
     a = p.parse_args(argv)
     if a.report:
         report(a.report)
         return
+    if a.main_only and a.draws:
+        p.error("--main-only needs --draws 0 (the draws fit the run's every analysis)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"linkage_error_{a.scenario}_{a.children}.json"
@@ -449,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
             keep=a.keep,
             true_links=not a.no_true_links,
             labels=a.labels,
+            main_only=a.main_only,
         )
         done += rows.to_dict("records")
         timings[str(seed)] = {
