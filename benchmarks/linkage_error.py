@@ -3,6 +3,7 @@
     uv run --locked python benchmarks/linkage_error.py [--seeds 20] [--first-seed 1]
         [--children 20000] [--scenario differential_linkage_error] [--draws 10]
         [--out linkage_error_out] [--workdir DIR] [--no-true-links] [--labels 1000]
+        [--main-only]
     uv run --locked python benchmarks/linkage_error.py --report OUT1/x.json [OUT2/y.json ...]
 
 For each seed, in-process in a temporary folder: ``synth`` -> ``validate`` (Great
@@ -21,9 +22,15 @@ links taken as true), then
   draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
   pooled estimate.
 
+``--draws 0`` links without the candidate pairs (only the draws read them; the linker's links
+are the same). ``--main-only`` (with ``--draws 0``) fits only the analyses of the main
+estimates (:data:`MAIN_ANALYSES`) in the naive and the true-link analysis: at 100,000 children
+a seed then costs about the run's link stage plus two builds (docs/linkage_error.md).
+
 ``--report`` merges result files (e.g. seed ranges run in parallel into different ``--out``
-folders) and prints the summary, the width ratios and linkage shares, the Monte Carlo error
-and the calibration bins.
+folders) and prints the summary, the naive and true-link estimates of the same worlds side by
+side (:func:`true_link_table`: how much of the error and of the spread over seeds the links
+cause), the width ratios and linkage shares, the Monte Carlo error and the calibration bins.
 
 Every estimate with a true value is scored as in ``benchmarks/coverage_seeds.py`` (covers,
 bias and width on the fitted scale), with a column ``analysis`` (naive | true_links |
