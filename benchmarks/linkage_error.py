@@ -3,6 +3,7 @@
     uv run --locked python benchmarks/linkage_error.py [--seeds 20] [--first-seed 1]
         [--children 20000] [--scenario differential_linkage_error] [--draws 10]
         [--out linkage_error_out] [--workdir DIR] [--no-true-links] [--labels 1000]
+        [--main-only]
     uv run --locked python benchmarks/linkage_error.py --report OUT1/x.json [OUT2/y.json ...]
 
 For each seed, in-process in a temporary folder: ``synth`` -> ``validate`` (Great
@@ -21,9 +22,15 @@ links taken as true), then
   draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
   pooled estimate.
 
+``--draws 0`` links without the candidate pairs (only the draws read them; the linker's links
+are the same). ``--main-only`` (with ``--draws 0``) fits only the analyses of the main
+estimates (:data:`MAIN_ANALYSES`) in the naive and the true-link analysis: at 100,000 children
+a seed then costs about the run's link stage plus two builds (docs/linkage_error.md).
+
 ``--report`` merges result files (e.g. seed ranges run in parallel into different ``--out``
-folders) and prints the summary, the width ratios and linkage shares, the Monte Carlo error
-and the calibration bins.
+folders) and prints the summary, the naive and true-link estimates of the same worlds side by
+side (:func:`true_link_table`: how much of the error and of the spread over seeds the links
+cause), the width ratios and linkage shares, the Monte Carlo error and the calibration bins.
 
 Every estimate with a true value is scored as in ``benchmarks/coverage_seeds.py`` (covers,
 bias and width on the fitted scale), with a column ``analysis`` (naive | true_links |
@@ -55,6 +62,11 @@ if str(ROOT) not in sys.path:
 from benchmarks.coverage_seeds import coverage_table, score, truth_table  # noqa: E402
 
 SECRET = b"linkage-error-benchmark-secret-0123456789"
+#: the analyses holding the main estimates (CLA vs NLA: KS4 score and level 2 by regression,
+#: IPW and AIPW; every hospital outcome by time-varying Cox and Poisson): ``--main-only`` fits
+#: just these, in the naive and true-link analyses alike (each analysis is fitted on its own,
+#: so their rows are the same as in a run of every analysis)
+MAIN_ANALYSES = ("ks4_cla_vs_nla", "time_to_event")
 ANALYSES = ("naive", "true_links", "linkage_aware")
 
 
@@ -111,10 +123,12 @@ def run_seed(
     keep: bool = False,
     true_links: bool = True,
     labels: int = 1000,
+    main_only: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One seed: the scored estimates of the three analyses, the stage timings and (under
     ``"calibration"``) Splink's and the calibrated probabilities against the truth.
-    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own."""
+    ``labels``: pairs labelled (by the truth) to calibrate the draws on; 0: Splink's own.
+    ``main_only``: fit only :data:`MAIN_ANALYSES` (naive and true links; not with draws)."""
     from cohort import build_cohort
     from evaluation.true_links import refit_on_true_links
     from ground.run_layout import RunLayout
@@ -123,6 +137,7 @@ def run_seed(
     from models import run_models
     from models.settings import ModelSettings
     from orchestration.link_uncertainty import calibrate, read_candidates, run_link_uncertainty
+    from schemas.analyses import load_run_analyses
     from synthetic_data import generate_world
     from validation import ValidationSettings, validate_delivery
 
@@ -139,11 +154,21 @@ def run_seed(
         )
         times["synth_validate"] = time.perf_counter() - t
         t = time.perf_counter()
-        link_run(layout=layout, settings=LinkageSettings(), secret=SECRET)
+        # Without draws the candidate pairs below the threshold are never read: skip scoring
+        # them (the candidate rule alone is 3.5 million edges at 100,000 children). The
+        # linker's pairs, clusters and threshold do not depend on them.
+        linkage_settings = LinkageSettings() if draws else LinkageSettings(candidate_floor=None)
+        link_run(layout=layout, settings=linkage_settings, secret=SECRET)
         times["link"] = time.perf_counter() - t
         t = time.perf_counter()
         build_cohort(layout=layout)
-        run_models(layout=layout, settings=ms)
+        analyses = None
+        if main_only:
+            declared = load_run_analyses(layout.cohort_dir / "study_config.yaml")
+            analyses = [a for a in declared if a.name in MAIN_ANALYSES]
+            if {a.name for a in analyses} != set(MAIN_ANALYSES):
+                raise SystemExit(f"the study config does not declare all of {MAIN_ANALYSES}")
+        run_models(layout=layout, settings=ms, analyses=analyses)
         times["build_model"] = time.perf_counter() - t
         truth = truth_table(data / "truth")
         parts = [
@@ -157,6 +182,7 @@ def run_seed(
                 out_dir=base / "true_links",
                 secret=SECRET,
                 model_settings=ms,
+                analyses=analyses,
             )
             times["true_links"] = time.perf_counter() - t
             parts.append(score(est, truth).assign(analysis="true_links"))
@@ -254,6 +280,72 @@ def to_markdown(table: pd.DataFrame, methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def true_link_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """How much of the estimates' error and spread the links cause, per main estimate: the
+    naive and true-link estimates of the same worlds (seeds holding both), paired.
+
+    ``d = naive - true links`` (fitted scale) is what linkage error did in each world. Over the
+    seeds: the naive and true-link SD and SD / mean SE (mean SE: the naive interval width /
+    3.92), the mean and SD of ``d``, ``sd_d_over_se`` (the spread linkage adds, in standard
+    errors) and ``linkage_share_of_spread = 1 - var(true) / var(naive)``: the share of the
+    naive estimates' variance over seeds that goes when the links are made true (negative when
+    the true-link estimates happen to spread more)."""
+    keys = ["outcome", "contrast", "scale", "method"]
+    two = rows[rows["analysis"].isin(["naive", "true_links"])]
+    wide = two.pivot_table(
+        index=[*keys, "seed"],
+        columns="analysis",
+        values=["bias", "width", "covers"],
+        aggfunc="first",
+    ).dropna()
+    wide.columns = [f"{v}_{a}" for v, a in wide.columns]
+    wide = wide.reset_index()
+    wide["d"] = wide["bias_naive"] - wide["bias_true_links"]
+    z = 1.959964
+    out = (
+        wide.groupby(keys)
+        .agg(
+            seeds=("seed", "nunique"),
+            naive_bias=("bias_naive", "mean"),
+            naive_sd=("bias_naive", "std"),
+            naive_se=("width_naive", lambda w: float(np.mean(w)) / (2 * z)),
+            naive_coverage=("covers_naive", "mean"),
+            true_bias=("bias_true_links", "mean"),
+            true_sd=("bias_true_links", "std"),
+            true_se=("width_true_links", lambda w: float(np.mean(w)) / (2 * z)),
+            true_coverage=("covers_true_links", "mean"),
+            d_mean=("d", "mean"),
+            d_sd=("d", "std"),
+            d_max_abs=("d", lambda v: float(np.max(np.abs(v)))),
+        )
+        .reset_index()
+    )
+    out["naive_sd_over_se"] = out["naive_sd"] / out["naive_se"]
+    out["true_sd_over_se"] = out["true_sd"] / out["true_se"]
+    out["d_sd_over_se"] = out["d_sd"] / out["naive_se"]
+    out["linkage_share_of_spread"] = 1 - out["true_sd"] ** 2 / out["naive_sd"] ** 2
+    return out
+
+
+def true_link_markdown(table: pd.DataFrame, methods: tuple[str, ...]) -> str:
+    t = table[table["method"].isin(methods)].sort_values(["outcome", "contrast", "method"])
+    lines = [
+        "| outcome | contrast | method | seeds | naive: bias, SD/SE, coverage "
+        "| true links: bias, SD/SE, coverage | naive - true: mean, SD (in SE) "
+        "| share of spread due to linkage |",
+        "|---|---|---|---:|---|---|---|---:|",
+    ]
+    for r in t.itertuples():
+        lines.append(
+            f"| {r.outcome} | {r.contrast} | {r.method} | {r.seeds} | "
+            f"{r.naive_bias:+.4f}, {r.naive_sd_over_se:.2f}, {r.naive_coverage:.0%} | "
+            f"{r.true_bias:+.4f}, {r.true_sd_over_se:.2f}, {r.true_coverage:.0%} | "
+            f"{r.d_mean:+.4f}, {r.d_sd:.4f} ({r.d_sd_over_se:.3f}) | "
+            f"{r.linkage_share_of_spread:+.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def monte_carlo_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per pooled estimate (mean over seeds): the width ratio (linkage-aware / naive), the
     share of variance due to linkage, and the Monte Carlo SE of the pooled estimate with the
@@ -314,6 +406,13 @@ def report(paths: list[str]) -> None:
     seeds = sorted(int(s) for s in df["seed"].unique())
     main_methods = ("regression", "ipw", "aipw", "cox_tv", "poisson_pw")
     sys.stdout.write(f"seeds {seeds}\n\n{to_markdown(summary_table(df), main_methods)}\n\n")
+    if {"naive", "true_links"} <= set(df["analysis"]):
+        paired = true_link_table(df[df["contrast"] == "cla_vs_nla"])
+        sys.stdout.write(
+            "naive against true links, CLA vs NLA\n\n"
+            + true_link_markdown(paired, main_methods)
+            + "\n\n"
+        )
     if "draw_bias" in df:
         mc = monte_carlo_table(df)
         sys.stdout.write(mc[mc["method"].isin(main_methods)].to_string(index=False) + "\n\n")
@@ -342,11 +441,19 @@ def main(argv: list[str] | None = None) -> None:
         default=1000,
         help="pairs labelled by the truth to calibrate the draws (0: Splink's probabilities)",
     )
+    p.add_argument(
+        "--main-only",
+        action="store_true",
+        help=f"fit only the analyses of the main estimates ({', '.join(MAIN_ANALYSES)}); "
+        "needs --draws 0",
+    )
     p.add_argument("--report", nargs="+", help="merge these result files and print the tables")
     a = p.parse_args(argv)
     if a.report:
         report(a.report)
         return
+    if a.main_only and a.draws:
+        p.error("--main-only needs --draws 0 (the draws fit the run's every analysis)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"linkage_error_{a.scenario}_{a.children}.json"
@@ -372,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
             keep=a.keep,
             true_links=not a.no_true_links,
             labels=a.labels,
+            main_only=a.main_only,
         )
         done += rows.to_dict("records")
         timings[str(seed)] = {

@@ -9,6 +9,7 @@ difference between the run's estimates and these is what linkage error did to th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,7 @@ from linkage.imputation import load_candidates, true_record_person, write_link_s
 from linkage.settings import LinkageSettings
 from models import run_models
 from models.settings import ModelSettings
+from schemas.analyses import Analysis
 
 
 def refit_on_true_links(
@@ -33,8 +35,10 @@ def refit_on_true_links(
     secret: bytes,
     linkage_settings: LinkageSettings | None = None,
     model_settings: ModelSettings | None = None,
+    analyses: Sequence[Analysis] | None = None,
 ) -> pd.DataFrame:
-    """The run's estimates table, refitted on the true links (written to ``OUT/results``)."""
+    """The run's estimates table, refitted on the true links (written to ``OUT/results``).
+    ``analyses``: the declarations to fit (default: every one of the run's study config)."""
     run, out = RunLayout.at(run_dir), RunLayout.at(out_dir)
     truth_file = Path(truth_dir) / "record_person.parquet"
     if not truth_file.exists():
@@ -47,5 +51,5 @@ def refit_on_true_links(
     rp = true_record_person(records, pl.read_parquet(truth_file), secret)
     write_link_set_zone(run.linkage_db, rp, out, linkage_settings)
     build_cohort(layout=out, config=load_study_config(run.cohort_dir / "study_config.yaml"))
-    run_models(layout=out, settings=model_settings)
+    run_models(layout=out, settings=model_settings, analyses=analyses)
     return pd.read_csv(out.results_dir / "estimates.csv")
