@@ -15,8 +15,9 @@ joined by an exact NHS number, UPN or authority child id, which stay joined in e
 * **one register person per record group, where that holds**: a component with no
   population-register record (the records of one child in one health, school or care source)
   belongs to at most one person of the register. Among its scored pairs with register-holding
-  components it links to candidate ``j`` with probability ``p_j`` (scaled down so they sum to
-  at most 1), and to none with the rest;
+  components it links to candidate ``j`` with probability ``p_j`` where they sum to at most
+  1 (to none with the rest), and with ``o_j / (1 + sum o)``, ``o = p / (1 - p)``, where they
+  sum above 1 (:func:`satellite_shares`);
 * every other scored pair (two components both holding register rows: one child's register
   rows without an NHS number; or two components neither of which does) is linked
   independently with its probability;
@@ -428,6 +429,23 @@ def calibration_bins(p: np.ndarray, is_match: np.ndarray, w: np.ndarray) -> pl.D
     )
 
 
+def satellite_shares(p: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The probability that each candidate is its record group's one register person.
+
+    Where a group's candidates' probabilities sum to at most 1 they are used as they are (each
+    pair's own probability, the rest "none"). Where they sum above 1 they cannot all hold, and
+    candidate ``j`` gets ``o_j / (1 + sum o)`` with ``o = p / (1 - p)``: the chance that ``j``
+    alone matches if the pairs matched independently, given that at most one does. Scaling
+    them to sum 1 instead handed a false 0.89 candidate 47% next to a sure link (p ~ 1),
+    which put looked-after episodes on other children's attainment records
+    (docs/linkage_error.md)."""
+    total = np.bincount(group, weights=p)
+    odds = np.clip(p, 0.0, 1.0 - 1e-12)
+    odds = odds / (1.0 - odds)
+    by_odds = odds / (1.0 + np.bincount(group, weights=odds))[group]
+    return np.where(total[group] > 1.0, by_odds, p)
+
+
 def draw_edges(c: CandidateLinks, rng: np.random.Generator) -> np.ndarray:
     """One plausible link set: a boolean per candidate edge (see the module docstring)."""
     a, b, p = c.edge_a, c.edge_b, c.edge_p
@@ -442,9 +460,7 @@ def draw_edges(c: CandidateLinks, rng: np.random.Generator) -> np.ndarray:
         idx, satellite = idx[order], satellite[order]
         first = np.r_[True, satellite[1:] != satellite[:-1]]
         group = np.cumsum(first) - 1
-        total = np.bincount(group, weights=p[idx])
-        scale = np.maximum(total, 1.0)  # probabilities summing above 1 are scaled to sum 1
-        share = p[idx] / scale[group]
+        share = satellite_shares(p[idx], group)
         upper = np.cumsum(share)
         start = np.r_[0.0, upper][np.flatnonzero(first)]  # cumulative share before each group
         upper = upper - start[group]

@@ -127,12 +127,21 @@ def test_draws_follow_the_match_probabilities_and_link_a_record_group_to_one_per
     assert not (kept[:, 0] & kept[:, 1]).any()
 
 
-def test_candidates_scaled_when_their_probabilities_sum_above_one() -> None:
+def test_candidates_chosen_by_odds_when_their_probabilities_sum_above_one() -> None:
+    """Two candidates at 0.9: each 9 / 19, none 1 / 19. A sure link (0.999999) beside a false
+    0.89 candidate: the false one almost never (scaling both to sum 1, the old rule, gave it
+    47%: this test failed on it)."""
     c = _candidates([(0, 2, 0.9), (1, 2, 0.9)], [True, True, False])
     rng = np.random.default_rng(1)
-    kept = np.array([draw_edges(c, rng) for _ in range(2000)])
-    assert (kept.sum(axis=1) == 1).all()  # always exactly one of the two
-    assert abs(kept[:, 0].mean() - 0.5) < 0.05
+    n = 4000
+    kept = np.array([draw_edges(c, rng) for _ in range(n)])
+    assert not (kept[:, 0] & kept[:, 1]).any()  # never both
+    for freq in kept.mean(axis=0):
+        assert abs(freq - 9 / 19) < 4 * np.sqrt(9 / 19 * 10 / 19 / n)
+    assert abs((~kept.any(axis=1)).mean() - 1 / 19) < 4 * np.sqrt(1 / 19 * 18 / 19 / n)
+    sure = _candidates([(0, 2, 0.999999), (1, 2, 0.89)], [True, True, False])
+    kept = np.array([draw_edges(sure, rng) for _ in range(n)])
+    assert kept[:, 1].mean() < 0.001
 
 
 def test_record_person_of_a_draw_is_connected_components() -> None:
