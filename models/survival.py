@@ -455,7 +455,8 @@ def fit_poisson_glm(
     converged = False
     for _ in range(max_iter):
         mu = np.exp(xv @ b + offset)
-        info = (xv * mu[:, None]).T @ xv
+        root_mu = xv * np.sqrt(mu)[:, None]  # x' M x as a' a: one symmetric rank-k update
+        info = root_mu.T @ root_mu
         try:
             step = np.linalg.solve(info, xv.T @ (y - mu))
         except np.linalg.LinAlgError:
@@ -473,7 +474,8 @@ def fit_poisson_glm(
             converged = True
             break
     mu = np.exp(xv @ b + offset)
-    cov = np.linalg.pinv((xv * mu[:, None]).T @ xv)
+    root_mu = xv * np.sqrt(mu)[:, None]
+    cov = np.linalg.pinv(root_mu.T @ root_mu)
     names = list(x.columns)
     return pd.Series(b, index=names), pd.DataFrame(cov, index=names, columns=names), converged
 
