@@ -26,6 +26,7 @@ from models.effects import (
     Method,
     Nuisance,
     bootstrap_weighting_se,
+    fit_exchangeable_gee,
     select_outcome_design,
 )
 from models.propensity import (
@@ -36,7 +37,12 @@ from models.propensity import (
 )
 from models.sensitivity import events_per_covariate_warning
 from models.settings import ADVERSITIES, Link, ModelSettings
-from models.survival import PiecewisePoissonFitter, TimeVaryingCoxFitter, age_month_intervals
+from models.survival import (
+    PiecewisePoissonFitter,
+    TimeVaryingCoxFitter,
+    age_month_intervals,
+    merge_unexposed_intervals,
+)
 from schemas.analyses import EVERY_TIME_TO_EVENT_OUTCOME, Analysis
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ class CohortData:
     school_years: pd.DataFrame
     # (population, outcome, exposure, unexposed levels) -> name of the chosen outcome design
     outcome_designs: dict[tuple[str, str, str, tuple[str, ...]], str] = field(default_factory=dict)
+    # outcome -> its person_time rows as the survival models read them (:meth:`survival_time`)
+    _survival_time: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def population(self, name: str) -> pd.DataFrame | None:
         """The children of a population, or None when it is the whole cohort under another name
@@ -72,6 +80,23 @@ class CohortData:
         if hq.sum() == len(self.children):
             return None
         return self.children[hq].reset_index(drop=True)
+
+    def survival_time(self, outcome: str, population: str = "all") -> pd.DataFrame:
+        """The person_time rows of ``outcome`` for the children of ``population``, with the
+        runs of not-looked-after rows merged (:func:`models.survival.merge_unexposed_intervals`:
+        the same fits on fewer rows). Built once per outcome and shared by the analyses."""
+        if outcome not in self._survival_time:
+            pt = self.person_time
+            mine = pt[
+                (pt["outcome"] == outcome) & pt["person_key"].isin(self.children["person_key"])
+            ]
+            self._survival_time[outcome] = merge_unexposed_intervals(mine)
+        rows = self._survival_time[outcome]
+        if population == "all":
+            return rows
+        kids = self.population(population)
+        keys = kids["person_key"] if kids is not None else self.children["person_key"]
+        return rows[rows["person_key"].isin(keys)].reset_index(drop=True)
 
     def skipped_note(self, name: str) -> Diagnostic:
         """The diagnostic written once when a population's analyses are skipped."""
@@ -620,14 +645,12 @@ class AbsenceGEE(AnalysisEstimator):
             ),
             has_constant="add",
         )
-        res = sm.GEE(
-            d[outcome].astype(float),
-            x,
-            groups=d["person_key"],
-            family=sm.families.Gaussian(),
-            cov_struct=sm.cov_struct.Exchangeable(),
-        ).fit()
-        b, se = float(res.params[term]), float(res.bse[term])
+        # statsmodels' GEE(family=Gaussian(), cov_struct=Exchangeable()), vectorised
+        res = fit_exchangeable_gee(
+            d[outcome].to_numpy(float), x.to_numpy(float), d["person_key"].to_numpy()
+        )
+        j = list(x.columns).index(term)
+        b, se = float(res.params[j]), float(res.bse[j])
         n_exp = int(d.loc[d["looked_after_this_year"] == 1, "person_key"].nunique())
         self.estimates_.append(
             Estimate(
@@ -638,7 +661,7 @@ class AbsenceGEE(AnalysisEstimator):
                 b,
                 b - 1.96 * se,
                 b + 1.96 * se,
-                float(res.pvalues[term]),
+                float(res.pvalues[j]),
                 n_exp,
                 int(d["person_key"].nunique()) - n_exp,
             )
@@ -689,7 +712,7 @@ class TimeVaryingSurvival(AnalysisEstimator):
             outcomes = tuple(sorted(pt["outcome"].unique()))
         for outcome in outcomes:
             rows = age_month_intervals(
-                pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])], kids
+                cohort.survival_time(outcome, self.analysis.population), kids
             )
             rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")
             n_exp = int(rows.loc[rows["looked_after"] == 1, "person_key"].nunique())
@@ -1168,7 +1191,7 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
         if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
             outcomes = tuple(sorted(pt["outcome"].unique()))
         for outcome in outcomes:
-            mine = pt[(pt["outcome"] == outcome) & pt["person_key"].isin(kids["person_key"])]
+            mine = cohort.survival_time(outcome, a.population)
             split = split_at_entry_anniversaries(mine, kids, o.max_years_since_entry)
             rows = age_month_intervals(split, kids)
             rows = rows.drop(columns=["age_at_index"]).merge(kids_x, on="person_key")

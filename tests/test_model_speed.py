@@ -1,0 +1,208 @@
+"""The model stage's speed-ups change no estimate: each is checked against the slower path it
+replaces (issue #20, the model stage at 1,000,000 children)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from models.estimators import proportional_hazards_check
+from models.gmethods import split_at_entry_anniversaries
+from models.survival import (
+    PiecewisePoissonFitter,
+    TimeVaryingCoxFitter,
+    age_month_intervals,
+    merge_unexposed_intervals,
+)
+
+
+def _person_time(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Day-scale person_time as cohort.person_time has it: care from a random day to another,
+    every child's follow-up also cut at a few days where nothing the survival models see
+    changes (as 1 September and later records cut it), the first event ending follow-up."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(2, 14, n)
+    x = rng.binomial(1, 0.4, n)
+    la_code = rng.choice(["E1", "E2", "E3"], n)
+    entry = np.where(rng.random(n) < 0.3, rng.integers(30, 2000, n), -1)
+    rows = []
+    for i in range(n):
+        end = int((18 - age[i]) * 365.25)
+        cuts = set(rng.integers(1, end, 6).tolist())
+        leave = -1
+        if entry[i] > 0:
+            leave = entry[i] + int(rng.integers(30, 1500))
+            cuts |= {int(entry[i]), leave}
+        bounds = sorted({0, end, *(c for c in cuts if 0 < c < end)})
+        rate = 0.0004 * np.exp(0.5 * x[i])
+        for a, b in itertools.pairwise(bounds):
+            la = int(entry[i] > 0 and entry[i] <= a < leave)
+            t_ev = rng.exponential(1 / (rate * (1.8 if la else 1.0)))
+            if t_ev < b - a:
+                rows.append((f"p{i:05d}", "self_harm", a, a + int(t_ev) + 1, la, 1))
+                break
+            rows.append((f"p{i:05d}", "self_harm", a, b, la, 0))
+    pt = pd.DataFrame(
+        rows, columns=["person_key", "outcome", "start_day", "stop_day", "looked_after", "event"]
+    )
+    index = pd.Timestamp("2010-01-01")
+    kids = pd.DataFrame(
+        {
+            "person_key": [f"p{i:05d}" for i in range(n)],
+            "age_at_index": age,
+            "x": x.astype(float),
+            "la_code": la_code,
+            "index_date": index,
+            "care_entry_date": [
+                index + pd.Timedelta(days=int(d)) if d > 0 else pd.NaT for d in entry
+            ],
+        }
+    )
+    return pt, kids
+
+
+def _survival_rows(pt: pd.DataFrame, kids: pd.DataFrame) -> pd.DataFrame:
+    rows = age_month_intervals(pt, kids)
+    return rows.drop(columns=["age_at_index"]).merge(
+        kids[["person_key", "x", "la_code"]], on="person_key"
+    )
+
+
+def test_merging_unexposed_intervals_changes_no_survival_fit() -> None:
+    pt, kids = _person_time(1500, 11)
+    merged = merge_unexposed_intervals(pt)
+    assert len(merged) < 0.5 * len(pt)  # the point of it
+    # every child's person-time, events and looked-after days are the same
+    for frame in (pt, merged):
+        frame["days"] = frame["stop_day"] - frame["start_day"]
+    for col in ("days", "event"):
+        assert (
+            pt.groupby(["person_key", "looked_after"])[col].sum()
+            == merged.groupby(["person_key", "looked_after"])[col].sum()
+        ).all()
+    full, short = _survival_rows(pt, kids), _survival_rows(merged, kids)
+    for fit in (
+        lambda r: TimeVaryingCoxFitter().fit(r, ["x"], strata=["la_code"]),
+        lambda r: TimeVaryingCoxFitter(robust=True).fit(r, ["x"], strata=["la_code"]),
+        lambda r: PiecewisePoissonFitter().fit(r, ["x"]),
+    ):
+        a, b = fit(full), fit(short)
+        assert np.isclose(a.hazard_ratio_, b.hazard_ratio_, rtol=1e-9, atol=0)
+        assert np.allclose(a.ci_, b.ci_, rtol=1e-9, atol=0)
+    # looked-after rows are kept as they were: the PH check's looked_after x log age is too
+    p_full = proportional_hazards_check(full, ["x"], "self_harm", ["la_code"])["value"]
+    p_short = proportional_hazards_check(short, ["x"], "self_harm", ["la_code"])["value"]
+    assert np.isclose(p_full, p_short, rtol=1e-7)
+    # and so is the split by years since entry
+    terms = [f"looked_after_{j}" for j in range(5)]
+    split_full = _survival_rows(split_at_entry_anniversaries(pt, kids), kids)
+    split_short = _survival_rows(split_at_entry_anniversaries(merged, kids), kids)
+    a = TimeVaryingCoxFitter().fit(split_full, [*terms[1:], "x"], exposure=terms[0])
+    b = TimeVaryingCoxFitter().fit(split_short, [*terms[1:], "x"], exposure=terms[0])
+    assert np.allclose(a.summary["coef"], b.summary["coef"], rtol=1e-8, atol=1e-12)
+    assert np.allclose(a.summary["se(coef)"], b.summary["se(coef)"], rtol=1e-8)
+
+
+def test_merging_never_moves_an_event_or_bridges_a_gap() -> None:
+    pt = pd.DataFrame(
+        {
+            "person_key": ["a", "a", "a", "a", "b", "b", "a"],
+            "outcome": "o",
+            "start_day": [0, 10, 20, 35, 0, 5, 50],
+            "stop_day": [10, 20, 30, 40, 5, 9, 60],
+            "looked_after": [0, 0, 0, 0, 0, 1, 0],
+            "event": [0, 1, 0, 0, 0, 0, 0],
+        }
+    )
+    m = merge_unexposed_intervals(pt)
+    # (0,10] and (10,20] merge and keep the event at 20; (20,30] follows an event; (35,40]
+    # follows a gap; b's looked-after row stays; a's last row is not next to its others
+    assert m[["person_key", "start_day", "stop_day", "event"]].values.tolist() == [
+        ["a", 0, 20, 1],
+        ["a", 20, 30, 0],
+        ["a", 35, 40, 0],
+        ["b", 0, 5, 0],
+        ["b", 5, 9, 0],
+        ["a", 50, 60, 0],
+    ]
+
+
+def test_vectorised_gee_pinned_to_statsmodels() -> None:
+    import statsmodels.api as sm
+
+    from models.effects import fit_exchangeable_gee
+
+    rng = np.random.default_rng(5)
+    n_children = 800
+    size = rng.integers(1, 10, n_children)
+    child = np.repeat(np.arange(n_children), size)
+    rng.shuffle(child)  # rows of a child need not be together
+    u = rng.normal(0, 0.05, n_children)[child]  # the within-child correlation
+    x = np.c_[np.ones(len(child)), rng.binomial(1, 0.2, len(child)), rng.normal(size=len(child))]
+    y = 0.08 + 0.03 * x[:, 1] + 0.01 * x[:, 2] + u + rng.normal(0, 0.04, len(child))
+    groups = np.array([f"k{c:04d}" for c in child])
+    ref = sm.GEE(
+        y, x, groups=groups, family=sm.families.Gaussian(), cov_struct=sm.cov_struct.Exchangeable()
+    ).fit()
+    mine = fit_exchangeable_gee(y, x, groups)
+    assert mine.converged
+    assert 0.3 < mine.rho < 0.8
+    assert np.isclose(mine.rho, ref.cov_struct.dep_params, rtol=1e-9)
+    assert np.allclose(mine.params, ref.params, rtol=1e-10, atol=0)
+    assert np.allclose(mine.bse, ref.bse, rtol=1e-9, atol=0)
+    assert np.allclose(mine.pvalues, ref.pvalues, rtol=1e-7, atol=1e-300)
+
+
+def _confounded(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    x1 = rng.binomial(1, 0.3, n)
+    x2 = rng.normal(0, 1, n)
+    x3 = rng.binomial(1, 0.1, n)
+    t = rng.binomial(1, 1 / (1 + np.exp(-(-1.0 + 1.2 * x1 + 0.8 * x2 + 0.5 * x3))))
+    y = 30 - 8 * x1 - 4 * x2 + 3 * x3 + 2.0 * t + rng.normal(0, 8, n)
+    return y, t, pd.DataFrame({"x1": x1.astype(float), "x2": x2, "x3": x3.astype(float)})
+
+
+def test_a_bootstrap_replicate_on_frequency_weights_is_the_replicate_on_repeated_rows() -> None:
+    """bootstrap_weighting_se fits each replicate on the children drawn, weighted by how often
+    each was drawn: the weights, the IPW and AIPW replicate estimates are those of refitting on
+    the drawn rows repeated (balancing and likelihood propensities, truncated weights, a
+    continuous and a binary outcome)."""
+    from models.effects import _aipw_point, _untreated_prediction, ipw_point
+    from models.propensity import PropensityScoreFitter, standardise
+
+    y, t, x = _confounded(2000, 7)
+    yb = (y > 28).astype(float)
+    z = standardise(
+        x.to_numpy(float), x.to_numpy(float).mean(axis=0), x.to_numpy(float).std(axis=0)
+    )
+    rng = np.random.default_rng(1)
+    fitters = [
+        PropensityScoreFitter("ATT", truncate=None, method="balancing").fit(x, t),
+        PropensityScoreFitter("ATT", truncate=None, method="likelihood").fit(x, t),
+        PropensityScoreFitter("ATT", truncate=99.0, method="likelihood").fit(x, t),
+    ]
+    for ps in fitters:
+        refit = ps.bootstrap_refitter(x, t)
+        for _ in range(3):
+            drawn = np.r_[
+                rng.choice(np.flatnonzero(t == 1), int(t.sum())),
+                rng.choice(np.flatnonzero(t == 0), int((1 - t).sum())),
+            ]
+            count = np.bincount(drawn, minlength=len(t))
+            rows = np.flatnonzero(count)
+            c = count[rows].astype(float)
+            w_rep, w_freq = refit(drawn), refit(rows, c)
+            summed = np.bincount(np.searchsorted(rows, drawn), w_rep, len(rows))
+            assert np.allclose(w_freq, summed, rtol=1e-7, atol=1e-12), ps.method_
+            for out, binary in ((y, False), (yb, True)):
+                a = ipw_point(out[drawn], t[drawn], w_rep)
+                b = ipw_point(out[rows], t[rows], w_freq, c)
+                assert np.isclose(a, b, rtol=1e-9, atol=1e-9)
+                m_rep = _untreated_prediction(out[drawn], t[drawn], z[drawn], binary)
+                m_freq = _untreated_prediction(out[rows], t[rows], z[rows], binary, counts=c)
+                a = _aipw_point(out[drawn], t[drawn], m_rep, w_rep)
+                b = _aipw_point(out[rows], t[rows], m_freq, w_freq, c)
+                assert np.isclose(a, b, rtol=1e-7, atol=1e-7), (ps.method_, binary, a, b)
