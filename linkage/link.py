@@ -89,7 +89,8 @@ class LinkResult:
     #: scored pairs the linker does not use, kept for multiple linkage imputation
     #: (:mod:`linkage.imputation`): pairs below the prediction floor of ``pairs`` down to
     #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together;
-    #: same columns as ``pairs`` plus ``candidate_rule`` (whether a candidate rule made it)
+    #: same columns as ``pairs`` plus ``candidate_rule`` (whether a candidate rule made it);
+    #: None when ``settings.candidate_floor`` is None (the default)
     candidate_pairs: pl.DataFrame | None = None
 
 
@@ -666,7 +667,7 @@ def _score_on_duckdb(
         ]
     )
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
-    extras.candidates = candidates
+    extras.candidates = None if settings.candidate_floor is None else candidates
     return pairs_out, model_json, extras, plan
 
 
@@ -746,9 +747,10 @@ def _score_on_spark(
     floor = _prediction_floor(settings)
     pairs = scored.filter(pl.col("match_probability") >= floor)
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
-    extras.candidates = scored.filter(pl.col("match_probability") < floor).with_columns(
-        candidate_rule=pl.lit(False)
-    )
+    if settings.candidate_floor is not None:
+        extras.candidates = scored.filter(pl.col("match_probability") < floor).with_columns(
+            candidate_rule=pl.lit(False)
+        )
     return pairs_out, model_json, extras
 
 

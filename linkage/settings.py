@@ -32,13 +32,14 @@ class LinkageSettings(BaseModel):
         2e7, gt=0, description="pair budget of each blocking rule chosen from the data"
     )
     candidate_floor: float | None = Field(
-        0.001,
+        None,
         gt=0,
         lt=1,
-        description="scored pairs from this match probability up to the prediction floor "
-        "(0.5), and the pairs only the candidate rules block together, are kept in the "
-        "linkage zone (linkage.candidate_pairs) for link draws; never linked by the linker "
-        "(None: kept from 0.5 only, no candidate rules)",
+        description="set (e.g. 0.001) for `cohort link-uncertainty`: scored pairs from this "
+        "match probability up to the prediction floor (0.5), and the pairs only the candidate "
+        "rules block together, are kept in the linkage zone (linkage.candidate_pairs) for link "
+        "draws; never linked by the linker. None (the default): no candidate pairs, no draws "
+        "(they cost more than the whole link stage at 1,000,000 children)",
     )
     high_quality_threshold: float = Field(
         0.99, gt=0, le=1, description="records linked below this are flagged low quality"

@@ -166,6 +166,30 @@ def read_candidates(run: RunLayout) -> CandidateLinks:
         con.close()
 
 
+def require_candidate_pairs(run: RunLayout) -> None:
+    """A clear error unless the run's linkage zone holds ``linkage.candidate_pairs``: link draws
+    and review samples need them, and ``cohort link`` keeps them only when the run settings
+    set ``linkage.candidate_floor`` (off by default: at 1,000,000 children they cost more
+    than the rest of the link stage)."""
+    if not run.linkage_db.exists():
+        raise RunStateError(f"{run.linkage_db} not found: run `cohort link` first")
+    con = duckdb.connect(str(run.linkage_db), read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'linkage' AND table_name = 'candidate_pairs'"
+        ).fetchone()
+    finally:
+        con.close()
+    if not found or not found[0]:
+        raise RunStateError(
+            f"{run.root} was linked without candidate pairs (run settings "
+            "linkage.candidate_floor is null, the default), so there is nothing to draw links "
+            "from: rerun `cohort link` (or `cohort run`) on it with run settings "
+            "`linkage: {candidate_floor: 0.001}`, then `cohort link-uncertainty`"
+        )
+
+
 def write_review_sample(run_dir: str | Path, pairs: int = 1000, seed: int = 2012) -> int:
     """Choose ``pairs`` candidate pairs for clerical review, spread over the calibration's
     strata (:func:`linkage.imputation.review_sample`), and store them in the linkage zone as
@@ -173,6 +197,7 @@ def write_review_sample(run_dir: str | Path, pairs: int = 1000, seed: int = 2012
     empty ``is_match``): reviewers look the records up there and fill ``is_match``; the
     labels never leave the zone. Returns the number of pairs written."""
     run = RunLayout.at(run_dir)
+    require_candidate_pairs(run)
     c = read_candidates(run)
     edges = review_sample(c, pairs, np.random.default_rng(seed))
     sample = edge_records(c, edges).with_columns(is_match=pl.lit(None, dtype=pl.Boolean))
@@ -234,8 +259,7 @@ def run_link_uncertainty(
     own probabilities, which are not calibrated, see docs/linkage_error.md)."""
     step = progress or (lambda m: log.info("%s", m))
     run = RunLayout.at(run_dir)
-    if not run.linkage_db.exists():
-        raise RunStateError(f"{run.linkage_db} not found: run `cohort link` first")
+    require_candidate_pairs(run)
     linkage_settings, run_model_settings = run_settings_of(run)
     ms = model_settings or run_model_settings
     main_path = run.results_dir / "estimates.csv"

@@ -322,7 +322,12 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
 
     tables, roles = _register_and_admissions()
     model = RunLayout.at(linked_run).linkage_dir / "model.json"  # tiny data cannot train
-    result = link_tables(tables, roles, settings=LinkageSettings(model_path=str(model)))
+    kept = LinkageSettings(model_path=str(model), candidate_floor=0.001)
+    result = link_tables(tables, roles, settings=kept)
+    # off by default: the same links, no candidate pairs
+    plain = link_tables(tables, roles, settings=LinkageSettings(model_path=str(model)))
+    assert plain.candidate_pairs is None
+    assert plain.clusters.equals(result.clusters)
     cluster = dict(
         zip(
             result.clusters["record_id"].to_list(),
@@ -529,6 +534,26 @@ def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
     # a run without scored pairs is named, one line, exit 2
     r = _cohort("link-uncertainty", "--run", str(tmp_path / "nowhere"), env=_env(tmp_path))
     assert r.returncode == 2 and "cohort link" in r.stderr
+
+
+def test_link_uncertainty_names_the_setting_when_the_run_kept_no_candidate_pairs(
+    tmp_path: Path,
+) -> None:
+    """A run linked with the defaults (no candidate pairs) cannot be drawn from: one clear
+    error naming `candidate_floor`, for draws and for a review sample alike."""
+    from ground.errors import RunStateError
+    from orchestration.link_uncertainty import run_link_uncertainty, write_review_sample
+
+    run = RunLayout.at(tmp_path / "run")
+    run.linkage_dir.mkdir(parents=True)
+    con = duckdb.connect(str(run.linkage_db))
+    con.execute("CREATE SCHEMA linkage")
+    con.execute("CREATE TABLE linkage.scored_pairs (match_probability DOUBLE)")
+    con.close()
+    with pytest.raises(RunStateError, match="candidate_floor: 0.001"):
+        run_link_uncertainty(run_dir=run.root, draws=2)
+    with pytest.raises(RunStateError, match="candidate_floor: 0.001"):
+        write_review_sample(run.root, pairs=10)
 
 
 def test_review_sample_command_stores_pairs_for_review_in_the_zone_only(
