@@ -68,6 +68,9 @@ SECRET = b"linkage-error-benchmark-secret-0123456789"
 #: so their rows are the same as in a run of every analysis)
 MAIN_ANALYSES = ("ks4_cla_vs_nla", "time_to_event")
 ANALYSES = ("naive", "true_links", "linkage_aware")
+#: the floor of Splink probability below which scored pairs are not kept as candidates for
+#: the draws (set explicitly: ``LinkageSettings.candidate_floor`` is off by default)
+DRAW_CANDIDATE_FLOOR = 0.001
 
 
 def truth_labels(candidates: Any, edges: np.ndarray, truth_dir: Path) -> pl.DataFrame:
@@ -154,10 +157,11 @@ def run_seed(
         )
         times["synth_validate"] = time.perf_counter() - t
         t = time.perf_counter()
-        # Without draws the candidate pairs below the threshold are never read: skip scoring
-        # them (the candidate rule alone is 3.5 million edges at 100,000 children). The
-        # linker's pairs, clusters and threshold do not depend on them.
-        linkage_settings = LinkageSettings() if draws else LinkageSettings(candidate_floor=None)
+        # The draws read the candidate pairs below the threshold: keep them explicitly (floor
+        # 0.001), as runs no longer do by default. Without draws they are never read: skip
+        # scoring them (the candidate rule alone is 3.5 million edges at 100,000 children).
+        # The linker's pairs, clusters and threshold do not depend on them.
+        linkage_settings = LinkageSettings(candidate_floor=DRAW_CANDIDATE_FLOOR if draws else None)
         link_run(layout=layout, settings=linkage_settings, secret=SECRET)
         times["link"] = time.perf_counter() - t
         t = time.perf_counter()
