@@ -22,7 +22,9 @@ links taken as true), then
   draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
   pooled estimate.
 
-``--draws 0`` links without the candidate pairs (only the draws read them; the linker's links
+With draws, the seed is linked with the candidate pairs kept (``candidate_floor`` set to
+:data:`DRAW_CANDIDATE_FLOOR`: runs keep none by default, and draws without them cannot recover
+a missed link); ``--draws 0`` links without them (only the draws read them; the linker's links
 are the same). ``--main-only`` (with ``--draws 0``) fits only the analyses of the main
 estimates (:data:`MAIN_ANALYSES`) in the naive and the true-link analysis: at 100,000 children
 a seed then costs about the run's link stage plus two builds (docs/linkage_error.md).
@@ -192,6 +194,12 @@ def run_seed(
             parts.append(score(est, truth).assign(analysis="true_links"))
         if draws:
             candidates = read_candidates(layout)
+            rule = candidates.edge_candidate_rule
+            if rule is None or not rule.any():
+                raise SystemExit(
+                    f"seed {seed}: the linkage zone holds no candidate-rule pairs, so the draws "
+                    "could not recover a missed link; link with candidate_floor set"
+                )
             label_frame = None
             calibrated = None
             if labels:
