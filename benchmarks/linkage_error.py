@@ -22,7 +22,9 @@ links taken as true), then
   draw's bias (``draw_bias``), from which ``--report`` gives the Monte Carlo error of the
   pooled estimate.
 
-``--draws 0`` links without the candidate pairs (only the draws read them; the linker's links
+With draws, the seed is linked with the candidate pairs kept (``candidate_floor`` set to
+:data:`DRAW_CANDIDATE_FLOOR`: runs keep none by default, and draws without them cannot recover
+a missed link); ``--draws 0`` links without them (only the draws read them; the linker's links
 are the same). ``--main-only`` (with ``--draws 0``) fits only the analyses of the main
 estimates (:data:`MAIN_ANALYSES`) in the naive and the true-link analysis: at 100,000 children
 a seed then costs about the run's link stage plus two builds (docs/linkage_error.md).
@@ -68,6 +70,9 @@ SECRET = b"linkage-error-benchmark-secret-0123456789"
 #: so their rows are the same as in a run of every analysis)
 MAIN_ANALYSES = ("ks4_cla_vs_nla", "time_to_event")
 ANALYSES = ("naive", "true_links", "linkage_aware")
+#: the floor of Splink probability below which scored pairs are not kept as candidates for
+#: the draws (set explicitly: ``LinkageSettings.candidate_floor`` is off by default)
+DRAW_CANDIDATE_FLOOR = 0.001
 
 
 def truth_labels(candidates: Any, edges: np.ndarray, truth_dir: Path) -> pl.DataFrame:
@@ -154,10 +159,11 @@ def run_seed(
         )
         times["synth_validate"] = time.perf_counter() - t
         t = time.perf_counter()
-        # Without draws the candidate pairs below the threshold are never read: skip scoring
-        # them (the candidate rule alone is 3.5 million edges at 100,000 children). The
-        # linker's pairs, clusters and threshold do not depend on them.
-        linkage_settings = LinkageSettings() if draws else LinkageSettings(candidate_floor=None)
+        # The draws read the candidate pairs below the threshold: keep them explicitly (floor
+        # 0.001), as runs no longer do by default. Without draws they are never read: skip
+        # scoring them (the candidate rule alone is 3.5 million edges at 100,000 children).
+        # The linker's pairs, clusters and threshold do not depend on them.
+        linkage_settings = LinkageSettings(candidate_floor=DRAW_CANDIDATE_FLOOR if draws else None)
         link_run(layout=layout, settings=linkage_settings, secret=SECRET)
         times["link"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -188,6 +194,12 @@ def run_seed(
             parts.append(score(est, truth).assign(analysis="true_links"))
         if draws:
             candidates = read_candidates(layout)
+            rule = candidates.edge_candidate_rule
+            if rule is None or not rule.any():
+                raise SystemExit(
+                    f"seed {seed}: the linkage zone holds no candidate-rule pairs, so the draws "
+                    "could not recover a missed link; link with candidate_floor set"
+                )
             label_frame = None
             calibrated = None
             if labels:
