@@ -143,6 +143,9 @@ class World:
     # true adversity onsets had the child never entered care (== onset unless new adversity
     # after referral is changed by care; see after_referral)
     onset_no_care: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
+    # true adversity onsets as social services left them, before anything after the first
+    # referral (the start of after_referral's replay: synthetic_data/entry_trials.py)
+    onset_before_care: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
     # yearly review assessments that recorded new factors (after_referral): flat, by person
     # then day; rev_known = all factors recorded in the episode by then; rev_cp_start = the
     # category code of a child-protection plan started at the review (-1 none); rev_episode 0/1
@@ -911,6 +914,7 @@ def build_world(n: int, sc: Scenario, seed: int, *, with_health: bool = True) ->
     log.info("people and places: %d children", n)
     social_services(w, sc, rngs[1])
     w.onset_no_care = w.onset
+    w.onset_before_care = w.onset  # after_referral replaces w.onset, never changes this array
     care(w, sc, rngs[2], rngs[5])
     log.info(
         "social services: %d children in need, %d looked after",
