@@ -230,3 +230,18 @@ def test_world_not_now_truth(tvc_world) -> None:  # type: ignore[no-untyped-def]
     assert float(ks4["monte_carlo_se"]) < 0.1  # type: ignore[arg-type]
     per_trial = ks4["trials"]
     assert sum(p["entrants"] for p in per_trial) == who.size  # type: ignore[union-attr]
+
+
+def test_declared_not_now_rows_and_protocol_in_a_whole_run(full_run) -> None:  # type: ignore[no-untyped-def]
+    """The declared ``ks4_enter_now_vs_not_now`` analysis writes its rows, apart from the
+    'never' trials', and the report states its own protocol (strategies and follow-up)."""
+    import html
+
+    est = pd.read_csv(full_run / "results" / "estimates.csv")
+    itt = est[est["method"] == "trial_emulation_itt"]
+    assert set(itt["outcome"]) == {"ks4_score", "ks4_level2_inclusive"}
+    assert (itt["contrast"] == "enter_now_vs_not_now").all()
+    assert itt["estimate"].notna().all() and (itt["ci_low"] < itt["ci_high"]).all()
+    page = html.unescape((full_run / "report.html").read_text(encoding="utf-8"))
+    assert "enter now versus not now" in page
+    assert "no comparator is censored when it enters care later" in page
