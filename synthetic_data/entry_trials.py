@@ -175,7 +175,13 @@ def shifted_course(
 
 
 def not_now_counterfactual(
-    w: World, sc: Scenario, seed: int, person: np.ndarray, block: np.ndarray, threshold: np.ndarray
+    w: World,
+    sc: Scenario,
+    seed: int,
+    person: np.ndarray,
+    block: np.ndarray,
+    threshold: np.ndarray,
+    yearly_rate: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Replay the world's after-referral years for ``person`` (world rows, may repeat) with
     entry suppressed up to and including year ``block`` since the first referral and, from the
@@ -183,7 +189,9 @@ def not_now_counterfactual(
     counterfactual entry day (NEVER for none) and true adversity onsets.
 
     The yearly draws are the world's (``after_referral``'s generator replayed from its seed,
-    every draw the same size every year): common random numbers."""
+    every draw the same size every year): common random numbers. ``yearly_rate``: a list the
+    entry hazard of each year is appended to (diagnostics: the world's true entry
+    probabilities, docs/gmethods.md section 6)."""
     ar, e = sc.after_referral, sc.effects
     rate0 = w.care_entry_rate[person]
     ref1 = w.ref1[person]
@@ -213,6 +221,8 @@ def not_now_counterfactual(
     for k in range(MAX_REVIEWS):
         t0 = ref1 + k * REVIEW_DAYS
         rate = rate0 * np.exp(ar.care_log_hr_new_factor * n_new + ar.care_log_hr_cp_plan * cp_new)
+        if yearly_rate is not None:
+            yearly_rate.append(rate)
         at_risk = k > block
         reach = at_risk & ~entered & (cum + rate * interval_years >= threshold)
         entry = np.where(reach, t0 + ((threshold - cum) / rate * YEAR).astype(np.int64), entry)
