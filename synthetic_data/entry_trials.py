@@ -53,11 +53,11 @@ from synthetic_data.world import (
     REVIEW_DAYS,
     YEAR,
     World,
-    _process_rngs,
     add_years,
     after_referral_active,
     expit,
     observed_ks4,
+    process_rng,
 )
 
 CONTRAST = "enter_now_vs_not_now"
@@ -203,7 +203,7 @@ def not_now_counterfactual(
     has = np.flatnonzero(w.ref1 >= 0)
     m = has.size
     pos = np.searchsorted(has, person)
-    rng = _process_rngs(seed)[5]
+    rng = process_rng(seed, 5)
     close1, ref2, close2 = w.close1[person], w.ref2[person], w.close2[person]
     limit = np.minimum(w.fu_end[person], add_years(w.birth[person], 18))
     onset = w.onset_before_care[person].copy()

@@ -906,6 +906,13 @@ def _process_rngs(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in seeds]
 
 
+def process_rng(seed: int, process: int) -> np.random.Generator:
+    """A fresh generator of one causal process (the same stream ``build_world`` gives it): 2 is
+    care entry, 5 what happens after the first referral. Replaying one re-draws exactly the
+    world's numbers (synthetic_data/entry_trials.py)."""
+    return _process_rngs(seed)[process]
+
+
 def build_world(n: int, sc: Scenario, seed: int, *, with_health: bool = True) -> World:
     """Run every causal process in order, each from its own child seed. ``with_health=False``
     stops before the health events (``add_health_events`` adds the same events later)."""

@@ -181,9 +181,9 @@ def test_world_replay_is_the_worlds_own_draws(tvc_world) -> None:  # type: ignor
     assert np.array_equal(onset, w.onset_no_care[has])
     # with nothing suppressed and the world's own entry thresholds (care()'s draws, replayed)
     # it gives the world's entries and factual onsets (care's effect on new adversity included)
-    from synthetic_data.world import _process_rngs
+    from synthetic_data.world import process_rng
 
-    care_rng = _process_rngs(3)[2]
+    care_rng = process_rng(3, 2)
     care_rng.integers(2**32)  # the authorities' effects' seed
     exp1 = care_rng.exponential(1.0, w.n)
     same_day = care_rng.random(w.n) < 0.1 * (1 - np.exp(-w.care_entry_rate))
