@@ -384,7 +384,9 @@ class SequentialTrialEmulation:
             dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
             if dropped:
                 warnings.append(f"{dropped} entrants in trials without controls left out")
-            ess = _effective_sample_size(w_full)
+            ess = _effective_sample_size(
+                _pooled_shares(w_full, trial, a) if self.comparator == "not_now" else w_full
+            )
             if ess < 50:
                 warnings.append(f"control weights' effective sample size {ess:.0f} < 50")
             elif ess < 0.2 * n_ctrl_children:
@@ -521,6 +523,15 @@ def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.nda
     xw = x[use] * w[use, None]
     coef = np.linalg.solve(xw.T @ x[use] + 1e-8 * np.eye(x.shape[1]), xw.T @ y[use])
     return x @ coef
+
+
+def _pooled_shares(w: np.ndarray, trial: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Each comparator row's share of the pooled comparator mean: its weight normalised within
+    its trial times the trial's entrants (the not-now weights are odds of one year, on
+    different scales in different trials, so their effective size is read on these)."""
+    n_k = np.bincount(trial, weights=a)
+    w_k = np.bincount(trial, weights=w, minlength=len(n_k))
+    return np.where(w > 0, w * (n_k / np.where(w_k > 0, w_k, 1.0))[trial], 0.0)
 
 
 def _effective_sample_size(w: np.ndarray) -> float:
