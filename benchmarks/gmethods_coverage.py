@@ -5,6 +5,8 @@
     uv run --locked python benchmarks/gmethods_coverage.py score --scenario S [--children 20000]
         [--workdir ...] [--out coverage_out]
     uv run --locked python benchmarks/gmethods_coverage.py score-msm ...   (only the hazard MSM)
+    uv run --locked python benchmarks/gmethods_coverage.py score-itt [--with-dr] ...   (only the
+        KS4 trials: never and not now, scored against both truths)
 
 ``prepare`` runs ``synth -> validate (no Great Expectations) -> link -> build`` once per seed and
 keeps the world and the built run (``WORKDIR/gm_<scenario>_<children>_<seed>/``): the model
@@ -20,6 +22,7 @@ the SD of the estimates across seeds over their mean SE, and the mean estimate.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -142,8 +145,16 @@ def trials_truncated_at(percentile: float) -> Iterator[None]:
     original = gm.SequentialTrialEmulation
 
     class Truncated(original):  # type: ignore[valid-type,misc]
-        def __init__(self, replicates: int = 0, seed: int = 20240601, augment: bool = False):
-            super().__init__(replicates, seed, augment, truncate_percentile=percentile)
+        def __init__(
+            self,
+            replicates: int = 0,
+            seed: int = 20240601,
+            augment: bool = False,
+            comparator: str = "never",
+        ):
+            super().__init__(
+                replicates, seed, augment, truncate_percentile=percentile, comparator=comparator
+            )
 
     gm.SequentialTrialEmulation = Truncated  # type: ignore[misc]
     try:
@@ -189,9 +200,40 @@ def score_hazard_msm(base: Path) -> pd.DataFrame:
     return score(fitted.estimates, truth_table(base / "world" / "truth"))
 
 
+def with_entry_trial_truth(truth: pd.DataFrame, world: Path) -> pd.DataFrame:
+    """The world's truth table plus the KS4 "enter now versus not now" truth
+    (``truth/ks4_entry_trials.json``, computed for an older world)."""
+    from evaluation.cohort_truth import ks4_enter_now_vs_not_now
+
+    rows = pd.DataFrame(ks4_enter_now_vs_not_now(world)).rename(columns={"value": "truth"})
+    return pd.concat([truth, rows[["outcome", "contrast", "scale", "truth"]]], ignore_index=True)
+
+
+# each trial estimator scored against the other estimand's truth too (method renamed): the
+# check can fail, the two truths differ by more than the estimators' error
+CROSS_SCORED = {
+    "trial_emulation": ("cla_vs_nla", "enter_now_vs_not_now", "trial_emulation_vs_itt_truth"),
+    "trial_emulation_itt": (
+        "enter_now_vs_not_now",
+        "cla_vs_nla",
+        "trial_emulation_itt_vs_never_truth",
+    ),
+}
+
+
+def cross_scored(est: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :data:`CROSS_SCORED`, filed under the other estimand's contrast."""
+    parts = []
+    for method, (own, other, renamed) in CROSS_SCORED.items():
+        rows = est[(est["method"] == method) & (est["contrast"] == own)]
+        parts.append(rows.assign(contrast=other, method=renamed))
+    return pd.concat(parts, ignore_index=True)
+
+
 def score_seed(base: Path) -> pd.DataFrame:
     """Fit :func:`scored_analyses` (and :func:`truncated_trials`) on one kept cohort and score
-    them against its truth."""
+    them against its truth (with the "enter now versus not now" truth, and each trial
+    estimator against the other's truth: :func:`cross_scored`)."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData
     from models.run import load_cohort, run_analyses
@@ -207,7 +249,42 @@ def score_seed(base: Path) -> pd.DataFrame:
         ],
         ignore_index=True,
     )
-    return score(est, truth_table(base / "world" / "truth"))
+    est = pd.concat([est, cross_scored(est)], ignore_index=True)
+    truth = with_entry_trial_truth(truth_table(base / "world" / "truth"), base / "world")
+    return score(est, truth)
+
+
+def score_itt(base: Path, with_dr: bool = False) -> pd.DataFrame:
+    """Only the two declared trial analyses (never and not now) and the not-now baseline-only
+    twin on one kept cohort, scored against both truths (seconds a seed); ``with_dr``: also
+    the not-now trials' doubly robust form (``trial_emulation_itt_dr``, 100 bootstrap
+    replicates: about a minute a seed on a loaded machine)."""
+    from ground.run_layout import RunLayout
+    from models.estimators import CohortData
+    from models.run import load_cohort, run_analyses
+    from models.settings import ModelSettings
+
+    cohort = CohortData(*load_cohort(RunLayout.at(base / "run")))
+    chosen = [
+        a
+        for a in scored_analyses()
+        if a.estimator == "sequential_trials" and not a.options.get("augment", False)
+    ]
+    if with_dr:
+        itt = next(a for a in chosen if a.options.get("comparator") == "not_now")
+        chosen.append(
+            itt.model_copy(
+                update={
+                    "name": f"{itt.name}_dr",
+                    "options": {**itt.options, "augment": True, "method": "trial_emulation_itt_dr"},
+                }
+            )
+        )
+    fitted = run_analyses(cohort, chosen, ModelSettings())
+    est = fitted.estimates.assign(analysis=fitted.row_analysis)
+    est = pd.concat([est, cross_scored(est)], ignore_index=True)
+    truth = with_entry_trial_truth(truth_table(base / "world" / "truth"), base / "world")
+    return score(est, truth)
 
 
 def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -254,13 +331,17 @@ def score_main(a: argparse.Namespace, workdir: Path) -> None:
         if not (base / "built").exists():
             continue
         t0 = time.perf_counter()
-        scorer = score_hazard_msm if a.command == "score-msm" else score_seed
+        scorer = {
+            "score-msm": score_hazard_msm,
+            "score-itt": functools.partial(score_itt, with_dr=a.with_dr),
+        }.get(a.command, score_seed)
         rows.append(scorer(base).assign(seed=seed))
         sys.stderr.write(f"scored seed {seed}: {time.perf_counter() - t0:.0f} s\n")
     if not rows:
         raise SystemExit(f"no prepared seeds in {workdir} for {a.scenario} at {a.children}")
     r = pd.concat(rows, ignore_index=True)
-    name = f"gmethods_{a.scenario}_{a.children}" + ("_msm" if a.command == "score-msm" else "")
+    suffix = {"score-msm": "_msm", "score-itt": "_itt"}.get(a.command, "")
+    name = f"gmethods_{a.scenario}_{a.children}{suffix}"
     (out / f"{name}.json").write_text(r.to_json(orient="records", indent=1), encoding="utf-8")
     table = summary_table(r)
     text = (
@@ -307,12 +388,15 @@ def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["prepare", "score", "score-msm", "time"])
+    p.add_argument("command", choices=["prepare", "score", "score-msm", "score-itt", "time"])
     p.add_argument("--scenario", default="time_varying_confounding")
     p.add_argument("--seeds", default="1-20")
     p.add_argument("--children", type=int, default=20_000)
     p.add_argument("--workdir", default="/work/logs/h8/worlds")
     p.add_argument("--out", default="coverage_out")
+    p.add_argument(
+        "--with-dr", action="store_true", help="score-itt: also the doubly robust not-now trials"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(a.workdir)

@@ -57,3 +57,17 @@ def cohort_truth_agreement(*, layout: RunLayout, truth_dir: str | Path) -> dict[
         "index_date": float(row[3]),
         "ks4_care_days": float(row[4]),
     }
+
+
+def ks4_enter_now_vs_not_now(data_dir: str | Path) -> list[dict[str, object]]:
+    """The truth of the KS4 "enter care now versus not now" trials (analysis
+    ``ks4_enter_now_vs_not_now``, contrast ``enter_now_vs_not_now``) of a generated world:
+    rows with ``outcome``, ``contrast``, ``scale``, ``value`` (the ATT over the entrants pooled
+    over trials by entrants, as the estimator pools them), ``monte_carlo_se`` (of the truth's
+    counterfactual replicates) and ``trials`` (per trial: entrants and value).
+
+    Read from ``truth/ks4_entry_trials.json``; a world generated before that file existed is
+    rebuilt in memory to compute it (synthetic_data/entry_trials.py), and the file written."""
+    from synthetic_data.entry_trials import entry_trial_truth_of_delivery
+
+    return entry_trial_truth_of_delivery(data_dir)

@@ -805,6 +805,9 @@ class SequentialTrialsOptions(Options):
     # doubly robust: subtract a weighted linear outcome model of the controls before the
     # weighted contrast (standard errors then bootstrapped, at least 100 replicates)
     augment: bool = False
+    # the trials' comparators: "never" (before year 11, censored at a later entry) or
+    # "not_now" (each trial's intention to treat: not in the trial's year, usual care after)
+    comparator: Literal["never", "not_now"] = "never"
 
 
 @register
@@ -834,7 +837,9 @@ class SequentialTrials(AnalysisEstimator):
         periods = trial_periods(ed, cohort.person_time, o.confounders)
         baseline = design_matrix(ed, s.covariates, s.categorical)
         ys = {out: ed[out].to_numpy(float) for out in outcomes}
-        fitter = SequentialTrialEmulation(o.bootstrap_replicates, s.cv_seed, o.augment)
+        fitter = SequentialTrialEmulation(
+            o.bootstrap_replicates, s.cv_seed, o.augment, comparator=o.comparator
+        )
         results = fitter.fit(periods, baseline, o.confounders, ys)
         for out, r in results.items():
             binary = is_binary(ys[out])

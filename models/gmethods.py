@@ -40,6 +40,8 @@ TIME_VARYING_CONFOUNDERS = ("new_factors_recorded", "new_protection_plan")
 PERIOD_DAYS = 365
 # period (years since the first referral) as a categorical term, the last level "this or later"
 PERIOD_LEVELS = 6
+# the trials' comparators: never before year 11, or not in the trial's year (intention to treat)
+COMPARATORS = ("never", "not_now")
 
 
 # ---- the discrete-time model of care entry --------------------------------------------------
@@ -235,6 +237,7 @@ class SequentialTrialEmulation:
         seed: int = 20240601,
         augment: bool = False,
         truncate_percentile: float | None = None,
+        comparator: str = "never",
     ) -> None:
         # augment: doubly robust; the outcome's linear model on the entry model's design, fitted
         # in the controls with their weights, is subtracted from every outcome before the
@@ -252,6 +255,15 @@ class SequentialTrialEmulation:
                 f"truncate_percentile must be in [50, 100) (got {truncate_percentile})"
             )
         self.truncate_percentile = truncate_percentile
+        # comparator: "never" (the default) compares entering in year k with never entering
+        # before year 11 (controls censored when they enter later, censoring weights);
+        # "not_now" is each trial's intention-to-treat contrast, entering in year k versus not
+        # in year k with usual care after: every eligible non-entrant of the year is a
+        # comparator whatever it does later, weighted by the ATT odds of that year only
+        # (``p_k / (1 - p_k)``), no censoring (docs/gmethods.md section 6)
+        if comparator not in COMPARATORS:
+            raise ValueError(f"comparator must be one of {COMPARATORS} (got {comparator!r})")
+        self.comparator = comparator
 
     def fit(
         self,
@@ -288,7 +300,8 @@ class SequentialTrialEmulation:
         self.columns_ = [c for c, v in zip(self.columns_, varies, strict=True) if v]
         a = periods["entered"].to_numpy()
         off = np.log(periods["years"].to_numpy())
-        ctrl = periods["control"].to_numpy() == 1
+        not_now = self.comparator == "not_now"
+        ctrl = (a == 0) if not_now else periods["control"].to_numpy() == 1
         trial = periods["period"].to_numpy()
         with _one_blas_thread():
             return self._fit(x, a, off, child, ctrl, trial, outcomes, n_children)
@@ -308,7 +321,7 @@ class SequentialTrialEmulation:
         self.coef_ = pd.Series(beta, index=self.columns_)
 
         def estimates(counts: np.ndarray, b: np.ndarray) -> dict[str, tuple[float, pd.DataFrame]]:
-            w = self._truncated(self._control_weights(x, b, off, child, ctrl)) * counts[child]
+            w = self._truncated(self._weights(x, b, off, child, ctrl)) * counts[child]
             nt = np.bincount(trial, weights=a * counts[child], minlength=trial.max() + 1)
             wsum = np.bincount(trial, weights=w, minlength=trial.max() + 1)
             out = {}
@@ -333,7 +346,7 @@ class SequentialTrialEmulation:
             return out
 
         full = estimates(np.ones(n_children), beta)
-        w_raw = self._control_weights(x, beta, off, child, ctrl)
+        w_raw = self._weights(x, beta, off, child, ctrl)
         cap = self._cap(w_raw)
         w_full = np.minimum(w_raw, cap)
         boot: dict[str, list[float]] = {name: [] for name in outcomes}
@@ -354,12 +367,26 @@ class SequentialTrialEmulation:
             if self.replicates > 0:
                 se = float(np.std(reps, ddof=1)) if len(reps) >= 20 else float("nan")
             else:
-                se = _sandwich_se(x, a, off, beta, child, ctrl, trial, outcomes[name], att, cap)
+                se = _sandwich_se(
+                    x,
+                    a,
+                    off,
+                    beta,
+                    child,
+                    ctrl,
+                    trial,
+                    outcomes[name],
+                    att,
+                    cap,
+                    itt=self.comparator == "not_now",
+                )
             warnings = []
             dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
             if dropped:
                 warnings.append(f"{dropped} entrants in trials without controls left out")
-            ess = _effective_sample_size(w_full)
+            ess = _effective_sample_size(
+                _pooled_shares(w_full, trial, a) if self.comparator == "not_now" else w_full
+            )
             if ess < 50:
                 warnings.append(f"control weights' effective sample size {ess:.0f} < 50")
             elif ess < 0.2 * n_ctrl_children:
@@ -383,6 +410,22 @@ class SequentialTrialEmulation:
 
     def _truncated(self, w: np.ndarray) -> np.ndarray:
         return np.minimum(w, self._cap(w))
+
+    def _weights(
+        self, x: np.ndarray, b: np.ndarray, off: np.ndarray, child: np.ndarray, ctrl: np.ndarray
+    ) -> np.ndarray:
+        if self.comparator == "not_now":
+            return self._not_now_weights(x, b, off, ctrl)
+        return self._control_weights(x, b, off, child, ctrl)
+
+    @staticmethod
+    def _not_now_weights(
+        x: np.ndarray, b: np.ndarray, off: np.ndarray, ctrl: np.ndarray
+    ) -> np.ndarray:
+        """Each comparator row's weight in its own trial: the ATT odds ``p_k / (1 - p_k)`` of
+        entering in year k; nothing for what the child does in later years."""
+        p = entry_probability(x, b, off)
+        return np.where(ctrl, p / (1 - p), 0.0)
 
     @staticmethod
     def _control_weights(
@@ -418,6 +461,8 @@ def _sandwich_se(
     y_child: np.ndarray,
     att: float,
     cap: float = float("inf"),
+    *,
+    itt: bool = False,
 ) -> float:
     """Child-clustered sandwich (influence-function) standard error of the pooled ATT, the
     entry model's estimation included (stacked estimating equations, linearised).
@@ -427,7 +472,9 @@ def _sandwich_se(
     control in, and through the entry model's coefficients (score times the inverse
     information) the change of every control weight, ``d log w_k / d beta = (dp_k / p_k) x_k +
     sum_{j >= k} exp(eta_j) x_j``. A weight truncated at ``cap`` is held there (no gradient;
-    the cap itself is treated as fixed)."""
+    the cap itself is treated as fixed). ``itt``: the "not now" comparators' weight
+    ``p_k / (1 - p_k)`` of their own trial only, ``d log w_k / d beta = (dp_k / p_k + e_k) x_k``
+    with ``e_k = exp(eta_k) = -log(1 - p_k)``."""
     eta = np.clip(x @ beta + off, -30, 5)
     e = np.exp(eta)
     p = np.clip(-np.expm1(-e), 1e-9, 1 - 1e-9)
@@ -437,9 +484,13 @@ def _sandwich_se(
     score = x * ((a - p) * d / (p * (1 - p)))[:, None]
     info = (x * (d**2 / (p * (1 - p)))[:, None]).T @ x
     # control weights and their derivatives
-    rev = pd.DataFrame(x[::-1] * e[::-1, None]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
-    log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
-    w = np.where(ctrl, p * np.exp(-log_s), 0.0)
+    if itt:
+        rev = x * e[:, None]
+        w = np.where(ctrl, p / (1 - p), 0.0)
+    else:
+        rev = pd.DataFrame(x[::-1] * e[::-1, None]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
+        log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
+        w = np.where(ctrl, p * np.exp(-log_s), 0.0)
     dlogw = x * (d / p)[:, None] + rev
     capped = w > cap
     w = np.minimum(w, cap)
@@ -472,6 +523,15 @@ def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.nda
     xw = x[use] * w[use, None]
     coef = np.linalg.solve(xw.T @ x[use] + 1e-8 * np.eye(x.shape[1]), xw.T @ y[use])
     return x @ coef
+
+
+def _pooled_shares(w: np.ndarray, trial: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Each comparator row's share of the pooled comparator mean: its weight normalised within
+    its trial times the trial's entrants (the not-now weights are odds of one year, on
+    different scales in different trials, so their effective size is read on these)."""
+    n_k = np.bincount(trial, weights=a)
+    w_k = np.bincount(trial, weights=w, minlength=len(n_k))
+    return np.where(w > 0, w * (n_k / np.where(w_k > 0, w_k, 1.0))[trial], 0.0)
 
 
 def _effective_sample_size(w: np.ndarray) -> float:

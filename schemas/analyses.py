@@ -240,6 +240,19 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
         "options": {"confounders": ["new_factors_recorded", "new_protection_plan"]},
     },
     {
+        "name": "ks4_enter_now_vs_not_now",
+        "label": "KS4: sequential trials of care entry, entering this year versus not this "
+        "year (intention to treat per trial)",
+        "estimator": "sequential_trials",
+        "outcomes": ["ks4_score", "ks4_level2_inclusive"],
+        "contrast": "enter_now_vs_not_now",
+        "options": {
+            "confounders": ["new_factors_recorded", "new_protection_plan"],
+            "comparator": "not_now",
+            "method": "trial_emulation_itt",
+        },
+    },
+    {
         "name": "absence_by_years_since_entry",
         "label": "Absence by years since entry: marginal structural model, stabilised "
         "time-varying weights",

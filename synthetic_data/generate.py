@@ -19,6 +19,7 @@ import polars as pl
 
 from ground.errors import ConfigError
 from schemas.contracts import SOURCES
+from synthetic_data.entry_trials import write_entry_trial_truth
 from synthetic_data.extracts import ETH_CODES, NoiseLog, build_sources, iso, text
 from synthetic_data.heap import freed_memory_kept
 from synthetic_data.layouts import LAYOUT_FILES, layout_names, layout_writer
@@ -685,7 +686,7 @@ def _generate_world(
                 )
                 w.school_years = {}
         step("writing truth")
-        _write_world_truth(w, sc, truth, record_person, ks4_has, ks2_has, absence, nlog)
+        _write_world_truth(w, sc, seed, truth, record_person, ks4_has, ks2_has, absence, nlog)
         defect_rows = []
         for done in writes:
             source, rows, defects = done.result()
@@ -736,6 +737,7 @@ def _generate_world(
 def _write_world_truth(
     w: World,
     sc: Scenario,
+    seed: int,
     truth: Path,
     record_person: list[pl.DataFrame],
     ks4_has: np.ndarray,
@@ -745,7 +747,7 @@ def _write_world_truth(
 ) -> None:
     """Every truth file but the defects (written once every source is): who each record
     belongs to, the persons, their care history, identifier noise, potential outcomes, the
-    scenario and the true effects."""
+    scenario, the true effects and the truth of the KS4 "enter now versus not now" trials."""
     pl.concat(record_person).write_parquet(truth / "record_person.parquet", statistics=False)
     _persons_truth(w, ks4_has, ks2_has).write_parquet(truth / "persons.parquet", statistics=False)
     _typed_frame(
@@ -778,6 +780,7 @@ def _write_world_truth(
         json.dumps(_effects(w, sc, ks4_has, absence, ks2_has), indent=2, sort_keys=True) + "\n",
         encoding="utf-8",
     )
+    write_entry_trial_truth(w, sc, seed, ks4_has, truth)
 
 
 def _noise_frame(nlog: NoiseLog) -> pl.DataFrame:

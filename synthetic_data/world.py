@@ -143,6 +143,9 @@ class World:
     # true adversity onsets had the child never entered care (== onset unless new adversity
     # after referral is changed by care; see after_referral)
     onset_no_care: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
+    # true adversity onsets as social services left them, before anything after the first
+    # referral (the start of after_referral's replay: synthetic_data/entry_trials.py)
+    onset_before_care: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.int64))
     # yearly review assessments that recorded new factors (after_referral): flat, by person
     # then day; rev_known = all factors recorded in the episode by then; rev_cp_start = the
     # category code of a child-protection plan started at the review (-1 none); rev_episode 0/1
@@ -903,6 +906,13 @@ def _process_rngs(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in seeds]
 
 
+def process_rng(seed: int, process: int) -> np.random.Generator:
+    """A fresh generator of one causal process (the same stream ``build_world`` gives it): 2 is
+    care entry, 5 what happens after the first referral. Replaying one re-draws exactly the
+    world's numbers (synthetic_data/entry_trials.py)."""
+    return _process_rngs(seed)[process]
+
+
 def build_world(n: int, sc: Scenario, seed: int, *, with_health: bool = True) -> World:
     """Run every causal process in order, each from its own child seed. ``with_health=False``
     stops before the health events (``add_health_events`` adds the same events later)."""
@@ -911,6 +921,7 @@ def build_world(n: int, sc: Scenario, seed: int, *, with_health: bool = True) ->
     log.info("people and places: %d children", n)
     social_services(w, sc, rngs[1])
     w.onset_no_care = w.onset
+    w.onset_before_care = w.onset  # after_referral replaces w.onset, never changes this array
     care(w, sc, rngs[2], rngs[5])
     log.info(
         "social services: %d children in need, %d looked after",

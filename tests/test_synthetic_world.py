@@ -163,7 +163,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, fmt: str) -> None:
     generate_world(n_children=1500, seed=9, out_dir=a, file_format=fmt)  # type: ignore[arg-type]
     generate_world(n_children=1500, seed=9, out_dir=b, file_format=fmt)  # type: ignore[arg-type]
     ha, hb = _hashes(a), _hashes(b)
-    assert len(ha) == 7 + 1 + 9 and ha == hb
+    assert len(ha) == 7 + 1 + 10 and ha == hb  # ks4_entry_trials.json the tenth truth file
     c = tmp_path / "c"
     generate_world(n_children=1500, seed=10, out_dir=c, file_format=fmt)  # type: ignore[arg-type]
     assert _hashes(c) != ha
@@ -518,7 +518,7 @@ def test_new_scenarios_give_identical_bytes_per_seed(tmp_path: Path, scenario: s
     generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=a)
     generate_world(n_children=1500, seed=9, scenario=scenario, out_dir=b)
     assert _hashes(a) == _hashes(b)
-    assert len(_hashes(a)) == 7 + 1 + 9
+    assert len(_hashes(a)) == 7 + 1 + 10  # 10 truth files: ks4_entry_trials.json the tenth
 
 
 def test_each_study_outcome_has_its_truth_and_its_own_diagnoses(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from models.estimators import ESTIMATORS
 from models.outputs import stratum_family
 from orchestration.report.labels import RATIO_SCALES, label
 from orchestration.report.markup import note, png_img, table
-from orchestration.report.protocol import PROTOCOLS, protocol_rows
+from orchestration.report.protocol import PROTOCOLS, protocol_for, protocol_rows
 from orchestration.report.sections import ReportContext, estimate_table, interval_text
 
 # outcomes that are proportions: their mean differences are read in percentage points
@@ -843,7 +843,7 @@ def _by_years(ctx: ReportContext, est: pd.DataFrame) -> str:
 def _protocols(ctx: ReportContext) -> str:
     parts = []
     for a in ctx.analyses:
-        protocol = PROTOCOLS.get(a.estimator)
+        protocol = protocol_for(a)
         if protocol is None:
             continue
         rows = pd.DataFrame(protocol_rows(protocol, a), columns=["protocol element", "this study"])

@@ -49,6 +49,7 @@ LABELS: dict[str, str] = {
     "dental_caries": "Dental caries (negative control)",
     # contrasts
     "cla_vs_nla": "Looked after before year 11 vs NLA",
+    "enter_now_vs_not_now": "Entered care this year vs not this year (per trial, pooled)",
     "long_vs_nla": "Long care vs NLA",
     "short_vs_nla": "Short care vs NLA",
     "looked_after_year": "Looked-after years vs other years",
@@ -67,6 +68,7 @@ LABELS: dict[str, str] = {
     "cox_tv_unadjusted": "Cox, unadjusted",
     "poisson_pw": "Piecewise Poisson",
     "trial_emulation": "Sequential trials (time-varying confounders)",
+    "trial_emulation_itt": "Sequential trials, enter now vs not now (intention to treat)",
     "msm_iptw": "Marginal structural model (stabilised weights)",
     "msm_iptw_hazard": "Marginal structural model, hazards (time-varying confounders)",
     "cox_tv_by_years_since_entry": "Cox, by years since entry",

@@ -90,6 +90,67 @@ SEQUENTIAL_TRIALS = TrialProtocol(
     ),
 )
 
+# the same estimator with ``comparator: not_now``: each trial's intention-to-treat contrast
+SEQUENTIAL_TRIALS_NOT_NOW = TrialProtocol(
+    "sequential_trials",
+    "Sequential emulation of a trial of care entry (KS4), enter now versus not now: trial k "
+    "at k = 0, 1, 2, ... whole years since the first referral, intention to treat",
+    (
+        (
+            "Eligibility",
+            "Children in need in the cohort with a KS4 result, first referred before their "
+            "year 11 began, not looked after since the referral by the start of year k, and "
+            "year 11 not yet begun; eligibility re-assessed at the start of every year, so a "
+            "child can be eligible for several trials (and a comparator in some before it "
+            "enters in another).",
+        ),
+        (
+            "Treatment strategies",
+            "(1) Enter care during year k (whatever care follows); (2) do not enter care during "
+            "year k, usual care after: the child may enter in a later year, as children in need "
+            "who stay at home do.",
+        ),
+        (
+            "Assignment",
+            "As observed; assumed exchangeable given the baseline covariates (factors recorded "
+            "at the referral, deprivation, local authority, age band, sex, birth cohort, KS2, "
+            "prior emergency admissions) and the time-varying confounders recorded before the "
+            "start of year k: {confounders}.",
+        ),
+        (
+            "Time zero",
+            "The start of year k: day 365k after the first referral (day 0 for trial 0). A "
+            "factor recorded at the review that ends year k-1 is known at time zero.",
+        ),
+        (
+            "Follow-up",
+            "From time zero to the KS4 result at the end of year 11, whatever happens after "
+            "year k: no comparator is censored when it enters care later.",
+        ),
+        ("Outcome", "KS4 capped points score (0-90) and level 2 inclusive."),
+        (
+            "Causal contrast",
+            "Intention-to-treat effect in those who entered: per trial, the mean over the "
+            "entrants of the outcome had they entered in year k minus had they not entered in "
+            "year k (and followed usual care after, a later entry included) (ATT); pooled over "
+            "trials weighted by entrants. Smaller than the effect of care against never "
+            "entering when many deferred children enter later.",
+        ),
+        (
+            "Analysis",
+            "One pooled discrete-time (complementary log-log) model of entry per year; "
+            "comparator weight in trial k = p_k / (1 - p_k) (the ATT odds of year k only), "
+            "normalised per trial; child-clustered sandwich standard errors (the entry model "
+            "included, a child counted once however many trials it is in).",
+        ),
+    ),
+    caveat=(
+        "The contrast is 'now versus not now', not 'care versus never': it answers whether "
+        "entering care this year rather than staying at home this year changes KS4, given "
+        "that some of those who stay at home enter later."
+    ),
+)
+
 ABSENCE_MSM = TrialProtocol(
     "absence_msm",
     "Marginal structural model of yearly absence by years since entry to care",
@@ -212,6 +273,16 @@ HAZARD_MSM = TrialProtocol(
 PROTOCOLS: dict[str, TrialProtocol] = {
     p.estimator: p for p in (SEQUENTIAL_TRIALS, ABSENCE_MSM, HAZARD_BY_YEARS, HAZARD_MSM)
 }
+
+
+def protocol_for(analysis: Analysis) -> TrialProtocol | None:
+    """The protocol of a declared analysis (None when its estimator emulates no trial): the
+    sequential trials' depends on their comparator (``never`` or ``not_now``)."""
+    if analysis.estimator == "sequential_trials":
+        options = ESTIMATORS[analysis.estimator].Options.model_validate(analysis.options or {})
+        if getattr(options, "comparator", "never") == "not_now":
+            return SEQUENTIAL_TRIALS_NOT_NOW
+    return PROTOCOLS.get(analysis.estimator)
 
 
 def protocol_rows(protocol: TrialProtocol, analysis: Analysis) -> list[tuple[str, str]]:
