@@ -28,10 +28,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from models.threads import one_blas_thread
 
 # the time-varying confounders of care entry the cohort records (docs/cohort.md)
 TIME_VARYING_CONFOUNDERS = ("new_factors_recorded", "new_protection_plan")
@@ -303,7 +304,7 @@ class SequentialTrialEmulation:
         not_now = self.comparator == "not_now"
         ctrl = (a == 0) if not_now else periods["control"].to_numpy() == 1
         trial = periods["period"].to_numpy()
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._fit(x, a, off, child, ctrl, trial, outcomes, n_children)
 
     def _fit(
@@ -440,14 +441,6 @@ class SequentialTrialEmulation:
         p = entry_probability(x, b, off)
         log_s = pd.Series(np.log1p(-p)[::-1]).groupby(child[::-1]).cumsum().to_numpy()[::-1]
         return np.where(ctrl, p * np.exp(-log_s), 0.0)
-
-
-def _one_blas_thread() -> Any:
-    """Small matrix products are far slower on several BLAS threads of a shared machine (4 s
-    instead of 0.3 s for the entry model at 20,000 children under load 6)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1, "blas")
 
 
 def _sandwich_se(
@@ -821,7 +814,7 @@ def stabilised_year_weights(
     log_ratio = np.zeros(len(years))
     if 0 < a.sum() < len(a):
         probs = []
-        with _one_blas_thread():
+        with one_blas_thread():
             for xm in (num_x, den_x):
                 xm = xm[:, np.r_[True, xm[:, 1:].std(axis=0) > 0]]
                 probs.append(entry_probability(xm, fit_cloglog(xm, a, off), off))
@@ -1107,7 +1100,7 @@ def hazard_msm(
     b = baseline.to_numpy(float)
     varies = b[np.unique(cell_child)].std(axis=0) > 0
     b = b[:, varies]
-    with _one_blas_thread():
+    with one_blas_thread():
         coef, cov = weighted_poisson_cells(
             cell_pattern, cell_child, cell_events, cell_exposure, z, b
         )
