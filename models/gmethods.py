@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.threads import one_blas_thread
+from models.runtime import one_blas_thread
 
 # the time-varying confounders of care entry the cohort records (docs/cohort.md)
 TIME_VARYING_CONFOUNDERS = ("new_factors_recorded", "new_protection_plan")

@@ -34,8 +34,8 @@ from models.outputs import (
     write_release,
     write_results,
 )
+from models.runtime import model_fitting
 from models.settings import ModelSettings
-from models.threads import one_blas_thread
 from schemas.analyses import Analysis, check_unique, load_run_analyses
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def run_analyses(
     diag: list[Diagnostic] = []
     balance: list[pd.DataFrame] = []
     noted: set[str] = set()
-    # one BLAS thread: faster for these narrow matrices, and independent of the core count
-    with one_blas_thread():
+    # one BLAS thread and ordinary pages: far faster for these fits (models/runtime.py)
+    with model_fitting():
         for a, est in zip(analyses, estimators, strict=True):
             if cohort.population(a.population) is None:
                 if a.population not in noted:

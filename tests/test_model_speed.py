@@ -208,11 +208,13 @@ def test_a_bootstrap_replicate_on_frequency_weights_is_the_replicate_on_repeated
                 assert np.isclose(a, b, rtol=1e-7, atol=1e-7), (ps.method_, binary, a, b)
 
 
-def test_every_analysis_is_fitted_on_one_blas_thread(monkeypatch: object) -> None:
+def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
+    monkeypatch: object,
+) -> None:
     """`run_analyses` fits each analysis with every BLAS library limited to one thread (on two
     threads a 1M-child KS4 analysis took twice the wall time and 2.5 times the CPU, same
-    estimates; models/threads.py), and the limit is lifted afterwards. Shown failing with the
-    `with one_blas_thread()` removed from run_analyses."""
+    estimates) and numpy's huge-page madvise off (models/runtime.py), both restored
+    afterwards. Shown failing with the `with` removed from run_analyses."""
     import pytest
     from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -225,12 +227,21 @@ def test_every_analysis_is_fitted_on_one_blas_thread(monkeypatch: object) -> Non
         return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
 
     seen: list[list[int]] = []
+    huge_pages: list[bool] = []
+
+    def madvise_hugepage() -> bool:
+        from numpy._core.multiarray import _set_madvise_hugepage
+
+        on = _set_madvise_hugepage(False)  # returns the setting it replaces
+        _set_madvise_hugepage(on)
+        return bool(on)
 
     class BlasProbe(AnalysisEstimator):
         name = "blas_probe"
 
         def _fit(self, cohort: CohortData) -> None:
             seen.append(blas_threads())
+            huge_pages.append(madvise_hugepage())
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.setitem(ESTIMATORS, "blas_probe", BlasProbe)
@@ -246,3 +257,5 @@ def test_every_analysis_is_fitted_on_one_blas_thread(monkeypatch: object) -> Non
     assert before and set(before) == {2}
     assert seen == [[1] * len(before)] * 2
     assert after == before
+    # numpy's huge-page madvise off while fitting (104 s of kernel time in one 1M analysis)
+    assert huge_pages == [False, False] and madvise_hugepage() is True
