@@ -23,9 +23,9 @@ joined by an exact NHS number, UPN or authority child id, which stay joined in e
   independently with its probability;
 * people are the connected components over the drawn edges, as in the linker.
 
-Candidates are the pairs the linker scored from 0.5 (``linkage.scored_pairs``) and, since the
-linkage stage keeps them, ``linkage.candidate_pairs``: pairs scored from
-``LinkageSettings.candidate_floor`` (0.001) up to 0.5, and pairs only the plan's candidate
+Candidates are the pairs the linker scored from 0.5 (``linkage.scored_pairs``) and, when the
+linkage stage keeps them (``LinkageSettings.candidate_floor`` set, e.g. 0.001; off by default),
+``linkage.candidate_pairs``: pairs scored from that floor up to 0.5, and pairs only the plan's candidate
 rules propose (``linkage.link.PIPELINE_PLAN``: date of birth + sex for a record with no name,
 such as a health record with no NHS number and a placement postcode, which no usual rule
 pairs with its child). A candidate-rule pair is kept only from a record group without a
