@@ -183,6 +183,7 @@ def _full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     def run(tmp: Path) -> None:
         # candidate pairs kept (off by default) so tests can draw links from this run
+        tmp.mkdir(parents=True, exist_ok=True)
         settings = tmp / "run_settings.yaml"
         settings.write_text("linkage:\n  candidate_floor: 0.001\n", encoding="utf-8")
         r = _cohort(
