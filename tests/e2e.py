@@ -182,14 +182,9 @@ def _full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     world = _world(tmp_path_factory)
 
     def run(tmp: Path) -> None:
-        # candidate pairs kept (off by default) so tests can draw links from this run
-        tmp.mkdir(parents=True, exist_ok=True)
-        settings = tmp / "run_settings.yaml"
-        settings.write_text("linkage:\n  candidate_floor: 0.001\n", encoding="utf-8")
         r = _cohort(
-            "run", "--data", str(world), "--out", str(tmp / "run"), "--settings", str(settings),
-            env=_env(tmp), timeout=600,
-        )  # fmt: skip
+            "run", "--data", str(world), "--out", str(tmp / "run"), env=_env(tmp), timeout=600
+        )
         assert r.returncode == 0, r.stderr[-3000:]
 
     return built_once(tmp_path_factory, "e2e", run) / "run"

@@ -502,18 +502,31 @@ def test_true_links_zone_has_one_person_per_true_person(full_run: Path, world: P
     assert "person_key" in cols and "high_quality_links" in cols
 
 
-@pytest.mark.slow
-def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
-    full_run: Path, tmp_path: Path
-) -> None:
-    """`cohort link-uncertainty` on a copy of the session run: two draws, pooled estimates
-    beside the main ones, the draws' folders removed."""
+def _copy_with_candidate_pairs(full_run: Path, tmp_path: Path) -> Path:
+    """A copy of the session run relinked with candidate pairs kept (off by default)."""
     import shutil
 
     from tests.e2e import _cohort, _env
 
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
+    settings = tmp_path / "with_candidates.yaml"
+    settings.write_text("linkage:\n  candidate_floor: 0.001\n", encoding="utf-8")
+    r = _cohort("link", "--run", str(run), "--settings", str(settings), env=_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
+    full_run: Path, tmp_path: Path
+) -> None:
+    """`cohort link-uncertainty` on a copy of the session run: two draws, pooled estimates
+    beside the main ones, the draws' folders removed."""
+
+    from tests.e2e import _cohort, _env
+
+    run = _copy_with_candidate_pairs(full_run, tmp_path)
     r = _cohort(
         "link-uncertainty",
         "--run",
@@ -562,14 +575,12 @@ def test_review_sample_command_stores_pairs_for_review_in_the_zone_only(
     """`cohort link-uncertainty --review-sample N` stores N candidate pairs (record ids and an
     empty is_match, no identifier) in the linkage zone of a copy of the session run, and
     writes nothing else: no draws, no results."""
-    import shutil
 
     import duckdb
 
     from tests.e2e import _cohort, _env
 
-    run = tmp_path / "run"
-    shutil.copytree(full_run, run)
+    run = _copy_with_candidate_pairs(full_run, tmp_path)
     results_before = sorted(p.name for p in (run / "results").iterdir())
     r = _cohort("link-uncertainty", "--run", str(run), "--review-sample", "40", env=_env(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
