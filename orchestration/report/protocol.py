@@ -29,6 +29,21 @@ class TrialProtocol:
     caveat: str = ""  # printed under the protocol and beside the estimate
 
 
+# rows the two sequential-trial protocols ("never" and "not now") share word for word
+_TRIALS_ASSIGNMENT = (
+    "Assignment",
+    "As observed; assumed exchangeable given the baseline covariates (factors recorded "
+    "at the referral, deprivation, local authority, age band, sex, birth cohort, KS2, "
+    "prior emergency admissions) and the time-varying confounders recorded before the "
+    "start of year k: {confounders}.",
+)
+_TRIALS_TIME_ZERO = (
+    "Time zero",
+    "The start of year k: day 365k after the first referral (day 0 for trial 0). A "
+    "factor recorded at the review that ends year k-1 is known at time zero.",
+)
+
+
 SEQUENTIAL_TRIALS = TrialProtocol(
     "sequential_trials",
     "Sequential emulation of a trial of care entry (KS4), trial k at k = 0, 1, 2, ... whole "
@@ -46,18 +61,8 @@ SEQUENTIAL_TRIALS = TrialProtocol(
             "(1) Enter care during year k (whatever care follows); (2) never enter care before "
             "year 11.",
         ),
-        (
-            "Assignment",
-            "As observed; assumed exchangeable given the baseline covariates (factors recorded "
-            "at the referral, deprivation, local authority, age band, sex, birth cohort, KS2, "
-            "prior emergency admissions) and the time-varying confounders recorded before the "
-            "start of year k: {confounders}.",
-        ),
-        (
-            "Time zero",
-            "The start of year k: day 365k after the first referral (day 0 for trial 0). A "
-            "factor recorded at the review that ends year k-1 is known at time zero.",
-        ),
+        _TRIALS_ASSIGNMENT,
+        _TRIALS_TIME_ZERO,
         (
             "Follow-up",
             "From time zero to the KS4 result at the end of year 11. Comparators who later "
@@ -110,18 +115,8 @@ SEQUENTIAL_TRIALS_NOT_NOW = TrialProtocol(
             "year k, usual care after: the child may enter in a later year, as children in need "
             "who stay at home do.",
         ),
-        (
-            "Assignment",
-            "As observed; assumed exchangeable given the baseline covariates (factors recorded "
-            "at the referral, deprivation, local authority, age band, sex, birth cohort, KS2, "
-            "prior emergency admissions) and the time-varying confounders recorded before the "
-            "start of year k: {confounders}.",
-        ),
-        (
-            "Time zero",
-            "The start of year k: day 365k after the first referral (day 0 for trial 0). A "
-            "factor recorded at the review that ends year k-1 is known at time zero.",
-        ),
+        _TRIALS_ASSIGNMENT,
+        _TRIALS_TIME_ZERO,
         (
             "Follow-up",
             "From time zero to the KS4 result at the end of year 11, whatever happens after "
