@@ -223,6 +223,11 @@ class AnalysisEstimator:
     # where the declared outcomes are looked up before anything is fitted: columns of
     # cohort.children or cohort.school_years, or outcomes of cohort.person_time
     outcomes_in: ClassVar[Literal["children", "school_years", "person_time"]] = "children"
+    # the :class:`CohortData` cache this estimator fills and reads ("outcome_designs",
+    # "survival_time"), if any: analyses sharing one are fitted in the same process, in their
+    # declared order, so a value is computed once and its diagnostics land where they would in
+    # a single process (:func:`models.run.run_analyses`)
+    shares: ClassVar[str | None] = None
 
     def __init__(self, analysis: Analysis, settings: ModelSettings) -> None:
         self.analysis = analysis
@@ -333,6 +338,7 @@ class ExposureEffect(AnalysisEstimator):
     a binary outcome is a risk difference plus, for ``regression``, an odds ratio."""
 
     name = "exposure_effect"
+    shares = "outcome_designs"
     Options = ExposureEffectOptions
     options: ExposureEffectOptions
 
@@ -684,6 +690,7 @@ class TimeVaryingSurvival(AnalysisEstimator):
     ``cox_tv_unadjusted``, ``poisson_pw`` (piecewise-exponential Poisson, the scalable check)."""
 
     name = "time_varying_survival"
+    shares = "survival_time"
     outcomes_in = "person_time"
     Options = TimeVaryingSurvivalOptions
     options: TimeVaryingSurvivalOptions
@@ -1178,6 +1185,7 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
     (the world's truth names)."""
 
     name = "hazard_by_years_since_entry"
+    shares = "survival_time"
     outcomes_in = "person_time"
     Options = HazardBySinceEntryOptions
     options: HazardBySinceEntryOptions

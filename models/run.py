@@ -10,6 +10,7 @@ before fitting anything (:func:`models.estimators.estimator_for`), fits each ana
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from ground.db import connect
 from ground.errors import RunStateError
 from ground.run_layout import RunLayout
 from models.disclosure import WITHHELD
-from models.estimators import CohortData, Diagnostic, estimator_for, fit_propensity
+from models.estimators import (
+    AnalysisEstimator,
+    CohortData,
+    Diagnostic,
+    estimator_for,
+    fit_propensity,
+)
 from models.outputs import (
     km_outcomes,
     rows_of,
@@ -34,7 +41,7 @@ from models.outputs import (
     write_release,
     write_results,
 )
-from models.runtime import model_fitting
+from models.runtime import forked_map, model_fitting, shared
 from models.settings import ModelSettings
 from schemas.analyses import Analysis, check_unique, load_run_analyses
 
@@ -116,47 +123,111 @@ def check_analyses(analyses: Sequence[Analysis], s: ModelSettings) -> None:
         estimator_for(a, s)
 
 
+@dataclass
+class _Fitted:
+    """What one analysis's fit produced."""
+
+    rows: list[dict[str, Any]]
+    diagnostics: list[Diagnostic]
+    balance: list[pd.DataFrame]
+
+
+def _fit_one(est: AnalysisEstimator, cohort: CohortData) -> _Fitted:
+    a = est.analysis
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    est.fit(cohort)
+    # wall and CPU seconds (all of the process's threads): where the stage's time goes
+    log.info(
+        "analysis %s done in %.1f s (CPU %.1f s)",
+        a.name,
+        time.perf_counter() - t0,
+        time.process_time() - cpu0,
+    )
+    keep = a.population == "all"  # diagnostics and balance of the main population only
+    return _Fitted(
+        [e.row() for e in est.estimates_],
+        est.diagnostics_ if keep else [],
+        est.balance_ if keep else [],
+    )
+
+
+def _fit_unit(unit: list[int]) -> list[tuple[int, _Fitted]]:
+    """In a worker of :func:`models.runtime.forked_map`: fit the analyses of one unit, in order."""
+    cohort, estimators = shared("cohort"), shared("estimators")
+    return [(i, _fit_one(estimators[i], cohort)) for i in unit]
+
+
+def work_units(estimators: Sequence[AnalysisEstimator]) -> list[list[int]]:
+    """The analyses (indices) grouped into units a process fits in order: those that share a
+    :class:`CohortData` cache (``shares``) form one unit, every other analysis its own; units
+    ordered by their first analysis."""
+    units: list[list[int]] = []
+    by_cache: dict[str, list[int]] = {}
+    for i, est in enumerate(estimators):
+        if est.shares is None:
+            units.append([i])
+        elif est.shares in by_cache:
+            by_cache[est.shares].append(i)
+        else:
+            by_cache[est.shares] = [i]
+            units.append(by_cache[est.shares])
+    return units
+
+
 def run_analyses(
     cohort: CohortData,
     analyses: Sequence[Analysis],
     s: ModelSettings,
     progress: Callable[[str], None] = lambda m: None,
 ) -> AnalysisResults:
-    """Fit every analysis in order. Diagnostics and balance tables are kept for the main
-    population only: a sensitivity population (high-quality links) contributes estimates; when
-    it is the whole cohort its analyses are skipped, with one diagnostic saying so."""
+    """Fit every analysis; results in declaration order. Diagnostics and balance tables are
+    kept for the main population only: a sensitivity population (high-quality links)
+    contributes estimates; when it is the whole cohort its analyses are skipped, with one
+    diagnostic saying so.
+
+    With ``s.processes`` above 1 (Linux) the analyses are fitted by that many forked
+    processes side by side (:func:`work_units`, :func:`models.runtime.forked_map`); the
+    results are the same as from one process, row for row."""
     check_unique(analyses)
     estimators = [estimator_for(a, s) for a in analyses]  # every declaration checked first
     for est in estimators:
         est.check_outcomes(cohort)
+    runnable = [est for est in estimators if cohort.population(est.analysis.population) is not None]
+    fitted: dict[int, _Fitted] = {}
+    units = work_units(runnable)
+    n = len(runnable)
+    if s.processes > 1 and len(units) > 1 and sys.platform == "linux":
+        progress(f"fitting {n} analyses in {min(s.processes, len(units))} processes")
+        items = forked_map(_fit_unit, units, s.processes, cohort=cohort, estimators=runnable)
+        for _, done in items:
+            for i, one in done:
+                fitted[i] = one
+                a = runnable[i].analysis
+                progress(f"{a.name}: {a.label} (done, {len(fitted)} of {n})")
+    else:
+        # one BLAS thread and ordinary pages: far faster for these fits (models/runtime.py)
+        with model_fitting():
+            for i, est in enumerate(runnable):
+                progress(f"{est.analysis.name}: {est.analysis.label}")
+                fitted[i] = _fit_one(est, cohort)
+    results = iter(fitted[i] for i in range(n))
     rows: list[dict[str, Any]] = []
     row_analysis: list[str] = []
     diag: list[Diagnostic] = []
     balance: list[pd.DataFrame] = []
     noted: set[str] = set()
-    # one BLAS thread and ordinary pages: far faster for these fits (models/runtime.py)
-    with model_fitting():
-        for a, est in zip(analyses, estimators, strict=True):
-            if cohort.population(a.population) is None:
-                if a.population not in noted:
-                    diag.append(cohort.skipped_note(a.population))
-                    noted.add(a.population)
-                continue
-            progress(f"{a.name}: {a.label}")
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            est.fit(cohort)
-            # wall and CPU seconds (all of the process's threads): where the stage's time goes
-            log.info(
-                "analysis %s done in %.1f s (CPU %.1f s)",
-                a.name,
-                time.perf_counter() - t0,
-                time.process_time() - cpu0,
-            )
-            rows += [e.row() for e in est.estimates_]
-            row_analysis += [a.name] * len(est.estimates_)
-            if a.population == "all":
-                diag += est.diagnostics_
-                balance += est.balance_
+    for est in estimators:  # in declaration order, skipped populations' notes where they were
+        a = est.analysis
+        if cohort.population(a.population) is None:
+            if a.population not in noted:
+                diag.append(cohort.skipped_note(a.population))
+                noted.add(a.population)
+            continue
+        one = next(results)
+        rows += one.rows
+        row_analysis += [a.name] * len(one.rows)
+        diag += one.diagnostics
+        balance += one.balance
     return AnalysisResults(pd.DataFrame(rows), row_analysis, diag, balance)
 
 

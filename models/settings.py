@@ -105,6 +105,11 @@ class ModelSettings(BaseModel):
     # Lin & Wei 1989; right when the model leaves out prognostic factors, as any adjustment
     # set of recorded covariates does) or "model" (inverse information).
     cox_standard_errors: Literal["robust", "model"] = "model"
+    # How many processes fit the analyses side by side (forked, Linux; 1 = in the stage's own
+    # process). The results are the same for any number: each analysis is fitted whole by one
+    # process, and analyses that share a computed value by the same one, in declared order.
+    # Each process adds its own fits' memory (at 1,000,000 children see docs/benchmarks.md).
+    processes: int = Field(2, ge=1, le=64)
     disclosure: DisclosureSettings = DisclosureSettings()
 
     @field_validator("bootstrap_replicates")

@@ -25,12 +25,10 @@ pseudonymisation key as bytes: never written to disk or logs).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import logging.handlers
 import multiprocessing
-import os
 import pickle
 import re
 import signal
@@ -43,6 +41,7 @@ from typing import Any, TypeVar
 
 from ground import PROJECT_PACKAGES
 from ground.errors import CohortError
+from ground.processes import die_with_parent
 
 T = TypeVar("T")
 
@@ -51,18 +50,6 @@ log = logging.getLogger(__name__)
 
 class StageProcessError(RuntimeError):
     """A stage failed with an internal error (not bad input) in its child process."""
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (no-op elsewhere)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGKILL)
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
-        os._exit(1)
 
 
 _OS_MESSAGES = {
@@ -122,7 +109,7 @@ def _child_main(
     log_conn: Connection,
     level: int,
 ) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (see the module doc)
     signal.signal(signal.SIGTERM, _interrupted)
     root = logging.getLogger()

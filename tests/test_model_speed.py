@@ -4,10 +4,13 @@ replaces (issue #20, the model stage at 1,000,000 children)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from ground.run_layout import RunLayout
 from models.estimators import proportional_hazards_check
 from models.gmethods import split_at_entry_anniversaries
 from models.survival import (
@@ -214,20 +217,18 @@ def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
     """`run_analyses` fits each analysis with every BLAS library limited to one thread (on two
     threads a 1M-child KS4 analysis took twice the wall time and 2.5 times the CPU, same
     estimates) and numpy's huge-page madvise off (models/runtime.py), both restored
-    afterwards. Shown failing with the `with` removed from run_analyses."""
+    afterwards; in its own process and in the forked ones (``processes``). Shown failing with
+    the `with` removed from run_analyses, and from forked_map's tasks."""
     import pytest
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from models.estimators import ESTIMATORS, AnalysisEstimator, CohortData
+    from models.estimators import ESTIMATORS, AnalysisEstimator, CohortData, diagnostic
     from models.run import run_analyses
     from models.settings import ModelSettings
     from schemas.analyses import Analysis
 
     def blas_threads() -> list[int]:
         return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
-
-    seen: list[list[int]] = []
-    huge_pages: list[bool] = []
 
     def madvise_hugepage() -> bool:
         from numpy._core.multiarray import _set_madvise_hugepage
@@ -237,11 +238,14 @@ def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
         return bool(on)
 
     class BlasProbe(AnalysisEstimator):
+        # reports through its diagnostics: a forked worker's own lists never come back
         name = "blas_probe"
 
         def _fit(self, cohort: CohortData) -> None:
-            seen.append(blas_threads())
-            huge_pages.append(madvise_hugepage())
+            self.diagnostics_ += [
+                diagnostic(self.analysis.name, "blas_threads", max(blas_threads())),
+                diagnostic(self.analysis.name, "huge_pages", float(madvise_hugepage())),
+            ]
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.setitem(ESTIMATORS, "blas_probe", BlasProbe)
@@ -250,12 +254,55 @@ def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
     )
     cohort = CohortData(kids, pd.DataFrame({"outcome": []}), pd.DataFrame())
     probe = Analysis(name="probe", label="probe", estimator="blas_probe", outcomes=("ks4_score",))
-    with threadpool_limits(2, "blas"):  # as on a machine of two or more cores
-        before = blas_threads()
-        run_analyses(cohort, [probe, probe.model_copy(update={"name": "probe_2"})], ModelSettings())
-        after = blas_threads()
-    assert before and set(before) == {2}
-    assert seen == [[1] * len(before)] * 2
-    assert after == before
-    # numpy's huge-page madvise off while fitting (104 s of kernel time in one 1M analysis)
-    assert huge_pages == [False, False] and madvise_hugepage() is True
+    probes = [probe, probe.model_copy(update={"name": "probe_2"})]
+    for processes in (1, 2):
+        with threadpool_limits(2, "blas"):  # as on a machine of two or more cores
+            before = blas_threads()
+            fitted = run_analyses(cohort, probes, ModelSettings(processes=processes))
+            after = blas_threads()
+        assert before and set(before) == {2}
+        seen = {(d["analysis"], d["item"]): d["value"] for d in fitted.diagnostics}
+        assert seen == {
+            ("probe", "blas_threads"): 1,
+            ("probe", "huge_pages"): 0.0,  # numpy's huge-page madvise off while fitting
+            ("probe_2", "blas_threads"): 1,
+            ("probe_2", "huge_pages"): 0.0,
+        }, processes
+        assert after == before
+        assert madvise_hugepage() is True
+
+
+def test_analyses_fitted_in_two_processes_give_the_same_results_as_in_one(
+    full_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declared analyses that share a computed value (the KS4 contrasts' outcome design,
+    the survival models' merged person-time) and some that share none, fitted by one process
+    and by two forked ones (``ModelSettings.processes``): the same estimates, diagnostics and
+    balance tables, in the same order. Shown failing when the KS4 contrasts do not declare what
+    they share (each process then chooses the design again and reports it twice)."""
+    from models.estimators import CohortData, ExposureEffect
+    from models.run import load_cohort, run_analyses
+    from models.settings import ModelSettings
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    names = ["ks4_cla_vs_nla", "ks4_long_vs_nla", "absence_looked_after_year", "time_to_event"]
+    names += ["hazard_by_years_since_entry", "ks4_cla_vs_nla_high_quality_links"]
+    analyses = [a for a in DEFAULT_ANALYSES if a.name in names]
+    assert len(analyses) == len(names)
+
+    def fit(processes: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        s = ModelSettings(processes=processes, bootstrap_replicates=0)
+        got = run_analyses(CohortData(*load_cohort(RunLayout.at(full_run))), analyses, s)
+        balance = pd.concat(got.balance, ignore_index=True) if got.balance else pd.DataFrame()
+        est = got.estimates.assign(analysis=got.row_analysis)
+        return est, pd.DataFrame(got.diagnostics), balance
+
+    one, two = fit(1), fit(2)
+    assert len(one[0]) > 20 and len(one[1]) > 10
+    for a, b in zip(one, two, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    # the planted error: without `shares` the second contrast chooses its design again
+    monkeypatch.setattr(ExposureEffect, "shares", None)
+    unshared = fit(2)
+    with pytest.raises(AssertionError):
+        pd.testing.assert_frame_equal(one[1], unshared[1])
