@@ -91,6 +91,11 @@ def _worker_start() -> None:
     die_with_parent()  # a killed stage process takes its workers with it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() ends the worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on a Ctrl-C
+    # the parent's handlers (a terminal, Prefect's API queue) belong to threads the fork did not
+    # copy: every record goes to the parent instead, which hands it to its own loggers
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()
     handler = _Records()
     logging.getLogger().handlers[:] = [handler]
     _RECORDS[:] = [handler]
