@@ -6,7 +6,8 @@ on a shared machine. At 1,000,000 children (seed 1, load 8 on 2 cores) one KS4 a
 its 200 bootstrap replicates took 36 s wall and 33 CPU s on one BLAS thread against 70 s and
 84 CPU s on two, with the same estimates; in the trials' entry model 0.3 s against 4 s at
 20,000 children under load 6. One thread also makes the sums' order independent of the
-machine's core count.
+machine's core count. The same holds for OpenMP (scikit-learn's gradient boosting in the
+DR-learner): inside :func:`model_fitting` every thread pool has one thread.
 
 **No huge pages for numpy's arrays.** numpy asks the kernel for transparent huge pages on every
 large array (``madvise(MADV_HUGEPAGE)``). Where the kernel then compacts memory to find them
@@ -57,10 +58,19 @@ def ordinary_pages() -> Iterator[None]:
         _set_madvise_hugepage(before)
 
 
+def one_thread() -> Any:
+    """A context manager limiting every loaded thread pool (BLAS and OpenMP: scikit-learn's
+    gradient boosting) to one thread (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 @contextmanager
 def model_fitting() -> Iterator[None]:
-    """Both: the process settings of the model stage's fits."""
-    with one_blas_thread(), ordinary_pages():
+    """The process settings of the model stage's fits: one thread in every thread pool (the
+    processes, not threads, use the cores; the same sums on any machine) and ordinary pages."""
+    with one_thread(), ordinary_pages():
         yield
 
 

@@ -211,15 +211,17 @@ def test_a_bootstrap_replicate_on_frequency_weights_is_the_replicate_on_repeated
                 assert np.isclose(a, b, rtol=1e-7, atol=1e-7), (ps.method_, binary, a, b)
 
 
-def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
+def test_every_analysis_is_fitted_on_one_thread_and_ordinary_pages(
     monkeypatch: object,
 ) -> None:
-    """`run_analyses` fits each analysis with every BLAS library limited to one thread (on two
-    threads a 1M-child KS4 analysis took twice the wall time and 2.5 times the CPU, same
-    estimates) and numpy's huge-page madvise off (models/runtime.py), both restored
-    afterwards; in its own process and in the forked ones (``processes``). Shown failing with
-    the `with` removed from run_analyses, and from forked_map's tasks."""
+    """`run_analyses` fits each analysis with every BLAS and OpenMP library limited to one
+    thread (on two BLAS threads a 1M-child KS4 analysis took twice the wall time and 2.5 times
+    the CPU, same estimates; two processes use the cores instead) and numpy's huge-page madvise
+    off (models/runtime.py), all restored afterwards; in its own process and in the forked
+    ones (``processes``). Shown failing with the `with` removed from run_analyses, and from
+    forked_map's tasks, and with only BLAS limited (OpenMP then has two threads)."""
     import pytest
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its gradient boosting uses)
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from models.estimators import ESTIMATORS, AnalysisEstimator, CohortData, diagnostic
@@ -227,8 +229,8 @@ def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
     from models.settings import ModelSettings
     from schemas.analyses import Analysis
 
-    def blas_threads() -> list[int]:
-        return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    def threads(api: str) -> list[int]:
+        return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == api]
 
     def madvise_hugepage() -> bool:
         from numpy._core.multiarray import _set_madvise_hugepage
@@ -237,36 +239,36 @@ def test_every_analysis_is_fitted_on_one_blas_thread_and_ordinary_pages(
         _set_madvise_hugepage(on)
         return bool(on)
 
-    class BlasProbe(AnalysisEstimator):
+    class ThreadProbe(AnalysisEstimator):
         # reports through its diagnostics: a forked worker's own lists never come back
-        name = "blas_probe"
+        name = "thread_probe"
 
         def _fit(self, cohort: CohortData) -> None:
             self.diagnostics_ += [
-                diagnostic(self.analysis.name, "blas_threads", max(blas_threads())),
+                diagnostic(self.analysis.name, "blas_threads", max(threads("blas"))),
+                diagnostic(self.analysis.name, "openmp_threads", max(threads("openmp"))),
                 diagnostic(self.analysis.name, "huge_pages", float(madvise_hugepage())),
             ]
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
-    monkeypatch.setitem(ESTIMATORS, "blas_probe", BlasProbe)
+    monkeypatch.setitem(ESTIMATORS, "thread_probe", ThreadProbe)
     kids = pd.DataFrame(
         {"person_key": ["a", "b"], "group": ["CLA", "NLA"], "ks4_score": [1.0, 2.0]}
     )
     cohort = CohortData(kids, pd.DataFrame({"outcome": []}), pd.DataFrame())
-    probe = Analysis(name="probe", label="probe", estimator="blas_probe", outcomes=("ks4_score",))
+    probe = Analysis(name="probe", label="probe", estimator="thread_probe", outcomes=("ks4_score",))
     probes = [probe, probe.model_copy(update={"name": "probe_2"})]
     for processes in (1, 2):
-        with threadpool_limits(2, "blas"):  # as on a machine of two or more cores
-            before = blas_threads()
+        with threadpool_limits(2):  # as on a machine of two or more cores
+            before = threads("blas") + threads("openmp")
             fitted = run_analyses(cohort, probes, ModelSettings(processes=processes))
-            after = blas_threads()
-        assert before and set(before) == {2}
+            after = threads("blas") + threads("openmp")
+        assert threads("openmp") and before and set(before) == {2}
         seen = {(d["analysis"], d["item"]): d["value"] for d in fitted.diagnostics}
         assert seen == {
-            ("probe", "blas_threads"): 1,
-            ("probe", "huge_pages"): 0.0,  # numpy's huge-page madvise off while fitting
-            ("probe_2", "blas_threads"): 1,
-            ("probe_2", "huge_pages"): 0.0,
+            (name, item): value
+            for name in ("probe", "probe_2")
+            for item, value in [("blas_threads", 1), ("openmp_threads", 1), ("huge_pages", 0.0)]
         }, processes
         assert after == before
         assert madvise_hugepage() is True
