@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -536,7 +537,7 @@ def candidate_rule_sql(keys: Rule, columns: Sequence[Column], *, across_tables: 
     return f"{sql} AND (({nameless.format(side='l')}) <> ({nameless.format(side='r')}))"
 
 
-def _predict_candidates(
+def _predict_with_candidates(
     linker: Any,
     sdf: Any,
     con: duckdb.DuckDBPyConnection,
@@ -545,41 +546,43 @@ def _predict_candidates(
     settings: LinkageSettings,
     across_tables: bool,
 ) -> pl.DataFrame:
-    """Pairs only ``plan.candidate_rules`` block together, scored by the trained model, down to
-    ``settings.candidate_floor``: a second linker on the same profiles with the trained
-    parameters and the prediction rules followed by the candidate rules; the pairs an earlier
-    rule makes (``match_key``) are the linker's and dropped here."""
+    """The linker's pairs and the candidate pairs in one prediction, sorted by profile ids.
+
+    A second linker on the same profiles carries the trained model with its prediction rules
+    followed by ``plan.candidate_rules``. Splink gives each pair to the first rule that makes
+    it (``match_key``), so the usual rules' pairs are exactly the linker's own, scored by the
+    same SQL with the same parameters, and ``candidate_rule`` marks the pairs only a candidate
+    rule makes. Usual pairs come from the lower of the prediction floor and
+    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``.
+    (Before 2026-12-02 the linker predicted its pairs, then this linker predicted every pair
+    again for the candidate rule's: the usual pairs were scored twice.)
+    """
     from splink import Linker
 
-    empty = pl.DataFrame(
-        schema={
-            "profile_id_l": pl.Int64,
-            "profile_id_r": pl.Int64,
-            "match_probability": pl.Float64,
-            "match_weight": pl.Float64,
-        }
-    )
-    if settings.candidate_floor is None or not plan.candidate_rules:
-        return empty
-    assert plan.blocking_rules is not None
+    assert settings.candidate_floor is not None
     model = linker.misc.save_model_to_json()
-    main = [rule_sql(r, across_tables=across_tables) for r in plan.blocking_rules]
-    extra = [
-        candidate_rule_sql(r, columns, across_tables=across_tables) for r in plan.candidate_rules
-    ]
-    model["blocking_rules_to_generate_predictions"] = [
-        {"blocking_rule": sql, "sql_dialect": "duckdb"} for sql in main + extra
-    ]
     model.pop("linker_uid", None)
+    usual = list(model["blocking_rules_to_generate_predictions"])
+    model["blocking_rules_to_generate_predictions"] = usual + [
+        {
+            "blocking_rule": candidate_rule_sql(r, columns, across_tables=across_tables),
+            "sql_dialect": "duckdb",
+        }
+        for r in plan.candidate_rules
+    ]
     wide = Linker(sdf, model, log_level=logging.WARNING)
-    messages: list[str] = []
+    messages: list[str] = []  # untrained levels were reported once, by _train
     with quiet_splink(messages):
-        predictions = wide.inference.predict(threshold_match_probability=settings.candidate_floor)
+        predictions = wide.inference.predict(
+            threshold_match_probability=min(_prediction_floor(settings), settings.candidate_floor)
+        )
     return con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
+        "CAST(match_key AS INTEGER) >= ? AS candidate_rule "
         f"FROM {quote_ident(predictions.physical_name)} "
-        "WHERE CAST(match_key AS INTEGER) >= ? ORDER BY profile_id_l, profile_id_r",
-        params=[len(main)],
+        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ? "
+        "ORDER BY profile_id_l, profile_id_r",
+        params=[len(usual), len(usual), settings.candidate_floor],
     ).pl()
 
 
@@ -643,31 +646,43 @@ def _score_on_duckdb(
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
     linker = _linker(sdf, "duckdb", prof, columns, plan, settings, across_tables)
+    started = time.perf_counter()
     if not settings.model_path:
         _train(linker, prof, columns, plan, settings, across_tables, con=con)
+        log.info("linkage: trained in %.1f s", time.perf_counter() - started)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
     # still give identical probabilities; the output is sorted below
     con.execute("SET threads = ?", [threads])
-    predictions = _predict(linker, settings)
-    scored = con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
-        f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
-    ).pl()
-    # the linker's pairs are those from the usual floor up, exactly as without candidates
-    floor = _prediction_floor(settings)
-    pairs = scored.filter(pl.col("match_probability") >= floor)
-    candidates = pl.concat(
-        [
-            scored.filter(pl.col("match_probability") < floor).with_columns(
-                candidate_rule=pl.lit(False)
-            ),
-            _predict_candidates(
-                linker, sdf, con, columns, plan, settings, across_tables
-            ).with_columns(candidate_rule=pl.lit(True)),
-        ]
+    started = time.perf_counter()
+    floor = _prediction_floor(settings)  # the linker's pairs are those from it up
+    candidates: pl.DataFrame | None = None
+    if settings.candidate_floor is None:
+        predictions = _predict(linker, settings)
+        scored = con.sql(
+            "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+            f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
+        ).pl()
+        pairs = scored.filter(pl.col("match_probability") >= floor)
+    else:
+        # candidates for link draws: the usual rules' pairs below the floor, then the pairs
+        # only a candidate rule makes
+        scored = _predict_with_candidates(linker, sdf, con, columns, plan, settings, across_tables)
+        usual = ~pl.col("candidate_rule")
+        pairs = scored.filter(usual & (pl.col("match_probability") >= floor)).drop("candidate_rule")
+        candidates = pl.concat(
+            [
+                scored.filter(usual & (pl.col("match_probability") < floor)),
+                scored.filter(pl.col("candidate_rule")),
+            ]
+        )
+    log.info(
+        "linkage: %d pairs scored (%d kept for link draws) in %.1f s",
+        pairs.height,
+        0 if candidates is None else candidates.height,
+        time.perf_counter() - started,
     )
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
-    extras.candidates = None if settings.candidate_floor is None else candidates
+    extras.candidates = candidates
     return pairs_out, model_json, extras, plan
 
 
