@@ -20,7 +20,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,6 +223,12 @@ class ModelPlan:
     #: linker itself), restricted to pairs where exactly one side has no person name (a
     #: health record, which has only a date of birth, sex and postcode to block on)
     candidate_rules: tuple[Rule, ...] = ()
+    #: the table whose records make a record group a person for link draws (their spine,
+    #: :func:`linkage.imputation.load_candidates`). Set, a candidate-rule pair between two
+    #: groups that both hold such a record, or neither does, is not kept unless a usual rule
+    #: also pairs the two groups: the draws drop exactly those pairs, so the draws' inputs are
+    #: unchanged and about half the candidate rows are never written. None: every one is kept
+    candidate_spine_table: str | None = None
 
 
 #: the pipeline's blocking and training, declared (at a million children, choosing rules by
@@ -252,6 +258,7 @@ PIPELINE_PLAN = ModelPlan(
     # address) agrees with its child on none of the rules above: the linker misses it, and
     # link draws can recover it only if the pair is scored at all (docs/linkage_error.md)
     candidate_rules=(("date_of_birth", "sex"),),
+    candidate_spine_table="population_register",
 )
 
 
@@ -361,7 +368,12 @@ def plan_model(
         counter = _pair_counter(con, prof, across_tables)
         rules = tuple(choose_blocking_rules(columns, counter, settings.max_pairs_per_rule))
     sessions = plan.em_sessions or tuple(choose_em_sessions(columns, rules))
-    return ModelPlan(rules, sessions, plan.prior_rule or prior_rule(columns), plan.candidate_rules)
+    return replace(
+        plan,
+        blocking_rules=rules,
+        em_sessions=sessions,
+        prior_rule=plan.prior_rule or prior_rule(columns),
+    )
 
 
 def load_model(
@@ -541,6 +553,7 @@ def _predict_with_candidates(
     linker: Any,
     sdf: Any,
     con: duckdb.DuckDBPyConnection,
+    prof: pl.DataFrame,
     columns: Sequence[Column],
     plan: ModelPlan,
     settings: LinkageSettings,
@@ -553,7 +566,8 @@ def _predict_with_candidates(
     it (``match_key``), so the usual rules' pairs are exactly the linker's own, scored by the
     same SQL with the same parameters, and ``candidate_rule`` marks the pairs only a candidate
     rule makes. Usual pairs come from the lower of the prediction floor and
-    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``.
+    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``, only
+    those the draws can use when ``plan.candidate_spine_table`` is set (see there).
     (Before 2026-12-02 the linker predicted its pairs, then this linker predicted every pair
     again for the candidate rule's: the usual pairs were scored twice.)
     """
@@ -576,14 +590,40 @@ def _predict_with_candidates(
         predictions = wide.inference.predict(
             threshold_match_probability=min(_prediction_floor(settings), settings.candidate_floor)
         )
-    return con.sql(
+    scored = (
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
         "CAST(match_key AS INTEGER) >= ? AS candidate_rule "
         f"FROM {quote_ident(predictions.physical_name)} "
-        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ? "
-        "ORDER BY profile_id_l, profile_id_r",
-        params=[len(usual), len(usual), settings.candidate_floor],
-    ).pl()
+        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ?"
+    )
+    params = [len(usual), len(usual), settings.candidate_floor]
+    if plan.candidate_spine_table is None:
+        return con.sql(f"{scored} ORDER BY profile_id_l, profile_id_r", params=params).pl()
+    # each profile's record group (deterministic component) and whether it holds a spine record
+    con.register("profile_component", prof.select("profile_id", "component"))
+    try:
+        return con.sql(
+            f"""WITH scored AS ({scored}),
+            spine AS (SELECT DISTINCT component FROM records_norm WHERE tbl = ?),
+            groups AS (
+                SELECT p.profile_id, p.component, s.component IS NOT NULL AS spine
+                FROM profile_component p LEFT JOIN spine s USING (component)),
+            pairs AS (
+                SELECT x.*, least(l.component, r.component) AS a,
+                       greatest(l.component, r.component) AS b, l.spine <> r.spine AS to_spine
+                FROM scored x JOIN groups l ON l.profile_id = x.profile_id_l
+                JOIN groups r ON r.profile_id = x.profile_id_r),
+            usual_groups AS (
+                SELECT DISTINCT a, b, true AS usual_pair FROM pairs WHERE NOT candidate_rule)
+            SELECT x.profile_id_l, x.profile_id_r, x.match_probability, x.match_weight,
+                   x.candidate_rule
+            FROM pairs x LEFT JOIN usual_groups u ON u.a = x.a AND u.b = x.b
+            WHERE NOT x.candidate_rule OR x.to_spine OR u.usual_pair
+            ORDER BY x.profile_id_l, x.profile_id_r""",
+            params=[*params, plan.candidate_spine_table],
+        ).pl()
+    finally:
+        con.unregister("profile_component")
 
 
 def _linker(
@@ -666,7 +706,9 @@ def _score_on_duckdb(
     else:
         # candidates for link draws: the usual rules' pairs below the floor, then the pairs
         # only a candidate rule makes
-        scored = _predict_with_candidates(linker, sdf, con, columns, plan, settings, across_tables)
+        scored = _predict_with_candidates(
+            linker, sdf, con, prof, columns, plan, settings, across_tables
+        )
         usual = ~pl.col("candidate_rule")
         pairs = scored.filter(usual & (pl.col("match_probability") >= floor)).drop("candidate_rule")
         candidates = pl.concat(

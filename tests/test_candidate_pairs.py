@@ -5,15 +5,19 @@ All on the small session run (4,000 children), relinked with its trained model (
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from ground.run_layout import RunLayout
 from linkage import LinkageSettings, LinkResult
-from linkage.link import link_tables
+from linkage.imputation import CandidateLinks, load_candidates
+from linkage.link import PIPELINE_PLAN, ModelPlan, link_tables
 from linkage.pipeline import source_roles, staged_identifier_tables
+from tests.test_linkage_error import _zone_of
 
 FLOOR = 0.001  # the candidate floor a run meant for link draws sets
 
@@ -29,13 +33,20 @@ def relinked(linked_run: Path) -> dict[str, LinkResult]:
     tables = staged_identifier_tables(layout, roles)
     model = str(layout.linkage_dir / "model.json")
 
-    def link(**settings: float) -> LinkResult:
-        return link_tables(tables, roles, settings=LinkageSettings(model_path=model, **settings))
+    def link(plan: ModelPlan = PIPELINE_PLAN, **settings: float) -> LinkResult:
+        return link_tables(
+            tables, roles, plan=plan, settings=LinkageSettings(model_path=model, **settings)
+        )
 
     return {
         "plain": link(),
         "kept": link(candidate_floor=FLOOR),
         "usual_from_floor": link(match_threshold=FLOOR),
+        # every candidate-rule pair kept, also those the draws drop (the code before
+        # 2026-12-02 kept them all)
+        "every_candidate": link(
+            dataclasses.replace(PIPELINE_PLAN, candidate_spine_table=None), candidate_floor=FLOOR
+        ),
     }
 
 
@@ -77,6 +88,41 @@ def test_candidate_pairs_are_the_usual_pairs_below_the_floor_then_the_candidate_
     assert (extra["match_probability"] >= FLOOR).all()
 
 
+def _draw_inputs(result: LinkResult) -> CandidateLinks:
+    con = _zone_of(result, with_candidates=True)
+    try:
+        return load_candidates(con)
+    finally:
+        con.close()
+
+
+def test_candidate_pairs_the_draws_drop_are_not_kept_and_the_draws_inputs_are_unchanged(
+    relinked: dict[str, LinkResult],
+) -> None:
+    """Candidate-rule pairs between two record groups that both hold a register record, or
+    neither does, with no usual pair between them, are not kept (the draws drop them): fewer
+    rows, and the draws read exactly the same candidate links (every edge, probability, weight
+    and flag) as from every candidate pair."""
+    kept, every = relinked["kept"], relinked["every_candidate"]
+    assert kept.candidate_pairs is not None and every.candidate_pairs is not None
+    assert kept.candidate_pairs.height < every.candidate_pairs.height
+    # the rows kept are rows of the full set, in the same order
+    assert kept.candidate_pairs.equals(
+        every.candidate_pairs.join(
+            kept.candidate_pairs.unique(), on=kept.candidate_pairs.columns, how="semi"
+        )
+    )
+    mine, reference = _draw_inputs(kept), _draw_inputs(every)
+    assert mine.edge_a.size > 0 and mine.edge_candidate_rule.any()
+    for f in dataclasses.fields(CandidateLinks):
+        a, b = getattr(mine, f.name), getattr(reference, f.name)
+        if isinstance(a, pl.DataFrame):
+            assert a.equals(b), f.name
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+
+
+@pytest.mark.slow
 def test_a_candidate_floor_above_the_linkers_floor_keeps_the_linkers_pairs(
     relinked: dict[str, LinkResult], linked_run: Path
 ) -> None:
