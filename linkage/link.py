@@ -559,71 +559,107 @@ def _predict_with_candidates(
     settings: LinkageSettings,
     across_tables: bool,
 ) -> pl.DataFrame:
-    """The linker's pairs and the candidate pairs in one prediction, sorted by profile ids.
+    """The linker's pairs and the candidate pairs, sorted by profile ids.
 
     A second linker on the same profiles carries the trained model with its prediction rules
     followed by ``plan.candidate_rules``. Splink gives each pair to the first rule that makes
     it (``match_key``), so the usual rules' pairs are exactly the linker's own, scored by the
     same SQL with the same parameters, and ``candidate_rule`` marks the pairs only a candidate
     rule makes. Usual pairs come from the lower of the prediction floor and
-    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``, only
-    those the draws can use when ``plan.candidate_spine_table`` is set (see there).
-    (Before 2026-12-02 the linker predicted its pairs, then this linker predicted every pair
-    again for the candidate rule's: the usual pairs were scored twice.)
+    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``.
+    (Before 2026-12-02 the linker predicted its pairs, then a second linker predicted every
+    pair again for the candidate rule's: the usual pairs were scored twice.)
+
+    With ``plan.candidate_spine_table``, only the candidate-rule pairs the draws use are
+    scored: in the one prediction, those between a group holding a spine record and one
+    without; then, in a small second prediction, those between two groups alike in that
+    respect that a usual rule also pairs (see ``ModelPlan.candidate_spine_table``).
     """
-    from splink import Linker
+    from splink import DuckDBAPI, Linker
 
     assert settings.candidate_floor is not None
     model = linker.misc.save_model_to_json()
     model.pop("linker_uid", None)
     usual = list(model["blocking_rules_to_generate_predictions"])
-    model["blocking_rules_to_generate_predictions"] = usual + [
-        {
-            "blocking_rule": candidate_rule_sql(r, columns, across_tables=across_tables),
-            "sql_dialect": "duckdb",
-        }
-        for r in plan.candidate_rules
+    spine = plan.candidate_spine_table
+    candidate_sql = [
+        candidate_rule_sql(r, columns, across_tables=across_tables) for r in plan.candidate_rules
     ]
-    wide = Linker(sdf, model, log_level=logging.WARNING)
-    messages: list[str] = []  # untrained levels were reported once, by _train
-    with quiet_splink(messages):
-        predictions = wide.inference.predict(
-            threshold_match_probability=min(_prediction_floor(settings), settings.candidate_floor)
-        )
-    scored = (
+    if spine is not None:
+        # each profile's record group holds a spine record or not
+        spine_groups = con.sql(
+            "SELECT DISTINCT component FROM records_norm WHERE tbl = ?", params=[spine]
+        ).pl()["component"]
+        prof = prof.with_columns(spine_group=pl.col("component").is_in(spine_groups.implode()))
+        sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_spine")
+
+    def predict(rules: list[str], frame: Any, floor: float) -> Any:
+        wide = dict(model)
+        wide["blocking_rules_to_generate_predictions"] = [
+            {"blocking_rule": sql, "sql_dialect": "duckdb"} if isinstance(sql, str) else sql
+            for sql in rules
+        ]
+        messages: list[str] = []  # untrained levels were reported once, by _train
+        with quiet_splink(messages):
+            return Linker(frame, wide, log_level=logging.WARNING).inference.predict(
+                threshold_match_probability=floor
+            )
+
+    across = " AND l.spine_group <> r.spine_group" if spine is not None else ""
+    predictions = predict(
+        usual + [sql + across for sql in candidate_sql],
+        sdf,
+        min(_prediction_floor(settings), settings.candidate_floor),
+    )
+    scored = con.sql(
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
         "CAST(match_key AS INTEGER) >= ? AS candidate_rule "
         f"FROM {quote_ident(predictions.physical_name)} "
-        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ?"
+        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ? "
+        "ORDER BY profile_id_l, profile_id_r",
+        params=[len(usual), len(usual), settings.candidate_floor],
+    ).pl()
+    if spine is None or not candidate_sql:
+        return scored
+    # two groups alike (both or neither hold a spine record) that a usual rule pairs: their
+    # candidate-rule pairs count for the draws too (the largest probability of the two groups)
+    comp = prof["component"].to_numpy()
+    alike = prof["spine_group"].to_numpy()
+    usual_rows = scored.filter(~pl.col("candidate_rule"))
+    left = comp[usual_rows["profile_id_l"].to_numpy()]
+    right = comp[usual_rows["profile_id_r"].to_numpy()]
+    same = (
+        alike[usual_rows["profile_id_l"].to_numpy()] == alike[usual_rows["profile_id_r"].to_numpy()]
     )
-    params = [len(usual), len(usual), settings.candidate_floor]
-    if plan.candidate_spine_table is None:
-        return con.sql(f"{scored} ORDER BY profile_id_l, profile_id_r", params=params).pl()
-    # each profile's record group (deterministic component) and whether it holds a spine record
-    con.register("profile_component", prof.select("profile_id", "component"))
-    try:
-        return con.sql(
-            f"""WITH scored AS ({scored}),
-            spine AS (SELECT DISTINCT component FROM records_norm WHERE tbl = ?),
-            groups AS (
-                SELECT p.profile_id, p.component, s.component IS NOT NULL AS spine
-                FROM profile_component p LEFT JOIN spine s USING (component)),
-            pairs AS (
-                SELECT x.*, least(l.component, r.component) AS a,
-                       greatest(l.component, r.component) AS b, l.spine <> r.spine AS to_spine
-                FROM scored x JOIN groups l ON l.profile_id = x.profile_id_l
-                JOIN groups r ON r.profile_id = x.profile_id_r),
-            usual_groups AS (
-                SELECT DISTINCT a, b, true AS usual_pair FROM pairs WHERE NOT candidate_rule)
-            SELECT x.profile_id_l, x.profile_id_r, x.match_probability, x.match_weight,
-                   x.candidate_rule
-            FROM pairs x LEFT JOIN usual_groups u ON u.a = x.a AND u.b = x.b
-            WHERE NOT x.candidate_rule OR x.to_spine OR u.usual_pair
-            ORDER BY x.profile_id_l, x.profile_id_r""",
-            params=[*params, plan.candidate_spine_table],
-        ).pl()
-    finally:
-        con.unregister("profile_component")
+    partners = (
+        pl.DataFrame(
+            {
+                "component": np.concatenate([left[same], right[same]]),
+                "partner": np.concatenate([right[same], left[same]]),
+            }
+        )
+        .unique()
+        .group_by("component")
+        .agg(pl.col("partner").sort().alias("usual_partner_groups"))
+    )
+    if partners.height == 0:
+        return scored
+    paired = prof.join(partners, on="component", how="inner")
+    frame = DuckDBAPI(con).register(paired, dataset_display_name="profiles_usually_paired")
+    not_usual = " AND ".join(
+        f"NOT COALESCE(({r if isinstance(r, str) else r['blocking_rule']}), false)" for r in usual
+    )
+    inside = (
+        " AND l.spine_group = r.spine_group"
+        " AND list_contains(l.usual_partner_groups, r.component)"
+        + (f" AND {not_usual}" if not_usual else "")
+    )
+    extra = predict([sql + inside for sql in candidate_sql], frame, settings.candidate_floor)
+    more = con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
+        f"true AS candidate_rule FROM {quote_ident(extra.physical_name)}"
+    ).pl()
+    return pl.concat([scored, more]).sort("profile_id_l", "profile_id_r")
 
 
 def _linker(
