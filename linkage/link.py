@@ -89,8 +89,9 @@ class LinkResult:
     review: pl.DataFrame | None = None  # clerical-review sample (identifiers), if asked for
     #: scored pairs the linker does not use, kept for multiple linkage imputation
     #: (:mod:`linkage.imputation`): pairs below the prediction floor of ``pairs`` down to
-    #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together;
-    #: same columns as ``pairs`` plus ``candidate_rule`` (whether a candidate rule made it);
+    #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together
+    #: (those the draws use: ``ModelPlan.candidate_spine_table``); same columns as ``pairs``
+    #: plus ``candidate_rule`` (whether a candidate rule made it);
     #: None when ``settings.candidate_floor`` is None (the default)
     candidate_pairs: pl.DataFrame | None = None
 

@@ -122,7 +122,6 @@ def test_candidate_pairs_the_draws_drop_are_not_kept_and_the_draws_inputs_are_un
             np.testing.assert_array_equal(a, b, err_msg=f.name)
 
 
-@pytest.mark.slow
 def test_a_candidate_floor_above_the_linkers_floor_keeps_the_linkers_pairs(
     relinked: dict[str, LinkResult], linked_run: Path
 ) -> None:
