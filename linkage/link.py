@@ -594,7 +594,7 @@ def _predict_with_candidates(
         prof = prof.with_columns(spine_group=pl.col("component").is_in(spine_groups.implode()))
         sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_spine")
 
-    def predict(rules: list[str], frame: Any, floor: float) -> Any:
+    def predict(rules: list[Any], frame: Any, floor: float) -> Any:
         wide = dict(model)
         wide["blocking_rules_to_generate_predictions"] = [
             {"blocking_rule": sql, "sql_dialect": "duckdb"} if isinstance(sql, str) else sql
@@ -647,6 +647,8 @@ def _predict_with_candidates(
         return scored
     paired = prof.join(partners, on="component", how="inner")
     frame = DuckDBAPI(con).register(paired, dataset_display_name="profiles_usually_paired")
+    # the usual rules' SQL, as Splink runs it for the linker (from the trained model; or
+    # from the model file of ``model_path``, which Splink itself runs as SQL)
     not_usual = " AND ".join(
         f"NOT COALESCE(({r if isinstance(r, str) else r['blocking_rule']}), false)" for r in usual
     )
