@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,8 +89,9 @@ class LinkResult:
     review: pl.DataFrame | None = None  # clerical-review sample (identifiers), if asked for
     #: scored pairs the linker does not use, kept for multiple linkage imputation
     #: (:mod:`linkage.imputation`): pairs below the prediction floor of ``pairs`` down to
-    #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together;
-    #: same columns as ``pairs`` plus ``candidate_rule`` (whether a candidate rule made it);
+    #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together
+    #: (those the draws use: ``ModelPlan.candidate_spine_table``); same columns as ``pairs``
+    #: plus ``candidate_rule`` (whether a candidate rule made it);
     #: None when ``settings.candidate_floor`` is None (the default)
     candidate_pairs: pl.DataFrame | None = None
 
@@ -222,6 +224,12 @@ class ModelPlan:
     #: linker itself), restricted to pairs where exactly one side has no person name (a
     #: health record, which has only a date of birth, sex and postcode to block on)
     candidate_rules: tuple[Rule, ...] = ()
+    #: the table whose records make a record group a person for link draws (their spine,
+    #: :func:`linkage.imputation.load_candidates`). Set, a candidate-rule pair between two
+    #: groups that both hold such a record, or neither does, is not kept unless a usual rule
+    #: also pairs the two groups: the draws drop exactly those pairs, so the draws' inputs are
+    #: unchanged and about half the candidate rows are never written. None: every one is kept
+    candidate_spine_table: str | None = None
 
 
 #: the pipeline's blocking and training, declared (at a million children, choosing rules by
@@ -251,6 +259,7 @@ PIPELINE_PLAN = ModelPlan(
     # address) agrees with its child on none of the rules above: the linker misses it, and
     # link draws can recover it only if the pair is scored at all (docs/linkage_error.md)
     candidate_rules=(("date_of_birth", "sex"),),
+    candidate_spine_table="population_register",
 )
 
 
@@ -360,7 +369,12 @@ def plan_model(
         counter = _pair_counter(con, prof, across_tables)
         rules = tuple(choose_blocking_rules(columns, counter, settings.max_pairs_per_rule))
     sessions = plan.em_sessions or tuple(choose_em_sessions(columns, rules))
-    return ModelPlan(rules, sessions, plan.prior_rule or prior_rule(columns), plan.candidate_rules)
+    return replace(
+        plan,
+        blocking_rules=rules,
+        em_sessions=sessions,
+        prior_rule=plan.prior_rule or prior_rule(columns),
+    )
 
 
 def load_model(
@@ -536,51 +550,119 @@ def candidate_rule_sql(keys: Rule, columns: Sequence[Column], *, across_tables: 
     return f"{sql} AND (({nameless.format(side='l')}) <> ({nameless.format(side='r')}))"
 
 
-def _predict_candidates(
+def _predict_with_candidates(
     linker: Any,
     sdf: Any,
     con: duckdb.DuckDBPyConnection,
+    prof: pl.DataFrame,
     columns: Sequence[Column],
     plan: ModelPlan,
     settings: LinkageSettings,
     across_tables: bool,
 ) -> pl.DataFrame:
-    """Pairs only ``plan.candidate_rules`` block together, scored by the trained model, down to
-    ``settings.candidate_floor``: a second linker on the same profiles with the trained
-    parameters and the prediction rules followed by the candidate rules; the pairs an earlier
-    rule makes (``match_key``) are the linker's and dropped here."""
-    from splink import Linker
+    """The linker's pairs and the candidate pairs, sorted by profile ids.
 
-    empty = pl.DataFrame(
-        schema={
-            "profile_id_l": pl.Int64,
-            "profile_id_r": pl.Int64,
-            "match_probability": pl.Float64,
-            "match_weight": pl.Float64,
-        }
-    )
-    if settings.candidate_floor is None or not plan.candidate_rules:
-        return empty
-    assert plan.blocking_rules is not None
+    A second linker on the same profiles carries the trained model with its prediction rules
+    followed by ``plan.candidate_rules``. Splink gives each pair to the first rule that makes
+    it (``match_key``), so the usual rules' pairs are exactly the linker's own, scored by the
+    same SQL with the same parameters, and ``candidate_rule`` marks the pairs only a candidate
+    rule makes. Usual pairs come from the lower of the prediction floor and
+    ``settings.candidate_floor``; candidate-rule pairs from ``settings.candidate_floor``.
+    (Before 2026-12-02 the linker predicted its pairs, then a second linker predicted every
+    pair again for the candidate rule's: the usual pairs were scored twice.)
+
+    With ``plan.candidate_spine_table``, only the candidate-rule pairs the draws use are
+    scored: in the one prediction, those between a group holding a spine record and one
+    without; then, in a small second prediction, those between two groups alike in that
+    respect that a usual rule also pairs (see ``ModelPlan.candidate_spine_table``).
+    """
+    from splink import DuckDBAPI, Linker
+
+    assert settings.candidate_floor is not None
     model = linker.misc.save_model_to_json()
-    main = [rule_sql(r, across_tables=across_tables) for r in plan.blocking_rules]
-    extra = [
+    model.pop("linker_uid", None)
+    usual = list(model["blocking_rules_to_generate_predictions"])
+    spine = plan.candidate_spine_table
+    candidate_sql = [
         candidate_rule_sql(r, columns, across_tables=across_tables) for r in plan.candidate_rules
     ]
-    model["blocking_rules_to_generate_predictions"] = [
-        {"blocking_rule": sql, "sql_dialect": "duckdb"} for sql in main + extra
-    ]
-    model.pop("linker_uid", None)
-    wide = Linker(sdf, model, log_level=logging.WARNING)
-    messages: list[str] = []
-    with quiet_splink(messages):
-        predictions = wide.inference.predict(threshold_match_probability=settings.candidate_floor)
-    return con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+    if spine is not None:
+        # each profile's record group holds a spine record or not
+        spine_groups = con.sql(
+            "SELECT DISTINCT component FROM records_norm WHERE tbl = ?", params=[spine]
+        ).pl()["component"]
+        prof = prof.with_columns(spine_group=pl.col("component").is_in(spine_groups.implode()))
+        sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_spine")
+
+    def predict(rules: list[Any], frame: Any, floor: float) -> Any:
+        wide = dict(model)
+        wide["blocking_rules_to_generate_predictions"] = [
+            {"blocking_rule": sql, "sql_dialect": "duckdb"} if isinstance(sql, str) else sql
+            for sql in rules
+        ]
+        messages: list[str] = []  # untrained levels were reported once, by _train
+        with quiet_splink(messages):
+            return Linker(frame, wide, log_level=logging.WARNING).inference.predict(
+                threshold_match_probability=floor
+            )
+
+    across = " AND l.spine_group <> r.spine_group" if spine is not None else ""
+    predictions = predict(
+        usual + [sql + across for sql in candidate_sql],
+        sdf,
+        min(_prediction_floor(settings), settings.candidate_floor),
+    )
+    scored = con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
+        "CAST(match_key AS INTEGER) >= ? AS candidate_rule "
         f"FROM {quote_ident(predictions.physical_name)} "
-        "WHERE CAST(match_key AS INTEGER) >= ? ORDER BY profile_id_l, profile_id_r",
-        params=[len(main)],
+        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ? "
+        "ORDER BY profile_id_l, profile_id_r",
+        params=[len(usual), len(usual), settings.candidate_floor],
     ).pl()
+    if spine is None or not candidate_sql:
+        return scored
+    # two groups alike (both or neither hold a spine record) that a usual rule pairs: their
+    # candidate-rule pairs count for the draws too (the largest probability of the two groups)
+    comp = prof["component"].to_numpy()
+    alike = prof["spine_group"].to_numpy()
+    usual_rows = scored.filter(~pl.col("candidate_rule"))
+    left = comp[usual_rows["profile_id_l"].to_numpy()]
+    right = comp[usual_rows["profile_id_r"].to_numpy()]
+    same = (
+        alike[usual_rows["profile_id_l"].to_numpy()] == alike[usual_rows["profile_id_r"].to_numpy()]
+    )
+    partners = (
+        pl.DataFrame(
+            {
+                "component": np.concatenate([left[same], right[same]]),
+                "partner": np.concatenate([right[same], left[same]]),
+            }
+        )
+        .unique()
+        .group_by("component")
+        .agg(pl.col("partner").sort().alias("usual_partner_groups"))
+    )
+    if partners.height == 0:
+        return scored
+    paired = prof.join(partners, on="component", how="inner")
+    frame = DuckDBAPI(con).register(paired, dataset_display_name="profiles_usually_paired")
+    # the usual rules' SQL, as Splink runs it for the linker (from the trained model; or
+    # from the model file of ``model_path``, which Splink itself runs as SQL)
+    not_usual = " AND ".join(
+        f"NOT COALESCE(({r if isinstance(r, str) else r['blocking_rule']}), false)" for r in usual
+    )
+    inside = (
+        " AND l.spine_group = r.spine_group"
+        " AND list_contains(l.usual_partner_groups, r.component)"
+        + (f" AND {not_usual}" if not_usual else "")
+    )
+    extra = predict([sql + inside for sql in candidate_sql], frame, settings.candidate_floor)
+    more = con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
+        f"true AS candidate_rule FROM {quote_ident(extra.physical_name)}"
+    ).pl()
+    return pl.concat([scored, more]).sort("profile_id_l", "profile_id_r")
 
 
 def _linker(
@@ -643,31 +725,45 @@ def _score_on_duckdb(
     db_api = DuckDBAPI(con)
     sdf = db_api.register(prof, dataset_display_name="profiles")
     linker = _linker(sdf, "duckdb", prof, columns, plan, settings, across_tables)
+    started = time.perf_counter()
     if not settings.model_path:
         _train(linker, prof, columns, plan, settings, across_tables, con=con)
+        log.info("linkage: trained in %.1f s", time.perf_counter() - started)
     # scoring is per pair (no floating-point sums across rows), so it may use every core and
     # still give identical probabilities; the output is sorted below
     con.execute("SET threads = ?", [threads])
-    predictions = _predict(linker, settings)
-    scored = con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
-        f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
-    ).pl()
-    # the linker's pairs are those from the usual floor up, exactly as without candidates
-    floor = _prediction_floor(settings)
-    pairs = scored.filter(pl.col("match_probability") >= floor)
-    candidates = pl.concat(
-        [
-            scored.filter(pl.col("match_probability") < floor).with_columns(
-                candidate_rule=pl.lit(False)
-            ),
-            _predict_candidates(
-                linker, sdf, con, columns, plan, settings, across_tables
-            ).with_columns(candidate_rule=pl.lit(True)),
-        ]
+    started = time.perf_counter()
+    floor = _prediction_floor(settings)  # the linker's pairs are those from it up
+    candidates: pl.DataFrame | None = None
+    if settings.candidate_floor is None:
+        predictions = _predict(linker, settings)
+        scored = con.sql(
+            "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+            f"FROM {quote_ident(predictions.physical_name)} ORDER BY profile_id_l, profile_id_r"
+        ).pl()
+        pairs = scored.filter(pl.col("match_probability") >= floor)
+    else:
+        # candidates for link draws: the usual rules' pairs below the floor, then the pairs
+        # only a candidate rule makes
+        scored = _predict_with_candidates(
+            linker, sdf, con, prof, columns, plan, settings, across_tables
+        )
+        usual = ~pl.col("candidate_rule")
+        pairs = scored.filter(usual & (pl.col("match_probability") >= floor)).drop("candidate_rule")
+        candidates = pl.concat(
+            [
+                scored.filter(usual & (pl.col("match_probability") < floor)),
+                scored.filter(pl.col("candidate_rule")),
+            ]
+        )
+    log.info(
+        "linkage: %d pairs scored (%d kept for link draws) in %.1f s",
+        pairs.height,
+        0 if candidates is None else candidates.height,
+        time.perf_counter() - started,
     )
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
-    extras.candidates = None if settings.candidate_floor is None else candidates
+    extras.candidates = candidates
     return pairs_out, model_json, extras, plan
 
 
