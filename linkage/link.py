@@ -647,10 +647,12 @@ def _predict_with_candidates(
         return scored
     paired = prof.join(partners, on="component", how="inner")
     frame = DuckDBAPI(con).register(paired, dataset_display_name="profiles_usually_paired")
-    # the usual rules' SQL, as Splink runs it for the linker (from the trained model; or
-    # from the model file of ``model_path``, which Splink itself runs as SQL)
+    # the usual rules written from the plan's declared columns (rule_sql), never from the
+    # model's JSON: a model file (``model_path``) is input, and no input text goes into SQL
+    assert plan.blocking_rules is not None
     not_usual = " AND ".join(
-        f"NOT COALESCE(({r if isinstance(r, str) else r['blocking_rule']}), false)" for r in usual
+        f"NOT COALESCE(({rule_sql(r, across_tables=across_tables)}), false)"
+        for r in plan.blocking_rules
     )
     inside = (
         " AND l.spine_group = r.spine_group"
