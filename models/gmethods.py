@@ -259,8 +259,10 @@ class SequentialTrialEmulation:
     the censoring weights, ``p_j`` the modelled entry probability in year j); the pooled ATT
     averages the trials by their entrants. One pooled cloglog model of entry per year (an
     exponential hazard within the year, the part of the year before year 11 as offset) gives
-    every ``p``. Standard errors: children resampled (the model refitted in each replicate),
-    so a control's appearance in several trials is accounted for.
+    every ``p``. Standard errors: the child-clustered sandwich of the stacked estimating
+    equations (the entry model's, and with ``augment`` the outcome model's, estimation
+    included), or children resampled (the model refitted in each replicate); either way a
+    control's appearance in several trials is accounted for.
     """
 
     def __init__(
