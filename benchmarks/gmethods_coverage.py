@@ -327,13 +327,13 @@ def score_itt(base: Path, bootstrap: int = 0) -> pd.DataFrame:
     return score(est, truth)
 
 
-def time_not_now_forms(cohort: Any) -> None:
-    """Wall and CPU seconds of each not-now form (:func:`not_now_forms`, no bootstrap) fitted
-    alone on ``cohort``."""
+def time_not_now_forms(cohort: Any, bootstrap: int = 0) -> None:
+    """Wall and CPU seconds of each not-now form (:func:`not_now_forms`) fitted alone on
+    ``cohort``."""
     from models.estimators import estimator_for
     from models.settings import ModelSettings
 
-    for a in not_now_forms():
+    for a in not_now_forms(bootstrap):
         wall, cpu = time.perf_counter(), time.process_time()
         estimator_for(a, ModelSettings()).fit(cohort)
         sys.stdout.write(
@@ -464,8 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         "--bootstrap",
         type=int,
         default=0,
-        help="score-itt: also the doubly robust not-now trials with this many bootstrap "
-        "replicates (the analytic SE's check)",
+        help="score-itt, time-itt: also the doubly robust not-now trials with this many "
+        "bootstrap replicates (the analytic SE's check)",
     )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         time_stacked(workdir, a.scenario, a.children, seeds_of(a.seeds))
         return
     if a.command == "time-itt":
-        time_not_now_forms(stacked_cohort(workdir, a.scenario, a.children, seeds_of(a.seeds)))
+        cohort = stacked_cohort(workdir, a.scenario, a.children, seeds_of(a.seeds))
+        time_not_now_forms(cohort, a.bootstrap)
         return
     score_main(a, workdir)
 

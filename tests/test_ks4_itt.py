@@ -157,6 +157,17 @@ def test_not_now_sandwich_se_matches_the_spread_over_seeds(augment: bool) -> Non
     assert np.mean(np.abs(err_a) < 1.96 * se_a) >= 0.8
 
 
+def _comparator_weights(periods: pd.DataFrame, p: np.ndarray, comparator: str) -> np.ndarray:
+    """Written out from the definitions: not now, each non-entrant row's ATT odds of its own
+    year; never, a never-entrant's row ``p_k / prod_{j >= k} (1 - p_j)`` over its own rows."""
+    if comparator == "not_now":
+        return np.where(periods["entered"].to_numpy() == 0, p / (1 - p), 0.0)
+    child, period = periods["child"].to_numpy(), periods["period"].to_numpy()
+    later = (child[:, None] == child[None, :]) & (period[None, :] >= period[:, None])
+    stay_out = np.exp(later @ np.log(1 - p))
+    return np.where(periods["control"].to_numpy() == 1, p / stay_out, 0.0)
+
+
 def _stacked_equations(
     theta: np.ndarray,
     x: np.ndarray,
@@ -164,11 +175,12 @@ def _stacked_equations(
     y_child: np.ndarray,
     ok_trials: np.ndarray,
     n_children: int,
+    comparator: str,
 ) -> np.ndarray:
-    """The doubly robust not-now estimator's estimating functions, one row per child, at
-    ``theta`` = (entry coefficients beta, outcome coefficients gamma, each usable trial's
-    weighted comparator mean of the residual m_k, the pooled contrast), written out from the
-    definitions (docs/gmethods.md section 6), independently of models/gmethods.py."""
+    """The doubly robust trials' estimating functions, one row per child, at ``theta`` =
+    (entry coefficients beta, outcome coefficients gamma, each usable trial's weighted
+    comparator mean of the residual m_k, the pooled contrast), written out from the
+    definitions (docs/gmethods.md section 6b), independently of models/gmethods.py."""
     q, n_trials = x.shape[1], ok_trials.size
     beta, gamma = theta[:q], theta[q : 2 * q]
     m, att = theta[2 * q : 2 * q + n_trials], theta[-1]
@@ -177,7 +189,7 @@ def _stacked_equations(
     hazard = np.exp(x @ beta + np.log(periods["years"].to_numpy()))
     p = 1 - np.exp(-hazard)
     entry_score = x * (hazard * (a / p - 1))[:, None]  # cloglog score
-    w = np.where(a == 0, p / (1 - p), 0.0)  # each comparator's ATT odds of its own year
+    w = _comparator_weights(periods, p, comparator)
     resid = y_child[child] - x @ gamma
     outcome_score = x * (w * resid)[:, None]  # the comparators' weighted least squares
     in_trial = trial[:, None] == ok_trials[None, :]
@@ -190,28 +202,30 @@ def _stacked_equations(
     return out
 
 
-def test_doubly_robust_sandwich_is_the_stacked_equations_sandwich() -> None:
+@pytest.mark.parametrize("comparator", ["not_now", "never"])
+def test_doubly_robust_sandwich_is_the_stacked_equations_sandwich(comparator: str) -> None:
     """The doubly robust not-now SE is the child-clustered M-estimation sandwich of the stacked
     estimating equations (entry model, outcome model, per-trial comparator means, contrast):
     here with the bread by numerical differentiation of the equations written out in this file,
-    on a small cohort (400 children). The estimate solves the equations. Planted errors (docs/
-    gmethods.md section 6): the outcome model's equations left out, or the meat summed per
-    person-period instead of per child, each move the SE by more than the tolerance."""
+    on a small cohort (400 children); the not-now trials (declared) and the 'never' ones. The
+    estimate solves the equations. Planted errors (docs/gmethods.md section 6b): the outcome
+    model's equations left out, or the meat summed per person-period instead of per child,
+    each move the SE by more than the tolerance."""
     children, pt, _itt, _never = simulate_itt(400, 5, replicates=2)
     periods = trial_periods(children, pt, CONFOUNDERS)
     y_child = children["ks4_score"].to_numpy()
-    fitter = SequentialTrialEmulation(comparator="not_now", augment=True)
+    fitter = SequentialTrialEmulation(comparator=comparator, augment=True)
     r = fitter.fit(periods, children[["b"]], CONFOUNDERS, {"y": y_child})["y"]
     x, _columns = entry_design(periods, children[["b"]], CONFOUNDERS)
     a, trial = periods["entered"].to_numpy(), periods["period"].to_numpy()
-    ok_trials = np.array(
-        [k for k in np.unique(trial) if a[trial == k].any() and (a[trial == k] == 0).any()]
-    )
-    assert ok_trials.size >= 3
     # the estimate: beta from the fit, gamma, m_k and the contrast solved from the equations
     beta = fitter.coef_.to_numpy()
     p = 1 - np.exp(-np.exp(x @ beta + np.log(periods["years"].to_numpy())))
-    w = np.where(a == 0, p / (1 - p), 0.0)
+    w = _comparator_weights(periods, p, comparator)
+    ok_trials = np.array(
+        [k for k in np.unique(trial) if a[trial == k].any() and w[trial == k].any()]
+    )
+    assert ok_trials.size >= 3
     y = y_child[periods["child"].to_numpy()]
     gamma = np.linalg.solve((x * w[:, None]).T @ x, (x * w[:, None]).T @ y)
     resid = y - x @ gamma
@@ -220,7 +234,7 @@ def test_doubly_robust_sandwich_is_the_stacked_equations_sandwich() -> None:
     att = np.mean(resid[entrant] - m[np.searchsorted(ok_trials, trial[entrant])])
     assert r.estimate == pytest.approx(att, abs=1e-6)
     theta = np.r_[beta, gamma, m, att]
-    args = (x, periods, y_child, ok_trials, len(children))
+    args = (x, periods, y_child, ok_trials, len(children), comparator)
     psi = _stacked_equations(theta, *args)
     assert np.abs(psi.sum(axis=0)).max() < 1e-4 * np.abs(psi).sum(axis=0).max()
     # bread: minus the Jacobian of the summed equations (central differences); meat by child
@@ -323,15 +337,17 @@ def test_world_not_now_truth(tvc_world) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_declared_not_now_rows_and_protocol_in_a_whole_run(full_run) -> None:  # type: ignore[no-untyped-def]
-    """The declared ``ks4_enter_now_vs_not_now`` analysis writes its rows, apart from the
-    'never' trials', and the report states its own protocol (strategies and follow-up)."""
+    """The declared ``ks4_enter_now_vs_not_now`` analysis (doubly robust) writes its rows,
+    apart from the 'never' trials', and the report states its own protocol (strategies,
+    follow-up, the outcome model)."""
     import html
 
     est = pd.read_csv(full_run / "results" / "estimates.csv")
-    itt = est[est["method"] == "trial_emulation_itt"]
+    itt = est[est["method"] == "trial_emulation_itt_dr"]
     assert set(itt["outcome"]) == {"ks4_score", "ks4_level2_inclusive"}
     assert (itt["contrast"] == "enter_now_vs_not_now").all()
     assert itt["estimate"].notna().all() and (itt["ci_low"] < itt["ci_high"]).all()
     page = html.unescape((full_run / "report.html").read_text(encoding="utf-8"))
     assert "enter now versus not now" in page
     assert "no comparator is censored when it enters care later" in page
+    assert "the entry model and the outcome model included" in page
