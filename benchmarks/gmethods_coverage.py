@@ -5,8 +5,11 @@
     uv run --locked python benchmarks/gmethods_coverage.py score --scenario S [--children 20000]
         [--workdir ...] [--out coverage_out]
     uv run --locked python benchmarks/gmethods_coverage.py score-msm ...   (only the hazard MSM)
-    uv run --locked python benchmarks/gmethods_coverage.py score-itt [--with-dr] ...   (only the
-        KS4 trials: never and not now, scored against both truths)
+    uv run --locked python benchmarks/gmethods_coverage.py score-itt [--bootstrap 100] ...
+        (only the KS4 trials: never, and not now in each form (weighting, doubly robust,
+        optionally its bootstrap), scored against both truths)
+    uv run --locked python benchmarks/gmethods_coverage.py time-itt --seeds 1-5 ...   (CPU
+        seconds of each not-now form on the kept cohorts of the seeds stacked into one)
 
 ``prepare`` runs ``synth -> validate (no Great Expectations) -> link -> build`` once per seed and
 keeps the world and the built run (``WORKDIR/gm_<scenario>_<children>_<seed>/``): the model
@@ -213,12 +216,52 @@ def with_entry_trial_truth(truth: pd.DataFrame, world: Path) -> pd.DataFrame:
 # check can fail, the two truths differ by more than the estimators' error
 CROSS_SCORED = {
     "trial_emulation": ("cla_vs_nla", "enter_now_vs_not_now", "trial_emulation_vs_itt_truth"),
-    "trial_emulation_itt": (
+    "trial_emulation_itt_weighting": (
         "enter_now_vs_not_now",
         "cla_vs_nla",
-        "trial_emulation_itt_vs_never_truth",
+        "trial_emulation_itt_weighting_vs_never_truth",
+    ),
+    "trial_emulation_itt_dr": (
+        "enter_now_vs_not_now",
+        "cla_vs_nla",
+        "trial_emulation_itt_dr_vs_never_truth",
     ),
 }
+
+
+def not_now_forms(bootstrap: int = 0) -> list[Analysis]:
+    """The declared not-now trials (``ks4_enter_now_vs_not_now``) in each form, whatever form
+    is declared: weighting only (``trial_emulation_itt_weighting``, sandwich SE), doubly
+    robust with the analytic sandwich SE (``trial_emulation_itt_dr``) and, with ``bootstrap``
+    replicates, doubly robust with bootstrap SEs (``trial_emulation_itt_dr_bootstrap``: the
+    analytic SE's check)."""
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    itt = next(
+        a
+        for a in DEFAULT_ANALYSES
+        if a.estimator == "sequential_trials" and a.options.get("comparator") == "not_now"
+    )
+    common = {
+        k: v
+        for k, v in itt.options.items()
+        if k not in ("augment", "bootstrap_replicates", "method")
+    }
+    forms: dict[str, dict[str, Any]] = {
+        "trial_emulation_itt_weighting": {"augment": False},
+        "trial_emulation_itt_dr": {"augment": True},
+    }
+    if bootstrap:
+        forms["trial_emulation_itt_dr_bootstrap"] = {
+            "augment": True,
+            "bootstrap_replicates": bootstrap,
+        }
+    return [
+        itt.model_copy(
+            update={"name": f"{itt.name}_{m}", "options": {**common, **opts, "method": m}}
+        )
+        for m, opts in forms.items()
+    ]
 
 
 def cross_scored(est: pd.DataFrame) -> pd.DataFrame:
@@ -254,37 +297,49 @@ def score_seed(base: Path) -> pd.DataFrame:
     return score(est, truth)
 
 
-def score_itt(base: Path, with_dr: bool = False) -> pd.DataFrame:
-    """Only the two declared trial analyses (never and not now) and the not-now baseline-only
-    twin on one kept cohort, scored against both truths (seconds a seed); ``with_dr``: also
-    the not-now trials' doubly robust form (``trial_emulation_itt_dr``, 100 bootstrap
-    replicates: about a minute a seed on a loaded machine)."""
+def score_itt(base: Path, bootstrap: int = 0) -> pd.DataFrame:
+    """Only the KS4 trials on one kept cohort, scored against both truths (seconds a seed): the
+    declared 'never' trials, the not-now trials in each form (:func:`not_now_forms`; with
+    ``bootstrap`` replicates also the doubly robust form's bootstrap, about a minute a seed at
+    100 on a loaded machine) and the declared not-now trials' baseline-only twin."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData
     from models.run import load_cohort, run_analyses
     from models.settings import ModelSettings
 
     cohort = CohortData(*load_cohort(RunLayout.at(base / "run")))
-    chosen = [
+    trials = [a for a in scored_analyses() if a.estimator == "sequential_trials"]
+    never = [  # the declared 'never' trials and their baseline-only twin
         a
-        for a in scored_analyses()
-        if a.estimator == "sequential_trials" and not a.options.get("augment", False)
+        for a in trials
+        if a.options.get("comparator", "never") == "never" and not a.options.get("augment")
     ]
-    if with_dr:
-        itt = next(a for a in chosen if a.options.get("comparator") == "not_now")
-        chosen.append(
-            itt.model_copy(
-                update={
-                    "name": f"{itt.name}_dr",
-                    "options": {**itt.options, "augment": True, "method": "trial_emulation_itt_dr"},
-                }
-            )
-        )
+    not_now_baseline_only = [
+        a
+        for a in trials
+        if a.options.get("comparator") == "not_now" and a.name.endswith("_baseline_only")
+    ]
+    chosen = [*never, *not_now_forms(bootstrap), *not_now_baseline_only]
     fitted = run_analyses(cohort, chosen, ModelSettings())
     est = fitted.estimates.assign(analysis=fitted.row_analysis)
     est = pd.concat([est, cross_scored(est)], ignore_index=True)
     truth = with_entry_trial_truth(truth_table(base / "world" / "truth"), base / "world")
     return score(est, truth)
+
+
+def time_not_now_forms(cohort: Any, bootstrap: int = 0) -> None:
+    """Wall and CPU seconds of each not-now form (:func:`not_now_forms`) fitted alone on
+    ``cohort``."""
+    from models.estimators import estimator_for
+    from models.settings import ModelSettings
+
+    for a in not_now_forms(bootstrap):
+        wall, cpu = time.perf_counter(), time.process_time()
+        estimator_for(a, ModelSettings()).fit(cohort)
+        sys.stdout.write(
+            f"{a.options['method']}: {time.perf_counter() - wall:.1f} s wall, "
+            f"{time.process_time() - cpu:.1f} s CPU\n"
+        )
 
 
 def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -333,7 +388,7 @@ def score_main(a: argparse.Namespace, workdir: Path) -> None:
         t0 = time.perf_counter()
         scorer = {
             "score-msm": score_hazard_msm,
-            "score-itt": functools.partial(score_itt, with_dr=a.with_dr),
+            "score-itt": functools.partial(score_itt, bootstrap=a.bootstrap),
         }.get(a.command, score_seed)
         rows.append(scorer(base).assign(seed=seed))
         sys.stderr.write(f"scored seed {seed}: {time.perf_counter() - t0:.0f} s\n")
@@ -352,15 +407,13 @@ def score_main(a: argparse.Namespace, workdir: Path) -> None:
     sys.stdout.write(text)
 
 
-def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) -> None:
-    """Model-stage time of the declared g-method analyses on the kept cohorts of ``seeds``
-    stacked into one (person keys prefixed by seed): five 20,000-child worlds stand in for a
-    100,000-child one (same tables, five times the rows) without building it."""
+def stacked_cohort(workdir: Path, scenario: str, children: int, seeds: list[int]) -> Any:
+    """The kept cohorts of ``seeds`` stacked into one (person keys prefixed by seed): five
+    20,000-child worlds stand in for a 100,000-child one (same tables, five times the rows)
+    without building it."""
     from ground.run_layout import RunLayout
-    from models.estimators import CohortData, estimator_for
+    from models.estimators import CohortData
     from models.run import load_cohort
-    from models.settings import ModelSettings
-    from schemas.analyses import DEFAULT_ANALYSES
 
     parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
     for seed in seeds:
@@ -378,6 +431,17 @@ def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) 
         f"{len(parts)} cohorts stacked: {len(cohort.children):,} children, "
         f"{len(cohort.person_time):,} person-time rows, {len(cohort.school_years):,} school years\n"
     )
+    return cohort
+
+
+def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) -> None:
+    """Model-stage time of the declared g-method analyses on the kept cohorts of ``seeds``
+    stacked into one (:func:`stacked_cohort`)."""
+    from models.estimators import estimator_for
+    from models.settings import ModelSettings
+    from schemas.analyses import DEFAULT_ANALYSES
+
+    cohort = stacked_cohort(workdir, scenario, children, seeds)
     for a in DEFAULT_ANALYSES:
         if a.estimator not in GMETHOD_ESTIMATORS:
             continue
@@ -388,14 +452,20 @@ def time_stacked(workdir: Path, scenario: str, children: int, seeds: list[int]) 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["prepare", "score", "score-msm", "score-itt", "time"])
+    p.add_argument(
+        "command", choices=["prepare", "score", "score-msm", "score-itt", "time", "time-itt"]
+    )
     p.add_argument("--scenario", default="time_varying_confounding")
     p.add_argument("--seeds", default="1-20")
     p.add_argument("--children", type=int, default=20_000)
     p.add_argument("--workdir", default="/work/logs/h8/worlds")
     p.add_argument("--out", default="coverage_out")
     p.add_argument(
-        "--with-dr", action="store_true", help="score-itt: also the doubly robust not-now trials"
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="score-itt, time-itt: also the doubly robust not-now trials with this many "
+        "bootstrap replicates (the analytic SE's check)",
     )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -411,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.command == "time":
         time_stacked(workdir, a.scenario, a.children, seeds_of(a.seeds))
+        return
+    if a.command == "time-itt":
+        cohort = stacked_cohort(workdir, a.scenario, a.children, seeds_of(a.seeds))
+        time_not_now_forms(cohort, a.bootstrap)
         return
     score_main(a, workdir)
 

@@ -810,7 +810,8 @@ class SequentialTrialsOptions(Options):
     # above 0: children resampled that many times, the entry model refitted in each replicate
     bootstrap_replicates: int = 0
     # doubly robust: subtract a weighted linear outcome model of the controls before the
-    # weighted contrast (standard errors then bootstrapped, at least 100 replicates)
+    # weighted contrast (standard errors as above: with 0 replicates the sandwich of the
+    # stacked estimating equations, the outcome model's included)
     augment: bool = False
     # the trials' comparators: "never" (before year 11, censored at a later entry) or
     # "not_now" (each trial's intention to treat: not in the trial's year, usual care after)

@@ -43,6 +43,8 @@ PERIOD_DAYS = 365
 PERIOD_LEVELS = 6
 # the trials' comparators: never before year 11, or not in the trial's year (intention to treat)
 COMPARATORS = ("never", "not_now")
+# the doubly robust form's outcome model: a tiny ridge for a column empty among the comparators
+OUTCOME_RIDGE = 1e-8
 
 
 # ---- the discrete-time model of care entry --------------------------------------------------
@@ -198,6 +200,35 @@ def trial_periods(
     return pd.concat([rows, tv], axis=1)
 
 
+def entry_design(
+    periods: pd.DataFrame, baseline: pd.DataFrame, confounders: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """The entry model's design on the rows of ``periods`` (:func:`trial_periods`): intercept,
+    the child's standardised ``baseline`` covariates, the period as a categorical term (the
+    last level "this or later") and the time-varying ``confounders``; and its column names. A
+    column without variation (no plan ever recorded, a period no one reaches) has no
+    coefficient: dropped, the intercept kept."""
+    k = np.minimum(periods["period"].to_numpy(), PERIOD_LEVELS - 1)
+    period_dummies = (k[:, None] == np.arange(1, PERIOD_LEVELS)[None, :]).astype(float)
+    base = baseline.to_numpy(float)
+    bmean, bsd = base.mean(axis=0), base.std(axis=0)
+    base = (base - bmean) / np.where(bsd > 0, bsd, 1.0)
+    x = np.c_[
+        np.ones(len(periods)),
+        base[periods["child"].to_numpy()],
+        period_dummies,
+        periods[list(confounders)].to_numpy(float),
+    ]
+    columns = [
+        "intercept",
+        *baseline.columns,
+        *[f"period_{j}" for j in range(1, PERIOD_LEVELS)],
+        *confounders,
+    ]
+    varies = np.r_[True, x[:, 1:].std(axis=0) > 0]
+    return x[:, varies], [c for c, v in zip(columns, varies, strict=True) if v]
+
+
 # ---- the sequential trials --------------------------------------------------------------------
 
 
@@ -228,8 +259,10 @@ class SequentialTrialEmulation:
     the censoring weights, ``p_j`` the modelled entry probability in year j); the pooled ATT
     averages the trials by their entrants. One pooled cloglog model of entry per year (an
     exponential hazard within the year, the part of the year before year 11 as offset) gives
-    every ``p``. Standard errors: children resampled (the model refitted in each replicate),
-    so a control's appearance in several trials is accounted for.
+    every ``p``. Standard errors: the child-clustered sandwich of the stacked estimating
+    equations (the entry model's, and with ``augment`` the outcome model's, estimation
+    included), or children resampled (the model refitted in each replicate); either way a
+    control's appearance in several trials is accounted for.
     """
 
     def __init__(
@@ -243,9 +276,11 @@ class SequentialTrialEmulation:
         # augment: doubly robust; the outcome's linear model on the entry model's design, fitted
         # in the controls with their weights, is subtracted from every outcome before the
         # weighted contrast (consistent if either model is right, and far less dependent on the
-        # few controls with large weights); its standard errors are bootstrapped (at least 100)
+        # few controls with large weights). Standard errors as without it: the sandwich of the
+        # stacked estimating equations (entry model, outcome model, contrast) when
+        # ``replicates`` is 0, else the bootstrap
         self.augment = augment
-        self.replicates = max(replicates, 100) if augment else replicates
+        self.replicates = replicates
         self.seed = seed
         # truncate_percentile: every control row's weight capped at this percentile of the
         # positive control weights (recomputed in each bootstrap replicate). Trades the variance
@@ -276,29 +311,8 @@ class SequentialTrialEmulation:
         """``periods`` from :func:`trial_periods`; ``baseline`` the children's baseline design
         (one row per child, no intercept); ``outcomes`` each outcome per child (all observed)."""
         n_children = len(baseline)
-        k = np.minimum(periods["period"].to_numpy(), PERIOD_LEVELS - 1)
-        period_dummies = (k[:, None] == np.arange(1, PERIOD_LEVELS)[None, :]).astype(float)
-        base = baseline.to_numpy(float)
-        bmean, bsd = base.mean(axis=0), base.std(axis=0)
-        base = (base - bmean) / np.where(bsd > 0, bsd, 1.0)
+        x, self.columns_ = entry_design(periods, baseline, confounders)
         child = periods["child"].to_numpy()
-        x = np.c_[
-            np.ones(len(periods)),
-            base[child],
-            period_dummies,
-            periods[list(confounders)].to_numpy(float),
-        ]
-        self.columns_ = [
-            "intercept",
-            *baseline.columns,
-            *[f"period_{j}" for j in range(1, PERIOD_LEVELS)],
-            *confounders,
-        ]
-        # a column without variation (no plan ever recorded, a period no one reaches) has no
-        # coefficient: dropped, the intercept kept
-        varies = np.r_[True, x[:, 1:].std(axis=0) > 0]
-        x = x[:, varies]
-        self.columns_ = [c for c, v in zip(self.columns_, varies, strict=True) if v]
         a = periods["entered"].to_numpy()
         off = np.log(periods["years"].to_numpy())
         not_now = self.comparator == "not_now"
@@ -380,6 +394,7 @@ class SequentialTrialEmulation:
                     att,
                     cap,
                     itt=self.comparator == "not_now",
+                    augment=self.augment,
                 )
             warnings = []
             dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
@@ -456,6 +471,7 @@ def _sandwich_se(
     cap: float = float("inf"),
     *,
     itt: bool = False,
+    augment: bool = False,
 ) -> float:
     """Child-clustered sandwich (influence-function) standard error of the pooled ATT, the
     entry model's estimation included (stacked estimating equations, linearised).
@@ -467,7 +483,16 @@ def _sandwich_se(
     sum_{j >= k} exp(eta_j) x_j``. A weight truncated at ``cap`` is held there (no gradient;
     the cap itself is treated as fixed). ``itt``: the "not now" comparators' weight
     ``p_k / (1 - p_k)`` of their own trial only, ``d log w_k / d beta = (dp_k / p_k + e_k) x_k``
-    with ``e_k = exp(eta_k) = -log(1 - p_k)``."""
+    with ``e_k = exp(eta_k) = -log(1 - p_k)``.
+
+    ``augment`` (doubly robust): ``Y`` is replaced by its residual ``Y - x gamma`` from the
+    controls' weighted least squares ``sum w x (Y - x gamma) = 0``, whose estimation enters
+    too: a child's influence gains ``h' B^-1 g_c`` (``g_c`` its rows' ``w x (Y - x gamma)``,
+    ``B = X'WX``, ``h = d ATT / d gamma``: the weighted comparators' mean of ``x`` minus the
+    entrants'), and the entry model's term gains the change of ``gamma`` with the weights,
+    ``h' B^-1 dG/d beta``. Its bread for the entry model is the observed information (the
+    exact Jacobian of the stacked equations: tests/test_ks4_itt.py checks the whole against a
+    numerical-derivative sandwich); docs/gmethods.md section 6b has the derivation."""
     eta = np.clip(x @ beta + off, -30, 5)
     e = np.exp(eta)
     p = np.clip(-np.expm1(-e), 1e-9, 1 - 1e-9)
@@ -475,7 +500,11 @@ def _sandwich_se(
     y = y_child[child]
     # the entry model: per-row score and the information
     score = x * ((a - p) * d / (p * (1 - p)))[:, None]
-    info = (x * (d**2 / (p * (1 - p)))[:, None]).T @ x
+    if augment:  # observed: -d score / d beta (the fit's tiny ridge included)
+        obs = np.where(a == 1, e * (1 - p) / p * (e / p - 1), e)
+        info = (x * obs[:, None]).T @ x + 1e-6 * np.eye(x.shape[1])
+    else:  # expected (Fisher scoring's), as these forms were scored with
+        info = (x * (d**2 / (p * (1 - p)))[:, None]).T @ x
     # control weights and their derivatives
     if itt:
         rev = x * e[:, None]
@@ -488,6 +517,10 @@ def _sandwich_se(
     capped = w > cap
     w = np.minimum(w, cap)
     dlogw[capped] = 0.0
+    if augment:  # the outcome model of the controls (as _weighted_fit_predict fits it)
+        wx = x * w[:, None]
+        bread_gamma = wx.T @ x + OUTCOME_RIDGE * np.eye(x.shape[1])
+        y = y - x @ np.linalg.solve(bread_gamma, wx.T @ y)
     n_k = np.bincount(trial, weights=a)
     w_k = np.bincount(trial, weights=w, minlength=len(n_k))
     ok = (n_k > 0) & (w_k > 0)
@@ -503,10 +536,29 @@ def _sandwich_se(
     phi_row -= share[trial] * resid
     grad = ((share[trial] * resid)[:, None] * dlogw).sum(axis=0)
     direct = np.bincount(child, weights=phi_row).astype(float)
-    u = np.zeros((direct.shape[0], x.shape[1]))
-    np.add.at(u, child, score)
-    phi = direct - u @ np.linalg.lstsq(info, grad, rcond=None)[0]
+    u = _sum_by_child(score, child, direct.shape[0])
+    if not augment:
+        return float(
+            np.sqrt(np.sum((direct - u @ np.linalg.lstsq(info, grad, rcond=None)[0]) ** 2))
+        )
+    # d ATT / d gamma: the weighted comparators' mean of x (pooled over trials by entrants)
+    # minus the entrants'
+    comparator_share = np.where(use, share[trial] * w / np.where(ok, w_k, 1)[trial], 0.0)
+    h = x.T @ comparator_share - x.T @ np.where(use & (a == 1), 1.0 / n, 0.0)
+    b_h = np.linalg.solve(bread_gamma, h)
+    g = _sum_by_child(wx * y[:, None], child, u.shape[0])  # the outcome model's, per child
+    dg_dbeta = (x * (w * y)[:, None]).T @ dlogw  # d (sum w x (Y - x gamma)) / d beta
+    entry_part = np.linalg.solve(info, dg_dbeta.T @ b_h - grad)
+    phi = direct + g @ b_h + u @ entry_part
     return float(np.sqrt(np.sum(phi**2)))
+
+
+def _sum_by_child(rows: np.ndarray, child: np.ndarray, n_children: int) -> np.ndarray:
+    """Each child's sum of its rows' values (one column at a time: far faster than
+    ``np.add.at`` on millions of rows)."""
+    return np.column_stack(
+        [np.bincount(child, weights=rows[:, j], minlength=n_children) for j in range(rows.shape[1])]
+    )
 
 
 def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -514,7 +566,7 @@ def _weighted_fit_predict(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.nda
     columns empty there), predicted for every row."""
     use = w > 0
     xw = x[use] * w[use, None]
-    coef = np.linalg.solve(xw.T @ x[use] + 1e-8 * np.eye(x.shape[1]), xw.T @ y[use])
+    coef = np.linalg.solve(xw.T @ x[use] + OUTCOME_RIDGE * np.eye(x.shape[1]), xw.T @ y[use])
     return x @ coef
 
 

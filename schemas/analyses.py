@@ -242,14 +242,15 @@ DEFAULT_ANALYSES_DATA: list[dict[str, Any]] = [
     {
         "name": "ks4_enter_now_vs_not_now",
         "label": "KS4: sequential trials of care entry, entering this year versus not this "
-        "year (intention to treat per trial)",
+        "year (intention to treat per trial, doubly robust)",
         "estimator": "sequential_trials",
         "outcomes": ["ks4_score", "ks4_level2_inclusive"],
         "contrast": "enter_now_vs_not_now",
         "options": {
             "confounders": ["new_factors_recorded", "new_protection_plan"],
             "comparator": "not_now",
-            "method": "trial_emulation_itt",
+            "augment": True,
+            "method": "trial_emulation_itt_dr",
         },
     },
     {

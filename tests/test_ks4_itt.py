@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.gmethods import SequentialTrialEmulation, ks4_year_start_day, trial_periods
+from models.gmethods import (
+    SequentialTrialEmulation,
+    entry_design,
+    ks4_year_start_day,
+    trial_periods,
+)
 
 CONFOUNDERS = ("new_factors_recorded", "new_protection_plan")
 CARE_EFFECT = 6.0  # KS4 points for care begun before year 11
@@ -113,40 +118,141 @@ def simulate_itt(
     return children, pt, itt, never
 
 
-def fit(children: pd.DataFrame, pt: pd.DataFrame, comparator: str) -> tuple[float, float]:
+def fit(
+    children: pd.DataFrame, pt: pd.DataFrame, comparator: str, augment: bool = False
+) -> tuple[float, float]:
     periods = trial_periods(children, pt, CONFOUNDERS)
-    r = SequentialTrialEmulation(comparator=comparator).fit(
+    r = SequentialTrialEmulation(comparator=comparator, augment=augment).fit(
         periods, children[["b"]], CONFOUNDERS, {"y": children["ks4_score"].to_numpy()}
     )["y"]
     return r.estimate, r.se
 
 
-def test_not_now_trials_find_the_itt_truth() -> None:
-    """One large simulated cohort: the not-now trials are within 2.5 SE of the
-    intention-to-treat truth, which is far from the 'never' truth here (so dropping later
-    entrants from the comparators, or weighting them by their chance of staying out, fails:
-    docs/gmethods.md section 6 gives the planted errors and what they gave)."""
+@pytest.mark.parametrize("augment", [False, True], ids=["weighting", "doubly_robust"])
+def test_not_now_trials_find_the_itt_truth(augment: bool) -> None:
+    """One large simulated cohort: the not-now trials (weighting, and doubly robust as
+    declared) are within 2.5 SE of the intention-to-treat truth, which is far from the 'never'
+    truth here (so dropping later entrants from the comparators, or weighting them by their
+    chance of staying out, fails: docs/gmethods.md section 6 gives the planted errors and what
+    they gave)."""
     children, pt, itt, never = simulate_itt(12_000, 11)
-    est, se = fit(children, pt, "not_now")
+    est, se = fit(children, pt, "not_now", augment)
     assert abs(est - itt) < 2.5 * se, (est, se, itt)
     assert 0.05 < se < 0.5
     assert never - itt > 10 * se, (never, itt, se)  # the two estimands are far apart here
 
 
-def test_not_now_sandwich_se_matches_the_spread_over_seeds() -> None:
+@pytest.mark.parametrize("augment", [False, True], ids=["weighting", "doubly_robust"])
+def test_not_now_sandwich_se_matches_the_spread_over_seeds(augment: bool) -> None:
     """Over 15 simulated cohorts of 2,500 children: mean bias within 3 Monte Carlo SEs of zero,
     SD of the estimates' errors over their mean sandwich SE between 0.7 and 1.4, coverage at
-    least 80%."""
+    least 80%; the weighting form and the doubly robust one (its analytic SE)."""
     err, ses = [], []
     for seed in range(15):
         children, pt, itt, _never = simulate_itt(2_500, 200 + seed, replicates=10)
-        e, s = fit(children, pt, "not_now")
+        e, s = fit(children, pt, "not_now", augment)
         err.append(e - itt)
         ses.append(s)
     err_a, se_a = np.asarray(err), np.asarray(ses)
     assert abs(err_a.mean()) < 3 * err_a.std(ddof=1) / np.sqrt(err_a.size), err_a
     assert 0.7 < err_a.std(ddof=1) / se_a.mean() < 1.4, (err_a.std(ddof=1), se_a.mean())
     assert np.mean(np.abs(err_a) < 1.96 * se_a) >= 0.8
+
+
+def _comparator_weights(periods: pd.DataFrame, p: np.ndarray, comparator: str) -> np.ndarray:
+    """Written out from the definitions: not now, each non-entrant row's ATT odds of its own
+    year; never, a never-entrant's row ``p_k / prod_{j >= k} (1 - p_j)`` over its own rows."""
+    if comparator == "not_now":
+        return np.where(periods["entered"].to_numpy() == 0, p / (1 - p), 0.0)
+    child, period = periods["child"].to_numpy(), periods["period"].to_numpy()
+    later = (child[:, None] == child[None, :]) & (period[None, :] >= period[:, None])
+    stay_out = np.exp(later @ np.log(1 - p))
+    return np.where(periods["control"].to_numpy() == 1, p / stay_out, 0.0)
+
+
+def _stacked_equations(
+    theta: np.ndarray,
+    x: np.ndarray,
+    periods: pd.DataFrame,
+    y_child: np.ndarray,
+    ok_trials: np.ndarray,
+    n_children: int,
+    comparator: str,
+) -> np.ndarray:
+    """The doubly robust trials' estimating functions, one row per child, at ``theta`` =
+    (entry coefficients beta, outcome coefficients gamma, each usable trial's weighted
+    comparator mean of the residual m_k, the pooled contrast), written out from the
+    definitions (docs/gmethods.md section 6b), independently of models/gmethods.py."""
+    q, n_trials = x.shape[1], ok_trials.size
+    beta, gamma = theta[:q], theta[q : 2 * q]
+    m, att = theta[2 * q : 2 * q + n_trials], theta[-1]
+    a = periods["entered"].to_numpy()
+    child, trial = periods["child"].to_numpy(), periods["period"].to_numpy()
+    hazard = np.exp(x @ beta + np.log(periods["years"].to_numpy()))
+    p = 1 - np.exp(-hazard)
+    entry_score = x * (hazard * (a / p - 1))[:, None]  # cloglog score
+    w = _comparator_weights(periods, p, comparator)
+    resid = y_child[child] - x @ gamma
+    outcome_score = x * (w * resid)[:, None]  # the comparators' weighted least squares
+    in_trial = trial[:, None] == ok_trials[None, :]
+    mean_score = in_trial * w[:, None] * (resid[:, None] - m[None, :])
+    m_row = (in_trial * m[None, :]).sum(axis=1)
+    contrast = np.where(in_trial.any(axis=1) & (a == 1), resid - m_row - att, 0.0)
+    rows = np.c_[entry_score, outcome_score, mean_score, contrast]
+    out = np.zeros((n_children, rows.shape[1]))
+    np.add.at(out, child, rows)
+    return out
+
+
+@pytest.mark.parametrize("comparator", ["not_now", "never"])
+def test_doubly_robust_sandwich_is_the_stacked_equations_sandwich(comparator: str) -> None:
+    """The doubly robust not-now SE is the child-clustered M-estimation sandwich of the stacked
+    estimating equations (entry model, outcome model, per-trial comparator means, contrast):
+    here with the bread by numerical differentiation of the equations written out in this file,
+    on a small cohort (400 children); the not-now trials (declared) and the 'never' ones. The
+    estimate solves the equations. Planted errors (docs/gmethods.md section 6b): the outcome
+    model's equations left out, or the meat summed per person-period instead of per child,
+    each move the SE by more than the tolerance."""
+    children, pt, _itt, _never = simulate_itt(400, 5, replicates=2)
+    periods = trial_periods(children, pt, CONFOUNDERS)
+    y_child = children["ks4_score"].to_numpy()
+    fitter = SequentialTrialEmulation(comparator=comparator, augment=True)
+    r = fitter.fit(periods, children[["b"]], CONFOUNDERS, {"y": y_child})["y"]
+    x, _columns = entry_design(periods, children[["b"]], CONFOUNDERS)
+    a, trial = periods["entered"].to_numpy(), periods["period"].to_numpy()
+    # the estimate: beta from the fit, gamma, m_k and the contrast solved from the equations
+    beta = fitter.coef_.to_numpy()
+    p = 1 - np.exp(-np.exp(x @ beta + np.log(periods["years"].to_numpy())))
+    w = _comparator_weights(periods, p, comparator)
+    ok_trials = np.array(
+        [k for k in np.unique(trial) if a[trial == k].any() and w[trial == k].any()]
+    )
+    assert ok_trials.size >= 3
+    y = y_child[periods["child"].to_numpy()]
+    gamma = np.linalg.solve((x * w[:, None]).T @ x, (x * w[:, None]).T @ y)
+    resid = y - x @ gamma
+    m = np.array([np.average(resid[trial == k], weights=w[trial == k]) for k in ok_trials])
+    entrant = (a == 1) & np.isin(trial, ok_trials)
+    att = np.mean(resid[entrant] - m[np.searchsorted(ok_trials, trial[entrant])])
+    assert r.estimate == pytest.approx(att, abs=1e-6)
+    theta = np.r_[beta, gamma, m, att]
+    args = (x, periods, y_child, ok_trials, len(children), comparator)
+    psi = _stacked_equations(theta, *args)
+    assert np.abs(psi.sum(axis=0)).max() < 1e-4 * np.abs(psi).sum(axis=0).max()
+    # bread: minus the Jacobian of the summed equations (central differences); meat by child
+    jac = np.empty((theta.size, theta.size))
+    for j in range(theta.size):
+        step = 1e-5 * max(1.0, abs(theta[j]))
+        up, down = theta.copy(), theta.copy()
+        up[j] += step
+        down[j] -= step
+        jac[:, j] = (
+            _stacked_equations(up, *args).sum(axis=0) - _stacked_equations(down, *args).sum(axis=0)
+        ) / (2 * step)
+    bread_inv = np.linalg.inv(-jac)
+    covariance = bread_inv @ (psi.T @ psi) @ bread_inv.T
+    expected = float(np.sqrt(covariance[-1, -1]))
+    assert r.se == pytest.approx(expected, rel=1e-6), (r.se, expected)
 
 
 def test_unknown_comparator_is_refused() -> None:
@@ -233,15 +339,17 @@ def test_world_not_now_truth(tvc_world) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_declared_not_now_rows_and_protocol_in_a_whole_run(full_run) -> None:  # type: ignore[no-untyped-def]
-    """The declared ``ks4_enter_now_vs_not_now`` analysis writes its rows, apart from the
-    'never' trials', and the report states its own protocol (strategies and follow-up)."""
+    """The declared ``ks4_enter_now_vs_not_now`` analysis (doubly robust) writes its rows,
+    apart from the 'never' trials', and the report states its own protocol (strategies,
+    follow-up, the outcome model)."""
     import html
 
     est = pd.read_csv(full_run / "results" / "estimates.csv")
-    itt = est[est["method"] == "trial_emulation_itt"]
+    itt = est[est["method"] == "trial_emulation_itt_dr"]
     assert set(itt["outcome"]) == {"ks4_score", "ks4_level2_inclusive"}
     assert (itt["contrast"] == "enter_now_vs_not_now").all()
     assert itt["estimate"].notna().all() and (itt["ci_low"] < itt["ci_high"]).all()
     page = html.unescape((full_run / "report.html").read_text(encoding="utf-8"))
     assert "enter now versus not now" in page
     assert "no comparator is censored when it enters care later" in page
+    assert "the entry model and the outcome model included" in page

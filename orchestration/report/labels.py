@@ -69,6 +69,8 @@ LABELS: dict[str, str] = {
     "poisson_pw": "Piecewise Poisson",
     "trial_emulation": "Sequential trials (time-varying confounders)",
     "trial_emulation_itt": "Sequential trials, enter now vs not now (intention to treat)",
+    "trial_emulation_itt_dr": "Sequential trials, enter now vs not now (intention to treat, "
+    "doubly robust)",
     "msm_iptw": "Marginal structural model (stabilised weights)",
     "msm_iptw_hazard": "Marginal structural model, hazards (time-varying confounders)",
     "cox_tv_by_years_since_entry": "Cox, by years since entry",

@@ -135,8 +135,12 @@ SEQUENTIAL_TRIALS_NOT_NOW = TrialProtocol(
             "Analysis",
             "One pooled discrete-time (complementary log-log) model of entry per year; "
             "comparator weight in trial k = p_k / (1 - p_k) (the ATT odds of year k only), "
-            "normalised per trial; child-clustered sandwich standard errors (the entry model "
-            "included, a child counted once however many trials it is in).",
+            "normalised per trial. Doubly robust (as declared, option augment): a linear model "
+            "of the outcome on the entry model's covariates, fitted in the comparators with "
+            "their weights, is subtracted from every outcome before the weighted contrast, so "
+            "the estimate is consistent if either model is right. Child-clustered sandwich "
+            "standard errors from the stacked estimating equations (the entry model and the "
+            "outcome model included, a child counted once however many trials it is in).",
         ),
     ),
     caveat=(
