@@ -205,7 +205,7 @@ def run_analyses(
                 a = runnable[i].analysis
                 progress(f"{a.name}: {a.label} (done, {len(fitted)} of {n})")
     else:
-        # one BLAS thread and ordinary pages: far faster for these fits (models/runtime.py)
+        # one thread per thread pool and ordinary pages: far faster for these fits (models/runtime.py)
         with model_fitting():
             for i, est in enumerate(runnable):
                 progress(f"{est.analysis.name}: {est.analysis.label}")
