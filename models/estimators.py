@@ -1037,6 +1037,10 @@ class StratifiedEffect(ExposureEffect):
             f = ExposureEffectFitter("aipw", binary=binary, nuisance=o.nuisance, seed=s.cv_seed)
             if o.nuisance == "parametric":
                 m0 = f.untreated_predictions(y, t, designs[design_of[out]])
+                # the nuisance models' warnings (a ridge-penalised outcome model, a propensity
+                # fallen back to maximum likelihood) belong on every stratum's row, as on the
+                # overall AIPW row that uses the same models
+                warning = "; ".join([*f.warnings_, *ps.warnings_])
             else:
                 # the overall ATT with the same cross-fitted nuisances as the strata
                 f.fit(y, t, x)
@@ -1044,6 +1048,7 @@ class StratifiedEffect(ExposureEffect):
                 est = f.result(out, a.contrast, scale)
                 est.method = method
                 self.estimates_.append(est)
+                warning = est.warning
             for m, (in_s, labels) in strata.items():
                 rows = stratum_atts(y, t, m0, w, in_s, labels, o.min_children)
                 if not rows:
@@ -1089,6 +1094,7 @@ class StratifiedEffect(ExposureEffect):
                             n0,
                             events_exposed=ev[0],
                             events_unexposed=ev[1],
+                            warning=warning,
                         )
                     )
 
@@ -1234,6 +1240,12 @@ class HazardByYearsSinceEntry(AnalysisEstimator):
                 if events_on == 0:  # the term's coefficient runs off to minus infinity
                     hr = lo = hi = p = float("nan")
                     note = "; ".join(filter(None, [warning, "no events in this year since entry"]))
+                elif not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
+                    # its events compare with no one (e.g. alone in their local-authority
+                    # stratum): the fit stops anywhere, seen as an unbounded interval
+                    note = "; ".join(
+                        filter(None, [warning, "not identified: the interval is unbounded"])
+                    )
                 self.estimates_.append(
                     Estimate(
                         outcome,

@@ -223,6 +223,9 @@ def full_run_started_early(
         with contextlib.suppress(BaseException):  # recorded by built_once; the fixture reports it
             _full_run(tmp_path_factory)
 
+    # the worker's temp folder made here, first: made by the thread and by the first test's
+    # tmp_path at once, one of them failed with FileExistsError (seen once in `make test-slow`)
+    tmp_path_factory.getbasetemp()
     thread = threading.Thread(target=build, name="full_run_started_early", daemon=True)
     thread.start()
     yield

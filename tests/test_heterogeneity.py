@@ -187,3 +187,26 @@ def test_the_declared_stratified_analyses_reach_results(full_run) -> None:  # ty
     diff = est[est["contrast"] == "cla_vs_nla_with_minus_without_domestic_abuse"]
     assert set(diff["scale"]) <= {"difference_in_mean_difference", "difference_in_risk_difference"}
     assert (est["method"] == "dr_learner").any()
+
+
+def test_stratum_rows_carry_the_warnings_of_the_models_they_use(full_run) -> None:  # type: ignore[no-untyped-def]
+    """The strata reuse the overall AIPW's outcome model and propensity: where the outcome
+    model has no maximum-likelihood fit (level 2 at 2,500 children: ridge-penalised), every
+    stratum row says so, as the overall row does (they carried no warning before 2026-12-02,
+    so `make test-slow`'s prelinked check compared them as if well posed)."""
+    est = pd.read_csv(full_run / "results" / "estimates.csv").fillna({"warning": ""})
+    penalised = "no maximum-likelihood fit"
+    for outcome in ("ks4_score", "ks4_level2_inclusive"):
+        overall = est[
+            (est["outcome"] == outcome)
+            & (est["contrast"] == "cla_vs_nla")
+            & (est["method"] == "aipw")
+        ]
+        strata = est[
+            (est["outcome"] == outcome)
+            & (est["method"] == "aipw")
+            & est["contrast"].str.startswith("cla_vs_nla_")
+        ]
+        assert len(overall) == 1 and len(strata) >= 6
+        flagged = penalised in overall["warning"].iloc[0]
+        assert (strata["warning"].str.contains(penalised) == flagged).all(), outcome
