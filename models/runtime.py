@@ -16,8 +16,10 @@ stalls in the kernel: at 1,000,000 children (seed 1, quiet 2-core machine) the t
 analysis took 176 s, 104 s of it system time, against 88 s (38 s system) with ordinary pages,
 same estimates.
 
-**Two processes.** The analyses are independent units of work, single threaded: on 2 cores two
-forked processes fit them side by side (:func:`forked_map`), each with the cohort the parent
+**Two processes (opt-in, ``ModelSettings.processes``).** The analyses are independent units of
+work, single threaded: on 2 cores two forked processes can fit them side by side
+(:func:`forked_map`; opt-in because workers forked from a long-lived process that had run
+other stages in-process crashed, docs/models.md), each with the cohort the parent
 loaded (copy-on-write, not copied). Each worker returns its log records with its results, and
 the parent hands them to its own loggers, so the stage's log reads as from one process.
 """
