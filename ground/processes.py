@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -20,3 +21,11 @@ def die_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
         os._exit(1)
+
+
+def log_here(record: logging.LogRecord) -> None:
+    """Hand a log record made in a child process to this process's logger of the same name,
+    if that logger takes its level: the child's log then reads as this process's."""
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)

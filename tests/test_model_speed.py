@@ -3,7 +3,10 @@ replaces (issue #20, the model stage at 1,000,000 children)."""
 
 from __future__ import annotations
 
+import gc
 import itertools
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -313,8 +316,7 @@ def test_analyses_fitted_in_two_processes_give_the_same_results_as_in_one(
     and by two forked ones (``ModelSettings.processes``): the same estimates, diagnostics and
     balance tables, in the same order. Shown failing when the KS4 contrasts do not declare what
     they share (each process then chooses the design again and reports it twice). Run in a
-    fresh process: forked from a pytest worker that had run other stages in-process, workers
-    crashed (docs/models.md, ``processes``)."""
+    fresh process, as the stage is, so that what this pytest worker holds plays no part."""
     import subprocess
     import sys
 
@@ -329,3 +331,40 @@ def test_analyses_fitted_in_two_processes_give_the_same_results_as_in_one(
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-3:] == ["planted", "error", "seen"], r.stdout
+
+
+def _collect_garbage(_: int) -> int:
+    return gc.collect()
+
+
+def _die(_: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_model_workers_never_collect_what_they_inherit() -> None:
+    """A DuckDB connection left in a reference cycle by an earlier stage run in this process
+    (as `make test-slow`'s coverage seeds run validation and linkage before the models) must
+    not be freed by a forked worker's garbage collector: freed there, in a process without the
+    connection's threads, it crashed the worker (a segmentation fault). Shown failing with
+    forked_map's gc.collect / gc.freeze removed: the workers die and WorkerDied is raised."""
+    import duckdb
+
+    from models.runtime import forked_map
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT range AS i FROM range(100000)")
+    con.execute("SELECT sum(i) FROM t").fetchall()
+    cycle: dict[str, object] = {"connection": con, "relation": con.sql("SELECT * FROM t")}
+    cycle["self"] = cycle
+    del con, cycle
+    done = dict(forked_map(_collect_garbage, [1, 2, 3], 2))
+    assert sorted(done) == [0, 1, 2]
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
+    """A worker killed (or crashed in native code) mid-fit raises WorkerDied naming the
+    signal; the other worker is ended and nothing waits for the lost item."""
+    from models.runtime import WorkerDied, forked_map
+
+    with pytest.raises(WorkerDied, match="SIGKILL.*processes: 1"):
+        list(forked_map(_die, [1, 2], 2))
