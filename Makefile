@@ -57,8 +57,9 @@ test-spark: uv
 
 ## make bench: every stage and the end-to-end run at 100k, 300k and 1M children; tables into README.
 BENCH_SIZES ?= 100000,300000,1000000
+BENCH_SEEDS ?= 1,2,3
 bench: sync
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked python benchmarks/run_all.py --sizes $(BENCH_SIZES) --readme
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV run --locked python benchmarks/run_all.py --sizes $(BENCH_SIZES) --seeds $(BENCH_SEEDS) --readme
 
 clean:
 	rm -rf data runs .prefect .pytest_cache .mypy_cache .ruff_cache

@@ -1,14 +1,18 @@
 """Stage and end-to-end benchmarks: wall seconds, peak memory and rows per second (not a test).
 
     uv run --locked python benchmarks/run_all.py                      # 1,000,000 children
-    uv run --locked python benchmarks/run_all.py --sizes 100000,300000,1000000 --readme
+    uv run --locked python benchmarks/run_all.py --sizes 100000,300000,1000000 --seeds 1,2,3 --readme
 
 For each size: generate the world (`cohort synth`, its own process), then run the whole
 pipeline as one `cohort run` (its own process). Per-stage wall time and peak memory come from
 the run's manifest (the flow samples the RSS of its process tree, parent plus stage process,
 during each stage); the synth peak is that process's maximum resident set size (``os.wait4``),
 the end-to-end peak the larger of that and the largest stage peak. ``--separate-stages`` also runs
-validate, link, build and model each as its own process. Writes ``bench_out/bench_<n>.json``, prints
+validate, link, build and model each as its own process. The largest size is run on every world of ``--seeds`` (a figure tuned on one world can
+miss on another), the smaller ones on the first: the spread over the seeds is a table of its
+own, and a target is met only if every seed meets it. With several seeds each world and run
+folder is deleted once measured (logs and figures are kept). Writes
+``bench_out/bench_<n>_seed<s>.json``, prints
 Markdown tables, and with ``--readme`` replaces the block between the ``bench:start`` /
 ``bench:end`` markers in docs/benchmarks.md.
 """
@@ -91,18 +95,22 @@ def _count(db: Path, sql: str) -> int:
         con.close()
 
 
-def bench_size(n: int, out: Path, env: dict[str, str], separate: bool) -> dict[str, object]:
-    """Synth, then the whole pipeline as one `cohort run` (stage figures from its manifest:
-    wall time and sampled peak RSS per stage); with ``separate``, each stage also as its own
-    process on a second run folder."""
-    data, run, e2e = out / f"world_{n}", out / f"run_{n}", out / f"e2e_{n}"
-    logs = out / f"logs_{n}"
-    for p in (run, e2e, logs):
+def bench_size(
+    n: int, out: Path, env: dict[str, str], separate: bool, seed: int = 1, clean: bool = False
+) -> dict[str, object]:
+    """Synth the world of ``seed``, then the whole pipeline as one `cohort run` (stage figures
+    from its manifest: wall time and sampled peak RSS per stage); with ``separate``, each stage
+    also as its own process on a second run folder; with ``clean``, the world and run folders
+    are deleted afterwards."""
+    tag = f"{n}_seed{seed}"
+    data, run, e2e = out / f"world_{tag}", out / f"run_{tag}", out / f"e2e_{tag}"
+    logs = out / f"logs_{tag}"
+    for p in (data, run, e2e, logs):
         shutil.rmtree(p, ignore_errors=True)
     logs.mkdir(parents=True)
-    print(f"{n:,} children", flush=True)
+    print(f"{n:,} children, seed {seed}", flush=True)
     synth = run_stage(
-        "synth", ["synth", "--children", str(n), "--seed", "1", "--out", str(data)], env, logs
+        "synth", ["synth", "--children", str(n), "--seed", str(seed), "--out", str(data)], env, logs
     )
     whole = run_stage("end_to_end", ["run", "--data", str(data), "--out", str(e2e)], env, logs)
     manifest = json.loads((e2e / "manifest.json").read_text())
@@ -150,6 +158,7 @@ def bench_size(n: int, out: Path, env: dict[str, str], separate: bool) -> dict[s
         s["rows_per_second"] = round(int(s["rows"]) / max(float(s["wall_seconds"]), 0.1))  # type: ignore[arg-type]
     result = {
         "children": n,
+        "seed": seed,
         "records": records,
         "cohort_children": cohort,
         "person_time_rows": person_time,
@@ -157,15 +166,16 @@ def bench_size(n: int, out: Path, env: dict[str, str], separate: bool) -> dict[s
         "date": time.strftime("%Y-%m-%d"),
         "stages": stages,
     }
-    (out / f"bench_{n}.json").write_text(json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(run / "tmp", ignore_errors=True)
-    shutil.rmtree(e2e / "tmp", ignore_errors=True)
+    (out / f"bench_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    for p in (data, run, e2e) if clean else (run / "tmp", e2e / "tmp"):
+        shutil.rmtree(p, ignore_errors=True)
     return result
 
 
 def stage_table(r: dict[str, object]) -> str:
     lines = [
-        f"{int(r['children']):,} children ({int(r['records']):,} source records, "  # type: ignore[call-overload]
+        f"{int(r['children']):,} children, seed {r.get('seed', 1)} "  # type: ignore[call-overload]
+        f"({int(r['records']):,} source records, "  # type: ignore[call-overload]
         f"{int(r['cohort_children']):,} in the cohort); {r['machine']}; {r['date']}.",  # type: ignore[call-overload]
         "",
         "| stage | rows | wall s | peak GiB | rows/s | target (1M) |",
@@ -179,6 +189,31 @@ def stage_table(r: dict[str, object]) -> str:
             f"| {s['stage']} | {s['rows']:,} | {s['wall_seconds']:.0f} | {s['peak_gib']:.1f} | "
             f"{s['rows_per_second']:,} | {verdict if r['children'] == 1_000_000 else ''} |"
         )
+    return "\n".join(lines)
+
+
+def spread_table(results: list[dict[str, object]]) -> str:
+    """Each stage's wall seconds and peak GiB on every seed's world of one size, the range, and
+    the target met only if every seed meets it."""
+    seeds = [int(r.get("seed", 1)) for r in results]  # type: ignore[call-overload]
+    n = int(results[0]["children"])  # type: ignore[call-overload]
+    lines = [
+        f"{n:,} children on {len(seeds)} worlds (seeds {', '.join(map(str, seeds))}); "
+        "wall s / peak GiB:",
+        "",
+        "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | range (s) | target (1M) |",
+        "|---|" + "---:|" * (len(seeds) + 1) + "---|",
+    ]
+    for i, s in enumerate(results[0]["stages"]):  # type: ignore[attr-defined]
+        runs = [r["stages"][i] for r in results]  # type: ignore[index]
+        walls = [float(x["wall_seconds"]) for x in runs]
+        peaks = [float(x["peak_gib"]) for x in runs]
+        t_wall, t_mem = TARGETS[str(s["stage"]).split(" ")[0]]
+        ok = max(walls) <= t_wall and max(peaks) <= t_mem
+        met = "met on every seed" if ok else "NOT met"
+        verdict = f"{t_wall} s / {t_mem} GiB: {met}" if t_wall and n == 1_000_000 else ""
+        cells = " | ".join(f"{w:.0f} / {m:.1f}" for w, m in zip(walls, peaks, strict=True))
+        lines.append(f"| {s['stage']} | {cells} | {min(walls):.0f}-{max(walls):.0f} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -223,6 +258,11 @@ def main() -> None:
         help="also run validate, link, build and model each as its own process",
     )
     p.add_argument(
+        "--seeds",
+        default="1",
+        help="comma-separated world seeds: every one at the largest size, the first at the others",
+    )
+    p.add_argument(
         "--from-json", action="store_true", help="only rebuild the tables from bench_out/*.json"
     )
     a = p.parse_args()
@@ -231,14 +271,21 @@ def main() -> None:
     env = dict(os.environ)
     env.setdefault("COHORT_PSEUDONYM_SECRET", "benchmark-secret-0123456789abcdef")
     sizes = [int(s) for s in a.sizes.split(",")]
-    results = []
+    seeds = [int(s) for s in a.seeds.split(",")]
+    results, largest = [], []
     for n in sizes:
-        cached = out / f"bench_{n}.json"
-        if a.from_json:
-            results.append(json.loads(cached.read_text()))
-        else:
-            results.append(bench_size(n, out, env, a.separate_stages))
-    text = "\n\n".join(stage_table(r) for r in results[-1:])
+        for seed in seeds if n == sizes[-1] else seeds[:1]:
+            if a.from_json:
+                r = json.loads((out / f"bench_{n}_seed{seed}.json").read_text())
+            else:
+                r = bench_size(n, out, env, a.separate_stages, seed, clean=len(seeds) > 1)
+            if seed == seeds[0]:
+                results.append(r)
+            if n == sizes[-1]:
+                largest.append(r)
+    text = stage_table(results[-1])
+    if len(largest) > 1:
+        text += "\n\n" + spread_table(largest)
     if len(results) > 1:
         text += "\n\nScaling (wall seconds / peak GiB; exponent b in time ~ n^b):\n\n"
         text += scaling_table(results)
