@@ -1278,6 +1278,11 @@ class HazardMSMOptions(Options):
     # the rows' weights truncated at this percentile and 100 minus it; None: not truncated
     truncate_percentile: float | None = Field(99.9, ge=50, lt=100)
     method: str = "msm_iptw_hazard"
+    # 0: child-clustered sandwich standard errors (the weights treated as known); above 0:
+    # children resampled that many times, the weights re-estimated and every outcome refitted
+    # in each replicate (models.gmethods.hazard_msm_bootstrap), the SE their SD. Costs that many
+    # times the analysis; for a rare outcome's intervals (docs/gmethods.md section 3b)
+    bootstrap_replicates: int = Field(0, ge=0)
 
 
 @register
@@ -1299,7 +1304,12 @@ class HazardMSM(AnalysisEstimator):
     options: HazardMSMOptions
 
     def _fit(self, cohort: CohortData) -> None:
-        from models.gmethods import entry_weights, hazard_msm
+        from models.gmethods import (
+            bootstrap_log_hr_se,
+            entry_weights,
+            hazard_msm,
+            hazard_msm_bootstrap,
+        )
 
         s, o, a, pt = self.settings, self.options, self.analysis, cohort.person_time
         kids = self.population(cohort).reset_index(drop=True)
@@ -1317,6 +1327,20 @@ class HazardMSM(AnalysisEstimator):
         outcomes = a.outcomes
         if outcomes == EVERY_TIME_TO_EVENT_OUTCOME:
             outcomes = tuple(sorted(pt["outcome"].unique()))
+        replicates = (
+            hazard_msm_bootstrap(
+                pt,
+                kids,
+                x,
+                o.confounders,
+                outcomes,
+                o.bootstrap_replicates,
+                s.cv_seed,
+                o.truncate_percentile,
+            )
+            if o.bootstrap_replicates > 0
+            else {}
+        )
         for outcome in outcomes:
             nan, warning = float("nan"), ""
             try:
@@ -1341,6 +1365,23 @@ class HazardMSM(AnalysisEstimator):
                 )
                 continue
             hr, (lo, hi), se = r.hazard_ratio, r.ci, r.log_hr_se
+            if outcome in replicates:
+                se, usable = bootstrap_log_hr_se(replicates[outcome])
+                lo, hi = (
+                    float(np.exp(np.log(hr) - 1.96 * se)),
+                    float(np.exp(np.log(hr) + 1.96 * se)),
+                )
+                self.diagnostics_.append(
+                    diagnostic(
+                        f"{a.name}:{outcome}",
+                        "bootstrap_replicates_usable",
+                        float(usable),
+                        ""
+                        if usable >= 0.9 * o.bootstrap_replicates
+                        else f"only {usable} of {o.bootstrap_replicates} bootstrap replicates "
+                        "had events while looked after and while not: the SE is unreliable",
+                    )
+                )
             if r.events_exposed == 0 or r.events_unexposed == 0:
                 hr = lo = hi = se = nan
                 r.warnings.append("no events while looked after or while not")
