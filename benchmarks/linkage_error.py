@@ -161,7 +161,8 @@ def run_seed(
         t = time.perf_counter()
         # The draws read the candidate pairs below the threshold: keep them explicitly (floor
         # 0.001), as runs no longer do by default. Without draws they are never read: skip
-        # scoring them (the candidate rule alone is 3.5 million edges at 100,000 children).
+        # scoring them (the candidate rule of date of birth + sex alone made 3.5 million edges at
+        # 100,000 children; the narrowed rule of 2026-12-02 about 1 in 80 of its rows).
         # The linker's pairs, clusters and threshold do not depend on them.
         linkage_settings = LinkageSettings(candidate_floor=DRAW_CANDIDATE_FLOOR if draws else None)
         link_run(layout=layout, settings=linkage_settings, secret=SECRET)

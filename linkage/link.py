@@ -224,6 +224,11 @@ class ModelPlan:
     #: linker itself), restricted to pairs where exactly one side has no person name (a
     #: health record, which has only a date of birth, sex and postcode to block on)
     candidate_rules: tuple[Rule, ...] = ()
+    #: set, the candidate rules keep only pairs whose nameless side has a postcode that no
+    #: record of this table holds (an address the register does not know, such as a placement
+    #: address): a nameless record at a known address meets the children living there through
+    #: the usual date of birth + postcode rule. None: no such condition
+    candidate_unknown_postcode_table: str | None = None
     #: the table whose records make a record group a person for link draws (their spine,
     #: :func:`linkage.imputation.load_candidates`). Set, a candidate-rule pair between two
     #: groups that both hold such a record, or neither does, is not kept unless a usual rule
@@ -257,9 +262,14 @@ PIPELINE_PLAN = ModelPlan(
     prior_rule=("first_name", "surname", "date_of_birth"),
     # A health record without an NHS number whose postcode no register row holds (a placement
     # address) agrees with its child on none of the rules above: the linker misses it, and
-    # link draws can recover it only if the pair is scored at all (docs/linkage_error.md)
-    candidate_rules=(("date_of_birth", "sex"),),
+    # link draws can recover it only if the pair is scored at all (docs/linkage_error.md).
+    # Date of birth + sex alone paired every such record with every child born that day: N^2
+    # rows (680 million at a million children). The postcode area and the unknown address keep
+    # about 1 pair in 30 and every looked-after child's missed record seen at 20,000 and
+    # 100,000 children (docs/linkage_error.md, "A candidate rule for a million children")
+    candidate_rules=(("date_of_birth", "sex", "postcode_area"),),
     candidate_spine_table="population_register",
+    candidate_unknown_postcode_table="population_register",
 )
 
 
@@ -539,15 +549,73 @@ def _predict(linker: Any, settings: LinkageSettings) -> Any:
         return linker.inference.predict(threshold_match_probability=floor)
 
 
-def candidate_rule_sql(keys: Rule, columns: Sequence[Column], *, across_tables: bool) -> str:
+#: the profile column that says a profile's postcode is held by no spine record (computed in
+#: :func:`_predict_with_candidates`; read by :func:`candidate_rule_sql`)
+UNKNOWN_POSTCODE_FLAG = "postcode_unknown"
+
+
+def candidate_rule_sql(
+    keys: Rule, columns: Sequence[Column], *, across_tables: bool, unknown_postcode: bool = False
+) -> str:
     """A candidate rule's SQL: the keys agree, different components, and exactly one side has
-    no person name (without name columns: the keys alone)."""
+    no person name (without name columns: the keys alone). With ``unknown_postcode``, the
+    nameless side's profile must also carry :data:`UNKNOWN_POSTCODE_FLAG`."""
     sql = rule_sql(keys, across_tables=across_tables)
     names = [c.name for c in columns if c.scored and c.kind is ColumnKind.PERSON_NAME]
     if not names:
         return sql
     nameless = " AND ".join(f"{{side}}.{quote_ident(n)} IS NULL" for n in names)
-    return f"{sql} AND (({nameless.format(side='l')}) <> ({nameless.format(side='r')}))"
+    sql = f"{sql} AND (({nameless.format(side='l')}) <> ({nameless.format(side='r')}))"
+    if unknown_postcode:
+        flag = quote_ident(UNKNOWN_POSTCODE_FLAG)
+        sql += (
+            f" AND ((({nameless.format(side='l')}) AND l.{flag})"
+            f" OR (({nameless.format(side='r')}) AND r.{flag}))"
+        )
+    return sql
+
+
+def _flag_unknown_postcodes(
+    con: duckdb.DuckDBPyConnection, prof: pl.DataFrame, columns: Sequence[Column], table: str
+) -> pl.DataFrame:
+    """``prof`` with :data:`UNKNOWN_POSTCODE_FLAG`: the profile has a postcode (in any postcode
+    column; spaces ignored) that no record of ``table`` holds. The postcodes are compared inside
+    DuckDB; only the flag comes back."""
+    postcodes = [c.name for c in columns if c.scored and c.kind is ColumnKind.POSTCODE]
+    if not postcodes:
+        raise ConfigError(
+            "linkage: a candidate rule restricted to unknown postcodes "
+            "(candidate_unknown_postcode_table) needs a postcode column; none is declared"
+        )
+    known = " UNION ".join(
+        f"SELECT DISTINCT replace({quote_ident(n)}, ' ', '') AS pc FROM records_norm "
+        f"WHERE tbl = ? AND {quote_ident(n)} IS NOT NULL"
+        for n in postcodes
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE spine_postcodes AS {known}", [table] * len(postcodes)
+    )
+    frame = prof.select("profile_id", *postcodes)
+    con.register("profile_postcodes", frame)
+    try:
+        unknown = " OR ".join(
+            f"({quote_ident(n)} IS NOT NULL AND replace({quote_ident(n)}, ' ', '') "
+            "NOT IN (SELECT pc FROM spine_postcodes))"
+            for n in postcodes
+        )
+        flags = con.sql(
+            f"SELECT profile_id, coalesce({unknown}, false) AS flag FROM profile_postcodes "
+            "ORDER BY profile_id"
+        ).pl()
+    finally:
+        con.unregister("profile_postcodes")
+        con.execute("DROP TABLE spine_postcodes")
+    return prof.with_columns(
+        prof.select("profile_id")
+        .join(flags, on="profile_id", how="left", maintain_order="left")["flag"]
+        .fill_null(False)
+        .alias(UNKNOWN_POSTCODE_FLAG)
+    )
 
 
 def _predict_with_candidates(
@@ -583,8 +651,13 @@ def _predict_with_candidates(
     model.pop("linker_uid", None)
     usual = list(model["blocking_rules_to_generate_predictions"])
     spine = plan.candidate_spine_table
+    known_addresses = plan.candidate_unknown_postcode_table
+    unknown_postcode = known_addresses is not None
     candidate_sql = [
-        candidate_rule_sql(r, columns, across_tables=across_tables) for r in plan.candidate_rules
+        candidate_rule_sql(
+            r, columns, across_tables=across_tables, unknown_postcode=unknown_postcode
+        )
+        for r in plan.candidate_rules
     ]
     if spine is not None:
         # each profile's record group holds a spine record or not
@@ -592,7 +665,10 @@ def _predict_with_candidates(
             "SELECT DISTINCT component FROM records_norm WHERE tbl = ?", params=[spine]
         ).pl()["component"]
         prof = prof.with_columns(spine_group=pl.col("component").is_in(spine_groups.implode()))
-        sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_spine")
+    if known_addresses is not None:
+        prof = _flag_unknown_postcodes(con, prof, columns, known_addresses)
+    if spine is not None or known_addresses is not None:
+        sdf = DuckDBAPI(con).register(prof, dataset_display_name="profiles_candidates")
 
     def predict(rules: list[Any], frame: Any, floor: float) -> Any:
         wide = dict(model)

@@ -24,6 +24,7 @@ from linkage.imputation import (
     load_candidates,
     record_person_for,
     review_sample,
+    satellite_shares,
     true_record_person,
     write_link_set_zone,
 )
@@ -156,23 +157,31 @@ def test_record_person_of_a_draw_is_connected_components() -> None:
 
 
 def test_candidate_rule_proposes_a_nameless_record_with_a_named_one_only() -> None:
-    """The candidate rule (date of birth + sex) pairs a record with no name (a health record)
-    with a named one, never two named records (those the usual rules score) nor two nameless
-    ones. Shown failing with the name condition dropped: the named pair (0, 1) is proposed."""
+    """The candidate rule (date of birth + sex + postcode area) pairs a record with no name (a
+    health record) with a named one, never two named records (those the usual rules score) nor
+    two nameless ones, and only where the nameless record's postcode is one no register record
+    holds (the flag ``postcode_unknown``). Shown failing with the name condition dropped (the
+    named pair (0, 1) is proposed) and with the rule of 2026-12-02, date of birth + sex
+    (record 5, at a known address, and record 6, in another postcode area, are proposed)."""
     from linkage.comparisons import PIPELINE_COLUMNS
     from linkage.link import PIPELINE_PLAN, candidate_rule_sql
 
     sql = candidate_rule_sql(
-        PIPELINE_PLAN.candidate_rules[0], PIPELINE_COLUMNS, across_tables=False
+        PIPELINE_PLAN.candidate_rules[0],
+        PIPELINE_COLUMNS,
+        across_tables=False,
+        unknown_postcode=PIPELINE_PLAN.candidate_unknown_postcode_table is not None,
     )
     prof = pl.DataFrame(
         {
-            "profile_id": [0, 1, 2, 3, 4],
-            "component": [0, 1, 2, 3, 4],
-            "first_name": ["amy", "amy", None, None, "amy"],
-            "surname": ["ray", "roy", None, None, "ray"],
-            "date_of_birth": ["2010-01-02"] * 4 + ["2011-01-02"],
-            "sex": ["F"] * 5,
+            "profile_id": [0, 1, 2, 3, 4, 5, 6],
+            "component": [0, 1, 2, 3, 4, 5, 6],
+            "first_name": ["amy", "amy", None, None, "amy", None, None],
+            "surname": ["ray", "roy", None, None, "ray", None, None],
+            "date_of_birth": ["2010-01-02"] * 4 + ["2011-01-02"] + ["2010-01-02"] * 2,
+            "sex": ["F"] * 7,
+            "postcode_area": ["CF"] * 6 + ["SA"],
+            "postcode_unknown": [False, False, True, True, False, False, True],
         }
     )
     con = duckdb.connect()
@@ -239,9 +248,12 @@ def test_calibration_recovers_each_strata_share_of_true_matches_from_a_review_sa
 
 
 def _register_and_admissions() -> tuple[dict[str, pl.DataFrame], dict[str, dict[str, str]]]:
-    """Six register children and four admissions. ``h_missed``: Ava's admission with no NHS
-    number and a placement postcode no register row holds (the differential scenario's
-    missed link); Ava shares her date of birth and sex with Isla, the decoy."""
+    """Six register children and five admissions. ``h_missed``: Ava's admission with no NHS
+    number and a placement postcode no register row holds, in her postcode area (the
+    differential scenario's missed link); Ava shares her date of birth and sex with Isla, the
+    decoy. ``h_known``: an admission with no NHS number born the same day as Ava and Isla, at
+    Ella's address (a postcode the register holds): the usual date of birth + postcode rule is
+    where such a record meets the children living there, so the candidate rule leaves it."""
     register = pl.DataFrame(
         {
             "rid": [f"p{i}" for i in range(6)],
@@ -262,11 +274,11 @@ def _register_and_admissions() -> tuple[dict[str, pl.DataFrame], dict[str, dict[
     )
     admissions = pl.DataFrame(
         {
-            "rid": ["h_missed", "h_nhs", "h_postcode", "h_other"],
-            "nhs": [None, "9000000003", None, "9000000004"],
-            "dob": ["2008-03-14", "2007-11-02", "2010-01-09", "2009-06-30"],
-            "sex": ["F", "M", "F", "M"],
-            "pc": ["SY23 9ZZ", "SA1 2CC", "NP20 4EE", "LL57 3DD"],
+            "rid": ["h_missed", "h_nhs", "h_postcode", "h_other", "h_known"],
+            "nhs": [None, "9000000003", None, "9000000004", None],
+            "dob": ["2008-03-14", "2007-11-02", "2010-01-09", "2009-06-30", "2008-03-14"],
+            "sex": ["F", "M", "F", "M", "F"],
+            "pc": ["CF48 9ZZ", "SA1 2CC", "NP20 4EE", "LL57 3DD", "CF5 9FF"],
         }
     )
     roles = {
@@ -313,10 +325,11 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
 ) -> None:
     """The linker leaves Ava's placement-address admission unlinked (nothing it blocks on
     agrees), exactly as before; the candidate rule scores it with Ava and with Isla (same
-    date of birth and sex) and draws link it to one of them. The planted error, drawing only
-    among the pairs the linker scores from 0.5 (the old behaviour: no candidate pairs), never
-    recovers it. Shown failing with `candidate_floor=None` (no candidate pairs: recovered in
-    0 of 200 draws)."""
+    date of birth, sex and postcode area) and draws link it to one of them. The planted
+    error, drawing only among the pairs the linker scores from 0.5 (the old behaviour: no
+    candidate pairs), never recovers it. Shown failing with `candidate_floor=None` (no
+    candidate pairs: recovered in 0 of 200 draws), and with the candidate rule of 2026-12-02
+    (date of birth + sex: ``h_known``, at a known address, gets 2 candidate-rule pairs)."""
     from linkage import LinkageSettings
     from linkage.link import link_tables
 
@@ -345,10 +358,21 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
     )
     partners = set(missed["record_id_l"].to_list() + missed["record_id_r"].to_list()) - {"h_missed"}
     assert partners == {"p0", "p1"} and missed["candidate_rule"].all()
+    # at a known address: no candidate-rule pair (the date of birth + sex rule of 2026-12-02
+    # paired it with Ava and Isla too)
+    known = cand.filter(
+        pl.col("candidate_rule")
+        & ((pl.col("record_id_l") == "h_known") | (pl.col("record_id_r") == "h_known"))
+    )
+    assert known.height == 0
 
-    p_ava = missed.filter((pl.col("record_id_l") == "p0") | (pl.col("record_id_r") == "p0"))[
-        "match_probability"
-    ].item()
+    def p_of(child: str) -> float:
+        pair = (pl.col("record_id_l") == child) | (pl.col("record_id_r") == child)
+        return float(missed.filter(pair)["match_probability"].item())
+
+    # Ava's share of the draws: her probability, or by odds where Ava's and Isla's sum above 1
+    # (with the postcode area agreeing they score about 0.53 each)
+    p_ava = float(satellite_shares(np.array([p_of("p0"), p_of("p1")]), np.array([0, 0]))[0])
     rng = np.random.default_rng(11)
     n = 200
     recovered = {}
@@ -365,7 +389,7 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
         # one register person per record group: never Ava and Isla at once
         assert not any(same(rp, ["p0", "p1"]) for rp in person)
     assert recovered[False] == 0.0
-    # drawn at its probability (Splink's here: no labels to calibrate on)
+    # drawn at its share (from Splink's probabilities here: no labels to calibrate on)
     assert abs(recovered[True] - p_ava) < 4 * np.sqrt(p_ava * (1 - p_ava) / n)
     assert recovered[True] > 0
 
