@@ -18,8 +18,9 @@ same estimates.
 
 **Two processes (``ModelSettings.processes``, default 2).** The analyses are independent units
 of work, single threaded: on 2 cores two forked processes can fit them side by side
-(:func:`forked_map`), each with the cohort the parent loaded (copy-on-write, not copied). Each worker returns its log records with its results, and
-the parent hands them to its own loggers, so the stage's log reads as from one process.
+(:func:`forked_map`), each with the cohort the parent loaded (copy-on-write, not copied).
+Each worker returns its log records with its results, and the parent hands them to its own
+loggers, so the stage's log reads as from one process.
 """
 
 from __future__ import annotations
