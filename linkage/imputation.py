@@ -193,26 +193,38 @@ def load_candidates(
     if rec.height == 0:
         raise LinkDrawError("linkage.record_person is empty: nothing to draw")
     n = int(rec["component"].max()) + 1  # type: ignore[arg-type]
-    scored = (
-        "SELECT table_l, record_id_l, table_r, record_id_r, match_probability, match_weight, "
-        "false AS candidate_rule FROM linkage.scored_pairs"
-    )
     if "linkage.candidate_pairs" in tables:
-        scored += (
-            " UNION ALL SELECT table_l, record_id_l, table_r, record_id_r, match_probability, "
-            "match_weight, candidate_rule FROM linkage.candidate_pairs"
-        )
+        _require_component_pairs(con)
+    # every scored pair as a pair of record groups (dense component numbers): the linker's
+    # pairs are stored by representative record, the kept candidates by component id
+    candidates = (
+        """UNION ALL
+        SELECT l.component, r.component, k.match_probability, k.match_weight, k.candidate_rule
+        FROM linkage.candidate_pairs k
+        JOIN groups l ON l.component_id = k.component_id_l
+        JOIN groups r ON r.component_id = k.component_id_r"""
+        if "linkage.candidate_pairs" in tables
+        else ""
+    )
     con.register("rec_frame", rec)
     try:
         pairs = con.sql(
-            f"""SELECT least(l.component, r.component) AS a,
-                      greatest(l.component, r.component) AS b,
-                      max(s.match_probability) AS p, max(s.match_weight) AS w,
-                      bool_and(s.candidate_rule) AS candidate_rule
-               FROM ({scored}) s
-               JOIN rec_frame l ON l.source = s.table_l AND l.record_id = s.record_id_l
-               JOIN rec_frame r ON r.source = s.table_r AND r.record_id = s.record_id_r
-               WHERE l.component <> r.component
+            f"""WITH groups AS (
+                   SELECT DISTINCT component_id,
+                          CAST(dense_rank() OVER (ORDER BY component_id) - 1 AS BIGINT)
+                              AS component
+                   FROM linkage.record_person),
+               by_group AS (
+                   SELECT l.component AS cl, r.component AS cr, s.match_probability,
+                          s.match_weight, false AS candidate_rule
+                   FROM linkage.scored_pairs s
+                   JOIN rec_frame l ON l.source = s.table_l AND l.record_id = s.record_id_l
+                   JOIN rec_frame r ON r.source = s.table_r AND r.record_id = s.record_id_r
+                   {candidates})
+               SELECT least(cl, cr) AS a, greatest(cl, cr) AS b,
+                      max(match_probability) AS p, max(match_weight) AS w,
+                      bool_and(candidate_rule) AS candidate_rule
+               FROM by_group WHERE cl <> cr
                GROUP BY 1, 2 ORDER BY 1, 2"""
         ).pl()
     finally:
@@ -245,6 +257,23 @@ def load_candidates(
         edge_looked_after=care[a] | care[b],
         edge_unknown_postcode=unknown[a] | unknown[b],
     )
+
+
+def _require_component_pairs(con: duckdb.DuckDBPyConnection) -> None:
+    """A clear error for a linkage zone whose ``linkage.candidate_pairs`` names records (the
+    layout before 2026-12-03) rather than record groups."""
+    cols = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'linkage' AND table_name = 'candidate_pairs'"
+        ).fetchall()
+    }
+    if not {"component_id_l", "component_id_r"} <= cols:
+        raise LinkDrawError(
+            "linkage.candidate_pairs names records (the layout before 2026-12-03), not record "
+            "groups: relink the run with `cohort link` (candidate_floor set) and try again"
+        )
 
 
 # ---------------------------------------------------------------- calibration

@@ -90,9 +90,12 @@ class LinkResult:
     #: scored pairs the linker does not use, kept for multiple linkage imputation
     #: (:mod:`linkage.imputation`): pairs below the prediction floor of ``pairs`` down to
     #: ``settings.candidate_floor``, and pairs only the plan's candidate rules block together
-    #: (those the draws use: ``ModelPlan.candidate_spine_table``); same columns as ``pairs``
-    #: plus ``candidate_rule`` (whether a candidate rule made it);
-    #: None when ``settings.candidate_floor`` is None (the default)
+    #: (those the draws use: ``ModelPlan.candidate_spine_table``); one row per profile pair,
+    #: by record group: ``component_id_l``, ``component_id_r`` (``clusters.component_id``),
+    #: ``match_probability``, ``match_weight`` and ``candidate_rule`` (whether a candidate
+    #: rule made it). Integers and floats, no record ids: tens of millions of rows at a million
+    #: children (until 2026-12-03 each row named two representative records, 12 GB of
+    #: strings there). None when ``settings.candidate_floor`` is None (the default)
     candidate_pairs: pl.DataFrame | None = None
 
 
@@ -629,7 +632,9 @@ def _predict_with_candidates(
     settings: LinkageSettings,
     across_tables: bool,
 ) -> pl.DataFrame:
-    """The linker's pairs and the candidate pairs, sorted by profile ids.
+    """The linker's pairs (from the prediction floor up, sorted by profile ids); the candidate
+    pairs are left in the connection's table :data:`KEPT_CANDIDATES` (read by
+    :func:`_candidate_pairs`), so that tens of millions of them never become Python objects.
 
     A second linker on the same profiles carries the trained model with its prediction rules
     followed by ``plan.candidate_rules``. Splink gives each pair to the first rule that makes
@@ -688,39 +693,60 @@ def _predict_with_candidates(
         sdf,
         min(_prediction_floor(settings), settings.candidate_floor),
     )
-    scored = con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
-        "CAST(match_key AS INTEGER) >= ? AS candidate_rule "
-        f"FROM {quote_ident(predictions.physical_name)} "
-        "WHERE CAST(match_key AS INTEGER) < ? OR match_probability >= ? "
+    log.info("linkage: pairs and candidates predicted in one pass")
+    scored = quote_ident(predictions.physical_name)
+    n_usual = len(usual)
+    floor = _prediction_floor(settings)
+    # the linker's pairs come back to Python; the kept candidates stay in DuckDB (58 million
+    # rows at a million children: as Python frames of record ids they took 12 GB)
+    pairs = con.sql(
+        "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
+        f"FROM {scored} WHERE CAST(match_key AS INTEGER) < ? AND match_probability >= ? "
         "ORDER BY profile_id_l, profile_id_r",
-        params=[len(usual), len(usual), settings.candidate_floor],
+        params=[n_usual, floor],
     ).pl()
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {KEPT_CANDIDATES} AS
+        SELECT profile_id_l, profile_id_r, match_probability, match_weight,
+               CAST(match_key AS INTEGER) >= ? AS candidate_rule
+        FROM {scored}
+        WHERE (CAST(match_key AS INTEGER) < ? AND match_probability < ?)
+           OR (CAST(match_key AS INTEGER) >= ? AND match_probability >= ?)""",
+        [n_usual, n_usual, floor, n_usual, settings.candidate_floor],
+    )
+    log.info("linkage: %d pairs for the linker, candidates kept", pairs.height)
     if spine is None or not candidate_sql:
-        return scored
+        return pairs
     # two groups alike (both or neither hold a spine record) that a usual rule pairs: their
     # candidate-rule pairs count for the draws too (the largest probability of the two groups)
-    comp = prof["component"].to_numpy()
-    alike = prof["spine_group"].to_numpy()
-    usual_rows = scored.filter(~pl.col("candidate_rule"))
-    left = comp[usual_rows["profile_id_l"].to_numpy()]
-    right = comp[usual_rows["profile_id_r"].to_numpy()]
-    same = (
-        alike[usual_rows["profile_id_l"].to_numpy()] == alike[usual_rows["profile_id_r"].to_numpy()]
-    )
-    partners = (
-        pl.DataFrame(
-            {
-                "component": np.concatenate([left[same], right[same]]),
-                "partner": np.concatenate([right[same], left[same]]),
-            }
+    con.register("candidate_profiles", prof.select("profile_id", "component", "spine_group"))
+    try:
+        # one side at a time: with both profile lookups and the cross-side spine condition in
+        # one join, DuckDB may join the lookups to each other first (on spine_group alone)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE usual_left AS
+            SELECT l.component AS a, l.spine_group, s.profile_id_r
+            FROM {scored} s JOIN candidate_profiles l ON l.profile_id = s.profile_id_l
+            WHERE CAST(s.match_key AS INTEGER) < ?""",
+            [n_usual],
         )
-        .unique()
-        .group_by("component")
-        .agg(pl.col("partner").sort().alias("usual_partner_groups"))
-    )
+        partners = con.sql(
+            """WITH alike AS (
+                SELECT u.a, r.component AS b
+                FROM usual_left u
+                JOIN candidate_profiles r
+                  ON r.profile_id = u.profile_id_r AND r.spine_group = u.spine_group)
+            SELECT component, list(partner ORDER BY partner) AS usual_partner_groups
+            FROM (SELECT a AS component, b AS partner FROM alike
+                  UNION SELECT b, a FROM alike)
+            GROUP BY component ORDER BY component"""
+        ).pl()
+    finally:
+        con.unregister("candidate_profiles")
+        con.execute("DROP TABLE IF EXISTS usual_left")
+    log.info("linkage: %d record groups usually paired with an alike group", partners.height)
     if partners.height == 0:
-        return scored
+        return pairs
     paired = prof.join(partners, on="component", how="inner")
     frame = DuckDBAPI(con).register(paired, dataset_display_name="profiles_usually_paired")
     # the usual rules written from the plan's declared columns (rule_sql), never from the
@@ -736,11 +762,37 @@ def _predict_with_candidates(
         + (f" AND {not_usual}" if not_usual else "")
     )
     extra = predict([sql + inside for sql in candidate_sql], frame, settings.candidate_floor)
-    more = con.sql(
-        "SELECT profile_id_l, profile_id_r, match_probability, match_weight, "
-        f"true AS candidate_rule FROM {quote_ident(extra.physical_name)}"
-    ).pl()
-    return pl.concat([scored, more]).sort("profile_id_l", "profile_id_r")
+    con.execute(
+        f"INSERT INTO {KEPT_CANDIDATES} SELECT profile_id_l, profile_id_r, match_probability, "
+        f"match_weight, true FROM {quote_ident(extra.physical_name)}"
+    )
+    return pairs
+
+
+#: the link connection's table of the profile pairs kept for link draws (profile ids, scores,
+#: ``candidate_rule``), written by the scoring step and read by :func:`_candidate_pairs`
+KEPT_CANDIDATES = "kept_candidate_profile_pairs"
+
+
+def _candidate_pairs(con: duckdb.DuckDBPyConnection, prof: pl.DataFrame) -> pl.DataFrame:
+    """The kept candidate pairs by record group: each profile pair's two components
+    (``component_id_l``, ``component_id_r``, as in ``LinkResult.clusters``), its scores and
+    ``candidate_rule``; the usual rules' pairs below the floor first, then the candidate
+    rules' pairs, each sorted by profile pair. Integers and floats only: the record ids are
+    in the clusters."""
+    con.register("candidate_profiles", prof.select("profile_id", "component"))
+    try:
+        return con.sql(
+            f"""SELECT l.component AS component_id_l, r.component AS component_id_r,
+                       k.match_probability, k.match_weight, k.candidate_rule
+                FROM {KEPT_CANDIDATES} k
+                JOIN candidate_profiles l ON l.profile_id = k.profile_id_l
+                JOIN candidate_profiles r ON r.profile_id = k.profile_id_r
+                ORDER BY k.candidate_rule, k.profile_id_l, k.profile_id_r"""
+        ).pl()
+    finally:
+        con.unregister("candidate_profiles")
+        con.execute(f"DROP TABLE IF EXISTS {KEPT_CANDIDATES}")
 
 
 def _linker(
@@ -812,7 +864,7 @@ def _score_on_duckdb(
     con.execute("SET threads = ?", [threads])
     started = time.perf_counter()
     floor = _prediction_floor(settings)  # the linker's pairs are those from it up
-    candidates: pl.DataFrame | None = None
+    kept = 0
     if settings.candidate_floor is None:
         predictions = _predict(linker, settings)
         scored = con.sql(
@@ -821,28 +873,27 @@ def _score_on_duckdb(
         ).pl()
         pairs = scored.filter(pl.col("match_probability") >= floor)
     else:
-        # candidates for link draws: the usual rules' pairs below the floor, then the pairs
-        # only a candidate rule makes
-        scored = _predict_with_candidates(
+        # candidates for link draws (the usual rules' pairs below the floor, then the pairs
+        # only a candidate rule makes) stay in DuckDB, in KEPT_CANDIDATES
+        pairs = _predict_with_candidates(
             linker, sdf, con, prof, columns, plan, settings, across_tables
         )
-        usual = ~pl.col("candidate_rule")
-        pairs = scored.filter(usual & (pl.col("match_probability") >= floor)).drop("candidate_rule")
-        candidates = pl.concat(
-            [
-                scored.filter(usual & (pl.col("match_probability") < floor)),
-                scored.filter(pl.col("candidate_rule")),
-            ]
-        )
+        kept = _count(con, KEPT_CANDIDATES)
     log.info(
         "linkage: %d pairs scored (%d kept for link draws) in %.1f s",
         pairs.height,
-        0 if candidates is None else candidates.height,
+        kept,
         time.perf_counter() - started,
     )
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
-    extras.candidates = candidates
+    extras.candidates_kept = settings.candidate_floor is not None
     return pairs_out, model_json, extras, plan
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """The rows of one of this module's tables (a constant name, never input text)."""
+    ((n,),) = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()
+    return int(n)
 
 
 def spark_session(settings: LinkageSettings, temp_directory: str | Path | None = None) -> Any:
@@ -887,6 +938,7 @@ def spark_session(settings: LinkageSettings, temp_directory: str | Path | None =
 
 
 def _score_on_spark(
+    con: duckdb.DuckDBPyConnection,
     prof: pl.DataFrame,
     columns: Sequence[Column],
     plan: ModelPlan,
@@ -922,9 +974,13 @@ def _score_on_spark(
     pairs = scored.filter(pl.col("match_probability") >= floor)
     pairs_out, model_json, extras = _finish(linker, prof, pairs, settings, explain)
     if settings.candidate_floor is not None:
-        extras.candidates = scored.filter(pl.col("match_probability") < floor).with_columns(
-            candidate_rule=pl.lit(False)
+        below = scored.filter(pl.col("match_probability") < floor)
+        con.register("spark_candidates", below.with_columns(candidate_rule=pl.lit(False)))
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {KEPT_CANDIDATES} AS SELECT * FROM spark_candidates"
         )
+        con.unregister("spark_candidates")
+        extras.candidates_kept = True
     return pairs_out, model_json, extras
 
 
@@ -956,7 +1012,8 @@ class _Extras:
     threshold: float
     charts: dict[str, Path]
     review: pl.DataFrame | None
-    candidates: pl.DataFrame | None = None  # profile pairs kept for link draws only
+    #: whether the profile pairs kept for link draws only are in :data:`KEPT_CANDIDATES`
+    candidates_kept: bool = False
 
 
 LinkType = Literal["link_and_dedupe", "link_only", "dedupe_only"]
@@ -1071,7 +1128,7 @@ def link_tables(
     if settings.backend == "spark":
         plan = plan_model(con, prof, cols, plan, settings, across_tables)
         pairs, model_json, extras = _score_on_spark(
-            prof, cols, plan, settings, across_tables, explain, temp_directory
+            con, prof, cols, plan, settings, across_tables, explain, temp_directory
         )
     else:
         pairs, model_json, extras, plan = _score_on_duckdb(
@@ -1136,13 +1193,7 @@ def link_tables(
         )
 
     pair_frame = by_record(pairs)
-    candidate_frame = (
-        None
-        if extras.candidates is None
-        else by_record(extras.candidates).with_columns(
-            candidate_rule=extras.candidates["candidate_rule"]
-        )
-    )
+    candidate_frame = _candidate_pairs(con, prof) if extras.candidates_kept else None
     con.close()
     return LinkResult(
         clusters,

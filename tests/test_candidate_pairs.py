@@ -88,17 +88,34 @@ def test_candidate_pairs_are_the_usual_pairs_below_the_floor_then_the_candidate_
     assert cand is not None
     below = cand.filter(~pl.col("candidate_rule")).drop("candidate_rule")
     extra = cand.filter(pl.col("candidate_rule"))
-    # (1) the same rows, probabilities and order as the linker's own prediction
-    expected_below = reference.pairs.filter(pl.col("match_probability") < 0.5)
+    # (1) the same rows, probabilities and order as the linker's own prediction (its pairs are
+    # reported by one record of each record group; the candidates by the groups themselves)
+    expected_below = by_group(reference, reference.pairs.filter(pl.col("match_probability") < 0.5))
     assert below.height > 0
     assert below.equals(expected_below)
     assert kept.pairs.equals(reference.pairs.filter(pl.col("match_probability") >= 0.5))
     # (2) then the candidate rule's own pairs, none below the floor. (A usual rule may pair
-    # other profiles of the same two record groups: both are reported by the groups'
-    # representative records, so the record pairs may repeat.)
+    # other profiles of the same two record groups, so the group pairs may repeat.)
     assert extra.height > 0
     assert cand["candidate_rule"].to_list() == [False] * below.height + [True] * extra.height
     assert (extra["match_probability"] >= FLOOR).all()
+
+
+def by_group(result: LinkResult, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Scored pairs of records (``LinkResult.pairs``) as pairs of their record groups
+    (``component_id`` in ``result.clusters``), in the same order."""
+    group = result.clusters.select(pl.col("table"), "record_id", "component_id")
+    out = pairs
+    for side in ("l", "r"):
+        out = out.join(
+            group.rename({"table": f"table_{side}", "record_id": f"record_id_{side}"}).rename(
+                {"component_id": f"component_id_{side}"}
+            ),
+            on=[f"table_{side}", f"record_id_{side}"],
+            how="left",
+            maintain_order="left",
+        )
+    return out.select("component_id_l", "component_id_r", "match_probability", "match_weight")
 
 
 def _draw_inputs(result: LinkResult) -> CandidateLinks:

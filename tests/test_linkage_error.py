@@ -353,22 +353,30 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
     assert sum(v == cluster["h_missed"] for v in cluster.values()) == 1
     cand = result.candidate_pairs
     assert cand is not None
-    missed = cand.filter(
-        (pl.col("record_id_l") == "h_missed") | (pl.col("record_id_r") == "h_missed")
+    group = dict(
+        zip(
+            result.clusters["record_id"].to_list(),
+            result.clusters["component_id"].to_list(),
+            strict=True,
+        )
     )
-    partners = set(missed["record_id_l"].to_list() + missed["record_id_r"].to_list()) - {"h_missed"}
-    assert partners == {"p0", "p1"} and missed["candidate_rule"].all()
+
+    def touches(record: str) -> pl.Expr:
+        g = group[record]
+        return (pl.col("component_id_l") == g) | (pl.col("component_id_r") == g)
+
+    missed = cand.filter(touches("h_missed"))
+    partners = set(missed["component_id_l"].to_list() + missed["component_id_r"].to_list()) - {
+        group["h_missed"]
+    }
+    assert partners == {group["p0"], group["p1"]} and missed["candidate_rule"].all()
     # at a known address: no candidate-rule pair (the date of birth + sex rule of 2026-12-02
     # paired it with Ava and Isla too)
-    known = cand.filter(
-        pl.col("candidate_rule")
-        & ((pl.col("record_id_l") == "h_known") | (pl.col("record_id_r") == "h_known"))
-    )
+    known = cand.filter(pl.col("candidate_rule") & touches("h_known"))
     assert known.height == 0
 
     def p_of(child: str) -> float:
-        pair = (pl.col("record_id_l") == child) | (pl.col("record_id_r") == child)
-        return float(missed.filter(pair)["match_probability"].item())
+        return float(missed.filter(touches(child))["match_probability"].item())
 
     # Ava's share of the draws: her probability, or by odds where Ava's and Isla's sum above 1
     # (with the postcode area agreeing they score about 0.53 each)
@@ -414,14 +422,11 @@ def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_pers
         + pair.format("('school_census', 's1', 'population_register', 'p1', 0.97, 5.0)")
         + "match_probability, match_weight)"
     )
+    # by record group (component_id): h9 with p1, p0 with p1, h9 with s1
     con.execute(
-        "CREATE TABLE linkage.candidate_pairs AS "
-        + pair.format(
-            "('hospital_admissions', 'h9', 'population_register', 'p1', 0.1, -3.2, true), "
-            "('population_register', 'p0', 'population_register', 'p1', 0.1, -3.2, true), "
-            "('hospital_admissions', 'h9', 'school_census', 's1', 0.1, -3.2, true)"
-        )
-        + "match_probability, match_weight, candidate_rule)"
+        """CREATE TABLE linkage.candidate_pairs AS SELECT * FROM (VALUES
+        (2, 1, 0.1, -3.2, true), (0, 1, 0.1, -3.2, true), (2, 3, 0.1, -3.2, true))
+        t(component_id_l, component_id_r, match_probability, match_weight, candidate_rule)"""
     )
     c = load_candidates(con)
     con.close()
