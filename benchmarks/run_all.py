@@ -126,6 +126,8 @@ def bench_size(
                 "stage": stage,
                 "wall_seconds": manifest["timings_seconds"][stage],
                 "peak_gib": manifest.get("peak_memory_gib", {}).get(stage, float("nan")),
+                # summed PSS: the forked model workers' shared pages counted once
+                "peak_pss_gib": manifest.get("peak_pss_gib", {}).get(stage, float("nan")),
             }
         )
     # `cohort run` runs each stage in a child process: the flow samples the whole process tree
@@ -172,6 +174,29 @@ def bench_size(
     return result
 
 
+def memory_cell(s: dict[str, object]) -> str:
+    """Peak GiB as summed RSS, and as summed PSS where the flow sampled it."""
+    pss = float(s.get("peak_pss_gib", float("nan")))  # type: ignore[arg-type]
+    rss = float(s["peak_gib"])  # type: ignore[arg-type]
+    return f"{rss:.1f}" if pss != pss else f"{rss:.1f} (PSS {pss:.1f})"
+
+
+def verdict(walls: list[float], runs: list[dict[str, object]], stage: str, every: str) -> str:
+    """A stage's target met or not: time, and memory by summed RSS, or by PSS only (the shared
+    pages of forked workers split among them) where only PSS is within it."""
+    t_wall, t_mem = TARGETS[stage]
+    if not t_wall:
+        return ""
+    rss = max(float(x["peak_gib"]) for x in runs)  # type: ignore[arg-type]
+    pss = max(float(x.get("peak_pss_gib", float("nan"))) for x in runs)  # type: ignore[arg-type]
+    time_ok = max(walls) <= t_wall
+    if rss <= t_mem and time_ok:
+        return f"{t_wall} s / {t_mem} GiB: met{every}"
+    if time_ok and pss <= t_mem:
+        return f"{t_wall} s / {t_mem} GiB: met{every} by PSS, not by summed RSS"
+    return f"{t_wall} s / {t_mem} GiB: NOT met"
+
+
 def stage_table(r: dict[str, object]) -> str:
     lines = [
         f"{int(r['children']):,} children, seed {r.get('seed', 1)} "  # type: ignore[call-overload]
@@ -182,12 +207,10 @@ def stage_table(r: dict[str, object]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for s in r["stages"]:  # type: ignore[attr-defined]
-        t_wall, t_mem = TARGETS[str(s["stage"]).split(" ")[0]]
-        ok = s["wall_seconds"] <= t_wall and s["peak_gib"] <= t_mem
-        verdict = f"{t_wall} s / {t_mem} GiB: {'met' if ok else 'NOT met'}" if t_wall else ""
+        met = verdict([float(s["wall_seconds"])], [s], str(s["stage"]).split(" ")[0], "")
         lines.append(
-            f"| {s['stage']} | {s['rows']:,} | {s['wall_seconds']:.0f} | {s['peak_gib']:.1f} | "
-            f"{s['rows_per_second']:,} | {verdict if r['children'] == 1_000_000 else ''} |"
+            f"| {s['stage']} | {s['rows']:,} | {s['wall_seconds']:.0f} | {memory_cell(s)} | "
+            f"{s['rows_per_second']:,} | {met if r['children'] == 1_000_000 else ''} |"
         )
     return "\n".join(lines)
 
@@ -207,13 +230,12 @@ def spread_table(results: list[dict[str, object]]) -> str:
     for i, s in enumerate(results[0]["stages"]):  # type: ignore[attr-defined]
         runs = [r["stages"][i] for r in results]  # type: ignore[index]
         walls = [float(x["wall_seconds"]) for x in runs]
-        peaks = [float(x["peak_gib"]) for x in runs]
-        t_wall, t_mem = TARGETS[str(s["stage"]).split(" ")[0]]
-        ok = max(walls) <= t_wall and max(peaks) <= t_mem
-        met = "met on every seed" if ok else "NOT met"
-        verdict = f"{t_wall} s / {t_mem} GiB: {met}" if t_wall and n == 1_000_000 else ""
-        cells = " | ".join(f"{w:.0f} / {m:.1f}" for w, m in zip(walls, peaks, strict=True))
-        lines.append(f"| {s['stage']} | {cells} | {min(walls):.0f}-{max(walls):.0f} | {verdict} |")
+        met = verdict(walls, runs, str(s["stage"]).split(" ")[0], " on every seed")
+        cells = " | ".join(f"{w:.0f} / {memory_cell(x)}" for w, x in zip(walls, runs, strict=True))
+        lines.append(
+            f"| {s['stage']} | {cells} | {min(walls):.0f}-{max(walls):.0f} | "
+            f"{met if n == 1_000_000 else ''} |"
+        )
     return "\n".join(lines)
 
 

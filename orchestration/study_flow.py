@@ -205,6 +205,7 @@ def _run_study(
         timings: dict[str, float] = dict(previous.get("timings_seconds", {}))
         counts: dict[str, Any] = dict(previous.get("row_counts", {}))
         peak_memory: dict[str, float] = dict(previous.get("peak_memory_gib", {}))
+        peak_pss: dict[str, float] = dict(previous.get("peak_pss_gib", {}))
         ran: list[str] = []
         # the share of stages done, as a progress bar on the flow run's page in the Prefect UI
         # called from a sync flow, Prefect returns the id (its type also allows a coroutine)
@@ -235,6 +236,7 @@ def _run_study(
             timings[stage] = round(time.perf_counter() - t0, 2)
             log.info("stage %s %s: done in %.0f s", stage, counter, timings[stage])
             peak_memory[stage] = mem.peak_gib
+            peak_pss[stage] = mem.peak_pss_gib
             counts[stage] = result
             marker = {
                 "fingerprint": fingerprints[stage],
@@ -255,14 +257,18 @@ def _run_study(
         manifest["run_settings_path"] = (
             str(Path(settings_path).resolve()) if settings_path else None
         )
-        manifest["peak_memory_gib"] = peak_memory
+        manifest["peak_memory_gib"] = peak_memory  # summed RSS of the process tree
+        manifest["peak_pss_gib"] = peak_pss  # summed PSS: shared pages split, not repeated
         manifest["process_peak_memory_gib"] = process_peak_gib()
         manifest["stage_process_peak_memory_gib"] = process_peak_gib(resource.RUSAGE_CHILDREN)
         write_manifest(layout, manifest)
         create_markdown_artifact(
             key="run-summary",
-            markdown="| stage | seconds | peak GiB |\n|---|---:|---:|\n"
-            + "\n".join(f"| {k} | {v} | {peak_memory.get(k, '')} |" for k, v in timings.items()),
+            markdown="| stage | seconds | peak GiB (RSS) | peak GiB (PSS) |\n|---|---:|---:|---:|\n"
+            + "\n".join(
+                f"| {k} | {v} | {peak_memory.get(k, '')} | {peak_pss.get(k, '')} |"
+                for k, v in timings.items()
+            ),
             description="stage timings",
         )
     return {"ran": ran, "report": str(layout.report), "manifest": str(layout.manifest)}

@@ -91,6 +91,39 @@ def test_peak_memory_counts_the_stage_process() -> None:
     assert int(r.stdout.split()[-1]) > 350 * 2**20, r.stdout
 
 
+def test_peak_pss_counts_pages_shared_by_forked_workers_once() -> None:
+    """Two forked workers that only read the parent's 400 MiB: the summed RSS counts those
+    pages three times (about 1,200 MiB), the summed PSS once (about 400 MiB), which is what
+    the tree takes from the machine (the model stage's workers share the cohort this way).
+    A PSS read as RSS fails the upper bound."""
+    script = (
+        "import sys, os, time\n"
+        f"sys.path[:0] = [{str(ROOT)!r}]\n"
+        "from orchestration.resources import PeakMemory, tree_pss_bytes, tree_rss_bytes\n"
+        "base_rss, base_pss = tree_rss_bytes(), tree_pss_bytes()\n"
+        "held = bytearray(os.urandom(1)) * (400 * 2**20)\n"
+        "with PeakMemory(interval=0.05, pss_interval=0.2) as mem:\n"
+        "    kids = []\n"
+        "    for _ in range(2):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            time.sleep(1.5)\n"
+        "            os._exit(0 if held[-1] == held[0] else 1)\n"
+        "        kids.append(pid)\n"
+        "    for pid in kids:\n"
+        "        os.waitpid(pid, 0)\n"
+        "print(mem.peak_bytes - base_rss, mem.peak_pss_bytes - base_pss)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rss, pss = (int(x) for x in r.stdout.split()[-2:])
+    mib = 2**20
+    assert rss > 1100 * mib, r.stdout
+    assert 350 * mib < pss < 600 * mib, r.stdout
+
+
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     """Killing only the parent (not its process group) must not leave the stage running."""
     pid_file = tmp_path / "child.pid"

@@ -40,6 +40,9 @@ def test_run_writes_everything_and_resumes_without_redoing(
     ):
         assert m[key], key
     assert set(m["timings_seconds"]) == {"validate", "link", "build", "model", "report"}
+    # both memory measures, per stage: PSS splits shared pages, so it never exceeds RSS
+    assert set(m["peak_pss_gib"]) == set(m["timings_seconds"])
+    assert all(0 < m["peak_pss_gib"][s] <= m["peak_memory_gib"][s] for s in m["peak_pss_gib"])
     assert m["delivery_metadata"]["seed"] == 13
     run = tmp_path / "rerun"  # a copy: the session's run is shared by the xdist workers
     shutil.copytree(full_run, run)
