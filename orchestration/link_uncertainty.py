@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ from models.estimators import CohortData
 from models.pooling import KEYS, rubin_pool
 from models.run import load_cohort, run_analyses
 from models.settings import ModelSettings
-from schemas.analyses import load_run_analyses
+from schemas.analyses import Analysis, load_run_analyses
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +95,37 @@ class LinkUncertaintySummary:
         return "\n".join(lines)
 
 
+def select_analyses(run: RunLayout, names: Sequence[str] | None) -> tuple[Analysis, ...]:
+    """The run's declared analyses (its saved study config), or those of them named, in
+    declared order; a clear error for a name the run does not declare."""
+    declared = load_run_analyses(run.cohort_dir / "study_config.yaml")
+    if names is None:
+        return declared
+    unknown = sorted(set(names) - {a.name for a in declared})
+    if unknown or not names:
+        raise ConfigError(
+            f"--analyses {', '.join(unknown) or '(empty)'}: not an analysis of {run.root} "
+            f"(its study config declares {', '.join(a.name for a in declared)}); name one or "
+            "more of those, separated by commas"
+        )
+    return tuple(a for a in declared if a.name in set(names))
+
+
 def _draw_estimates(
     run: RunLayout,
     draw_layout: RunLayout,
     record_person: pd.DataFrame | object,
     linkage_settings: LinkageSettings,
     model_settings: ModelSettings,
+    analyses: tuple[Analysis, ...],
 ) -> pd.DataFrame:
-    """One draw's estimates: its analysis zone, build, and the run's analyses fitted (the
+    """One draw's estimates: its analysis zone, build, and ``analyses`` fitted (the
     estimates only: the draws need no figures, release tables or table 1)."""
     write_link_set_zone(run.linkage_db, record_person, draw_layout, linkage_settings)  # type: ignore[arg-type]
     build_cohort(layout=draw_layout, config=load_study_config(run.cohort_dir / "study_config.yaml"))
     children, person_time, school_years = load_cohort(draw_layout)
     if children.empty:
         raise RunStateError(f"{draw_layout.root}: the drawn link set gave an empty cohort")
-    analyses = load_run_analyses(draw_layout.cohort_dir / "study_config.yaml")
     fitted = run_analyses(CohortData(children, person_time, school_years), analyses, model_settings)
     return fitted.estimates
 
@@ -250,16 +266,19 @@ def run_link_uncertainty(
     keep_draws: bool = False,
     progress: Callable[[str], None] | None = None,
     labels: pl.DataFrame | None = None,
+    analyses: Sequence[str] | None = None,
 ) -> LinkUncertaintySummary:
     """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
     ``secret``: the key of the draws' pseudonyms (default: a throwaway random key; a draw's
     keys are never joined to the run's). ``labels``: labelled candidate pairs (``source_l,
     record_id_l, source_r, record_id_r, is_match``) to recalibrate the draw probabilities on
     (default: the labelled rows of the zone's ``linkage.link_review_sample``; none: Splink's
-    own probabilities, which are not calibrated, see docs/linkage_error.md)."""
+    own probabilities, which are not calibrated, see docs/linkage_error.md). ``analyses``:
+    the names of the run's analyses to fit in each draw (default: every one it declares)."""
     step = progress or (lambda m: log.info("%s", m))
     run = RunLayout.at(run_dir)
     require_candidate_pairs(run)
+    chosen = select_analyses(run, analyses)
     linkage_settings, run_model_settings = run_settings_of(run)
     ms = model_settings or run_model_settings
     main_path = run.results_dir / "estimates.csv"
@@ -284,7 +303,9 @@ def run_link_uncertainty(
             step(f"link draw {d + 1} of {draws}: build and model")
             rp = draw_record_person(candidates, rng, key)
             estimates.append(
-                _draw_estimates(run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms)
+                _draw_estimates(
+                    run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms, chosen
+                )
             )
     finally:
         if not keep_draws:
@@ -299,6 +320,7 @@ def run_link_uncertainty(
             {
                 "draws": draws,
                 "seed": seed,
+                "analyses": [a.name for a in chosen],
                 "candidate_edges": int(candidates.edge_p.size),
                 "seconds_total": round(total, 1),
                 "seconds_per_draw": round(total / max(draws, 1), 1),

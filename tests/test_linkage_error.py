@@ -598,6 +598,28 @@ def test_link_uncertainty_names_the_setting_when_the_run_kept_no_candidate_pairs
         write_review_sample(run.root, pairs=10)
 
 
+def test_link_draws_fit_the_named_analyses_or_name_the_declared_ones(tmp_path: Path) -> None:
+    """`--analyses` chooses which of the run's declared analyses each draw fits, in declared
+    order; a name the run does not declare is an error that lists the declared ones."""
+    import shutil
+
+    from ground.errors import ConfigError
+    from orchestration.link_uncertainty import select_analyses
+    from tests.e2e import ROOT
+
+    run = RunLayout.at(tmp_path / "run")
+    run.cohort_dir.mkdir(parents=True)
+    shutil.copy(ROOT / "cohort" / "study_default.yaml", run.cohort_dir / "study_config.yaml")
+    every = select_analyses(run, None)
+    assert len(every) > 10
+    chosen = select_analyses(run, ["time_to_event", "ks4_cla_vs_nla"])
+    assert [a.name for a in chosen] == ["ks4_cla_vs_nla", "time_to_event"]
+    with pytest.raises(ConfigError, match="time_to_evnt: not an analysis.*declares ks4_cla"):
+        select_analyses(run, ["time_to_evnt", "ks4_cla_vs_nla"])
+    with pytest.raises(ConfigError, match="empty"):
+        select_analyses(run, [])
+
+
 def test_review_sample_command_stores_pairs_for_review_in_the_zone_only(
     full_run: Path, tmp_path: Path
 ) -> None:

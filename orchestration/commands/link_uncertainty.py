@@ -23,6 +23,15 @@ def command(
             "0 gives analytic intervals, far cheaper per draw).",
         ),
     ] = None,
+    analyses: Annotated[
+        str | None,
+        typer.Option(
+            "--analyses",
+            help="Comma-separated names of the run's analyses to fit in each draw (default: "
+            "every analysis the run declares); e.g. time_to_event,ks4_cla_vs_nla for the main "
+            "estimates, a fraction of the model stage's time per draw.",
+        ),
+    ] = None,
     keep_draws: Annotated[
         bool, typer.Option("--keep-draws", help="Keep RUN/link_draws/ (pseudonymous zones).")
     ] = False,
@@ -74,5 +83,6 @@ def command(
         model_settings=model_settings,
         keep_draws=keep_draws,
         progress=lambda m: console.print(m),
+        analyses=None if analyses is None else [a.strip() for a in analyses.split(",")],
     )
     typer.echo(summary.to_markdown())
