@@ -716,6 +716,7 @@ def _predict_with_candidates(
     )
     log.info("linkage: %d pairs for the linker, candidates kept", pairs.height)
     if spine is None or not candidate_sql:
+        predictions.drop_table_from_database_and_remove_from_cache()
         return pairs
     # two groups alike (both or neither hold a spine record) that a usual rule pairs: their
     # candidate-rule pairs count for the draws too (the largest probability of the two groups)
@@ -744,6 +745,9 @@ def _predict_with_candidates(
     finally:
         con.unregister("candidate_profiles")
         con.execute("DROP TABLE IF EXISTS usual_left")
+    # the prediction's wide table (every comparison column of 68 million pairs at a million
+    # children) is no longer needed: what is used of it is in pairs and KEPT_CANDIDATES
+    predictions.drop_table_from_database_and_remove_from_cache()
     log.info("linkage: %d record groups usually paired with an alike group", partners.height)
     if partners.height == 0:
         return pairs
@@ -766,6 +770,7 @@ def _predict_with_candidates(
         f"INSERT INTO {KEPT_CANDIDATES} SELECT profile_id_l, profile_id_r, match_probability, "
         f"match_weight, true FROM {quote_ident(extra.physical_name)}"
     )
+    extra.drop_table_from_database_and_remove_from_cache()
     return pairs
 
 
