@@ -93,9 +93,10 @@ class LinkResult:
     #: (those the draws use: ``ModelPlan.candidate_spine_table``); one row per profile pair,
     #: by record group: ``component_id_l``, ``component_id_r`` (``clusters.component_id``),
     #: ``match_probability``, ``match_weight`` and ``candidate_rule`` (whether a candidate
-    #: rule made it). Integers and floats, no record ids: tens of millions of rows at a million
-    #: children (until 2026-12-03 each row named two representative records, 12 GB of
-    #: strings there). None when ``settings.candidate_floor`` is None (the default)
+    #: rule made it). Integers and floats, no record ids: 58 million rows at a million children
+    #: (until 2026-12-03 each row named two representative records, built as Python strings:
+    #: the link stage peaked at 23.0 GiB there, 16.7 GiB since). None when
+    #: ``settings.candidate_floor`` is None (the default)
     candidate_pairs: pl.DataFrame | None = None
 
 
@@ -698,7 +699,8 @@ def _predict_with_candidates(
     n_usual = len(usual)
     floor = _prediction_floor(settings)
     # the linker's pairs come back to Python; the kept candidates stay in DuckDB (58 million
-    # rows at a million children: as Python frames of record ids they took 12 GB)
+    # rows at a million children: as Python frames of record ids the stage peaked at 23.0 GiB,
+    # 16.7 GiB without them)
     pairs = con.sql(
         "SELECT profile_id_l, profile_id_r, match_probability, match_weight "
         f"FROM {scored} WHERE CAST(match_key AS INTEGER) < ? AND match_probability >= ? "

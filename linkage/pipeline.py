@@ -180,7 +180,7 @@ def _link_run(
         con.unregister("clusters_frame")
         con.unregister("pairs_frame")
         # pairs below the linker's floor, and pairs only the candidate rules make: for link
-        # draws (linkage.imputation); record ids and scores only, kept in this zone
+        # draws (linkage.imputation); record-group ids and scores only, kept in this zone
         con.execute("DROP TABLE IF EXISTS linkage.candidate_pairs")
         if result.candidate_pairs is not None:
             con.register("candidate_frame", result.candidate_pairs)

@@ -104,13 +104,11 @@ def test_candidate_pairs_are_the_usual_pairs_below_the_floor_then_the_candidate_
 def by_group(result: LinkResult, pairs: pl.DataFrame) -> pl.DataFrame:
     """Scored pairs of records (``LinkResult.pairs``) as pairs of their record groups
     (``component_id`` in ``result.clusters``), in the same order."""
-    group = result.clusters.select(pl.col("table"), "record_id", "component_id")
+    group = result.clusters.select("table", "record_id", "component_id")
     out = pairs
     for side in ("l", "r"):
         out = out.join(
-            group.rename({"table": f"table_{side}", "record_id": f"record_id_{side}"}).rename(
-                {"component_id": f"component_id_{side}"}
-            ),
+            group.rename({c: f"{c}_{side}" for c in group.columns}),
             on=[f"table_{side}", f"record_id_{side}"],
             how="left",
             maintain_order="left",
