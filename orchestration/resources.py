@@ -16,27 +16,25 @@ from pathlib import Path
 from types import TracebackType
 
 
-def _rss_bytes(pid: int | str) -> int:
-    """Resident set size of one process now (Linux /proc; 0 where unavailable)."""
+def _proc_bytes(path: str, field: str) -> int:
+    """A ``field:  N kB`` line of a Linux /proc file, in bytes (0 where unavailable)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _rss_bytes(pid: int | str) -> int:
+    """Resident set size of one process now."""
+    return _proc_bytes(f"/proc/{pid}/status", "VmRSS:")
 
 
 def _pss_bytes(pid: int | str) -> int:
-    """Proportional set size of one process now (``/proc/PID/smaps_rollup``; 0 where
-    unavailable)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    """Proportional set size of one process now (``smaps_rollup`` walks its page tables)."""
+    return _proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _children(pid: int | str) -> list[str]:

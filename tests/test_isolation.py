@@ -69,6 +69,16 @@ def test_a_killed_stage_process_is_a_clear_error() -> None:
         run_in_child_process(killed)
 
 
+def _fresh_python(script: str) -> str:
+    """Run ``script`` in a fresh interpreter (a memory figure taken in a pytest worker also
+    counts whatever its other tests started); its standard output."""
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
 def test_peak_memory_counts_the_stage_process() -> None:
     """Measured in a fresh process: a pytest worker's own process tree also holds whatever its
     other tests started (the session's `cohort run`, whose stage and model workers come and go),
@@ -84,11 +94,8 @@ def test_peak_memory_counts_the_stage_process() -> None:
         "    run_in_child_process(hold_memory, mib=400, seconds=1.0)\n"
         "print(mem.peak_bytes - base)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert int(r.stdout.split()[-1]) > 350 * 2**20, r.stdout
+    out = _fresh_python(script)
+    assert int(out.split()[-1]) > 350 * 2**20, out
 
 
 def test_peak_pss_counts_pages_shared_by_forked_workers_once() -> None:
@@ -114,14 +121,11 @@ def test_peak_pss_counts_pages_shared_by_forked_workers_once() -> None:
         "        os.waitpid(pid, 0)\n"
         "print(mem.peak_bytes - base_rss, mem.peak_pss_bytes - base_pss)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    rss, pss = (int(x) for x in r.stdout.split()[-2:])
+    out = _fresh_python(script)
+    rss, pss = (int(x) for x in out.split()[-2:])
     mib = 2**20
-    assert rss > 1100 * mib, r.stdout
-    assert 350 * mib < pss < 600 * mib, r.stdout
+    assert rss > 1100 * mib, out
+    assert 350 * mib < pss < 600 * mib, out
 
 
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
