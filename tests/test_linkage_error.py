@@ -438,6 +438,29 @@ def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_pers
     assert edges == [(1, 2, True), (1, 3, False)]
 
 
+def test_a_zone_with_candidate_pairs_by_record_is_refused_with_relink() -> None:
+    """A linkage zone written before 2026-12-03 stores candidate pairs by representative
+    record; the draws read them by record group, so they ask for a relink instead of failing
+    in SQL."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    con.execute(
+        "CREATE TABLE linkage.record_person AS SELECT * FROM (VALUES "
+        "('population_register', 'p0', 0)) t(source, record_id, component_id)"
+    )
+    con.execute(
+        "CREATE TABLE linkage.scored_pairs (table_l VARCHAR, record_id_l VARCHAR, "
+        "table_r VARCHAR, record_id_r VARCHAR, match_probability DOUBLE, match_weight DOUBLE)"
+    )
+    con.execute(
+        "CREATE TABLE linkage.candidate_pairs AS SELECT *, true AS candidate_rule "
+        "FROM linkage.scored_pairs"
+    )
+    with pytest.raises(LinkDrawError, match="names records.*relink the run with `cohort link`"):
+        load_candidates(con)
+    con.close()
+
+
 # ---------------------------------------------------------------- Rubin's rules
 
 
