@@ -217,6 +217,7 @@ def run_seed(
                 seed=seed,
                 model_settings=ms,
                 labels=label_frame,
+                uncalibrated=not labels,
             )
             times["link_draws"] = time.perf_counter() - t
             pooled = summary.table

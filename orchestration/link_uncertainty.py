@@ -6,7 +6,10 @@
    deterministic components from the linkage zone (:func:`linkage.imputation.load_candidates`;
    the pairs are not scored again); with clerical-review labels (``labels``: a labelled
    :func:`write_review_sample`), recalibrate the draw probabilities on them
-   (:func:`linkage.imputation.fit_calibration`), else draw from Splink's probabilities;
+   (:func:`linkage.imputation.fit_calibration`). Without labels the command stops and says
+   how to get them, unless ``uncalibrated`` asks for Splink's own probabilities (they are
+   over-confident on these data, so draws from them chain different people together: see
+   :data:`UNCALIBRATED_WARNING`);
 2. for each draw, one plausible link set (:func:`linkage.imputation.draw_record_person`) is
    written as the analysis zone of ``RUN/link_draws/draw_NN/``, and the later stages run there
    as in the run: ``cohort build`` (the run's saved study config) and the run's analyses (the
@@ -65,6 +68,15 @@ log = logging.getLogger(__name__)
 
 DRAWS_DIR = "link_draws"
 
+#: why draws need labelled pairs: measured on a 100,000-child differential world (seed 5,
+#: docs/linkage_error.md "Draws need calibrated probabilities")
+UNCALIBRATED_WARNING = (
+    "Splink's match probabilities are not calibrated on these data (pairs it scores 0.98 are "
+    "true matches about half the time), so draws from them link too much: on a "
+    "100,000-child world they made 95,000 persons where the truth has 100,000 and "
+    "calibrated draws 102,600, and their pooled estimates move with the false links"
+)
+
 
 @dataclass
 class LinkUncertaintySummary:
@@ -77,8 +89,14 @@ class LinkUncertaintySummary:
     calibration: LinkCalibration | None = None
 
     def to_markdown(self) -> str:
+        drawn_from = (
+            f"probabilities recalibrated on {self.calibration.labelled} labelled pairs"
+            if self.calibration is not None
+            else "**Splink's uncalibrated probabilities** (no labelled pairs; see "
+            "docs/linkage_error.md before reading these intervals)"
+        )
         lines = [
-            f"{self.draws} link draws, {self.seconds_per_draw:.0f} s a draw "
+            f"{self.draws} link draws from {drawn_from}, {self.seconds_per_draw:.0f} s a draw "
             f"({self.seconds_total:.0f} s in all).",
             "",
             "| outcome | contrast | method | main (95% CI) | linkage-aware (95% CI) "
@@ -267,14 +285,16 @@ def run_link_uncertainty(
     progress: Callable[[str], None] | None = None,
     labels: pl.DataFrame | None = None,
     analyses: Sequence[str] | None = None,
+    uncalibrated: bool = False,
 ) -> LinkUncertaintySummary:
     """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
     ``secret``: the key of the draws' pseudonyms (default: a throwaway random key; a draw's
     keys are never joined to the run's). ``labels``: labelled candidate pairs (``source_l,
     record_id_l, source_r, record_id_r, is_match``) to recalibrate the draw probabilities on
     (default: the labelled rows of the zone's ``linkage.link_review_sample``; none: Splink's
-    own probabilities, which are not calibrated, see docs/linkage_error.md). ``analyses``:
-    the names of the run's analyses to fit in each draw (default: every one it declares)."""
+    own probabilities, only with ``uncalibrated``: otherwise no labels is an error that says
+    how to get them). ``analyses``: the names of the run's analyses to fit in each draw
+    (default: every one it declares)."""
     step = progress or (lambda m: log.info("%s", m))
     run = RunLayout.at(run_dir)
     require_candidate_pairs(run)
@@ -285,8 +305,15 @@ def run_link_uncertainty(
     if not main_path.exists():
         raise RunStateError(f"{main_path} not found: run `cohort model` first")
     t0 = time.perf_counter()
-    candidates = read_candidates(run)
     labels = labels if labels is not None else _zone_labels(run)
+    if (labels is None or not labels.height) and not uncalibrated:
+        raise RunStateError(
+            f"{run.root}: no labelled pairs to calibrate the draws on. {UNCALIBRATED_WARNING}. "
+            f"Store pairs for clerical review with `cohort link-uncertainty --run {run.root} "
+            "--review-sample 1000`, fill is_match in linkage.link_review_sample, then run the "
+            "draws again; or pass --uncalibrated to draw from Splink's probabilities anyway."
+        )
+    candidates = read_candidates(run)
     calibration = None
     if labels is not None and labels.height:
         calibration = calibrate(candidates, labels)
@@ -325,6 +352,7 @@ def run_link_uncertainty(
                 "seconds_total": round(total, 1),
                 "seconds_per_draw": round(total / max(draws, 1), 1),
                 "bootstrap_replicates": ms.bootstrap_replicates,
+                "draw_probabilities": "uncalibrated" if calibration is None else "calibrated",
                 "calibration": None if calibration is None else calibration.to_json(),
             },
             indent=2,

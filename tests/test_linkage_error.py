@@ -587,10 +587,12 @@ def test_link_uncertainty_command_pools_draws_beside_the_main_estimates(
         "2",
         "--bootstrap-replicates",
         "0",
+        "--uncalibrated",
         env=_env(tmp_path),
         timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "uncalibrated" in r.stdout
     table = pd.read_csv(run / "results" / "linkage_uncertainty.csv")
     assert {"main_estimate", "estimate", "ci_low", "ci_high", "linkage_share"} <= set(table.columns)
     main = table[(table["outcome"] == "ks4_score") & (table["method"] == "regression")]
@@ -619,6 +621,39 @@ def test_link_uncertainty_names_the_setting_when_the_run_kept_no_candidate_pairs
         run_link_uncertainty(run_dir=run.root, draws=2)
     with pytest.raises(RunStateError, match="candidate_floor: 0.001"):
         write_review_sample(run.root, pairs=10)
+
+
+def test_link_draws_without_review_labels_stop_unless_asked_for_uncalibrated(
+    tmp_path: Path,
+) -> None:
+    """Draws from Splink's own probabilities link too much on these data (docs/linkage_error.md
+    "Draws need calibrated probabilities"), so a run without labelled review pairs is refused,
+    naming both ways on, before anything is read or drawn; ``uncalibrated=True`` gets past the
+    check (and then fails on this empty zone's candidate pairs, further on)."""
+    import shutil
+
+    from ground.errors import RunStateError
+    from orchestration.link_uncertainty import run_link_uncertainty
+    from tests.e2e import ROOT
+
+    run = RunLayout.at(tmp_path / "run")
+    for d in (run.linkage_dir, run.cohort_dir, run.results_dir):
+        d.mkdir(parents=True)
+    con = duckdb.connect(str(run.linkage_db))
+    con.execute("CREATE SCHEMA linkage")
+    con.execute("CREATE TABLE linkage.candidate_pairs (component_id_l BIGINT)")
+    con.close()
+    shutil.copy(ROOT / "cohort" / "study_default.yaml", run.cohort_dir / "study_config.yaml")
+    (run.linkage_dir / "linkage_settings.yaml").write_text("{}\n", encoding="utf-8")
+    (run.results_dir / "model_settings.yaml").write_text("{}\n", encoding="utf-8")
+    (run.results_dir / "estimates.csv").write_text("outcome\n", encoding="utf-8")
+    with pytest.raises(
+        RunStateError, match="no labelled pairs.*--review-sample 1000.*--uncalibrated"
+    ):
+        run_link_uncertainty(run_dir=run.root, draws=2)
+    with pytest.raises(Exception) as past:
+        run_link_uncertainty(run_dir=run.root, draws=2, uncalibrated=True)
+    assert "no labelled pairs" not in str(past.value)
 
 
 def test_link_draws_fit_the_named_analyses_or_name_the_declared_ones(tmp_path: Path) -> None:

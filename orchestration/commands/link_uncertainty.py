@@ -35,6 +35,15 @@ def command(
     keep_draws: Annotated[
         bool, typer.Option("--keep-draws", help="Keep RUN/link_draws/ (pseudonymous zones).")
     ] = False,
+    uncalibrated: Annotated[
+        bool,
+        typer.Option(
+            "--uncalibrated",
+            help="Draw from Splink's own probabilities when no review labels exist (they are "
+            "over-confident on these data: the draws link too much; docs/linkage_error.md). "
+            "Without it, no labels is an error saying how to get them.",
+        ),
+    ] = False,
     review_sample: Annotated[
         int | None,
         typer.Option(
@@ -84,5 +93,6 @@ def command(
         keep_draws=keep_draws,
         progress=lambda m: console.print(m),
         analyses=None if analyses is None else [a.strip() for a in analyses.split(",")],
+        uncalibrated=uncalibrated,
     )
     typer.echo(summary.to_markdown())
