@@ -213,7 +213,6 @@ def run_seed(
             summary = run_link_uncertainty(
                 run_dir=run,
                 draws=draws,
-                secret=SECRET,
                 seed=seed,
                 model_settings=ms,
                 labels=label_frame,

@@ -508,31 +508,42 @@ def clusters_of(c: CandidateLinks, keep: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=False)[1]
 
 
-def record_person_for(c: CandidateLinks, keep: np.ndarray, secret: bytes) -> pl.DataFrame:
+def record_person_for(
+    c: CandidateLinks, keep: np.ndarray, rng: np.random.Generator
+) -> pl.DataFrame:
     """``linkage.record_person`` of one link set: the columns ``write_analysis_zone`` reads
     (``source, record_id, person_id, person_key, component_id, link_method,
-    match_probability``), with the person id and key made as the linker makes them."""
+    match_probability``). A draw's person key is a random number (a permutation of its
+    persons drawn from ``rng``, zero-padded text): no identifier goes into it, so nothing
+    needs keying, the draw is reproducible from its seed, and the short keys join and sort
+    far faster than 64-character pseudonyms (``person_id`` is the same number). Every
+    column is computed on arrays: at 1,000,000 children a draw has 19 million records."""
     cluster = clusters_of(c, keep)
+    n_persons = int(cluster.max()) + 1 if cluster.size else 0
     best = np.zeros(c.n_components)
     np.maximum.at(best, c.edge_a[keep], c.edge_p[keep])
     np.maximum.at(best, c.edge_b[keep], c.edge_p[keep])
     comp = c.records["component"].to_numpy()
     rec_cluster = cluster[comp]
-    cluster_size = np.bincount(rec_cluster)[rec_cluster]
-    comp_size = np.bincount(comp)[comp]
-    method = np.where(
-        best[comp] > 0, "probabilistic", np.where(comp_size > 1, "deterministic", "unlinked")
-    )
-    method = np.where(cluster_size == 1, "unlinked", method)
-    prob = np.where(
-        method == "probabilistic", best[comp], np.where(method == "deterministic", 1.0, np.nan)
-    )
-    out = c.records.with_columns(
-        cluster=pl.Series(rec_cluster, dtype=pl.Int64),
-        link_method=pl.Series(method),
+    alone = np.bincount(rec_cluster, minlength=n_persons)[rec_cluster] == 1
+    method = np.where(best[comp] > 0, 2, np.where(np.bincount(comp)[comp] > 1, 1, 0))
+    method[alone] = 0
+    prob = np.where(method == 2, best[comp], np.where(method == 1, 1.0, np.nan))
+    key = pl.Series(rng.permutation(n_persons)[rec_cluster]).cast(pl.String)
+    key = key.str.zfill(len(str(max(n_persons - 1, 0))))
+    return c.records.select(
+        "source",
+        "record_id",
+        person_id=key,
+        person_key=key,
+        component_id=pl.col("component"),
+        link_method=pl.Series(method).replace_strict(_METHOD_NAMES, return_dtype=pl.String),
         match_probability=pl.Series(prob).fill_nan(None),
-    ).with_columns(person_id=(pl.col("source") + "|" + pl.col("record_id")).min().over("cluster"))
-    return _keyed_record_person(out, secret)
+    )
+
+
+#: ``link_method`` by the code ``record_person_for`` computes
+_METHOD_NAMES = {0: "unlinked", 1: "deterministic", 2: "probabilistic"}
 
 
 def _keyed_record_person(out: pl.DataFrame, secret: bytes) -> pl.DataFrame:
@@ -551,9 +562,9 @@ def _keyed_record_person(out: pl.DataFrame, secret: bytes) -> pl.DataFrame:
     )
 
 
-def draw_record_person(c: CandidateLinks, rng: np.random.Generator, secret: bytes) -> pl.DataFrame:
+def draw_record_person(c: CandidateLinks, rng: np.random.Generator) -> pl.DataFrame:
     """One multiply-imputed link set as a ``record_person`` table."""
-    return record_person_for(c, draw_edges(c, rng), secret)
+    return record_person_for(c, draw_edges(c, rng), rng)
 
 
 def true_record_person(records: pl.DataFrame, truth: pl.DataFrame, secret: bytes) -> pl.DataFrame:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -278,7 +277,6 @@ def run_link_uncertainty(
     *,
     run_dir: str | Path,
     draws: int,
-    secret: bytes | None = None,
     seed: int = 2012,
     model_settings: ModelSettings | None = None,
     keep_draws: bool = False,
@@ -288,8 +286,8 @@ def run_link_uncertainty(
     uncalibrated: bool = False,
 ) -> LinkUncertaintySummary:
     """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
-    ``secret``: the key of the draws' pseudonyms (default: a throwaway random key; a draw's
-    keys are never joined to the run's). ``labels``: labelled candidate pairs (``source_l,
+    ``seed`` decides everything drawn, the draws' person keys too (random numbers, never
+    joined to the run's keys), so a rerun with the same seed gives the same table. ``labels``: labelled candidate pairs (``source_l,
     record_id_l, source_r, record_id_r, is_match``) to recalibrate the draw probabilities on
     (default: the labelled rows of the zone's ``linkage.link_review_sample``; none: Splink's
     own probabilities, only with ``uncalibrated``: otherwise no labels is an error that says
@@ -322,13 +320,12 @@ def run_link_uncertainty(
     else:
         step("no labelled pairs: drawing from Splink's own (uncalibrated) probabilities")
     rng = np.random.default_rng(seed)
-    key = secret or os.urandom(32)
     base = run.root / DRAWS_DIR
     estimates = []
     try:
         for d in range(draws):
             step(f"link draw {d + 1} of {draws}: build and model")
-            rp = draw_record_person(candidates, rng, key)
+            rp = draw_record_person(candidates, rng)
             estimates.append(
                 _draw_estimates(
                     run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms, chosen

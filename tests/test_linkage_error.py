@@ -147,10 +147,16 @@ def test_candidates_chosen_by_odds_when_their_probabilities_sum_above_one() -> N
 
 def test_record_person_of_a_draw_is_connected_components() -> None:
     c = _candidates([(0, 1, 1.0), (2, 3, 1.0)], [True, False, True, False])
-    rp = record_person_for(c, np.array([True, False]), b"k" * 20)
+    rp = record_person_for(c, np.array([True, False]), np.random.default_rng(0))
     persons = rp.group_by("person_id").len()
     assert sorted(persons["len"].to_list()) == [1, 1, 2]
     assert rp.filter(pl.col("record_id") == "R003")["link_method"].item() == "unlinked"
+    assert rp.filter(pl.col("record_id") == "R000")["link_method"].item() == "probabilistic"
+    assert rp.filter(pl.col("record_id") == "R000")["match_probability"].item() == 1.0
+    # a draw's person keys: no record id in them, the same from the same seed
+    assert not rp["person_key"].str.contains("R0").any()
+    again = record_person_for(c, np.array([True, False]), np.random.default_rng(0))
+    assert again.equals(rp)
 
 
 # ---------------------------------------------------------------- candidates below the threshold
@@ -388,7 +394,7 @@ def test_a_planted_missed_link_is_scored_as_a_candidate_and_recovered_by_draws(
         con = _zone_of(result, with_candidates=with_candidates)
         c = load_candidates(con)
         con.close()
-        person = [record_person_for(c, draw_edges(c, rng), b"k" * 20) for _ in range(n)]
+        person = [record_person_for(c, draw_edges(c, rng), rng) for _ in range(n)]
 
         def same(rp: pl.DataFrame, ids: list[str]) -> bool:
             return rp.filter(pl.col("record_id").is_in(ids))["person_id"].n_unique() == 1

@@ -59,8 +59,8 @@ def command(
     Rubin's rules: RUN/results/linkage_uncertainty.csv beside the main estimates, with the
     share of each estimate's variance due to linkage (docs/linkage_error.md).
 
-    The pairs are not scored again; only the stages after linkage run per draw. The draws'
-    pseudonyms use a throwaway key (they are never joined to the run's own). The run must have
+    The pairs are not scored again; only the stages after linkage run per draw. A draw's
+    person keys are random numbers from the seed (never joined to the run's own keys). The run must have
     been linked with candidate pairs: run settings `linkage: {candidate_floor: 0.001}` (off by
     default; docs/linkage_error.md)."""
     from rich.console import Console
