@@ -27,6 +27,7 @@ import statsmodels.api as sm
 from scipy import stats
 from scipy.special import expit
 
+from models.folds import content_folds, content_order
 from models.propensity import fit_binary_glm, inverse_link, standardise
 from models.settings import ModelSettings
 
@@ -377,10 +378,10 @@ def cross_fitted_nuisances(
     children), cross-fitted: children are split into ``folds`` folds (stratified on exposure);
     each fold's predictions come from models fitted on the other folds. The untreated-outcome
     model is fitted in the unexposed of the training folds (the treated one, if asked for, in
-    the exposed); a binary outcome uses the classifier's probability. What double machine
+    the exposed); a binary outcome uses the classifier's probability. Folds by content
+    (:func:`models.folds.content_folds`), stratified on exposure. What double machine
     learning's influence-function SEs assume (Chernozhukov et al. 2018)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.model_selection import StratifiedKFold
 
     x, y, t = np.asarray(x, float), np.asarray(y, float), np.asarray(t, int)
     n = len(y)
@@ -409,8 +410,15 @@ def cross_fitted_nuisances(
             return np.asarray(model.predict_proba(x[rows])[:, 1])
         return np.asarray(model.predict(x[rows]))
 
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    for train, test in split.split(x, t):
+    # folds by content, and each fit's training rows in content order (boosting's early-
+    # stopping split and its histograms follow the row order): models.folds
+    data = np.column_stack([x, y, t])
+    fold = content_folds(data, folds, seed, strata=t)
+    rank = np.empty(n, dtype=int)
+    rank[content_order(data)] = np.arange(n)
+    for f in range(folds):
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        train = train[np.argsort(rank[train])]
         ps = HistGradientBoostingClassifier(**kw).fit(x[train], t[train])
         e[test] = ps.predict_proba(x[test])[:, 1]
         m0[test] = outcome_predict(outcome_fit(train[t[train] == 0]), test)
@@ -617,8 +625,13 @@ def select_outcome_design(
     the earlier, simpler design).
     """
     y0 = np.asarray(y, float)[np.asarray(t) == 0]
-    rng = np.random.default_rng(seed)
-    fold = rng.permutation(len(y0)) % folds
+    # the same folds for every design, set by the rows' content (every design's columns and
+    # the outcome), not by their order: models.folds
+    fold = content_folds(
+        np.column_stack([y0, *(x.to_numpy(float)[np.asarray(t) == 0] for x in designs.values())]),
+        folds,
+        seed,
+    )
     rows = []
     for name, x in designs.items():
         xv = x.to_numpy(float)[np.asarray(t) == 0]

@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from models.folds import content_folds
+
 Z = 1.959963984540054
 
 
@@ -174,9 +176,11 @@ class DRLearner:
         """Out-of-fold predictions of the pseudo-outcome from ``v`` (group means of the
         training folds per cell of ``v``; the overall training mean for a cell not seen)."""
         key = self.v_.astype(str).agg("|".join, axis=1).to_numpy()
-        fold = rng.permutation(self.n_) % self.folds
-        pred = np.empty(self.n_)
         phi = self.pseudo_outcome_
+        codes = self.v_.apply(lambda c: pd.factorize(c, sort=True)[0]).to_numpy()
+        seed = int(rng.integers(2**31))
+        fold = content_folds(np.column_stack([phi, codes]), self.folds, seed)  # models.folds
+        pred = np.empty(self.n_)
         for f in range(self.folds):
             tr, te = fold != f, fold == f
             means = pd.Series(phi[tr]).groupby(key[tr]).mean()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from models.folds import content_folds
 from models.settings import Link, ModelSettings
 
 LINKS: tuple[Link, ...] = ("logit", "cloglog")
@@ -317,16 +318,20 @@ def standardise(xv: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 
 
 def cross_validated_deviance(
-    x: pd.DataFrame, treatment: np.ndarray, link: Link, folds: int = 5, seed: int = 0
+    x: pd.DataFrame,
+    treatment: np.ndarray,
+    link: Link,
+    folds: int = 5,
+    seed: int = 0,
+    fold: np.ndarray | None = None,
 ) -> float:
-    """Binomial deviance of held-out exposure over ``folds`` folds (stratified, seeded)."""
+    """Binomial deviance of held-out exposure over ``folds`` folds (stratified on exposure,
+    seeded, by the rows' content: :func:`models.folds.content_folds`). ``fold``: each row's
+    fold, given (the same for every candidate design) instead of made from ``x``."""
     t = np.asarray(treatment, dtype=float)
     xv = x.to_numpy(dtype=float)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(t), dtype=int)
-    for g in (0, 1):  # stratified: each fold gets its share of exposed and unexposed
-        idx = np.flatnonzero(t == g)
-        fold[rng.permutation(idx)] = np.arange(idx.size) % folds
+    if fold is None:
+        fold = content_folds(np.column_stack([xv, t]), folds, seed, strata=t)
     dev = 0.0
     for f in range(folds):
         tr, te = fold != f, fold == f
@@ -351,6 +356,13 @@ def select_propensity_model(
     ``selected``), ordered as given. Ties go to the earlier (simpler) candidate.
     """
     t = np.asarray(treatment, dtype=int)
+    # one set of folds for every candidate, from every design's columns and the exposure
+    fold = content_folds(
+        np.column_stack([t, *(x.to_numpy(float) for x in designs.values())]),
+        folds,
+        seed,
+        strata=t,
+    )
     rows = []
     for name, x in designs.items():
         for link in links:
@@ -361,7 +373,7 @@ def select_propensity_model(
                     "design": name,
                     "link": link,
                     "n_columns": x.shape[1],
-                    "cv_deviance": cross_validated_deviance(x, t, link, folds, seed),
+                    "cv_deviance": cross_validated_deviance(x, t, link, folds, seed, fold),
                 }
             )
     out = pd.DataFrame(rows)
