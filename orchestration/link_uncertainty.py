@@ -249,12 +249,13 @@ def _zone_labels(run: RunLayout) -> pl.DataFrame | None:
     con = duckdb.connect(str(run.linkage_db), read_only=True)
     try:
         schema, table = REVIEW_TABLE.split(".")
-        found = con.execute(
+        # fetchall: a result left unfinished (fetchone) makes DuckDB refuse the next query
+        (found,) = con.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema = ? AND table_name = ?",
             [schema, table],
-        ).fetchone()
-        if not found or not found[0]:
+        ).fetchall()
+        if not found[0]:
             return None
         return con.sql(f"SELECT * FROM {REVIEW_TABLE} WHERE is_match IS NOT NULL").pl()
     finally:

@@ -662,6 +662,35 @@ def test_link_draws_without_review_labels_stop_unless_asked_for_uncalibrated(
     assert "no labelled pairs" not in str(past.value)
 
 
+def test_the_draws_read_the_reviewers_labels_from_the_zone(tmp_path: Path) -> None:
+    """The labelled rows of ``linkage.link_review_sample`` are what the draws calibrate on
+    (the unlabelled ones are not); a zone without the table has none. Failed before
+    2026-12-03: the table lookup left a DuckDB result unfinished and reading the labels
+    raised "connection has an unfinished result": `cohort link-uncertainty` failed on any zone
+    holding a review sample."""
+    from orchestration.link_uncertainty import _zone_labels
+
+    run = RunLayout.at(tmp_path / "run")
+    run.linkage_dir.mkdir(parents=True)
+    con = duckdb.connect(str(run.linkage_db))
+    con.execute("CREATE SCHEMA linkage")
+    con.close()
+    assert _zone_labels(run) is None
+    con = duckdb.connect(str(run.linkage_db))
+    con.execute(
+        "CREATE TABLE linkage.link_review_sample (source_l VARCHAR, record_id_l VARCHAR, "
+        "source_r VARCHAR, record_id_r VARCHAR, is_match BOOLEAN)"
+    )
+    con.execute(
+        "INSERT INTO linkage.link_review_sample VALUES "
+        "('school_census', 'S1', 'population_register', 'P1', true), "
+        "('school_census', 'S2', 'population_register', 'P2', NULL)"
+    )
+    con.close()
+    labels = _zone_labels(run)
+    assert labels is not None and labels["record_id_l"].to_list() == ["S1"]
+
+
 def test_link_draws_fit_the_named_analyses_or_name_the_declared_ones(tmp_path: Path) -> None:
     """`--analyses` chooses which of the run's declared analyses each draw fits, in declared
     order; a name the run does not declare is an error that lists the declared ones."""
