@@ -135,16 +135,24 @@ def _draw_estimates(
     linkage_settings: LinkageSettings,
     model_settings: ModelSettings,
     analyses: tuple[Analysis, ...],
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """One draw's estimates: its analysis zone, build, and ``analyses`` fitted (the
-    estimates only: the draws need no figures, release tables or table 1)."""
+    estimates only: the draws need no figures, release tables or table 1); with the seconds
+    each of the three took."""
+    seconds = {}
+    t = time.perf_counter()
     write_link_set_zone(run.linkage_db, record_person, draw_layout, linkage_settings)  # type: ignore[arg-type]
+    seconds["zone"] = time.perf_counter() - t
+    t = time.perf_counter()
     build_cohort(layout=draw_layout, config=load_study_config(run.cohort_dir / "study_config.yaml"))
     children, person_time, school_years = load_cohort(draw_layout)
+    seconds["build"] = time.perf_counter() - t
     if children.empty:
         raise RunStateError(f"{draw_layout.root}: the drawn link set gave an empty cohort")
+    t = time.perf_counter()
     fitted = run_analyses(CohortData(children, person_time, school_years), analyses, model_settings)
-    return fitted.estimates
+    seconds["analyses"] = time.perf_counter() - t
+    return fitted.estimates, seconds
 
 
 def run_settings_of(run: RunLayout) -> tuple[LinkageSettings, ModelSettings]:
@@ -323,14 +331,23 @@ def run_link_uncertainty(
     rng = np.random.default_rng(seed)
     base = run.root / DRAWS_DIR
     estimates = []
+    draw_seconds = []
     try:
         for d in range(draws):
             step(f"link draw {d + 1} of {draws}: build and model")
+            t = time.perf_counter()
             rp = draw_record_person(candidates, rng)
-            estimates.append(
-                _draw_estimates(
-                    run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms, chosen
-                )
+            drawn = time.perf_counter() - t
+            est, seconds = _draw_estimates(
+                run, RunLayout.at(base / f"draw_{d:02d}"), rp, linkage_settings, ms, chosen
+            )
+            del rp
+            estimates.append(est)
+            seconds = {"draw": drawn, **seconds}
+            draw_seconds.append({k: round(v, 1) for k, v in seconds.items()})
+            step(
+                f"link draw {d + 1} of {draws} done in {sum(seconds.values()):.0f} s: "
+                + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
             )
     finally:
         if not keep_draws:
@@ -349,6 +366,7 @@ def run_link_uncertainty(
                 "candidate_edges": int(candidates.edge_p.size),
                 "seconds_total": round(total, 1),
                 "seconds_per_draw": round(total / max(draws, 1), 1),
+                "draw_seconds": draw_seconds,
                 "bootstrap_replicates": ms.bootstrap_replicates,
                 "draw_probabilities": "uncalibrated" if calibration is None else "calibrated",
                 "calibration": None if calibration is None else calibration.to_json(),
