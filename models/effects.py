@@ -565,13 +565,22 @@ def bootstrap_weighting_se(
     drawn as a frequency weight: the same estimates as on the rows repeated (the same random
     draws, so the same replicates), on the 63% of the children a replicate holds.
 
+    Replicates are drawn from the children in the order of their content (exposure, each
+    outcome and its design: :func:`models.folds.content_order`), so the same data in another
+    row order (another pseudonymisation secret) gives the same standard errors.
+
     Why not only the analytic standard errors: where a few unexposed children carry large
     weights (near-violations of positivity) the sandwich and influence-function variances are
     estimated from those few children and are too small in the samples where they are
     under-represented, the same samples where the estimate is furthest off.
     """
     rng = np.random.default_rng(seed)
-    idx1, idx0 = np.flatnonzero(t == 1), np.flatnonzero(t == 0)
+    # children drawn by their rank in content order, not their position (models.folds): the
+    # same replicates whatever order the person keys put the rows in
+    order = content_order(
+        np.column_stack([t, *(np.c_[y, x.to_numpy(float)] for y, x, _b in outcomes.values())])
+    )
+    idx1, idx0 = order[t[order] == 1], order[t[order] == 0]
     draws: dict[tuple[str, str], list[float]] = {
         (name, m): [] for name in outcomes for m in ("ipw", "aipw")
     }
