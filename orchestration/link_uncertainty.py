@@ -295,9 +295,9 @@ def run_link_uncertainty(
     uncalibrated: bool = False,
 ) -> LinkUncertaintySummary:
     """Draw ``draws`` link sets, rerun build and model on each, pool with Rubin's rules.
-    ``seed`` decides everything drawn, the draws' person keys too (random numbers, never
-    joined to the run's keys), so a rerun with the same seed gives the same table. ``labels``: labelled candidate pairs (``source_l,
-    record_id_l, source_r, record_id_r, is_match``) to recalibrate the draw probabilities on
+    ``seed`` decides every draw, the draws' person keys too (random numbers, never joined to
+    the run's keys). ``labels``: labelled candidate pairs (``source_l, record_id_l, source_r,
+    record_id_r, is_match``) to recalibrate the draw probabilities on
     (default: the labelled rows of the zone's ``linkage.link_review_sample``; none: Splink's
     own probabilities, only with ``uncalibrated``: otherwise no labels is an error that says
     how to get them). ``analyses``: the names of the run's analyses to fit in each draw
