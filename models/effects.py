@@ -633,17 +633,15 @@ def select_outcome_design(
     one. Returns ``design``, ``n_columns``, ``cv_error``, ``selected`` (smallest error; ties to
     the earlier, simpler design).
     """
-    y0 = np.asarray(y, float)[np.asarray(t) == 0]
+    unexposed = np.asarray(t) == 0
+    y0 = np.asarray(y, float)[unexposed]
+    x0 = {name: x.to_numpy(float)[unexposed] for name, x in designs.items()}
     # the same folds for every design, set by the rows' content (every design's columns and
     # the outcome), not by their order: models.folds
-    fold = content_folds(
-        np.column_stack([y0, *(x.to_numpy(float)[np.asarray(t) == 0] for x in designs.values())]),
-        folds,
-        seed,
-    )
+    fold = content_folds(np.column_stack([y0, *x0.values()]), folds, seed)
     rows = []
     for name, x in designs.items():
-        xv = x.to_numpy(float)[np.asarray(t) == 0]
+        xv = x0[name]
         err = 0.0
         for f in range(folds):
             tr, te = fold != f, fold == f
