@@ -70,7 +70,10 @@ class CandidateLinks:
     (:data:`FEATURES`): ``edge_candidate_rule`` (only a candidate rule proposed the pair: no
     usual blocking rule did), ``edge_looked_after`` (either side holds a looked-after episode),
     ``edge_unknown_postcode`` (either side holds a record whose postcode no register row
-    holds, such as a placement address); ``spine``: whether a component holds a
+    holds, such as a placement address), ``edge_in_care_then`` (the register side's person,
+    as the linker linked it, was looked after on the date of a hospital admission or
+    emergency attendance of the other side: a nameless record at a placement address points
+    to a child in care that day); ``spine``: whether a component holds a
     population-register record; ``rep_l, rep_r``: each edge's representative records
     (``source|record_id``), by which clerical reviewers' labels are matched."""
 
@@ -83,6 +86,7 @@ class CandidateLinks:
     edge_candidate_rule: np.ndarray | None = None
     edge_looked_after: np.ndarray | None = None
     edge_unknown_postcode: np.ndarray | None = None
+    edge_in_care_then: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
@@ -91,7 +95,8 @@ class CandidateLinks:
     def strata(self) -> np.ndarray:
         """Each edge's calibration stratum, one row of :data:`STRATA` per edge: whether only a
         candidate rule proposed it, whether a side is looked after, whether a side has an
-        unknown postcode, and its match-weight band (:data:`WEIGHT_BANDS`)."""
+        unknown postcode, whether the register side was in care on a health record's date,
+        and its match-weight band (:data:`WEIGHT_BANDS`)."""
         n = self.edge_p.size
 
         def flag(x: np.ndarray | None) -> np.ndarray:
@@ -102,6 +107,7 @@ class CandidateLinks:
                 flag(self.edge_candidate_rule),
                 flag(self.edge_looked_after),
                 flag(self.edge_unknown_postcode),
+                flag(self.edge_in_care_then),
                 np.digitize(self.weights(), WEIGHT_BANDS),
             ]
         )
@@ -120,10 +126,15 @@ class CandidateLinks:
 
 
 #: the calibration's strata (columns of ``CandidateLinks.strata``) and match-weight bands
-STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "weight_band")
+STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "in_care_then", "weight_band")
 WEIGHT_BANDS = (-10.0, -7.0, -5.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)
 
 LOOKED_AFTER_SOURCE = "looked_after_episodes"
+#: the health sources whose records carry a date a child in care can be placed on, and its column
+HEALTH_RECORD_DATES = {
+    "hospital_admissions": "admission_date",
+    "emergency_department": "arrival_date",
+}
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -172,6 +183,71 @@ def _unknown_postcode_components(
     finally:
         con.unregister("rec_frame")
         con.execute("DROP TABLE register_postcodes")
+    return out
+
+
+def _in_care_then(
+    con: duckdb.DuckDBPyConnection,
+    rec: pl.DataFrame,
+    a: np.ndarray,
+    b: np.ndarray,
+    spine: np.ndarray,
+    spine_source: str,
+) -> np.ndarray:
+    """Per edge from a record group without a register record to one with: whether the
+    register group's person (the linker's ``person_id``, so the care episodes the linker
+    joined to the child count) was looked after on the date of one of the other group's
+    hospital admissions or emergency attendances. Dates are compared inside the linkage zone;
+    only the flag leaves it."""
+    out = np.zeros(a.size, bool)
+    tables = _tables(con)
+    health = [s for s in sorted(HEALTH_RECORD_DATES) if f"staging.{s}" in tables]
+    if f"staging.{LOOKED_AFTER_SOURCE}" not in tables or not health:
+        return out
+    to_spine = np.flatnonzero(spine[a] != spine[b])
+    if to_spine.size == 0:
+        return out
+    edges = pl.DataFrame(
+        {
+            "edge": to_spine,
+            "satellite": np.where(spine[a[to_spine]], b[to_spine], a[to_spine]),
+            "register": np.where(spine[a[to_spine]], a[to_spine], b[to_spine]),
+        }
+    )
+    dated = " UNION ALL ".join(
+        f"""SELECT f.component, CAST(s.{quote_ident(HEALTH_RECORD_DATES[source])} AS DATE) AS day
+            FROM staging.{quote_ident(source)} s
+            JOIN rec_frame f ON f.source = ? AND f.record_id = CAST(s.record_id AS VARCHAR)"""
+        for source in health
+    )
+    con.register("rec_frame", rec.select("source", "record_id", "component"))
+    con.register("edge_frame", edges)
+    try:
+        found = con.execute(
+            f"""WITH dated AS ({dated}),
+                register_person AS (
+                    SELECT DISTINCT f.component, r.person_id
+                    FROM linkage.record_person r
+                    JOIN rec_frame f ON f.source = r.source AND f.record_id = r.record_id
+                    WHERE r.source = ?),
+                care AS (
+                    SELECT r.person_id, CAST(s.episode_start AS DATE) AS start,
+                           coalesce(CAST(s.episode_end AS DATE), DATE '9999-12-31') AS stop
+                    FROM staging.{quote_ident(LOOKED_AFTER_SOURCE)} s
+                    JOIN linkage.record_person r
+                      ON r.source = ? AND r.record_id = CAST(s.record_id AS VARCHAR))
+                SELECT DISTINCT e.edge
+                FROM edge_frame e
+                JOIN register_person rp ON rp.component = e.register
+                JOIN care c ON c.person_id = rp.person_id
+                JOIN dated d ON d.component = e.satellite
+                WHERE d.day BETWEEN c.start AND c.stop""",
+            [*health, spine_source, LOOKED_AFTER_SOURCE],
+        ).fetchnumpy()["edge"]
+    finally:
+        con.unregister("edge_frame")
+        con.unregister("rec_frame")
+    out[np.asarray(found, dtype=np.int64)] = True
     return out
 
 
@@ -256,6 +332,7 @@ def load_candidates(
         edge_candidate_rule=pairs["candidate_rule"].to_numpy().astype(bool),
         edge_looked_after=care[a] | care[b],
         edge_unknown_postcode=unknown[a] | unknown[b],
+        edge_in_care_then=_in_care_then(con, rec, a, b, spine, spine_source),
     )
 
 
@@ -285,8 +362,8 @@ class LinkCalibration:
 
     Splink's match probabilities are not calibrated on these data (they assume the
     comparisons independent given match status, and one prior for every pair; docs/
-    linkage_error.md has the bins). Within each group of the first three :data:`STRATA`
-    (candidate rule, looked after, unknown postcode), the labelled share of true matches by
+    linkage_error.md has the bins). Within each group of the first four :data:`STRATA`
+    (candidate rule, looked after, unknown postcode, in care on the record's date), the labelled share of true matches by
     match-weight band is made non-decreasing in the band (pool-adjacent-violators, weighted by
     the labels), which borrows strength between neighbouring bands; that is the stratum's
     calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``

@@ -239,7 +239,7 @@ def test_calibration_recovers_each_strata_share_of_true_matches_from_a_review_sa
     # looked after x unknown postcode: 4.5% of the pairs, 1/8 of the labels)
     strata = [tuple(r) for r in c.strata()[edges]]
     assert len(set(strata)) == 8
-    assert strata.count((1, 1, 1, 4)) == 250
+    assert strata.count((1, 1, 1, 0, 4)) == 250
     labels = edge_records(c, edges).with_columns(is_match=pl.Series(is_match[edges]))
     found, y = edge_labels(c, labels)
     np.testing.assert_array_equal(np.sort(found), edges)
@@ -442,6 +442,69 @@ def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_pers
     )
     # components 0 (p0+h0), 1 (p1), 2 (h9), 3 (s1)
     assert edges == [(1, 2, True), (1, 3, False)]
+
+
+def test_in_care_then_flags_a_register_child_in_care_on_the_health_records_date() -> None:
+    """A nameless health record at a placement address is a candidate for every child born
+    that day in the area; the child in care on the record's date is the likely one. The flag
+    reads the care episodes of the register child's person as the linker linked them (Ava's
+    episode is a record group of its own, joined to her register record by Splink), and an
+    open episode runs on."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA linkage")
+    con.execute("CREATE SCHEMA staging")
+    # record group (component_id) and the linker's person of each record
+    con.execute(
+        """CREATE TABLE linkage.record_person AS SELECT * FROM (VALUES
+        ('population_register',   'p_ava',  0, 'A'),
+        ('looked_after_episodes', 'e_ava',  1, 'A'),
+        ('population_register',   'p_isla', 2, 'I'),
+        ('looked_after_episodes', 'e_isla', 3, 'I'),
+        ('population_register',   'p_noah', 4, 'N'),
+        ('emergency_department',  'd1',     5, 'd1'),
+        ('hospital_admissions',   'h1',     6, 'h1')) t(source, record_id, component_id, person_id)"""
+    )
+    con.execute(
+        """CREATE TABLE staging.looked_after_episodes AS SELECT * FROM (VALUES
+        ('e_ava',  DATE '2020-01-01', DATE '2020-12-31'),
+        ('e_isla', DATE '2018-06-01', NULL)) t(record_id, episode_start, episode_end)"""
+    )
+    con.execute(
+        "CREATE TABLE staging.emergency_department AS "
+        "SELECT 'd1' AS record_id, DATE '2020-06-01' AS arrival_date"
+    )
+    con.execute(
+        "CREATE TABLE staging.hospital_admissions AS "
+        "SELECT 'h1' AS record_id, DATE '2019-01-01' AS admission_date"
+    )
+    con.execute(
+        """CREATE TABLE linkage.scored_pairs AS SELECT * FROM (VALUES
+        ('looked_after_episodes', 'e_ava', 'population_register', 'p_ava', 0.99, 9.0),
+        ('looked_after_episodes', 'e_isla', 'population_register', 'p_isla', 0.99, 9.0))
+        t(table_l, record_id_l, table_r, record_id_r, match_probability, match_weight)"""
+    )
+    con.execute(
+        """CREATE TABLE linkage.candidate_pairs AS SELECT * FROM (VALUES
+        (5, 0, 0.08, -3.6, true), (5, 2, 0.08, -3.6, true), (5, 4, 0.08, -3.6, true),
+        (6, 0, 0.08, -3.6, true), (6, 2, 0.08, -3.6, true))
+        t(component_id_l, component_id_r, match_probability, match_weight, candidate_rule)"""
+    )
+    c = load_candidates(con)
+    con.close()
+    assert c.edge_in_care_then is not None
+    got = sorted(
+        zip(c.edge_a.tolist(), c.edge_b.tolist(), c.edge_in_care_then.tolist(), strict=True)
+    )
+    assert got == [
+        (0, 1, False),  # Ava's register record and her care episode: no health record
+        (0, 5, True),  # the attendance of 2020-06-01, Ava in care 2020
+        (0, 6, False),  # the admission of 2019-01-01, before Ava entered care
+        (2, 3, False),
+        (2, 5, True),  # Isla in care since 2018, open episode
+        (2, 6, True),
+        (4, 5, False),  # Noah never in care
+    ]
+    assert c.strata()[:, STRATA.index("in_care_then")].tolist() == [0, 1, 0, 0, 1, 1, 0]
 
 
 def test_a_zone_with_candidate_pairs_by_record_is_refused_with_relink() -> None:
