@@ -70,10 +70,11 @@ class CandidateLinks:
     (:data:`FEATURES`): ``edge_candidate_rule`` (only a candidate rule proposed the pair: no
     usual blocking rule did), ``edge_looked_after`` (either side holds a looked-after episode),
     ``edge_unknown_postcode`` (either side holds a record whose postcode no register row
-    holds, such as a placement address), ``edge_in_care_then`` (the register side's person,
-    as the linker linked it, was looked after on the date of a hospital admission or
-    emergency attendance of the other side: a nameless record at a placement address points
-    to a child in care that day); ``spine``: whether a component holds a
+    holds, such as a placement address), ``edge_care_then`` (:data:`CARE_THEN`: whether
+    the register side's child, as the linker linked it, was looked after on the date of a
+    hospital admission or emergency attendance of the other side, or had left care by then:
+    a nameless record at a placement address points to a child in care that day, or to one
+    who was before); ``spine``: whether a component holds a
     population-register record; ``rep_l, rep_r``: each edge's representative records
     (``source|record_id``), by which clerical reviewers' labels are matched."""
 
@@ -86,7 +87,7 @@ class CandidateLinks:
     edge_candidate_rule: np.ndarray | None = None
     edge_looked_after: np.ndarray | None = None
     edge_unknown_postcode: np.ndarray | None = None
-    edge_in_care_then: np.ndarray | None = None
+    edge_care_then: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
@@ -95,8 +96,8 @@ class CandidateLinks:
     def strata(self) -> np.ndarray:
         """Each edge's calibration stratum, one row of :data:`STRATA` per edge: whether only a
         candidate rule proposed it, whether a side is looked after, whether a side has an
-        unknown postcode, whether the register side was in care on a health record's date,
-        and its match-weight band (:data:`WEIGHT_BANDS`)."""
+        unknown postcode, the register side's care on a health record's date
+        (:data:`CARE_THEN`), and its match-weight band (:data:`WEIGHT_BANDS`)."""
         n = self.edge_p.size
 
         def flag(x: np.ndarray | None) -> np.ndarray:
@@ -107,7 +108,7 @@ class CandidateLinks:
                 flag(self.edge_candidate_rule),
                 flag(self.edge_looked_after),
                 flag(self.edge_unknown_postcode),
-                flag(self.edge_in_care_then),
+                flag(self.edge_care_then),
                 np.digitize(self.weights(), WEIGHT_BANDS),
             ]
         )
@@ -126,10 +127,12 @@ class CandidateLinks:
 
 
 #: the calibration's strata (columns of ``CandidateLinks.strata``) and match-weight bands
-STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "in_care_then", "weight_band")
+STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "care_then", "weight_band")
 WEIGHT_BANDS = (-10.0, -7.0, -5.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)
 
 LOOKED_AFTER_SOURCE = "looked_after_episodes"
+#: ``CandidateLinks.edge_care_then``: the register child's care on a health record's date
+CARE_THEN = {0: "not (yet) looked after", 1: "looked after that day", 2: "had left care by then"}
 #: the health sources whose records carry a date a child in care can be placed on, and its column
 HEALTH_RECORD_DATES = {
     "hospital_admissions": "admission_date",
@@ -186,7 +189,7 @@ def _unknown_postcode_components(
     return out
 
 
-def _in_care_then(
+def _care_then(
     con: duckdb.DuckDBPyConnection,
     rec: pl.DataFrame,
     a: np.ndarray,
@@ -194,12 +197,13 @@ def _in_care_then(
     spine: np.ndarray,
     spine_source: str,
 ) -> np.ndarray:
-    """Per edge from a record group without a register record to one with: whether the
-    register group's person (the linker's ``person_id``, so the care episodes the linker
-    joined to the child count) was looked after on the date of one of the other group's
-    hospital admissions or emergency attendances. Dates are compared inside the linkage zone;
-    only the flag leaves it."""
-    out = np.zeros(a.size, bool)
+    """Per edge from a record group without a register record to one with, the register
+    group's child's care on the dates of the other group's hospital admissions and emergency
+    attendances (:data:`CARE_THEN`): 1 looked after on one of those dates; else 2 had left
+    care before one of them; else 0 (not yet or never looked after). The child is the
+    register group's person as the linker linked it, so the care episodes the linker joined
+    to it count. Dates are compared inside the linkage zone; only the code leaves it."""
+    out = np.zeros(a.size, np.int8)
     tables = _tables(con)
     health = [s for s in sorted(HEALTH_RECORD_DATES) if f"staging.{s}" in tables]
     if f"staging.{LOOKED_AFTER_SOURCE}" not in tables or not health:
@@ -236,18 +240,21 @@ def _in_care_then(
                     FROM staging.{quote_ident(LOOKED_AFTER_SOURCE)} s
                     JOIN linkage.record_person r
                       ON r.source = ? AND r.record_id = CAST(s.record_id AS VARCHAR))
-                SELECT DISTINCT e.edge
+                SELECT e.edge,
+                       CASE WHEN bool_or(d.day BETWEEN c.start AND c.stop) THEN 1 ELSE 2 END
+                           AS code
                 FROM edge_frame e
                 JOIN register_person rp ON rp.component = e.register
                 JOIN care c ON c.person_id = rp.person_id
                 JOIN dated d ON d.component = e.satellite
-                WHERE d.day BETWEEN c.start AND c.stop""",
+                WHERE d.day >= c.start
+                GROUP BY e.edge""",
             [*health, spine_source, LOOKED_AFTER_SOURCE],
-        ).fetchnumpy()["edge"]
+        ).fetchnumpy()
     finally:
         con.unregister("edge_frame")
         con.unregister("rec_frame")
-    out[np.asarray(found, dtype=np.int64)] = True
+    out[np.asarray(found["edge"], dtype=np.int64)] = np.asarray(found["code"], dtype=np.int8)
     return out
 
 
@@ -332,7 +339,7 @@ def load_candidates(
         edge_candidate_rule=pairs["candidate_rule"].to_numpy().astype(bool),
         edge_looked_after=care[a] | care[b],
         edge_unknown_postcode=unknown[a] | unknown[b],
-        edge_in_care_then=_in_care_then(con, rec, a, b, spine, spine_source),
+        edge_care_then=_care_then(con, rec, a, b, spine, spine_source),
     )
 
 
@@ -363,7 +370,7 @@ class LinkCalibration:
     Splink's match probabilities are not calibrated on these data (they assume the
     comparisons independent given match status, and one prior for every pair; docs/
     linkage_error.md has the bins). Within each group of the first four :data:`STRATA`
-    (candidate rule, looked after, unknown postcode, in care on the record's date), the labelled share of true matches by
+    (candidate rule, looked after, unknown postcode, care on the record's date), the labelled share of true matches by
     match-weight band is made non-decreasing in the band (pool-adjacent-violators, weighted by
     the labels), which borrows strength between neighbouring bands; that is the stratum's
     calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``

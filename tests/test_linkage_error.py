@@ -444,12 +444,13 @@ def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_pers
     assert edges == [(1, 2, True), (1, 3, False)]
 
 
-def test_in_care_then_flags_a_register_child_in_care_on_the_health_records_date() -> None:
+def test_care_then_codes_the_register_childs_care_on_the_health_records_date() -> None:
     """A nameless health record at a placement address is a candidate for every child born
     that day in the area; the child in care on the record's date is the likely one. The flag
     reads the care episodes of the register child's person as the linker linked them (Ava's
     episode is a record group of its own, joined to her register record by Splink), and an
-    open episode runs on."""
+    open episode runs on. A record after the child left care is coded apart (2): it may carry
+    an old placement address too."""
     con = duckdb.connect()
     con.execute("CREATE SCHEMA linkage")
     con.execute("CREATE SCHEMA staging")
@@ -462,7 +463,8 @@ def test_in_care_then_flags_a_register_child_in_care_on_the_health_records_date(
         ('looked_after_episodes', 'e_isla', 3, 'I'),
         ('population_register',   'p_noah', 4, 'N'),
         ('emergency_department',  'd1',     5, 'd1'),
-        ('hospital_admissions',   'h1',     6, 'h1')) t(source, record_id, component_id, person_id)"""
+        ('hospital_admissions',   'h1',     6, 'h1'),
+        ('hospital_admissions',   'h2',     7, 'h2')) t(source, record_id, component_id, person_id)"""
     )
     con.execute(
         """CREATE TABLE staging.looked_after_episodes AS SELECT * FROM (VALUES
@@ -475,7 +477,8 @@ def test_in_care_then_flags_a_register_child_in_care_on_the_health_records_date(
     )
     con.execute(
         "CREATE TABLE staging.hospital_admissions AS "
-        "SELECT 'h1' AS record_id, DATE '2019-01-01' AS admission_date"
+        "SELECT * FROM (VALUES ('h1', DATE '2019-01-01'), ('h2', DATE '2021-03-01')) "
+        "t(record_id, admission_date)"
     )
     con.execute(
         """CREATE TABLE linkage.scored_pairs AS SELECT * FROM (VALUES
@@ -486,25 +489,26 @@ def test_in_care_then_flags_a_register_child_in_care_on_the_health_records_date(
     con.execute(
         """CREATE TABLE linkage.candidate_pairs AS SELECT * FROM (VALUES
         (5, 0, 0.08, -3.6, true), (5, 2, 0.08, -3.6, true), (5, 4, 0.08, -3.6, true),
-        (6, 0, 0.08, -3.6, true), (6, 2, 0.08, -3.6, true))
+        (6, 0, 0.08, -3.6, true), (6, 2, 0.08, -3.6, true),
+        (7, 0, 0.08, -3.6, true), (7, 4, 0.08, -3.6, true))
         t(component_id_l, component_id_r, match_probability, match_weight, candidate_rule)"""
     )
     c = load_candidates(con)
     con.close()
-    assert c.edge_in_care_then is not None
-    got = sorted(
-        zip(c.edge_a.tolist(), c.edge_b.tolist(), c.edge_in_care_then.tolist(), strict=True)
-    )
+    assert c.edge_care_then is not None
+    got = sorted(zip(c.edge_a.tolist(), c.edge_b.tolist(), c.edge_care_then.tolist(), strict=True))
     assert got == [
-        (0, 1, False),  # Ava's register record and her care episode: no health record
-        (0, 5, True),  # the attendance of 2020-06-01, Ava in care 2020
-        (0, 6, False),  # the admission of 2019-01-01, before Ava entered care
-        (2, 3, False),
-        (2, 5, True),  # Isla in care since 2018, open episode
-        (2, 6, True),
-        (4, 5, False),  # Noah never in care
+        (0, 1, 0),  # Ava's register record and her care episode: no health record
+        (0, 5, 1),  # the attendance of 2020-06-01, Ava in care in 2020
+        (0, 6, 0),  # the admission of 2019-01-01, before Ava entered care
+        (0, 7, 2),  # the admission of 2021-03-01, after Ava left care
+        (2, 3, 0),
+        (2, 5, 1),  # Isla in care since 2018, open episode
+        (2, 6, 1),
+        (4, 5, 0),  # Noah never in care
+        (4, 7, 0),
     ]
-    assert c.strata()[:, STRATA.index("in_care_then")].tolist() == [0, 1, 0, 0, 1, 1, 0]
+    assert c.strata()[:, STRATA.index("care_then")].tolist() == [0, 1, 0, 2, 0, 1, 1, 0, 0]
 
 
 def test_a_zone_with_candidate_pairs_by_record_is_refused_with_relink() -> None:
