@@ -31,7 +31,9 @@ such as a health record with no NHS number and a placement postcode, which no us
 pairs with its child). A candidate-rule pair is kept only from a record group without a
 register person to a register group. Splink's probabilities are not calibrated on these data,
 so draws use probabilities recalibrated on a labelled review sample (:class:`LinkCalibration`,
-:func:`review_sample`) when labels are given. A true pair never scored at all (a date of
+:func:`review_sample`) when labels are given, by stratum: among them the register child's care
+on the health record's date (:func:`_care_then`), which is what tells a nameless record at a
+placement address from the other children born that day in the area. A true pair never scored at all (a date of
 birth wrong too) is still missed in every draw.
 """
 
@@ -370,9 +372,9 @@ class LinkCalibration:
     Splink's match probabilities are not calibrated on these data (they assume the
     comparisons independent given match status, and one prior for every pair; docs/
     linkage_error.md has the bins). Within each group of the first four :data:`STRATA`
-    (candidate rule, looked after, unknown postcode, care on the record's date), the labelled share of true matches by
-    match-weight band is made non-decreasing in the band (pool-adjacent-violators, weighted by
-    the labels), which borrows strength between neighbouring bands; that is the stratum's
+    (candidate rule, looked after, unknown postcode, care on the record's date), the labelled
+    share of true matches by match-weight band is made non-decreasing in the band
+    (pool-adjacent-violators, weighted by the labels), which borrows strength between neighbouring bands; that is the stratum's
     calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``
     moved by the stratum's ``offset``). A stratum without labels keeps Splink's probabilities.
     ``table``: one row per labelled stratum (``STRATA`` columns, ``labelled, matches, splink,
