@@ -33,8 +33,8 @@ register person to a register group. Splink's probabilities are not calibrated o
 so draws use probabilities recalibrated on a labelled review sample (:class:`LinkCalibration`,
 :func:`review_sample`) when labels are given, by stratum: among them the register child's care
 on the health record's date (:func:`_care_then`), which is what tells a nameless record at a
-placement address from the other children born that day in the area. A true pair never scored at all (a date of
-birth wrong too) is still missed in every draw.
+placement address from the other children born that day in the area. A true pair never
+scored at all (a date of birth wrong too) is still missed in every draw.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ class CandidateLinks:
     the register side's child, as the linker linked it, was looked after on the date of a
     hospital admission or emergency attendance of the other side, or had left care by then:
     a nameless record at a placement address points to a child in care that day, or to one
-    who was before); ``spine``: whether a component holds a
-    population-register record; ``rep_l, rep_r``: each edge's representative records
-    (``source|record_id``), by which clerical reviewers' labels are matched."""
+    who was before); ``spine``: whether a component holds a population-register record;
+    ``rep_l, rep_r``: each edge's representative records (``source|record_id``), by which
+    clerical reviewers' labels are matched."""
 
     records: pl.DataFrame
     edge_a: np.ndarray
@@ -374,11 +374,11 @@ class LinkCalibration:
     linkage_error.md has the bins). Within each group of the first four :data:`STRATA`
     (candidate rule, looked after, unknown postcode, care on the record's date), the labelled
     share of true matches by match-weight band is made non-decreasing in the band
-    (pool-adjacent-violators, weighted by the labels), which borrows strength between neighbouring bands; that is the stratum's
-    calibrated share, and every pair of the stratum keeps its rank by Splink (``logit p``
-    moved by the stratum's ``offset``). A stratum without labels keeps Splink's probabilities.
-    ``table``: one row per labelled stratum (``STRATA`` columns, ``labelled, matches, splink,
-    calibrated, offset``)."""
+    (pool-adjacent-violators, weighted by the labels), which borrows strength between
+    neighbouring bands; that is the stratum's calibrated share, and every pair of the stratum
+    keeps its rank by Splink (``logit p`` moved by the stratum's ``offset``). A stratum
+    without labels keeps Splink's probabilities. ``table``: one row per labelled stratum
+    (``STRATA`` columns, ``labelled, matches, splink, calibrated, offset``)."""
 
     table: pl.DataFrame
     labelled: int

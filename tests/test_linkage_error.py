@@ -464,7 +464,8 @@ def test_care_then_codes_the_register_childs_care_on_the_health_records_date() -
         ('population_register',   'p_noah', 4, 'N'),
         ('emergency_department',  'd1',     5, 'd1'),
         ('hospital_admissions',   'h1',     6, 'h1'),
-        ('hospital_admissions',   'h2',     7, 'h2')) t(source, record_id, component_id, person_id)"""
+        ('hospital_admissions',   'h2',     7, 'h2'))
+        t(source, record_id, component_id, person_id)"""
     )
     con.execute(
         """CREATE TABLE staging.looked_after_episodes AS SELECT * FROM (VALUES
