@@ -72,7 +72,7 @@ class CandidateLinks:
     (:data:`FEATURES`): ``edge_candidate_rule`` (only a candidate rule proposed the pair: no
     usual blocking rule did), ``edge_looked_after`` (either side holds a looked-after episode),
     ``edge_unknown_postcode`` (either side holds a record whose postcode no register row
-    holds, such as a placement address), ``edge_care_then`` (:data:`CARE_THEN`: whether
+    holds, such as a placement address), ``edge_care_then`` (:func:`_care_then`: whether
     the register side's child, as the linker linked it, was looked after on the date of a
     hospital admission or emergency attendance of the other side, or had left care by then:
     a nameless record at a placement address points to a child in care that day, or to one
@@ -99,7 +99,7 @@ class CandidateLinks:
         """Each edge's calibration stratum, one row of :data:`STRATA` per edge: whether only a
         candidate rule proposed it, whether a side is looked after, whether a side has an
         unknown postcode, the register side's care on a health record's date
-        (:data:`CARE_THEN`), and its match-weight band (:data:`WEIGHT_BANDS`)."""
+        (:func:`_care_then`), and its match-weight band (:data:`WEIGHT_BANDS`)."""
         n = self.edge_p.size
 
         def flag(x: np.ndarray | None) -> np.ndarray:
@@ -133,8 +133,6 @@ STRATA = ("candidate_rule", "looked_after", "unknown_postcode", "care_then", "we
 WEIGHT_BANDS = (-10.0, -7.0, -5.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)
 
 LOOKED_AFTER_SOURCE = "looked_after_episodes"
-#: ``CandidateLinks.edge_care_then``: the register child's care on a health record's date
-CARE_THEN = {0: "not (yet) looked after", 1: "looked after that day", 2: "had left care by then"}
 #: the health sources whose records carry a date a child in care can be placed on, and its column
 HEALTH_RECORD_DATES = {
     "hospital_admissions": "admission_date",
@@ -201,10 +199,9 @@ def _care_then(
 ) -> np.ndarray:
     """Per edge from a record group without a register record to one with, the register
     group's child's care on the dates of the other group's hospital admissions and emergency
-    attendances (:data:`CARE_THEN`): 1 looked after on one of those dates; else 2 had left
-    care before one of them; else 0 (not yet or never looked after). The child is the
-    register group's person as the linker linked it, so the care episodes the linker joined
-    to it count. Dates are compared inside the linkage zone; only the code leaves it."""
+    attendances: 1 looked after on one of those dates; else 2 had left care before one of
+    them; else 0 (not yet or never looked after). The child is the register group's person
+    as the linker linked it, so the care episodes the linker joined to it count. Dates are compared inside the linkage zone; only the code leaves it."""
     out = np.zeros(a.size, np.int8)
     tables = _tables(con)
     health = [s for s in sorted(HEALTH_RECORD_DATES) if f"staging.{s}" in tables]

@@ -446,7 +446,7 @@ def test_candidate_rule_pairs_are_kept_only_from_a_group_without_a_register_pers
 
 def test_care_then_codes_the_register_childs_care_on_the_health_records_date() -> None:
     """A nameless health record at a placement address is a candidate for every child born
-    that day in the area; the child in care on the record's date is the likely one. The flag
+    that day in the area; the child in care on the record's date is the likely one. The code
     reads the care episodes of the register child's person as the linker linked them (Ava's
     episode is a record group of its own, joined to her register record by Splink), and an
     open episode runs on. A record after the child left care is coded apart (2): it may carry
