@@ -40,10 +40,15 @@ from tests.e2e import (  # noqa: E402,F401  (session fixtures)
 )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`, keep the tests that share a module-scoped fixture of their own
     module on one worker, so that fixture (a world, a validated delivery, a planted copy of the
-    run) is built once, not once per worker. Tests already given an `xdist_group` keep it."""
+    run) is built once, not once per worker. Tests already given an `xdist_group` keep it.
+    ``tryfirst``: xdist turns the marks into groups in its own hook of this name, which may run
+    first; the marks were then ignored (and with pytest 9, whose nodeid xdist 3.8 cannot
+    change, all groups are: pyproject.toml pins pytest below 9). Checked by
+    tests/test_xdist_groups.py."""
     for item in items:
         if item.get_closest_marker("xdist_group") or not isinstance(item, pytest.Function):
             continue
