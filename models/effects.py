@@ -553,13 +553,29 @@ def bootstrap_weighting_se(
     replicates: int = 200,
     seed: int = 0,
 ) -> dict[tuple[str, str], float]:
-    """Bootstrap standard errors of the ``ipw`` and ``aipw`` ATT estimates.
+    """Bootstrap standard errors of the ``ipw`` and ``aipw`` ATT estimates: the spread of
+    :func:`bootstrap_weighting_draws` (NaN with fewer than 20 or half the replicates usable)."""
+    draws = bootstrap_weighting_draws(t, refit_weights, outcomes, replicates, seed)
+    return {
+        k: float(np.std(v, ddof=1)) if len(v) >= max(20, replicates // 2) else float("nan")
+        for k, v in draws.items()
+    }
+
+
+def bootstrap_weighting_draws(
+    t: np.ndarray,
+    refit_weights: Callable[..., np.ndarray],
+    outcomes: dict[str, tuple[np.ndarray, pd.DataFrame, bool]],
+    replicates: int = 200,
+    seed: int = 0,
+) -> dict[tuple[str, str], np.ndarray]:
+    """Bootstrap replicates of the ``ipw`` and ``aipw`` ATT estimates, (name, method) ->
+    the usable replicates' estimates.
 
     Children are resampled within exposure groups (the numbers exposed and unexposed stay
     fixed); in each replicate the weights are re-estimated (``refit_weights(rows, counts)``,
     :meth:`PropensityScoreFitter.bootstrap_refitter`) and so is each outcome's
-    untreated-outcome model. ``outcomes``: name -> (y, outcome design, binary). Returns
-    (name, method) -> SE.
+    untreated-outcome model. ``outcomes``: name -> (y, outcome design, binary).
 
     A replicate is fitted on the children drawn, each once with the number of times it was
     drawn as a frequency weight: the same estimates as on the rows repeated (the same random
@@ -612,10 +628,7 @@ def bootstrap_weighting_se(
             draws[(name, "ipw")].append(ipw_point(yb, tb, wb, cb))
             m0 = _untreated_prediction(yb, tb, zb[key], binary, inits[name], cb)
             draws[(name, "aipw")].append(_aipw_point(yb, tb, m0, wb, cb))
-    return {
-        k: float(np.std(v, ddof=1)) if len(v) >= max(20, replicates // 2) else float("nan")
-        for k, v in draws.items()
-    }
+    return {k: np.asarray(v, dtype=float) for k, v in draws.items()}
 
 
 def select_outcome_design(
