@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from ground.run_layout import RunLayout
+    from linkage import LinkageSettings
 
 SECRET = b"coverage-benchmark-secret-0123456789"
 
@@ -89,6 +93,33 @@ def score(estimates: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
+def build_seed_cohort(
+    seed: int,
+    children: int,
+    scenario: str,
+    data: Path,
+    run: Path,
+    linkage_settings: LinkageSettings | None = None,
+) -> RunLayout:
+    """``synth`` -> ``validate`` (Great Expectations off; the DuckDB row rules still run) ->
+    ``link`` -> ``build`` for one seed: the world in ``data``, the run folder (up to the cohort
+    tables) in ``run``."""
+    from cohort import build_cohort
+    from ground.run_layout import RunLayout
+    from linkage import LinkageSettings, link_run
+    from synthetic_data import generate_world
+    from validation import ValidationSettings, validate_delivery
+
+    generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
+    layout = RunLayout.at(run)
+    validate_delivery(
+        data_dir=data, layout=layout, settings=ValidationSettings(run_great_expectations=False)
+    )
+    link_run(layout=layout, settings=linkage_settings or LinkageSettings(), secret=SECRET)
+    build_cohort(layout=layout)
+    return layout
+
+
 def run_seed(
     seed: int,
     *,
@@ -100,27 +131,14 @@ def run_seed(
 ) -> pd.DataFrame:
     """Run the whole pipeline for one seed; return the scored estimates (one row per estimate).
     ``settings_path``: a run-settings YAML (its `model` and `linkage` sections are used)."""
-    from cohort import build_cohort
-    from ground.run_layout import RunLayout
-    from linkage import link_run
     from models import run_models
     from orchestration.settings import load_run_settings
-    from synthetic_data import generate_world
-    from validation import ValidationSettings, validate_delivery
 
     run_settings = load_run_settings(settings_path)
     base = Path(tempfile.mkdtemp(prefix=f"coverage_{scenario}_{seed}_", dir=workdir))
     data, run = base / "world", base / "run"
     try:
-        generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
-        layout = RunLayout.at(run)
-        validate_delivery(
-            data_dir=data,
-            layout=layout,
-            settings=ValidationSettings(run_great_expectations=False),
-        )
-        link_run(layout=layout, settings=run_settings.linkage, secret=SECRET)
-        build_cohort(layout=layout)
+        layout = build_seed_cohort(seed, children, scenario, data, run, run_settings.linkage)
         run_models(layout=layout, settings=run_settings.model)
         est = pd.read_csv(layout.results_dir / "estimates.csv")
         scored = score(est, truth_table(data / "truth"))

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.coverage_seeds import SECRET, truth_table  # noqa: E402
+from benchmarks.coverage_seeds import build_seed_cohort, truth_table  # noqa: E402
 
 ANALYSES = ("ks4_cla_vs_nla", "ks4_long_vs_nla", "ks4_short_vs_nla")
 Z = 1.959963984540054
@@ -51,25 +51,11 @@ def _seeds(text: str) -> list[int]:
 
 def build_run(seed: int, scenario: str, children: int, workdir: Path) -> Path:
     """The seed's world and run folder up to the cohort tables (reused when already built)."""
-    from cohort import build_cohort
-    from ground.run_layout import RunLayout
-    from linkage import LinkageSettings, link_run
-    from synthetic_data import generate_world
-    from validation import ValidationSettings, validate_delivery
-
     base = workdir / f"{scenario}_{children}_{seed}"
     done = base / "built"
-    if done.exists():
-        return base
-    data, run = base / "world", base / "run"
-    generate_world(n_children=children, seed=seed, scenario=scenario, out_dir=data)
-    layout = RunLayout.at(run)
-    validate_delivery(
-        data_dir=data, layout=layout, settings=ValidationSettings(run_great_expectations=False)
-    )
-    link_run(layout=layout, settings=LinkageSettings(), secret=SECRET)
-    build_cohort(layout=layout)
-    done.write_text("1", encoding="utf-8")
+    if not done.exists():
+        build_seed_cohort(seed, children, scenario, base / "world", base / "run")
+        done.write_text("1", encoding="utf-8")
     return base
 
 

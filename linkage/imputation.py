@@ -201,7 +201,8 @@ def _care_then(
     group's child's care on the dates of the other group's hospital admissions and emergency
     attendances: 1 looked after on one of those dates; else 2 had left care before one of
     them; else 0 (not yet or never looked after). The child is the register group's person
-    as the linker linked it, so the care episodes the linker joined to it count. Dates are compared inside the linkage zone; only the code leaves it."""
+    as the linker linked it, so the care episodes the linker joined to it count. Dates are
+    compared inside the linkage zone; only the code leaves it."""
     out = np.zeros(a.size, np.int8)
     tables = _tables(con)
     health = [s for s in sorted(HEALTH_RECORD_DATES) if f"staging.{s}" in tables]

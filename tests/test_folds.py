@@ -104,8 +104,8 @@ def test_the_same_data_under_another_secret_gives_the_same_estimates(
     changes, so every table reaches the models in another order), built and modelled again.
     Every point estimate of a fit that converged is the run's (to 1e-5, or 1e-6 for hazard
     ratios of about 0: the file holds 6 digits), and so are the bootstrap intervals of IPW and
-    AIPW (200 replicates drawn by content rank). Before 2026-12-03 the bootstrap drew by row position, and the IPW / AIPW
-    intervals moved with the secret.
+    AIPW (200 replicates drawn by content rank). Before 2026-12-03 the bootstrap drew by row
+    position, and the IPW / AIPW intervals moved with the secret.
 
     Not asserted, seen moving with the row order on this 2,500-child world: fits that failed
     or did not converge (a Cox model with no events in care), and a few analytic intervals of
