@@ -20,6 +20,13 @@ run again).
 measure, that of independent samples of children: R samples drawn with replacement from the
 world's KS4 cohort, each fitted (analytic SEs), SD of the estimates over the samples against
 their mean SE (docs/models.md, "Why the KS4 intervals look wide over seeds").
+
+``--vary-process K --base-seed B``: worlds that share every causal process but one. Seed S
+draws causal process K (``synthetic_data.world.process_rng``: 0 people and places, 1 social
+services, 2 care entry, 3 education, 4 health, 5 what happens after the first referral) from
+its own stream and every other process from seed B's (the extracts' recording noise still
+follows S). The spread over such worlds is the part of the estimates' variance that process
+carries.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +58,49 @@ def _seeds(text: str) -> list[int]:
     return list(range(int(a), int(b or a) + 1))
 
 
-def build_run(seed: int, scenario: str, children: int, workdir: Path) -> Path:
+@contextmanager
+def one_process_varies(process: int | None, base_seed: int) -> Iterator[None]:
+    """While open, a world of seed S draws causal process ``process`` from S's stream and every
+    other process from ``base_seed``'s (``None``: no change)."""
+    import synthetic_data.world as world
+
+    original = world._process_rngs
+    if process is None:
+        yield
+        return
+
+    def mixed(seed: int) -> list[np.random.Generator]:
+        rngs = original(base_seed)
+        rngs[process] = original(seed)[process]
+        return rngs
+
+    world._process_rngs = mixed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        world._process_rngs = original  # type: ignore[assignment]
+
+
+def run_name(scenario: str, children: int, process: int | None, base_seed: int) -> str:
+    if process is None:
+        return f"{scenario}_{children}"
+    return f"{scenario}_{children}_process{process}_base{base_seed}"
+
+
+def build_run(
+    seed: int,
+    scenario: str,
+    children: int,
+    workdir: Path,
+    process: int | None = None,
+    base_seed: int = 1,
+) -> Path:
     """The seed's world and run folder up to the cohort tables (reused when already built)."""
-    base = workdir / f"{scenario}_{children}_{seed}"
+    base = workdir / f"{run_name(scenario, children, process, base_seed)}_{seed}"
     done = base / "built"
     if not done.exists():
-        build_seed_cohort(seed, children, scenario, base / "world", base / "run")
+        with one_process_varies(process, base_seed):
+            build_seed_cohort(seed, children, scenario, base / "world", base / "run")
         done.write_text("1", encoding="utf-8")
     return base
 
@@ -192,17 +238,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default="ks4_interval_spread_runs")
     p.add_argument("--out", default="ks4_interval_spread")
     p.add_argument("--iid-resamples", type=int, default=0)
+    p.add_argument("--vary-process", type=int, choices=range(6), default=None)
+    p.add_argument("--base-seed", type=int, default=1)
     args = p.parse_args(argv)
     out_dir, workdir = Path(args.out), Path(args.workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    store = out_dir / f"ks4_interval_spread_{args.scenario}.json"
+    name = run_name(args.scenario, args.children, args.vary_process, args.base_seed)
+    store = out_dir / f"ks4_interval_spread_{name.removesuffix(f'_{args.children}')}.json"
     rows = pd.DataFrame(json.loads(store.read_text())) if store.exists() else pd.DataFrame()
     for seed in _seeds(args.seeds):
         if not rows.empty and seed in set(rows["seed"]):
             continue
         t0 = time.perf_counter()
-        base = build_run(seed, args.scenario, args.children, workdir)
+        base = build_run(
+            seed, args.scenario, args.children, workdir, args.vary_process, args.base_seed
+        )
         t1 = time.perf_counter()
         new = fit_seed(base, seed)
         rows = pd.concat([rows, new], ignore_index=True)
@@ -214,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3).to_string(index=False))
         for seed in _seeds(args.seeds)[:2] if args.iid_resamples else []:
-            base = workdir / f"{args.scenario}_{args.children}_{seed}"
+            base = workdir / f"{name}_{seed}"
             print(f"\nseed {seed}: {args.iid_resamples} iid samples of its KS4 cohort")
             print(iid_resamples(base, args.iid_resamples).round(3).to_string(index=False))
 
