@@ -1,5 +1,6 @@
 """Are the KS4 IPW / AIPW intervals too wide, and why? (not a test; issue #20's Monte Carlo
-bounds: over 20 seeds the KS4-score estimates spread only 0.5-0.7 times their standard error)
+bounds: over seeds 1-20 the KS4-score estimates spread only 0.5-0.7 times their standard error;
+over seeds 1-100, 0.83-0.95: docs/models.md, "Why the KS4 intervals looked wide over seeds")
 
     uv run --locked python benchmarks/ks4_interval_spread.py --scenario default --seeds 1-40 \
         [--children 20000] [--workdir DIR] [--out ks4_interval_spread] [--iid-resamples 200]
