@@ -27,8 +27,9 @@ planted error, see docs/benchmarks.md "What make test-slow asserts"):
   issue #20's stricter must-show bounds (mean bias within 2 Monte Carlo SEs, SD over seeds /
   mean SE within 0.8-1.25). Over seeds 1-20 (2026-12-02) the KS4-score IPW and AIPW estimates
   are 0.2-0.5 points low and spread 0.50-0.72 times their SE (by chance: over 100 seeds of
-  ``default``, 2026-12-03 night, bias within 1 MC SE and SD/SE 0.83-0.95); KS4 regression under ``null_effect`` is 0.7 points low (4 MC SEs, 0.7 of its SE): a
-  test of those bounds fails today. docs/benchmarks.md has the figures; every bound above
+  ``default`` and ``null_effect``, 2026-12-03 night, bias within 1 MC SE and SD/SE
+  0.83-0.95); KS4 regression under ``null_effect`` is 0.7 points low (4 MC SEs, 0.7 of its
+  SE): a test of those bounds fails today. docs/benchmarks.md has the figures; every bound above
   holds on those 20 seeds in both scenarios.
 * One large world (100,000 children, seed 5): every adjusted estimate (IPW, AIPW, time-varying
   Cox) is within 3.29 SEs of the truth (its 99.9% interval covers; Bonferroni over about 17
