@@ -20,7 +20,7 @@ run again).
 ``--iid-resamples R``: for the first two seeds, the spread the standard errors are meant to
 measure, that of independent samples of children: R samples drawn with replacement from the
 world's KS4 cohort, each fitted (analytic SEs), SD of the estimates over the samples against
-their mean SE (docs/models.md, "Why the KS4 intervals look wide over seeds").
+their mean SE (docs/models.md, "Why the KS4 intervals looked wide over seeds").
 
 ``--vary-process K --base-seed B``: worlds that share every causal process but one. Seed S
 draws causal process K (``synthetic_data.world.process_rng``: 0 people and places, 1 social
