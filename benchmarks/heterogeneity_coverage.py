@@ -3,7 +3,7 @@
     uv run --locked python benchmarks/heterogeneity_coverage.py prepare --scenario S --seeds N
         [--first-seed 1] [--children 20000] [--workdir DIR]
     uv run --locked python benchmarks/heterogeneity_coverage.py score --scenario S
-        [--children 20000] [--workdir DIR] [--out OUT]
+        [--children 20000] [--workdir DIR] [--out OUT] [--score-seeds A-B]
 
 ``prepare`` runs synth -> validate (Great Expectations off) -> link -> build for each seed and
 keeps only what scoring needs (the run's analysis database and the world's ``truth/``), so the
@@ -20,7 +20,10 @@ against two truths:
 
 Prints per (outcome, contrast, method, truth): seeds, coverage, mean bias with its Monte Carlo
 SE, SD of the estimates and mean SE (their ratio should be 0.8-1.25); writes
-``OUT/heterogeneity_<scenario>_<children>.json`` with every per-seed row.
+``OUT/heterogeneity_<scenario>_<children>.json`` with every per-seed row. ``score`` also reads
+the worlds `benchmarks/ks4_interval_spread.py` builds (``--workdir`` its workdir: the same
+``<scenario>_<children>_<seed>`` folders, marked ``built``); ``--score-seeds A-B`` limits it to
+those seeds.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scenario", default="effect_modification")
     p.add_argument("--workdir", default="/tmp/heterogeneity_worlds")
     p.add_argument("--out", default="coverage_out")
+    p.add_argument("--score-seeds", default=None, help="score: only seeds A-B")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(a.workdir)
@@ -297,16 +301,21 @@ def score_main(a: Any, workdir: Path) -> None:
     if path.exists():
         done = json.loads(path.read_text(encoding="utf-8"))["rows"]
     have = {r["seed"] for r in done}
+    wanted = None
+    if a.score_seeds:
+        first, _, last = a.score_seeds.partition("-")
+        wanted = range(int(first), int(last or first) + 1)
     for base in sorted(workdir.glob(f"{a.scenario}_{a.children}_*")):
         seed = int(base.name.rsplit("_", 1)[1])
-        if seed in have or not (base / "done").exists():
+        prepared = (base / "done").exists() or (base / "built").exists()
+        if seed in have or not prepared or (wanted is not None and seed not in wanted):
             continue
         t0 = time.perf_counter()
         rows = score_seed(base).assign(seed=seed)
         done += json.loads(rows.to_json(orient="records"))
         path.write_text(json.dumps({"rows": done}, indent=0), encoding="utf-8")
         sys.stderr.write(f"scored {a.scenario} seed {seed}: {time.perf_counter() - t0:.0f} s\n")
-    table = summarise(pd.DataFrame(done))
+    table = summarise(pd.DataFrame([r for r in done if wanted is None or r["seed"] in wanted]))
     with pd.option_context("display.width", 250, "display.max_rows", 500):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
