@@ -3,7 +3,7 @@
     uv run --locked python benchmarks/heterogeneity_coverage.py prepare --scenario S --seeds N
         [--first-seed 1] [--children 20000] [--workdir DIR]
     uv run --locked python benchmarks/heterogeneity_coverage.py score --scenario S
-        [--children 20000] [--workdir DIR] [--out OUT] [--score-seeds A-B]
+        [--children 20000] [--workdir DIR] [--out OUT] [--score-seeds A-B] [--bootstrap R]
 
 ``prepare`` runs synth -> validate (Great Expectations off) -> link -> build for each seed and
 keeps only what scoring needs (the run's analysis database and the world's ``truth/``), so the
@@ -23,7 +23,10 @@ SE, SD of the estimates and mean SE (their ratio should be 0.8-1.25); writes
 ``OUT/heterogeneity_<scenario>_<children>.json`` with every per-seed row. ``score`` also reads
 the worlds `benchmarks/ks4_interval_spread.py` builds (``--workdir`` its workdir: the same
 ``<scenario>_<children>_<seed>`` folders, marked ``built``); ``--score-seeds A-B`` limits it to
-those seeds.
+those seeds. ``--bootstrap R``: the parametric strata and the KS4 contrast with R bootstrap
+replicates (the pipeline's default standard errors; boosting left out) and the strata again
+with the influence function's SEs (method ``aipw_analytic``), rows in
+``OUT/heterogeneity_<scenario>_<children>_boot<R>.json``.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default="/tmp/heterogeneity_worlds")
     p.add_argument("--out", default="coverage_out")
     p.add_argument("--score-seeds", default=None, help="score: only seeds A-B")
+    p.add_argument("--bootstrap", type=int, default=0, help="score: bootstrap replicates")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(a.workdir)
@@ -170,14 +174,16 @@ def stratum_truths(truth_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["outcome", "contrast", "scale", "truth", "value"])
 
 
-def analyses() -> list[Any]:
+def analyses(bootstrap: bool = False) -> list[Any]:
     """What ``score`` fits: the stratified ATTs with both kinds of nuisance models and the
-    pipeline's KS4 contrast (IPW and AIPW, analytic SEs)."""
+    pipeline's KS4 contrast (IPW and AIPW, analytic SEs); with ``bootstrap``, the parametric
+    strata and the KS4 contrast with bootstrap SEs."""
     from schemas.analyses import parse_analyses
 
     common = {"outcomes": ["ks4_score", "ks4_level2_inclusive"], "contrast": "cla_vs_nla"}
-    return list(
-        parse_analyses(
+    return [
+        a
+        for a in parse_analyses(
             [
                 {
                     "name": "strata",
@@ -199,30 +205,37 @@ def analyses() -> list[Any]:
                     "options": {
                         "exposed": ["long", "short"],
                         "methods": ["ipw", "aipw"],
-                        "bootstrap": False,
+                        "bootstrap": bootstrap,
                     },
                     **common,
                 },
             ]
         )
-    )
+        if not (bootstrap and a.name == "strata_boosting")
+    ]
 
 
-def score_seed(base: Path) -> pd.DataFrame:
-    """Fit :func:`analyses` on one prepared seed; one row per estimate and truth."""
+def score_seed(base: Path, bootstrap: int = 0) -> pd.DataFrame:
+    """Fit :func:`analyses` on one prepared seed (``bootstrap`` replicates: 0 for analytic
+    SEs); one row per estimate and truth."""
     from ground.run_layout import RunLayout
     from models.estimators import CohortData, estimator_for
     from models.run import load_cohort
     from models.settings import ModelSettings
 
-    s = ModelSettings(bootstrap_replicates=0)
     cohort = CohortData(*load_cohort(RunLayout.at(base / "run")))
     rows = []
-    for a in analyses():
+    todo = [(a, bootstrap, "") for a in analyses(bootstrap > 0)]
+    if bootstrap:  # the same strata with the influence function's SEs, beside the bootstrap's
+        todo.append((analyses()[0], 0, "_analytic"))
+    for a, replicates, tag in todo:
         t0 = time.perf_counter()
-        est = estimator_for(a, s).fit(cohort)
+        est = estimator_for(a, ModelSettings(bootstrap_replicates=replicates)).fit(cohort)
         seconds = time.perf_counter() - t0
-        rows += [{**e.row(), "analysis": a.name, "seconds": seconds} for e in est.estimates_]
+        rows += [
+            {**e.row(), "method": e.method + tag, "analysis": a.name, "seconds": seconds}
+            for e in est.estimates_
+        ]
     est = pd.DataFrame(rows)
     truth = stratum_truths(base / "world" / "truth")
     m = est.merge(truth, on=["outcome", "contrast", "scale"], how="inner")
@@ -296,7 +309,8 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 def score_main(a: Any, workdir: Path) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"heterogeneity_{a.scenario}_{a.children}.json"
+    suffix = f"_boot{a.bootstrap}" if a.bootstrap else ""
+    path = out / f"heterogeneity_{a.scenario}_{a.children}{suffix}.json"
     done: list[dict[str, Any]] = []
     if path.exists():
         done = json.loads(path.read_text(encoding="utf-8"))["rows"]
@@ -311,7 +325,7 @@ def score_main(a: Any, workdir: Path) -> None:
         if seed in have or not prepared or (wanted is not None and seed not in wanted):
             continue
         t0 = time.perf_counter()
-        rows = score_seed(base).assign(seed=seed)
+        rows = score_seed(base, a.bootstrap).assign(seed=seed)
         done += json.loads(rows.to_json(orient="records"))
         path.write_text(json.dumps({"rows": done}, indent=0), encoding="utf-8")
         sys.stderr.write(f"scored {a.scenario} seed {seed}: {time.perf_counter() - t0:.0f} s\n")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.propensity import effective_sample_size
 from models.runtime import one_blas_thread
 
 # the time-varying confounders of care entry the cohort records (docs/cohort.md)
@@ -400,7 +401,7 @@ class SequentialTrialEmulation:
             dropped = int(tab.loc[tab["att"].isna(), "entrants"].sum())
             if dropped:
                 warnings.append(f"{dropped} entrants in trials without controls left out")
-            ess = _effective_sample_size(
+            ess = effective_sample_size(
                 _pooled_shares(w_full, trial, a) if self.comparator == "not_now" else w_full
             )
             if ess < 50:
@@ -577,11 +578,6 @@ def _pooled_shares(w: np.ndarray, trial: np.ndarray, a: np.ndarray) -> np.ndarra
     n_k = np.bincount(trial, weights=a)
     w_k = np.bincount(trial, weights=w, minlength=len(n_k))
     return np.where(w > 0, w * (n_k / np.where(w_k > 0, w_k, 1.0))[trial], 0.0)
-
-
-def _effective_sample_size(w: np.ndarray) -> float:
-    w = w[w > 0]
-    return float(w.sum() ** 2 / np.sum(w**2)) if len(w) else 0.0
 
 
 # ---- the marginal structural model of yearly absence ----------------------------------------

@@ -313,6 +313,13 @@ def entropy_balance(
     return lam, gap
 
 
+def effective_sample_size(w: np.ndarray) -> float:
+    """Kish's effective sample size of the positive weights ``w`` (0 when there are none)."""
+    w = np.asarray(w, float)
+    w = w[w > 0]
+    return float(w.sum() ** 2 / np.sum(w**2)) if len(w) else 0.0
+
+
 def standardise(xv: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return (xv - mean) / np.where(sd > 0, sd, 1)
 
