@@ -296,3 +296,21 @@ def test_thin_stratum_bootstrap_se_holds_where_influence_function_is_narrow() ->
         else:
             assert ratio <= 1.15 and coverage >= 0.9, msg
     assert abs(f["bias"].mean()) < 2.5 * sd / np.sqrt(len(f)), f["bias"].mean()
+
+
+def test_stratum_rows_keep_the_influence_function_se_when_replicates_fail() -> None:
+    """Where fewer than 20 or half the replicates give a stratum estimate (a replicate with no
+    exposed child in the stratum), the row keeps the influence function's SE and says so."""
+    from models.estimators import with_bootstrap_se
+
+    rng = np.random.default_rng(3)
+    x1, m, t, y = _world(rng, 2000)
+    m0, w = _parametric_nuisances(x1, m, t, y)
+    rows = stratum_atts(y, t, m0, w, m)
+    draws = rng.normal(size=(200, 3))
+    draws[:150, 0] = np.nan  # the first stratum: 50 usable replicates of 200
+    new, kept = with_bootstrap_se(rows, draws, 200)
+    assert kept == [True, False, False]
+    assert new[0].se == rows[0].se
+    assert new[1].se == pytest.approx(np.std(draws[:, 1], ddof=1))
+    assert [r.estimate for r in new] == [r.estimate for r in rows]
