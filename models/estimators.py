@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -1156,8 +1156,6 @@ def with_bootstrap_se(
     """The stratum rows (in, out, in - out) with their bootstrap SEs, the SD of the usable
     replicates, and per row whether the influence function's SE was kept instead (fewer than
     20 or half the replicates usable, as :func:`models.effects.bootstrap_weighting_se`)."""
-    from dataclasses import replace
-
     out, kept = [], []
     for r, column in zip(rows, draws.T, strict=True):
         v = column[np.isfinite(column)]
