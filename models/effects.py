@@ -556,10 +556,13 @@ def bootstrap_weighting_se(
     """Bootstrap standard errors of the ``ipw`` and ``aipw`` ATT estimates: the spread of
     :func:`bootstrap_weighting_draws` (NaN with fewer than 20 or half the replicates usable)."""
     draws = bootstrap_weighting_draws(t, refit_weights, outcomes, replicates, seed)
-    return {
-        k: float(np.std(v, ddof=1)) if len(v) >= max(20, replicates // 2) else float("nan")
-        for k, v in draws.items()
-    }
+    return {k: bootstrap_sd(v, replicates) for k, v in draws.items()}
+
+
+def bootstrap_sd(draws: np.ndarray, replicates: int) -> float:
+    """The SD of the usable ``draws`` of ``replicates`` bootstrap replicates, the bootstrap
+    standard error; NaN when fewer than 20 or half the replicates are usable."""
+    return float(np.std(draws, ddof=1)) if len(draws) >= max(20, replicates // 2) else float("nan")
 
 
 def bootstrap_weighting_draws(

@@ -25,6 +25,7 @@ from models.effects import (
     ExposureEffectFitter,
     Method,
     Nuisance,
+    bootstrap_sd,
     bootstrap_stratum_draws,
     bootstrap_weighting_se,
     fit_exchangeable_gee,
@@ -1155,13 +1156,12 @@ def with_bootstrap_se(
 ) -> tuple[list[Any], list[bool]]:
     """The stratum rows (in, out, in - out) with their bootstrap SEs, the SD of the usable
     replicates, and per row whether the influence function's SE was kept instead (fewer than
-    20 or half the replicates usable, as :func:`models.effects.bootstrap_weighting_se`)."""
+    20 or half the replicates usable: :func:`models.effects.bootstrap_sd`)."""
     out, kept = [], []
     for r, column in zip(rows, draws.T, strict=True):
-        v = column[np.isfinite(column)]
-        usable = len(v) >= max(20, replicates // 2)
-        out.append(replace(r, se=float(np.std(v, ddof=1))) if usable else r)
-        kept.append(not usable)
+        se = bootstrap_sd(column[np.isfinite(column)], replicates)
+        out.append(replace(r, se=se) if np.isfinite(se) else r)
+        kept.append(not np.isfinite(se))
     return out, kept
 
 
